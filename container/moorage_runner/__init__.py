@@ -1,0 +1,1 @@
+"""Moorage agent runner: runs inside a sandbox and drives claude-agent-sdk."""

@@ -1,0 +1,62 @@
+"""The runner's end of the sandbox channel: newline-delimited JSON on stdio.
+
+The service writes commands to the runner's stdin and reads frames from its
+stdout; stderr is free-form log text. Every frame is one JSON object with a
+``kind``. The runner claims the real stdout for the channel and points fd 1
+at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
+
+Service -> runner: ``start`` (first, once), ``user``, ``interrupt``.
+Runner -> service: ``ready``, ``sdk`` (one SDK message, the CLI's own JSON),
+``error`` (the runner cannot go on; it exits next).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+# A frame carries one SDK message; a Read of a large file can be big.
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+
+
+class ChannelOut:
+    """Writes frames to the service; safe to call from many tasks."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def claim_stdout(cls) -> ChannelOut:
+        """Take fd 1 for the channel and send anything else printed to stderr."""
+        channel_fd = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return cls(channel_fd)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        data = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        async with self._lock:
+            await asyncio.to_thread(self._file.write, data)
+
+
+async def open_stdin() -> asyncio.StreamReader:
+    """An asyncio reader over fd 0."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_FRAME_BYTES)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
+    return reader
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next command from the service, or None when the channel closed."""
+    line = await reader.readline()
+    if not line:
+        return None
+    frame = json.loads(line)
+    if not isinstance(frame, dict):
+        raise ValueError("channel frame is not an object")
+    return frame

@@ -1,0 +1,148 @@
+"""The agent runner: one ClaudeSDKClient, driven over the sandbox channel.
+
+Lifecycle: read ``start`` -> open the model bridge -> connect the SDK client
+(which spawns the bundled CLI) -> send ``ready`` -> relay commands in and SDK
+messages out -> on end of input (or SIGTERM) disconnect the client with a
+deadline and exit 0. If the CLI dies underneath it the runner reports an
+``error`` frame and exits 1; the service turns that into a client error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+from .bridge import ModelBridge
+from .channel import ChannelOut, open_stdin, read_frame
+
+# The sandbox never holds the real key; the proxy swaps this one out.
+PLACEHOLDER_API_KEY = "sk-ant-moorage-sandbox-placeholder"
+DISCONNECT_DEADLINE_S = 10.0
+
+# Quiet the CLI: no telemetry, updates or other traffic (there is no network).
+CLI_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+
+def build_options(start: dict[str, Any], base_url: str) -> ClaudeAgentOptions:
+    """SDK options from the service's ``start`` frame (a fixed allowlist)."""
+    opts = start.get("options") or {}
+    return ClaudeAgentOptions(
+        cwd=os.getcwd(),
+        permission_mode="bypassPermissions",
+        session_id=opts.get("session_id"),
+        max_turns=opts.get("max_turns"),
+        max_budget_usd=opts.get("max_budget_usd"),
+        model=opts.get("model"),
+        system_prompt=opts.get("system_prompt"),
+        include_partial_messages=bool(opts.get("include_partial_messages", False)),
+        env={**CLI_ENV, "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
+    )
+
+
+async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield message
+
+
+class Runner:
+    def __init__(self, out: ChannelOut, stdin: asyncio.StreamReader) -> None:
+        self.out = out
+        self.stdin = stdin
+        self.client: ClaudeSDKClient | None = None
+        self.bridge: ModelBridge | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> int:
+        start = await read_frame(self.stdin)
+        if start is None:
+            return 0
+        if start.get("kind") != "start":
+            await self.out.send({"kind": "error", "code": "protocol", "message": "first frame must be start"})
+            return 2
+        self.bridge = ModelBridge(str(start["model_proxy"]))
+        port = await self.bridge.start()
+        self.client = ClaudeSDKClient(build_options(start, f"http://127.0.0.1:{port}"))
+        try:
+            await self.client.connect()
+        except Exception as exc:  # the CLI failed to start: report, then exit
+            await self.out.send({"kind": "error", "code": "cli_start_failed", "message": str(exc)})
+            return 1
+        await self.out.send({"kind": "ready"})
+        pump = asyncio.create_task(self._pump())
+        commands = asyncio.create_task(self._commands())
+        done, _ = await asyncio.wait({pump, commands}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if pump in done and not commands.done():
+            # The CLI went away while the service still talks to us.
+            exc = pump.exception()
+            await self.out.send({
+                "kind": "error", "code": "cli_exited",
+                "message": f"agent process ended unexpectedly: {exc}" if exc else "agent process ended unexpectedly",
+            })
+            code = 1
+        for task in (pump, commands, *self._tasks):
+            task.cancel()
+        await self.shutdown()
+        return code
+
+    async def _pump(self) -> None:
+        assert self.client is not None and self.client._query is not None
+        # The raw stream keeps each message exactly as the CLI wrote it (the
+        # typed API would drop fields); this is the wire shape we promise.
+        async for data in self.client._query.receive_messages():
+            await self.out.send({"kind": "sdk", "message": data})
+
+    async def _commands(self) -> None:
+        assert self.client is not None
+        while (frame := await read_frame(self.stdin)) is not None:
+            kind = frame.get("kind")
+            if kind == "user":
+                await self.client.query(_one(frame["message"]))
+            elif kind == "interrupt":
+                self._spawn(self.client.interrupt())
+            else:
+                print(f"runner: ignoring channel frame kind={kind!r}", file=sys.stderr)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        """Staged: the SDK closes the CLI's stdin, waits, terminates, kills."""
+        if self.client is not None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(self.client.disconnect(), DISCONNECT_DEADLINE_S)
+            self.client = None
+        if self.bridge is not None:
+            await self.bridge.close()
+
+
+async def amain() -> int:
+    out = ChannelOut.claim_stdout()
+    stdin = await open_stdin()
+    runner = Runner(out, stdin)
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        return await runner.run()
+    except asyncio.CancelledError:
+        await runner.shutdown()
+        return 0
+
+
+def main() -> None:
+    sys.exit(asyncio.run(amain()))

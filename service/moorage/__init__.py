@@ -1,0 +1,1 @@
+"""Moorage: Claude Agent SDK sessions over WebSocket, one sandbox each."""

@@ -1,0 +1,178 @@
+"""The Starlette application: routes, the WebSocket endpoint and the lifespan
+that builds every shared object (nothing is created at import time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from .egress import ModelProxy
+from .errors import Code, MoorageError, close_code
+from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
+from .sandbox.base import SandboxBackend
+from .sessions import Session, SessionManager, dumps
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PROTOCOL_VERSION = 1
+OUTBOUND_QUEUE_FRAMES = 4096
+_CLOSE = object()
+
+
+@dataclass
+class Services:
+    settings: Settings
+    backend: SandboxBackend
+    proxy: ModelProxy
+    sessions: SessionManager
+
+
+def make_backend(settings: Settings) -> SandboxBackend:
+    if settings.sandbox == "local":
+        from .sandbox.local import LocalBackend
+
+        backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count)
+        backend.check()
+        return backend
+    raise MoorageError(f"MOORAGE_SANDBOX={settings.sandbox} is not available yet; use 'local'")
+
+
+class WsConnection:
+    """One client socket: a bounded outbound queue drained by one writer."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[object] = asyncio.Queue(OUTBOUND_QUEUE_FRAMES)
+        self.close_with: tuple[int, str] | None = None
+
+    def offer(self, text: str) -> bool:
+        if self.close_with is not None:
+            return True
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_with is not None:
+            return
+        self.close_with = (code, reason)
+        if self.queue.full():  # a slow consumer loses its backlog, not its close
+            while not self.queue.empty():
+                self.queue.get_nowait()
+        self.queue.put_nowait(_CLOSE)
+
+    async def write(self) -> None:
+        while (item := await self.queue.get()) is not _CLOSE:
+            assert isinstance(item, str)
+            await self.ws.send_text(item)
+        code, reason = self.close_with or (1000, "")
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            await self.ws.close(code, reason[:120])
+
+
+async def _dispatch(session: Session, conn: WsConnection, raw: str | bytes) -> None:
+    frame = parse_client_frame(raw)
+    if isinstance(frame, UserFrame):
+        await session.submit(frame)
+    elif isinstance(frame, InterruptFrame):
+        await session.interrupt()
+    elif isinstance(frame, PingFrame):
+        conn.offer(dumps({"type": "pong", "id": frame.id}))
+
+
+async def _read(session: Session, conn: WsConnection) -> None:
+    while True:
+        message = await conn.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        raw = message.get("text")
+        if raw is None:
+            raw = message.get("bytes") or b""
+        try:
+            await _dispatch(session, conn, raw)
+        except MoorageError as exc:
+            conn.offer(dumps(exc.frame()))
+            if exc.fatal:
+                conn.close(close_code(exc.code), exc.code)
+                return
+        except asyncio.TimeoutError:
+            error = MoorageError("the sandbox did not become ready in time", code=Code.SANDBOX_START_FAILED, fatal=True)
+            conn.offer(dumps(error.frame()))
+
+
+async def session_socket(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    await ws.accept()
+    conn = WsConnection(ws)
+    writer = asyncio.create_task(conn.write())
+    session_id = ws.path_params.get("session_id")
+    tenant = "default"
+    try:
+        if session_id is None:
+            session, state = services.sessions.create(tenant), "new"
+        else:
+            session, state = services.sessions.get(session_id, tenant), "attached"
+    except MoorageError as exc:
+        conn.offer(dumps(exc.frame()))
+        conn.close(close_code(exc.code), exc.code)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 5)
+        return
+    conn.offer(dumps({"type": "session", "session_id": session.id, "state": state, "protocol": PROTOCOL_VERSION}))
+    session.attach(conn)
+    reader = asyncio.create_task(_read(session, conn))
+    try:
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        session.detach(conn)
+        reader.cancel()
+        conn.close(1000, "")
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(writer, 5)
+        writer.cancel()
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        backend = make_backend(settings)
+        proxy = ModelProxy(
+            settings.state_dir / "egress", settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value()
+        )
+        await proxy.start()
+        sessions = SessionManager(settings, backend, proxy)
+        app.state.services = Services(settings, backend, proxy, sessions)
+        log.info("service_started", backend=backend.name, host=settings.host, port=settings.port)
+        try:
+            yield
+        finally:
+            await sessions.close()
+            await proxy.close()
+            await backend.close()
+            log.info("service_stopped")
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            WebSocketRoute("/v1/sessions", session_socket),
+            WebSocketRoute("/v1/sessions/{session_id}", session_socket),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,81 @@
+"""One rooted error tree. Every error carries a stable ``code`` that clients
+see in ``error`` frames; ``fatal`` says whether the session is over."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable error codes of the wire protocol (docs/protocol.md)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_FRAME = "invalid_frame"
+    UNKNOWN_FRAME_TYPE = "unknown_frame_type"
+    UNSUPPORTED = "unsupported"
+    TURN_IN_PROGRESS = "turn_in_progress"
+    NO_TURN_RUNNING = "no_turn_running"
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_CLOSED = "session_closed"
+    SANDBOX_START_FAILED = "sandbox_start_failed"
+    SANDBOX_CRASHED = "sandbox_crashed"
+    TURN_TIMEOUT = "turn_timeout"
+    MAX_TURNS_EXCEEDED = "max_turns_exceeded"
+    SLOW_CONSUMER = "slow_consumer"
+    INTERNAL = "internal"
+
+
+class MoorageError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code: Code = Code.INTERNAL
+    fatal: bool = False
+
+    def __init__(self, message: str, *, code: Code | None = None, fatal: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if fatal is not None:
+            self.fatal = fatal
+
+    def frame(self) -> dict[str, object]:
+        return {"type": "error", "code": str(self.code), "message": self.message, "fatal": self.fatal}
+
+
+class ProtocolError(MoorageError):
+    """A client frame we cannot accept; the connection stays open."""
+
+    code = Code.INVALID_FRAME
+
+
+class SessionError(MoorageError):
+    """A session-level problem (unknown id, closed, busy)."""
+
+    code = Code.SESSION_NOT_FOUND
+
+
+class SandboxError(MoorageError):
+    """A sandbox failed to start or died; the session is over."""
+
+    code = Code.SANDBOX_CRASHED
+    fatal = True
+
+
+# WebSocket close codes, decided in this one place.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL = 1011
+CLOSE_CODES: dict[Code, int] = {
+    Code.SESSION_NOT_FOUND: 4404,
+    Code.SESSION_CLOSED: 4410,
+    Code.SANDBOX_START_FAILED: 1011,
+    Code.SANDBOX_CRASHED: 1011,
+    Code.TURN_TIMEOUT: 1011,
+    Code.SLOW_CONSUMER: 1008,
+}
+
+
+def close_code(code: Code) -> int:
+    return CLOSE_CODES.get(code, CLOSE_NORMAL)

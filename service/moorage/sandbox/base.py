@@ -1,0 +1,73 @@
+"""The sandbox contract every backend (local, docker, kubernetes) implements.
+
+A backend starts one sandbox per live session. Inside runs the agent runner
+(``container/``); the service talks to it over a JSON-lines channel. Outside
+it, the sandbox has exactly one way out: the model proxy endpoint named in the
+spec. Backends keep no hidden per-session state: ``Sandbox.handle`` is plain
+JSON that a restarted service can use to find and reap what it left behind.
+
+Contracts (checked by tests/integration/test_sandbox_conformance.py):
+- ``start`` returns once the process exists; readiness is the runner's
+  ``ready`` frame, which the caller awaits with its own deadline.
+- ``recv`` yields frames in order and returns None exactly once the runner's
+  output ended; it never raises for a dead sandbox.
+- ``stop`` is staged and bounded: close the input, wait ``grace_s``, then
+  terminate and kill. It is idempotent and safe after a crash.
+- After ``stop`` returns, no process of the sandbox is left.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    session_id: str
+    sandbox_id: str
+    workspace: Path
+    model_socket: Path
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Sandbox(Protocol):
+    @property
+    def handle(self) -> dict[str, Any]: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def send(self, frame: dict[str, Any]) -> None: ...
+
+    async def recv(self) -> dict[str, Any] | None: ...
+
+    async def stop(self, grace_s: float) -> int | None: ...
+
+    async def kill(self) -> None: ...
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    async def start(self, spec: SandboxSpec) -> Sandbox: ...
+
+    async def close(self) -> None: ...
+
+
+def encode_frame(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode_frame(line: bytes) -> dict[str, Any]:
+    """One runner frame. A line that is not a JSON object becomes a ``log``
+    frame: a sandbox may print anything, and that must not break the channel."""
+    try:
+        frame = json.loads(line)
+    except ValueError:
+        return {"kind": "garbage", "bytes": len(line)}
+    if not isinstance(frame, dict):
+        return {"kind": "garbage", "bytes": len(line)}
+    return frame

@@ -1,0 +1,48 @@
+"""One typed Settings object, loaded once in ``main`` and passed in.
+
+Names come from ARCHITECTURE.md; nothing else in the service reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOORAGE_", extra="ignore")
+
+    anthropic_api_key: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com", validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = Path("var")
+    database_url: str = ""
+    sandbox: Literal["local", "docker", "kubernetes"] = "local"
+    max_turns: int = Field(default=50, ge=1)
+    max_budget_usd: float | None = None
+    turn_timeout_s: float = Field(default=600.0, gt=0)
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    # How long an interrupted turn may take to wind down before its sandbox
+    # is killed (wall-clock guard and max-turns backstop).
+    interrupt_grace_s: float = Field(default=10.0, gt=0)
+    sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
+    model: str | None = None
+    # Host uids handed to local sandboxes, one per live sandbox.
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)
+    sandbox_uid_count: int = Field(default=10_000, ge=1)
+    # Largest client frame accepted (bigger: close 1009).
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: str = "info"
+
+    @property
+    def database_url_or_default(self) -> str:
+        return self.database_url or f"sqlite:///{(self.state_dir / 'moorage.db').resolve()}"
