@@ -1,0 +1,563 @@
+"""``make bench``: what running a session through Moorage costs over the bare SDK.
+
+Both sides talk to the same scripted model (``moorage.testing.scripted_model``),
+which answers every request instantly, so what is measured is the overhead of
+starting and driving the Claude Code CLI, not model latency.
+
+"direct"  is ``claude_agent_sdk.ClaudeSDKClient`` in this process, spawning the
+          bundled CLI on the host (fresh temp cwd and HOME per client).
+"service" is ``python -m moorage serve`` started here as a subprocess with the
+          local (bubblewrap) sandbox backend, driven over its WebSocket API.
+
+(a) Cold start, repeated ``--runs`` times, direct and service interleaved.
+    The CLI emits its ``system``/``init`` message only after the first user
+    message, so on both sides the first message ``say hi`` is sent at once and
+    the clock runs from the start (``ClaudeSDKClient.connect()`` call /
+    WebSocket connect) to the arrival of ``system``/``init``. Median and p90
+    of each, and the ratio of medians (target <= 1.3x). One unmeasured
+    warm-up of each side runs first (page cache, bytecode). After every
+    service run the bench waits for the service's sandboxes to be gone, so
+    no run shares the machine with a leftover CLI.
+
+(b) A conversation of ``--turns`` sequential turns in one session: direct is
+    one ``ClaudeSDKClient`` with one ``query()`` per turn, service is one
+    WebSocket with one user frame per turn; each turn ends with its
+    ``result``. The clock starts after an unmeasured warm-up turn (which
+    also covers startup) and stops at the last ``result``. Per-turn median
+    and the ratio of totals (target <= 1.10x).
+
+Writes ``--out`` (default bench/results.json) and prints a table. Exits 0
+whatever the figures: this is a report, not a test; it exits 1 only when the
+bench itself cannot run (service does not start, a wait times out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import claude_agent_sdk
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+from moorage.testing.scripted_model import ScriptedModelServer
+from websockets.asyncio.client import ClientConnection, connect
+
+PROMPT = "say hi"
+COLD_START_TARGET = 1.3
+CONVERSATION_TARGET = 1.10
+
+START_TIMEOUT_S = 60.0  # connect -> init (CLI start, sandbox start)
+TURN_TIMEOUT_S = 30.0  # one instant turn
+HEALTH_TIMEOUT_S = 30.0
+SANDBOX_GONE_TIMEOUT_S = 30.0
+SERVICE_STOP_GRACE_S = 15.0
+# Sessions end this long after their last client leaves; short, so the
+# cold-start runs can wait for each service sandbox to be gone.
+SERVICE_IDLE_TIMEOUT_S = 1.0
+# Sandbox host uids well away from the default pool (200000+), which a dev
+# service on this host may be using: the service SIGKILLs every process of a
+# uid it gives back, so two services sharing a pool would kill each other's.
+SANDBOX_UID_BASE = 370_000
+
+# Mirrors moorage_runner's CLI environment; IS_SANDBOX lets the CLI bypass
+# permissions as root (inside the sandbox the CLI is not root).
+DIRECT_ENV = {
+    "ANTHROPIC_API_KEY": "sk-bench-placeholder",
+    "IS_SANDBOX": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+DIRECT_MAX_TURNS = 50  # the service's default MOORAGE_MAX_TURNS
+
+Message = dict[str, Any]
+
+
+class BenchError(RuntimeError):
+    """The bench could not measure (not: a figure missed its target)."""
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def is_init(message: Message) -> bool:
+    return message.get("type") == "system" and message.get("subtype") == "init"
+
+
+def is_result(message: Message) -> bool:
+    return message.get("type") == "result"
+
+
+def user_message(text: str) -> Message:
+    return {"type": "user", "message": {"role": "user", "content": text}}
+
+
+async def read_until(
+    stream: AsyncIterator[Message], done: Callable[[Message], bool], limit_s: float, what: str
+) -> Message:
+    """The first message from ``stream`` that satisfies ``done``; bounded."""
+
+    async def scan() -> Message:
+        async for message in stream:
+            if message.get("type") == "error":
+                raise BenchError(f"error frame while waiting for {what}: {json.dumps(message)[:300]}")
+            if is_result(message) and message.get("is_error"):
+                raise BenchError(f"turn failed while waiting for {what}: {json.dumps(message)[:300]}")
+            if done(message):
+                return message
+        raise BenchError(f"stream ended while waiting for {what}")
+
+    try:
+        return await asyncio.wait_for(scan(), limit_s)
+    except TimeoutError:
+        raise BenchError(f"timed out after {limit_s:g}s waiting for {what}") from None
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Median and p90 (inclusive linear interpolation), in seconds."""
+    ordered = sorted(samples)
+    p90 = statistics.quantiles(ordered, n=10, method="inclusive")[8] if len(ordered) > 1 else ordered[0]
+    return {
+        "median_s": round(statistics.median(ordered), 4),
+        "p90_s": round(p90, 4),
+        "min_s": round(ordered[0], 4),
+        "max_s": round(ordered[-1], 4),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    """Direct child pids of ``pid`` (from /proc)."""
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may contain spaces and parentheses.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry))
+    return found
+
+
+# -- direct SDK ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _one(message: Message) -> AsyncIterator[Message]:
+    yield message
+
+
+class DirectSession:
+    """One ClaudeSDKClient; the bundled CLI on the host, no sandbox."""
+
+    def __init__(self, model_url: str, scratch: Path) -> None:
+        home, workspace = scratch / "home", scratch / "workspace"
+        home.mkdir()
+        workspace.mkdir()
+        env = {**DIRECT_ENV, "ANTHROPIC_BASE_URL": model_url, "HOME": str(home)}
+        self.client = ClaudeSDKClient(
+            ClaudeAgentOptions(
+                cwd=str(workspace),
+                permission_mode="bypassPermissions",
+                max_turns=DIRECT_MAX_TURNS,
+                env=env,
+            )
+        )
+        self.messages: AsyncIterator[Message] | None = None
+
+    async def connect(self) -> None:
+        await asyncio.wait_for(self.client.connect(), START_TIMEOUT_S)
+        query = self.client._query
+        assert query is not None
+        # Raw dicts, exactly as the CLI wrote them (what the service relays).
+        self.messages = query.receive_messages()
+
+    async def send(self, text: str) -> None:
+        await self.client.query(_one({**user_message(text), "parent_tool_use_id": None}))
+
+    async def until(self, done: Callable[[Message], bool], limit_s: float, what: str) -> Message:
+        assert self.messages is not None
+        return await read_until(self.messages, done, limit_s, what)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.disconnect(), 20)
+
+
+# -- the service -----------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    port: int
+    state_dir: Path
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/sessions"
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    async def wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while not await asyncio.to_thread(self.healthy):
+            if self.proc.poll() is not None:
+                raise BenchError(f"the service exited at start (code {self.proc.returncode}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the service did not answer /healthz within {HEALTH_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.05)
+
+    async def wait_no_sandboxes(self) -> None:
+        """Until no sandbox (a child of the service) is left; bounded."""
+        deadline = time.monotonic() + SANDBOX_GONE_TIMEOUT_S
+        while await asyncio.to_thread(children, self.proc.pid):
+            if time.monotonic() > deadline:
+                raise BenchError(f"service sandboxes still running after {SANDBOX_GONE_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(SERVICE_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_issues(self) -> list[str]:
+        """Service log lines at warning level or above, and tracebacks."""
+        issues: list[str] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                level = str(json.loads(line).get("level", ""))
+            except (ValueError, AttributeError):
+                level = "error" if "Traceback" in line or " ERROR " in line or " WARNING " in line else ""
+            if level in ("warning", "error", "critical", "exception"):
+                issues.append(line[:500])
+        return issues
+
+
+def make_state_dir() -> Path:
+    state_dir = Path(tempfile.mkdtemp(prefix="moorage-bench-state-"))
+    state_dir.chmod(0o755)  # sandbox uids must reach their workspaces
+    return state_dir
+
+
+def start_service(model_url: str, state_dir: Path) -> Service:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "MOORAGE_HOST": "127.0.0.1",
+        "MOORAGE_PORT": str(port),
+        "MOORAGE_STATE_DIR": str(state_dir),
+        "MOORAGE_IDLE_TIMEOUT_S": str(SERVICE_IDLE_TIMEOUT_S),
+        "MOORAGE_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
+        "MOORAGE_SANDBOX_UID_COUNT": "100",
+        "ANTHROPIC_BASE_URL": model_url,
+        "ANTHROPIC_API_KEY": "sk-bench",
+    }
+    log_path = state_dir / "service.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moorage", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return Service(proc, port, state_dir, log_path)
+
+
+async def ws_frames(ws: ClientConnection) -> AsyncIterator[Message]:
+    async for raw in ws:
+        frame = json.loads(raw)
+        if isinstance(frame, dict):
+            yield frame
+
+
+class ServiceSession:
+    """One WebSocket session with the service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.ws: ClientConnection | None = None
+        self.frames: AsyncIterator[Message] | None = None
+
+    async def connect(self) -> None:
+        self.ws = await connect(self.service.ws_url, max_size=None, open_timeout=START_TIMEOUT_S)
+        self.frames = ws_frames(self.ws)
+        await self.until(lambda m: m.get("type") == "session", START_TIMEOUT_S, "the session frame")
+
+    async def send(self, text: str) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(user_message(text)))
+
+    async def until(self, done: Callable[[Message], bool], limit_s: float, what: str) -> Message:
+        assert self.frames is not None
+        return await read_until(self.frames, done, limit_s, what)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 10)
+
+
+# -- measurements ----------------------------------------------------------------
+
+Session = DirectSession | ServiceSession
+
+
+async def cold_start(session: Session) -> tuple[float, float]:
+    """(start -> init, start -> first result) for a new session, in seconds."""
+    t0 = time.perf_counter()
+    try:
+        await session.connect()
+        await session.send(PROMPT)
+        await session.until(is_init, START_TIMEOUT_S, "system/init")
+        init_s = time.perf_counter() - t0
+        await session.until(is_result, TURN_TIMEOUT_S, "the first result")
+        result_s = time.perf_counter() - t0
+    finally:
+        await session.close()
+    return init_s, result_s
+
+
+async def conversation(session: Session, turns: int) -> list[float]:
+    """Seconds per turn for ``turns`` turns after a warm-up turn."""
+    try:
+        await session.connect()
+        await session.send(PROMPT)
+        await session.until(is_result, START_TIMEOUT_S, "the warm-up result")
+        times: list[float] = []
+        for turn in range(turns):
+            t0 = time.perf_counter()
+            await session.send(PROMPT)
+            await session.until(is_result, TURN_TIMEOUT_S, f"the result of turn {turn + 1}")
+            times.append(time.perf_counter() - t0)
+    finally:
+        await session.close()
+    return times
+
+
+async def direct_cold_start(model_url: str) -> tuple[float, float]:
+    with temp_dir("moorage-bench-direct-") as scratch:
+        return await cold_start(DirectSession(model_url, scratch))
+
+
+async def service_cold_start(service: Service) -> tuple[float, float]:
+    figures = await cold_start(ServiceSession(service))
+    await service.wait_no_sandboxes()
+    return figures
+
+
+async def measure(args: argparse.Namespace, model_url: str, service: Service) -> dict[str, Any]:
+    log = progress
+    for i in range(args.warmup):
+        log(f"warm-up {i + 1}/{args.warmup}")
+        await direct_cold_start(model_url)
+        await service_cold_start(service)
+
+    direct_init: list[float] = []
+    direct_result: list[float] = []
+    service_init: list[float] = []
+    service_result: list[float] = []
+    for i in range(args.runs):
+        d = await direct_cold_start(model_url)
+        s = await service_cold_start(service)
+        log(f"cold start {i + 1}/{args.runs}: direct {d[0]:.3f}s  service {s[0]:.3f}s")
+        direct_init.append(d[0])
+        direct_result.append(d[1])
+        service_init.append(s[0])
+        service_result.append(s[1])
+
+    log(f"conversation: {args.turns} turns direct")
+    with temp_dir("moorage-bench-direct-") as scratch:
+        direct_turns = await conversation(DirectSession(model_url, scratch), args.turns)
+    log(f"conversation: {args.turns} turns through the service")
+    service_turns = await conversation(ServiceSession(service), args.turns)
+    await service.wait_no_sandboxes()
+
+    return {
+        "cold_start": cold_start_report(direct_init, service_init, direct_result, service_result),
+        "conversation": conversation_report(direct_turns, service_turns),
+    }
+
+
+def cold_start_report(
+    direct: list[float], service: list[float], direct_result: list[float], service_result: list[float]
+) -> dict[str, Any]:
+    d, s = summary(direct), summary(service)
+    ratio = s["median_s"] / d["median_s"]
+    return {
+        "what": "start (connect() call / WebSocket connect) -> system/init, first message sent at once",
+        "runs": len(direct),
+        "direct": {**d, "samples_s": [round(x, 4) for x in direct]},
+        "service": {**s, "samples_s": [round(x, 4) for x in service]},
+        "to_first_result": {"direct": summary(direct_result), "service": summary(service_result)},
+        "ratio_of_medians": round(ratio, 3),
+        "target_ratio": COLD_START_TARGET,
+        "pass": ratio <= COLD_START_TARGET,
+    }
+
+
+def conversation_report(direct: list[float], service: list[float]) -> dict[str, Any]:
+    def side(times: list[float]) -> dict[str, Any]:
+        return {
+            "total_s": round(sum(times), 4),
+            "per_turn": summary(times),
+            "per_turn_samples_s": [round(x, 4) for x in times],
+        }
+
+    ratio = sum(service) / sum(direct)
+    return {
+        "what": "sequential turns in one session after a warm-up turn, each until its result",
+        "turns": len(direct),
+        "direct": side(direct),
+        "service": side(service),
+        "ratio_of_totals": round(ratio, 3),
+        "target_ratio": CONVERSATION_TARGET,
+        "pass": ratio <= CONVERSATION_TARGET,
+    }
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "claude_agent_sdk": claude_agent_sdk.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    cold, conv = results["cold_start"], results["conversation"]
+    verdict = {True: "PASS", False: "FAIL"}
+    ms = 1000.0
+    rows = [
+        f"{'':34}{'direct':>10}{'service':>10}{'ratio':>8}  target",
+        f"{'cold start to init, median (ms)':34}{cold['direct']['median_s'] * ms:>10.0f}"
+        f"{cold['service']['median_s'] * ms:>10.0f}{cold['ratio_of_medians']:>7.2f}x"
+        f"  <= {cold['target_ratio']}x {verdict[cold['pass']]}",
+        f"{'cold start to init, p90 (ms)':34}{cold['direct']['p90_s'] * ms:>10.0f}"
+        f"{cold['service']['p90_s'] * ms:>10.0f}",
+        f"{'cold start to 1st result, median':34}{cold['to_first_result']['direct']['median_s'] * ms:>10.0f}"
+        f"{cold['to_first_result']['service']['median_s'] * ms:>10.0f}",
+        f"{conv['turns']:>2}{'-turn conversation, total (ms)':32}{conv['direct']['total_s'] * ms:>10.0f}"
+        f"{conv['service']['total_s'] * ms:>10.0f}{conv['ratio_of_totals']:>7.2f}x"
+        f"  <= {conv['target_ratio']}x {verdict[conv['pass']]}",
+        f"{'per turn, median (ms)':34}{conv['direct']['per_turn']['median_s'] * ms:>10.1f}"
+        f"{conv['service']['per_turn']['median_s'] * ms:>10.1f}",
+    ]
+    m = results["machine"]
+    head = (
+        f"Moorage bench: {cold['runs']} cold-start runs, {conv['turns']} turns; "
+        f"{m['nproc']} cpus, Python {m['python']}, claude-agent-sdk {m['claude_agent_sdk']}"
+    )
+    return "\n".join([head, *rows])
+
+
+def progress(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = ScriptedModelServer().start()
+    state_dir = make_state_dir()
+    service = start_service(model.url, state_dir)
+    try:
+        await service.wait_healthy()
+        figures = await measure(args, model.url, service)
+    finally:
+        service.stop()
+        issues = service.log_issues()
+        model.stop()
+        if args.keep_state:
+            progress(f"service state and log kept in {state_dir}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    return {
+        "schema": 1,
+        "machine": machine(),
+        "config": {"runs": args.runs, "turns": args.turns, "warmup": args.warmup, "prompt": PROMPT},
+        **figures,
+        "service_log": {"issues": len(issues), "lines": issues[:50]},
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5, help="cold-start runs per side (default 5)")
+    parser.add_argument("--turns", type=int, default=20, help="turns in the conversation (default 20)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured cold starts per side first (default 1)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results.json", help="results file"
+    )
+    parser.add_argument("--keep-state", action="store_true", help="keep the service's state dir and log")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.turns < 1 or args.warmup < 0:
+        parser.error("--runs and --turns must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = asyncio.run(run(args))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    if results["service_log"]["issues"]:
+        print(f"service log: {results['service_log']['issues']} warning/error lines (see {args.out})")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from moorage.testing.scripted_model import ScriptedModelServer  # noqa: E402
+from support import Service, run_service  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    needs_sandbox = shutil.which("bwrap") is None or shutil.which("setpriv") is None
+    for item in items:
+        if needs_sandbox and ("integration" in item.path.parts or "e2e" in item.path.parts):
+            item.add_marker(pytest.mark.skip(reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap"))
+
+
+@pytest.fixture(scope="session")
+def model() -> Iterator[ScriptedModelServer]:
+    server = ScriptedModelServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service(model: ScriptedModelServer) -> Iterator[Service]:
+    """One service for the e2e tests that need no special settings."""
+    with run_service(model.url) as svc:
+        yield svc

@@ -1,0 +1,211 @@
+"""Test helpers: the service as a real process, and a WebSocket client.
+
+Every wait is bounded and scales with ``MOORAGE_TEST_TIMEOUT_FACTOR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+FACTOR = float(os.environ.get("MOORAGE_TEST_TIMEOUT_FACTOR", "1"))
+REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
+
+
+def scaled(seconds: float) -> float:
+    return seconds * FACTOR
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` (scaled)."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Service:
+    port: int
+    state_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+
+@contextmanager
+def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
+    """Start ``python -m moorage serve`` on a free port; stop it after."""
+    state = Path(tempfile.mkdtemp(prefix="moorage-test-"))
+    state.chmod(0o755)
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "MOORAGE_HOST": "127.0.0.1",
+        "MOORAGE_PORT": str(port),
+        "MOORAGE_STATE_DIR": str(state),
+        "MOORAGE_IDLE_TIMEOUT_S": "60",
+        "MOORAGE_MAX_TURNS": "3",
+        "MOORAGE_LOG_LEVEL": "debug",
+        "ANTHROPIC_BASE_URL": model_url,
+        "ANTHROPIC_API_KEY": REAL_KEY,
+        **overrides,
+    }
+    log_path = state / "service.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moorage", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    service = Service(port, state, log_path, proc, env)
+    try:
+        wait_until(lambda: service.healthy() or proc.poll() is not None, 30, "the service to answer /healthz")
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited at start:\n{service.logs()}")
+        yield service
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(scaled(30))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Client:
+    """A WebSocket client speaking protocol v1, with bounded waits."""
+
+    def __init__(self, ws: Any, first: dict[str, Any]) -> None:
+        self.ws = ws
+        self.first = first
+        self.session_id: str = first.get("session_id", "")
+
+    @classmethod
+    async def connect(cls, service: Service, session_id: str | None = None) -> Client:
+        path = "/v1/sessions" + (f"/{session_id}" if session_id else "")
+        ws = await websockets.connect(service.ws_url + path, max_size=None, open_timeout=scaled(10))
+        first = json.loads(await asyncio.wait_for(ws.recv(), scaled(10)))
+        return cls(ws, first)
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def say(self, prompt: str) -> None:
+        await self.send({"type": "user", "message": {"role": "user", "content": prompt}})
+
+    async def recv(self, timeout: float = 30) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), scaled(timeout)))
+        return frame
+
+    async def until(self, *types: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """Frames up to and including the first whose type is in ``types``."""
+        deadline = asyncio.get_running_loop().time() + scaled(timeout)
+        frames = []
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"no {types} frame within {scaled(timeout)}s; got {[f['type'] for f in frames]}")
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), left))
+            frames.append(frame)
+            if frame.get("type") in types:
+                return frames
+
+    async def turn(self, prompt: str, timeout: float = 60) -> list[dict[str, Any]]:
+        await self.say(prompt)
+        return await self.until("result", "error", timeout=timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def result_of(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    results = [f for f in frames if f.get("type") == "result"]
+    assert results, f"no result frame in {[f.get('type') for f in frames]}"
+    return results[-1]
+
+
+def tool_output(frames: list[dict[str, Any]]) -> str:
+    """The text of every tool result the client saw in a turn."""
+    out = []
+    for f in frames:
+        if f.get("type") != "user":
+            continue
+        for block in (f.get("message") or {}).get("content") or []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                content = block.get("content")
+                if isinstance(content, list):
+                    out.extend(b.get("text", "") for b in content if isinstance(b, dict))
+                else:
+                    out.append(str(content))
+    return "\n".join(out)
+
+
+def session_pids(session_id: str) -> list[int]:
+    """Host pids of the processes running a session's sandbox."""
+    pids = []
+    marker = f"MOORAGE_SESSION_ID={session_id}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def uid_of(pid: int) -> int:
+    return os.stat(f"/proc/{pid}").st_uid
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
