@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from moorage.testing.scripted_model import ScriptedModelServer  # noqa: E402
-from support import Service, run_service  # noqa: E402
+from moorage.testing.scripted_model import ScriptedModelServer
+from support import Service, run_service
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

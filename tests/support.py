@@ -140,7 +140,7 @@ class Client:
     async def until(self, *types: str, timeout: float = 60) -> list[dict[str, Any]]:
         """Frames up to and including the first whose type is in ``types``."""
         deadline = asyncio.get_running_loop().time() + scaled(timeout)
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -166,7 +166,7 @@ def result_of(frames: list[dict[str, Any]]) -> dict[str, Any]:
 
 def tool_output(frames: list[dict[str, Any]]) -> str:
     """The text of every tool result the client saw in a turn."""
-    out = []
+    out: list[str] = []
     for f in frames:
         if f.get("type") != "user":
             continue

@@ -85,11 +85,9 @@ class Runner:
         code = 0
         if pump in done and not commands.done():
             # The CLI went away while the service still talks to us.
-            exc = pump.exception()
-            await self.out.send({
-                "kind": "error", "code": "cli_exited",
-                "message": f"agent process ended unexpectedly: {exc}" if exc else "agent process ended unexpectedly",
-            })
+            failure = pump.exception()
+            message = "agent process ended unexpectedly" + (f": {failure}" if failure else "")
+            await self.out.send({"kind": "error", "code": "cli_exited", "message": message})
             code = 1
         for task in (pump, commands, *self._tasks):
             task.cancel()

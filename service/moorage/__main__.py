@@ -1,4 +1,4 @@
-"""``python -m moorage serve``: run the service with uvicorn."""
+"""Command line: ``moorage serve | demo | chat``."""
 
 from __future__ import annotations
 
@@ -6,32 +6,62 @@ import argparse
 import sys
 
 import uvicorn
+from pydantic import SecretStr
 
 from .logs import configure
 from .settings import Settings
 
 
+def serve(settings: Settings) -> None:
+    configure(settings.log_level)
+    from .app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def demo(settings: Settings) -> None:
+    """The service against the scripted model: try it with no API key."""
+    from .testing.scripted_model import ScriptedModelServer
+
+    model = ScriptedModelServer().start()
+    print(
+        f"demo: scripted model on {model.url}; try prompts like 'say hello' or 'bash ls -la'",
+        file=sys.stderr,
+    )
+    try:
+        serve(settings.model_copy(update={"anthropic_base_url": model.url, "anthropic_api_key": SecretStr("demo")}))
+    finally:
+        model.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moorage")
+    parser = argparse.ArgumentParser(prog="moorage", description="Claude Agent SDK sessions over WebSocket")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the service (settings from MOORAGE_* environment variables)")
+    sub.add_parser("demo", help="run the service against the built-in scripted model")
+    chat = sub.add_parser("chat", help="a terminal client for a running service")
+    chat.add_argument("--url", default=None, help="ws://host:port (default from MOORAGE_HOST/MOORAGE_PORT)")
+    chat.add_argument("--session", default=None, help="attach to this session id")
     args = parser.parse_args(argv)
+    settings = Settings()
     if args.command == "serve":
-        settings = Settings()
-        configure(settings.log_level)
-        from .app import create_app
+        serve(settings)
+    elif args.command == "demo":
+        demo(settings)
+    elif args.command == "chat":
+        from .chat import run_chat
 
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            ws="websockets-sansio",
-            ws_max_size=settings.max_frame_bytes,
-            lifespan="on",
-            timeout_graceful_shutdown=30,
-        )
+        return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session)
     return 0
 
 

@@ -107,7 +107,7 @@ async def _read(session: Session, conn: WsConnection) -> None:
             if exc.fatal:
                 conn.close(close_code(exc.code), exc.code)
                 return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = MoorageError("the sandbox did not become ready in time", code=Code.SANDBOX_START_FAILED, fatal=True)
             conn.offer(dumps(error.frame()))
 

@@ -10,6 +10,7 @@ response on the way past and added to that sandbox's ``Usage``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -28,7 +29,13 @@ ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 # Hop-by-hop and identity headers we never pass on.
 # accept-encoding goes too: the proxy reads usage from the bytes it relays.
 DROP_REQUEST_HEADERS = {
-    "host", "x-api-key", "authorization", "content-length", "connection", "transfer-encoding", "accept-encoding",
+    "host",
+    "x-api-key",
+    "authorization",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "accept-encoding",
 }
 DROP_RESPONSE_HEADERS = {"content-length", "connection", "transfer-encoding", "content-encoding", "keep-alive"}
 
@@ -108,9 +115,7 @@ class ModelProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._client = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
-        )
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900))
 
     async def open(self, sandbox_id: str) -> Path:
         """A new socket for one sandbox; its unguessable name is the secret
@@ -132,10 +137,8 @@ class ModelProxy:
         site, path = entry
         self._by_path.pop(path, None)
         await site.stop()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
     async def close(self) -> None:
         for sandbox_id in list(self._sites):
@@ -153,10 +156,15 @@ class ModelProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         sandbox_id = self._sandbox_of(request)
         if sandbox_id is None:
-            return web.json_response({"type": "error", "error": {"type": "forbidden", "message": "unknown sandbox"}}, status=403)
+            return web.json_response(
+                {"type": "error", "error": {"type": "forbidden", "message": "unknown sandbox"}}, status=403
+            )
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             return web.json_response(
-                {"type": "error", "error": {"type": "not_found_error", "message": "only the Messages API is reachable"}},
+                {
+                    "type": "error",
+                    "error": {"type": "not_found_error", "message": "only the Messages API is reachable"},
+                },
                 status=404,
             )
         assert self._client is not None

@@ -32,4 +32,6 @@ def configure(level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     # Library loggers (uvicorn, aiohttp) go through the standard library.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )

@@ -126,9 +126,11 @@ class Session:
         if self.settings.model:
             options["model"] = self.settings.model
         try:
-            await self.sandbox.send({"kind": "start", "options": options, "model_proxy": "unix:/run/moorage/model.sock"})
+            await self.sandbox.send(
+                {"kind": "start", "options": options, "model_proxy": "unix:/run/moorage/model.sock"}
+            )
             first = await asyncio.wait_for(self.sandbox.recv(), self.settings.sandbox_start_timeout_s)
-        except (SandboxError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SandboxError) as exc:
             raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
         if first is None or first.get("kind") != "ready":
             detail = (first or {}).get("message", "the runner exited before it was ready")

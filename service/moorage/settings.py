@@ -16,9 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOORAGE_", extra="ignore")
 
-    anthropic_api_key: SecretStr = Field(
-        default=SecretStr(""), validation_alias=AliasChoices("ANTHROPIC_API_KEY")
-    )
+    anthropic_api_key: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
     anthropic_base_url: str = Field(
         default="https://api.anthropic.com", validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 
 import pytest
 import websockets
@@ -75,7 +74,7 @@ async def test_sandbox_cannot_reach_host_loopback_ports(service: Service, model:
         "    print(p, 'open' if s.connect_ex(('127.0.0.1', int(p))) == 0 else 'closed')\n"
     )
     client = await Client.connect(service)
-    frames = await client.turn(f"bash python3 -c \"{probe}\" {service.port} {model_port}; ip -o link 2>&1 | wc -l")
+    frames = await client.turn(f'bash python3 -c "{probe}" {service.port} {model_port}; ip -o link 2>&1 | wc -l')
     out = tool_output(frames)
     assert f"{service.port} closed" in out and f"{model_port} closed" in out
     await client.close()
@@ -86,9 +85,7 @@ async def test_sessions_cannot_see_each_others_workspaces(service: Service) -> N
     a = await Client.connect(service)
     b = await Client.connect(service)
     await a.turn("bash echo secret-of-a > /workspace/secret-a.txt && ls /workspace")
-    frames = await b.turn(
-        "bash ls -a /workspace; find / -name 'secret-a*' -not -path '/proc/*' 2>/dev/null; echo end"
-    )
+    frames = await b.turn("bash ls -a /workspace; find / -name 'secret-a*' -not -path '/proc/*' 2>/dev/null; echo end")
     out = tool_output(frames)
     assert "secret-a" not in out and "end" in out
     check = await a.turn("bash cat /workspace/secret-a.txt")
@@ -193,8 +190,7 @@ async def test_runner_crash_is_fatal_for_its_session_only(service: Service) -> N
     with pytest.raises(websockets.ConnectionClosed):
         await victim.recv(timeout=10)
     assert result_of(await bystander.turn("say unharmed"))["result"] == "unharmed"
-    with urllib.request.urlopen(service.url + "/healthz", timeout=5) as r:
-        assert r.status == 200
+    assert await asyncio.to_thread(service.healthy)
     wait_until(lambda: not session_pids(victim.session_id), 10, "the crashed sandbox's processes to be gone")
     await bystander.close()
 

@@ -25,7 +25,10 @@ def test_system_reminders_are_not_prompts() -> None:
     """Text blocks the CLI adds as reminders do not count as the user's command."""
     prompt = {
         "role": "user",
-        "content": [{"type": "text", "text": "say yes"}, {"type": "text", "text": "<system-reminder>x</system-reminder>"}],
+        "content": [
+            {"type": "text", "text": "say yes"},
+            {"type": "text", "text": "<system-reminder>x</system-reminder>"},
+        ],
     }
     assert decide(body(prompt)).text == "yes"
 
@@ -43,6 +46,10 @@ def test_streamed_events_follow_the_messages_api_order() -> None:
     """message_start, block start/delta/stop, message_delta, message_stop."""
     names = [name for name, _ in sse_events(decide(body({"role": "user", "content": "say x"})), "m")]
     assert names == [
-        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,22 @@ class Runtime:
 def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int, etc_dir: Path) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested)."""
     argv = [
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-        "--", "bwrap",
-        "--unshare-all", "--die-with-parent", "--new-session",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--hostname", "moorage-sandbox",
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--",
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "moorage-sandbox",
         "--clearenv",
     ]
     for d in SYSTEM_DIRS:
@@ -107,27 +119,63 @@ def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int, etc_dir: Path) -> 
     if not runtime.prefix.startswith("/usr/"):
         argv += ["--ro-bind", runtime.prefix, VENV]
     argv += [
-        "--ro-bind", runtime.runner_pkg, f"{RUNNER_LIB}/moorage_runner",
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--tmpfs", "/dev/shm",
-        "--tmpfs", "/tmp",
-        "--tmpfs", SANDBOX_HOME,
-        "--tmpfs", "/run",
-        "--ro-bind", str(spec.model_socket), MODEL_SOCKET,
-        "--bind", str(spec.workspace), "/workspace",
-        "--chdir", "/workspace",
-        "--setenv", "HOME", SANDBOX_HOME,
-        "--setenv", "USER", "agent",
-        "--setenv", "LOGNAME", "agent",
-        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-        "--setenv", "LANG", "C.UTF-8",
-        "--setenv", "TMPDIR", "/tmp",
-        "--setenv", "PYTHONPATH", RUNNER_LIB,
-        "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-        "--setenv", "PYTHONUNBUFFERED", "1",
-        "--setenv", "MOORAGE_SESSION_ID", spec.session_id,
-        "--", runtime.sandbox_python, "-m", "moorage_runner",
+        "--ro-bind",
+        runtime.runner_pkg,
+        f"{RUNNER_LIB}/moorage_runner",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/dev/shm",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        SANDBOX_HOME,
+        "--tmpfs",
+        "/run",
+        "--ro-bind",
+        str(spec.model_socket),
+        MODEL_SOCKET,
+        "--bind",
+        str(spec.workspace),
+        "/workspace",
+        "--chdir",
+        "/workspace",
+        "--setenv",
+        "HOME",
+        SANDBOX_HOME,
+        "--setenv",
+        "USER",
+        "agent",
+        "--setenv",
+        "LOGNAME",
+        "agent",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+        "--setenv",
+        "PYTHONPATH",
+        RUNNER_LIB,
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        "--setenv",
+        "PYTHONUNBUFFERED",
+        "1",
+        "--setenv",
+        "MOORAGE_SESSION_ID",
+        spec.session_id,
+        "--",
+        runtime.sandbox_python,
+        "-m",
+        "moorage_runner",
     ]
     return argv
 
@@ -195,7 +243,11 @@ class LocalSandbox:
         assert self._proc.stderr is not None
         with contextlib.suppress(Exception):
             async for raw in self._proc.stderr:
-                log.debug("sandbox_stderr", line=raw[:2000].decode(errors="replace").rstrip(), session_id=self._spec.session_id)
+                log.debug(
+                    "sandbox_stderr",
+                    line=raw[:2000].decode(errors="replace").rstrip(),
+                    session_id=self._spec.session_id,
+                )
 
     async def stop(self, grace_s: float) -> int | None:
         """Close input -> wait -> SIGTERM -> wait -> SIGKILL; bounded."""
@@ -209,7 +261,7 @@ class LocalSandbox:
             try:
                 await asyncio.wait_for(self._proc.wait(), wait_s)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         await self._release()
         return self._proc.returncode
@@ -233,16 +285,31 @@ class LocalSandbox:
         self._backend.release(self)
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process still running as ``uid`` (belt and braces)."""
+def _pids_of_uid(uid: int) -> list[int]:
+    pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid == uid:
-                os.kill(int(entry), signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except FileNotFoundError:
+                continue
+    return pids
+
+
+def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
+    """SIGKILL every process still running as ``uid`` and wait until they are
+    gone (bounded). The pid namespace dies with bwrap, but its processes are
+    torn down asynchronously; a pool uid must be empty before it is reused."""
+    deadline = time.monotonic() + deadline_s
+    while pids := _pids_of_uid(uid):
+        if time.monotonic() > deadline:
+            log.error("sandbox_processes_left", uid=uid, pids=pids)
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 class LocalBackend:
@@ -265,13 +332,21 @@ class LocalBackend:
                     f"{tool} not found: install bubblewrap and util-linux (apt-get install bubblewrap)",
                     code=Code.SANDBOX_START_FAILED,
                 )
-        for path in (self.runtime.prefix, self.runtime.runner_pkg, os.path.realpath(self.runtime.python)):
+        # bwrap runs as the sandbox's own uid, so it must be able to reach
+        # every path it mounts.
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for path in (
+            self.runtime.prefix,
+            self.runtime.runner_pkg,
+            os.path.realpath(self.runtime.python),
+            self.state_dir,
+        ):
             p = Path(path)
             while p != p.parent:
                 if not os.stat(p).st_mode & 0o001:
                     raise SandboxError(
-                        f"{path} is not reachable by sandbox users ({p} is not world-searchable); "
-                        "create the venv with /usr/bin/python3 in a world-readable directory (make venv)",
+                        f"{path} is not reachable by sandbox users ({p} is not world-searchable); keep the venv "
+                        "(made with /usr/bin/python3) and MOORAGE_STATE_DIR in world-searchable directories",
                         code=Code.SANDBOX_START_FAILED,
                     )
                 p = p.parent

@@ -36,11 +36,7 @@ def _text_of(content: Any) -> str:
     """The prompt text of a user message, without the CLI's system reminders."""
     if isinstance(content, str):
         return content
-    parts = [
-        block.get("text", "")
-        for block in content
-        if isinstance(block, dict) and block.get("type") == "text"
-    ]
+    parts = [block.get("text", "") for block in content if isinstance(block, dict) and block.get("type") == "text"]
     parts = [p for p in parts if not p.lstrip().startswith("<system-reminder>")]
     return parts[-1] if parts else ""
 
@@ -116,38 +112,67 @@ def sse_events(reply: Reply, model: str) -> Iterator[tuple[str, dict[str, Any]]]
     msg_id = f"msg_{next(_ids):08d}"
     blocks = reply.blocks()
     start_usage = {**USAGE, "output_tokens": 1}
-    yield "message_start", {
-        "type": "message_start",
-        "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage,
+    yield (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": start_usage,
+            },
         },
-    }
+    )
     for index, block in enumerate(blocks):
         if block["type"] == "text":
-            yield "content_block_start", {
-                "type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""},
-            }
-            yield "content_block_delta", {
-                "type": "content_block_delta", "index": index,
-                "delta": {"type": "text_delta", "text": block["text"]},
-            }
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": block["text"]},
+                },
+            )
         else:
-            yield "content_block_start", {
-                "type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
-            }
-            yield "content_block_delta", {
-                "type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
-            }
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+                },
+            )
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                },
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
     stop = "tool_use" if reply.bash is not None else "end_turn"
-    yield "message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": stop, "stop_sequence": None},
-        "usage": {"output_tokens": USAGE["output_tokens"]},
-    }
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": USAGE["output_tokens"]},
+        },
+    )
     yield "message_stop", {"type": "message_stop"}
 
 
@@ -176,11 +201,18 @@ class ScriptedModel:
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if not body.get("stream"):
-            return web.json_response({
-                "id": f"msg_{next(_ids):08d}", "type": "message", "role": "assistant", "model": model,
-                "content": reply.blocks(), "stop_reason": "tool_use" if reply.bash else "end_turn",
-                "stop_sequence": None, "usage": USAGE,
-            })
+            return web.json_response(
+                {
+                    "id": f"msg_{next(_ids):08d}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": reply.blocks(),
+                    "stop_reason": "tool_use" if reply.bash else "end_turn",
+                    "stop_sequence": None,
+                    "usage": USAGE,
+                }
+            )
         response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await response.prepare(request)
         for event, data in sse_events(reply, model):

@@ -1,0 +1,76 @@
+# Moorage: every target does its own set-up (system packages when root,
+# then the venv), so `make run` and `make test` work on a fresh Debian box.
+
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := bubblewrap socat python3-venv util-linux procps
+PACKAGES := -e service -e container -e session-store
+
+.PHONY: help deps venv run demo chat test test-unit lint format bench constraints clean
+
+help:
+	@echo "make run     the service on 127.0.0.1:8080 (SQLite + local bubblewrap sandboxes)"
+	@echo "make demo    the same, against the scripted model (no API key needed)"
+	@echo "make chat    a terminal client for a running service"
+	@echo "make test    every test (unit, integration, e2e)"
+	@echo "make lint    ruff + mypy"
+	@echo "make bench   benchmarks -> bench/results.json"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing   (then make again)"; exit 1; \
+	  fi; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): service/pyproject.toml container/pyproject.toml session-store/pyproject.toml requirements-dev.txt constraints.txt
+	@test -x $(SYSTEM_PYTHON) || { echo "$(SYSTEM_PYTHON) not found (apt-get install python3 python3-venv)"; exit 1; }
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt $(PACKAGES) -r requirements-dev.txt
+	@touch $@
+
+run: deps venv
+	@[ -n "$$ANTHROPIC_API_KEY" ] || echo "WARNING: ANTHROPIC_API_KEY is not set; model calls will fail. 'make demo' runs against the scripted model."
+	$(PY) -m moorage serve
+
+demo: deps venv
+	$(PY) -m moorage demo
+
+chat: venv
+	$(PY) -m moorage chat
+
+test: deps venv
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: deps venv
+	$(PY) bench/bench.py
+
+constraints: venv
+	{ echo "# Versions tested together; regenerate with 'make constraints'."; \
+	  $(PY) -m pip freeze | grep -v -e '^-e' -e '^moorage'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""A small terminal client: type a prompt, watch the session stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import websockets
+
+
+def render(frame: dict[str, Any]) -> str | None:
+    """One line for a frame a person wants to see, or None."""
+    kind = frame.get("type")
+    if kind == "session":
+        return f"[session {frame['session_id']} {frame['state']}]"
+    if kind == "assistant":
+        parts = []
+        for block in (frame.get("message") or {}).get("content") or []:
+            if block.get("type") == "text":
+                parts.append(block["text"])
+            elif block.get("type") == "tool_use":
+                parts.append(f"[{block.get('name')}] {json.dumps(block.get('input'))[:200]}")
+        return "\n".join(parts) or None
+    if kind == "user":
+        for block in (frame.get("message") or {}).get("content") or []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                return "  > " + str(block.get("content"))[:500].replace("\n", "\n  > ")
+        return None
+    if kind == "result":
+        return f"[{frame.get('subtype')}: {frame.get('num_turns')} turns, ${frame.get('total_cost_usd', 0):.4f}]"
+    if kind == "error":
+        return f"[error {frame.get('code')}: {frame.get('message')}]"
+    return None
+
+
+async def chat(url: str, session_id: str | None) -> int:
+    path = "/v1/sessions" + (f"/{session_id}" if session_id else "")
+    async with websockets.connect(url + path, max_size=None) as ws:
+        idle = asyncio.Event()
+        idle.set()
+
+        async def show() -> None:
+            async for raw in ws:
+                frame = json.loads(raw)
+                line = render(frame)
+                if line:
+                    print(line, flush=True)
+                if frame.get("type") == "result" or frame.get("fatal"):
+                    idle.set()
+
+        printer = asyncio.create_task(show())
+        try:
+            while True:
+                prompt = await asyncio.to_thread(sys.stdin.readline)
+                if not prompt:
+                    return 0
+                if prompt.strip() == "/interrupt":
+                    await ws.send(json.dumps({"type": "interrupt"}))
+                elif prompt.strip():
+                    await idle.wait()  # one turn at a time, as the service requires
+                    idle.clear()
+                    await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": prompt.strip()}}))
+        finally:
+            printer.cancel()
+
+
+def run_chat(url: str, session_id: str | None) -> int:
+    print("type a prompt and press enter; /interrupt stops a turn; Ctrl-D quits", file=sys.stderr)
+    try:
+        return asyncio.run(chat(url, session_id))
+    except (KeyboardInterrupt, websockets.ConnectionClosed):
+        return 0
+    except OSError as exc:
+        print(f"cannot connect to {url}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,144 @@
+"""The model proxy against a real upstream HTTP server, over real unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from moorage.egress import ModelProxy, SseUsageReader
+from support import scaled
+
+REAL = "sk-real"
+
+
+class Upstream:
+    """An upstream that holds its stream open until told to finish."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.seen: list[dict[str, str]] = []
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({"model": "m-json", "usage": {"input_tokens": 5, "output_tokens": 2}})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start = {
+            "type": "message_start",
+            "message": {"model": "m-sse", "usage": {"input_tokens": 10, "output_tokens": 1}},
+        }
+        await response.write(f"event: message_start\ndata: {json.dumps(start)}\n\n".encode())
+        await asyncio.wait_for(self.release.wait(), scaled(10))
+        delta = {"type": "message_delta", "usage": {"output_tokens": 9}}
+        await response.write(f"event: message_delta\ndata: {json.dumps(delta)}\n\n".encode())
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    up = Upstream()
+    app = web.Application()
+    app.router.add_post("/v1/messages", up.messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield up, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(upstream: tuple[Upstream, str], tmp_path: Path) -> AsyncIterator[ModelProxy]:
+    p = ModelProxy(tmp_path / "egress", upstream[1], REAL)
+    await p.start()
+    yield p
+    await p.close()
+
+
+def session(sock: Path) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
+
+
+async def test_streamed_responses_pass_through_unbuffered(proxy: ModelProxy, upstream: tuple[Upstream, str]) -> None:
+    """The first SSE event reaches the sandbox while the upstream is still streaming."""
+    up, _ = upstream
+    sock = await proxy.open("sb-1")
+    async with session(sock) as http:
+        resp = await http.post("http://model/v1/messages", json={"stream": True}, headers={"x-api-key": "placeholder"})
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), scaled(5))
+        assert b"message_start" in first and not up.release.is_set()
+        up.release.set()
+        rest = await asyncio.wait_for(resp.content.read(), scaled(5))
+        assert b"message_delta" in rest
+    usage = proxy.usage["sb-1"]
+    assert (usage.requests, usage.input_tokens, usage.output_tokens) == (1, 10, 9)
+    assert usage.by_model == {"m-sse": {"input_tokens": 10, "output_tokens": 9}}
+
+
+async def test_real_key_replaces_the_placeholder(proxy: ModelProxy, upstream: tuple[Upstream, str]) -> None:
+    """Upstream sees the service's key, never the sandbox's own credentials."""
+    up, _ = upstream
+    sock = await proxy.open("sb-1")
+    async with session(sock) as http:
+        resp = await http.post(
+            "http://model/v1/messages",
+            json={},
+            headers={"x-api-key": "placeholder", "authorization": "Bearer stolen"},
+        )
+        assert resp.status == 200
+    headers = {k.lower(): v for k, v in up.seen[-1].items()}
+    assert headers["x-api-key"] == REAL and "authorization" not in headers
+    assert proxy.usage["sb-1"].input_tokens == 5
+
+
+async def test_only_the_messages_api_is_reachable(proxy: ModelProxy, upstream: tuple[Upstream, str]) -> None:
+    """Any other path or method is refused by the proxy without touching upstream."""
+    up, _ = upstream
+    sock = await proxy.open("sb-1")
+    async with session(sock) as http:
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/files"), ("GET", "/v1/messages")):
+            resp = await http.request(method, "http://model" + path)
+            assert resp.status == 404, (method, path)
+    assert up.seen == []
+
+
+async def test_usage_is_attributed_to_the_socket_it_came_through(proxy: ModelProxy) -> None:
+    """Each sandbox's socket is its identity: usage lands on the right sandbox."""
+    a = await proxy.open("sb-a")
+    b = await proxy.open("sb-b")
+    for sock, times in ((a, 2), (b, 1)):
+        async with session(sock) as http:
+            for _ in range(times):
+                await http.post("http://model/v1/messages", json={})
+    assert proxy.usage["sb-a"].requests == 2 and proxy.usage["sb-b"].requests == 1
+    await proxy.close_sandbox("sb-a")
+    assert not a.exists()
+
+
+def test_sse_usage_reader_handles_arbitrary_chunking() -> None:
+    """Usage is read correctly however the byte stream is split."""
+    events = [
+        {
+            "type": "message_start",
+            "message": {"model": "m", "usage": {"input_tokens": 3, "cache_read_input_tokens": 4}},
+        },
+        {"type": "content_block_delta", "delta": {"text": "x" * 100}},
+        {"type": "message_delta", "usage": {"output_tokens": 8}},
+    ]
+    stream = b"".join(f"event: e\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+    for size in (1, 7, 64, len(stream)):
+        reader = SseUsageReader()
+        for i in range(0, len(stream), size):
+            reader.feed(stream[i : i + size])
+        expected: dict[str, Any] = {"input_tokens": 3, "cache_read_input_tokens": 4, "output_tokens": 8}
+        assert (reader.model, reader.usage) == ("m", expected)

@@ -1,0 +1,108 @@
+"""The sandbox contract (``moorage.sandbox.base``), checked on every backend
+this machine can run. Docker and Kubernetes join the parameter list when
+their backends exist."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from moorage.egress import ModelProxy
+from moorage.sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from moorage.sandbox.local import LocalBackend
+from moorage.testing.scripted_model import ScriptedModelServer
+from support import processes_of_uid, scaled, wait_until
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A state dir sandbox uids can reach (pytest's own tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="moorage-sandbox-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["local"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SandboxBackend]:
+    b = LocalBackend(tmp_path, 210_000, 50)
+    b.check()
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def proxy(model: ScriptedModelServer, tmp_path: Path) -> AsyncIterator[ModelProxy]:
+    p = ModelProxy(tmp_path / "egress", model.url, "sk-real")
+    await p.start()
+    yield p
+    await p.close()
+
+
+async def start(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path) -> tuple[Sandbox, SandboxSpec]:
+    sid = uuid.uuid4().hex[:12]
+    spec = SandboxSpec(str(uuid.uuid4()), sid, tmp_path / "workspaces" / sid, await proxy.open(sid))
+    sandbox = await backend.start(spec)
+    await sandbox.send({"kind": "start", "options": {"max_turns": 2}, "model_proxy": "unix:/run/moorage/model.sock"})
+    ready = await asyncio.wait_for(sandbox.recv(), scaled(60))
+    assert ready == {"kind": "ready"}
+    return sandbox, spec
+
+
+async def until_result(sandbox: Sandbox) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = await asyncio.wait_for(sandbox.recv(), scaled(30))
+        assert frame is not None, "the runner ended before the result"
+        frames.append(frame)
+        if frame.get("kind") == "sdk" and frame["message"].get("type") == "result":
+            return frames
+
+
+async def test_runner_answers_a_turn_and_stop_leaves_no_process(
+    backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path
+) -> None:
+    """A started sandbox runs a turn; a staged stop exits cleanly and leaves nothing behind."""
+    sandbox, spec = await start(backend, proxy, tmp_path)
+    await sandbox.send(
+        {"kind": "user", "message": {"type": "user", "message": {"role": "user", "content": "bash echo ok > f; cat f"}}}
+    )
+    frames = await until_result(sandbox)
+    assert frames[-1]["message"]["subtype"] == "success"
+    assert (spec.workspace / "f").read_text() == "ok\n"
+    uid = sandbox.handle["uid"]
+    assert processes_of_uid(uid)
+    code = await sandbox.stop(scaled(10))
+    assert code == 0, "closing the runner's input should end it cleanly"
+    assert await sandbox.recv() is None
+    assert not processes_of_uid(uid)
+    assert await sandbox.stop(1) == 0  # idempotent
+
+
+async def test_killed_sandbox_reports_end_of_stream(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path) -> None:
+    """A sandbox killed from outside ends its channel; stop is still safe and bounded."""
+    sandbox, _ = await start(backend, proxy, tmp_path)
+    uid = sandbox.handle["uid"]
+    os.kill(sandbox.handle["pid"], signal.SIGKILL)
+    assert await asyncio.wait_for(sandbox.recv(), scaled(10)) is None
+    await sandbox.stop(1)
+    assert sandbox.returncode is not None
+    wait_until(lambda: not processes_of_uid(uid), 10, "the killed sandbox's processes to go")
+
+
+async def test_handle_is_plain_json(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path) -> None:
+    """The handle names the backend and survives a JSON round trip (it will be persisted)."""
+    sandbox, spec = await start(backend, proxy, tmp_path)
+    handle = sandbox.handle
+    assert json.loads(json.dumps(handle)) == handle
+    assert handle["backend"] == backend.name and handle["sandbox_id"] == spec.sandbox_id
+    await sandbox.stop(scaled(10))
