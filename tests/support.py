@@ -77,7 +77,6 @@ class Service:
 def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
     """Start ``python -m moorage serve`` on a free port; stop it after."""
     state = Path(tempfile.mkdtemp(prefix="moorage-test-"))
-    state.chmod(0o755)
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

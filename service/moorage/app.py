@@ -37,12 +37,12 @@ class Services:
     sessions: SessionManager
 
 
-def make_backend(settings: Settings) -> SandboxBackend:
+async def make_backend(settings: Settings) -> SandboxBackend:
     if settings.sandbox == "local":
         from .sandbox.local import LocalBackend
 
         backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count)
-        backend.check()
+        await backend.check()
         return backend
     raise MoorageError(f"MOORAGE_SANDBOX={settings.sandbox} is not available yet; use 'local'")
 
@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        backend = make_backend(settings)
+        backend = await make_backend(settings)
         proxy = ModelProxy(
             settings.state_dir / "egress", settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value()
         )

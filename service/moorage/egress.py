@@ -110,7 +110,7 @@ class ModelProxy:
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.chmod(0o711)
+        self.socket_dir.chmod(0o700)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -118,8 +118,8 @@ class ModelProxy:
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900))
 
     async def open(self, sandbox_id: str) -> Path:
-        """A new socket for one sandbox; its unguessable name is the secret
-        that keeps other host users out (the directory is not listable)."""
+        """A new socket for one sandbox. The directory is root-only; the
+        sandbox gets the socket through a descriptor bind-mounted by bwrap."""
         assert self._runner is not None
         path = self.socket_dir / f"{secrets.token_hex(16)}.sock"
         site = web.UnixSite(self._runner, str(path))

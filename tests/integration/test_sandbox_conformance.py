@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +21,10 @@ from moorage.testing.scripted_model import ScriptedModelServer
 from support import processes_of_uid, scaled, wait_until
 
 
-@pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """A state dir sandbox uids can reach (pytest's own tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="moorage-sandbox-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(params=["local"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SandboxBackend]:
     b = LocalBackend(tmp_path, 210_000, 50)
-    b.check()
+    await b.check()
     yield b
     await b.close()
 

@@ -10,26 +10,54 @@ from moorage.sandbox.base import SandboxSpec, decode_frame, encode_frame
 from moorage.sandbox.local import MODEL_SOCKET, Runtime, UidPool, bwrap_argv
 
 
-def argv() -> list[str]:
+def argv(uid: int | None = 200_123, base_prefix: str = "/usr") -> list[str]:
     spec = SandboxSpec("sess-1", "sb-1", Path("/state/workspaces/sess-1"), Path("/state/egress/x.sock"))
-    runtime = Runtime(python="/srv/venv/bin/python", prefix="/srv/venv", runner_pkg="/srv/src/moorage_runner")
-    return bwrap_argv(spec, runtime, 200_123, Path("/state/sandbox-etc"))
+    runtime = Runtime("/srv/venv/bin/python", "/srv/venv", base_prefix, "/srv/src/moorage_runner")
+    return bwrap_argv(spec, runtime, uid, Path("/state/sandbox-etc"))
 
 
-def pairs(args: list[str], flag: str) -> list[tuple[str, str]]:
-    return [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == flag]
+def inner(args: list[str]) -> list[str]:
+    """The arguments of the sandbox's own bwrap (after any staging layer)."""
+    return args[len(args) - args[::-1].index("bwrap") :]
+
+
+def mounts(args: list[str], flag: str) -> dict[str, str]:
+    """Sandbox path -> host path for every mount with this flag, through the stage."""
+    outer = args[: len(args) - args[::-1].index("bwrap")]
+    staged = {outer[i + 2]: outer[i + 1] for i, a in enumerate(outer) if a in ("--bind", "--ro-bind")}
+    sandbox = inner(args)
+    return {sandbox[i + 2]: staged.get(sandbox[i + 1], sandbox[i + 1]) for i, a in enumerate(sandbox) if a == flag}
 
 
 def test_sandbox_runs_as_its_own_unprivileged_host_uid() -> None:
-    """bwrap is started through setpriv as the pool uid with no groups and no_new_privs."""
+    """As root, the sandbox's bwrap runs through setpriv as the pool uid, no groups, no_new_privs."""
     args = argv()
-    assert args[:6] == ["setpriv", "--reuid=200123", "--regid=200123", "--clear-groups", "--no-new-privs", "--"]
-    assert args[6] == "bwrap"
+    i = args.index("--reuid=200123") - 1
+    assert args[i : i + 7] == [
+        "setpriv",
+        "--reuid=200123",
+        "--regid=200123",
+        "--clear-groups",
+        "--no-new-privs",
+        "--",
+        "bwrap",
+    ]
+
+
+def test_staging_layer_only_adds_a_private_mount_namespace() -> None:
+    """The root staging bwrap unshares nothing but mounts, and is absent when not root."""
+    args = argv()
+    assert args[:5] == ["setpriv", "--pdeathsig", "KILL", "--", "bwrap"]
+    stage = args[: args.index("--reuid=200123")]
+    assert not [a for a in stage if a.startswith("--unshare")]
+    plain = argv(uid=None)
+    assert plain[0] == "bwrap" and "setpriv" not in plain
+    assert mounts(plain, "--bind") == mounts(args, "--bind")
 
 
 def test_sandbox_unshares_every_namespace_and_clears_the_environment() -> None:
     """New user/pid/net/... namespaces, dies with the service, empty environment."""
-    args = argv()
+    args = inner(argv())
     for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
         assert flag in args
     assert "--share-net" not in args
@@ -39,11 +67,18 @@ def test_sandbox_unshares_every_namespace_and_clears_the_environment() -> None:
 def test_only_the_workspace_is_writable_and_only_the_socket_leads_out() -> None:
     """Host dirs are read-only; the workspace is the one rw bind; the model socket is mounted."""
     args = argv()
-    assert pairs(args, "--bind") == [("/state/workspaces/sess-1", "/workspace")]
-    ro = dict(pairs(args, "--ro-bind"))
-    assert ro["/state/egress/x.sock"] == MODEL_SOCKET
-    assert ro["/srv/venv"] == "/opt/moorage/venv"
-    assert not any(src in ("/", "/root", "/home", "/var", "/etc") for src in ro)
+    assert mounts(args, "--bind") == {"/workspace": "/state/workspaces/sess-1"}
+    ro = mounts(args, "--ro-bind")
+    assert ro[MODEL_SOCKET] == "/state/egress/x.sock"
+    assert ro["/opt/moorage/venv"] == "/srv/venv"
+    assert ro["/usr"] == "/usr"
+    assert not set(ro.values()) & {"/", "/root", "/home", "/var", "/etc", "/state"}
+
+
+def test_a_python_outside_usr_is_mounted_where_the_venv_expects_it() -> None:
+    """A venv made from e.g. pyenv finds its base interpreter at the same path inside."""
+    ro = mounts(argv(base_prefix="/root/.pyenv/versions/3.11.7"), "--ro-bind")
+    assert ro["/root/.pyenv/versions/3.11.7"] == "/root/.pyenv/versions/3.11.7"
 
 
 def test_no_secret_reaches_the_sandbox_environment() -> None:
@@ -63,6 +98,17 @@ def test_uid_pool_never_hands_out_a_live_uid_twice() -> None:
         pool.take()
     pool.give_back(a)
     assert pool.take() == a
+
+
+def test_uid_pools_of_two_services_never_share_a_uid(tmp_path: Path) -> None:
+    """Overlapping ranges on one host: the second pool skips uids the first holds."""
+    first = UidPool(700, 3, tmp_path)
+    second = UidPool(700, 3, tmp_path)
+    a = first.take()
+    b = second.take()
+    assert a != b
+    first.give_back(a)
+    assert second.take() == a
 
 
 def test_channel_frames_round_trip_and_garbage_is_contained() -> None:

@@ -1,6 +1,7 @@
 """Local sandbox backend: bubblewrap namespaces on this host.
 
-Each sandbox runs as its own unprivileged host uid (from a pool), inside new
+Each sandbox runs as its own unprivileged host uid (from a pool, when the
+service runs as root; as the service's uid otherwise), inside new
 user, pid, mount, uts, ipc, cgroup and network namespaces. The host's system
 directories are mounted read-only, the session's workspace read-write at
 /workspace, HOME and /tmp are private tmpfs, and the only thing from outside
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import importlib.util
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -35,43 +39,71 @@ SANDBOX_HOME = "/home/agent"
 MODEL_SOCKET = "/run/moorage/model.sock"
 RUNNER_LIB = "/opt/moorage/lib"
 VENV = "/opt/moorage/venv"
+RUNNER_ARGS = ("-m", "moorage_runner")
+PR_SET_CHILD_SUBREAPER = 36
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/mime.types")
 
 
 class UidPool:
-    """Hands out host uids so no two live sandboxes share one."""
+    """Hands out host uids so no two live sandboxes share one, across every
+    service on this host: a uid is taken only with an flock on its lock file
+    (held until it is given back), so services whose ranges overlap skip each
+    other's uids instead of killing each other's sandboxes."""
 
-    def __init__(self, base: int, count: int) -> None:
+    def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
         self._free = list(range(base + count - 1, base - 1, -1))
-        self._used: set[int] = set()
+        self._held: dict[int, int] = {}  # uid -> lock fd
+        self._lock_dir = lock_dir
 
     def take(self) -> int:
-        if not self._free:
-            raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
-        uid = self._free.pop()
-        self._used.add(uid)
-        return uid
+        skipped = []
+        try:
+            while self._free:
+                uid = self._free.pop()
+                fd = self._lock(uid)
+                if fd is not None:
+                    self._held[uid] = fd
+                    return uid
+                skipped.append(uid)
+        finally:
+            self._free.extend(reversed(skipped))
+        raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
+
+    def _lock(self, uid: int) -> int | None:
+        if self._lock_dir is None:
+            return -1
+        fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def give_back(self, uid: int) -> None:
-        if uid in self._used:
-            self._used.remove(uid)
-            self._free.append(uid)
+        fd = self._held.pop(uid, None)
+        if fd is None:
+            return
+        if fd >= 0:
+            os.close(fd)
+        self._free.append(uid)
 
 
 @dataclass(frozen=True)
 class Runtime:
     """What the runner needs from the host, mounted read-only."""
 
-    python: str  # the venv's interpreter, used at its own path
+    python: str  # the venv's interpreter (sys.executable)
     prefix: str  # the venv holding claude-agent-sdk and its bundled CLI
+    base_prefix: str  # the Python installation the venv was made from
     runner_pkg: str  # the moorage_runner package directory
 
     @property
     def sandbox_python(self) -> str:
         """The interpreter's path inside the sandbox, where the venv is mounted."""
-        if self.prefix.startswith("/usr/"):
+        if self.prefix == self.base_prefix:
             return self.python
         return VENV + self.python.removeprefix(self.prefix)
 
@@ -80,104 +112,73 @@ class Runtime:
         spec = importlib.util.find_spec("moorage_runner")
         if spec is None or spec.origin is None:
             raise SandboxError("moorage-runner is not installed", code=Code.SANDBOX_START_FAILED)
-        return cls(python=sys.executable, prefix=sys.prefix, runner_pkg=str(Path(spec.origin).parent))
+        return cls(sys.executable, sys.prefix, sys.base_prefix, str(Path(spec.origin).parent))
 
 
-def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int, etc_dir: Path) -> list[str]:
-    """The full command line that starts one sandbox (pure; unit-tested)."""
-    argv = [
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={uid}",
-        "--clear-groups",
-        "--no-new-privs",
-        "--",
-        "bwrap",
-        "--unshare-all",
-        "--die-with-parent",
-        "--new-session",
-        "--uid",
-        str(SANDBOX_UID),
-        "--gid",
-        str(SANDBOX_UID),
-        "--hostname",
-        "moorage-sandbox",
-        "--clearenv",
+# Where a root service stages mount sources for the sandbox uid (see below).
+STAGE = "/run/moorage-stage"
+# One lock file per host uid in use by any Moorage service on this host.
+UID_LOCKS = "/run/moorage-uids"
+
+
+def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Path) -> list[str]:
+    """The full command line that starts one sandbox (pure; unit-tested).
+
+    With ``uid`` (the service runs as root) the sandbox runs as that host
+    uid. An unprivileged bwrap must be able to walk to every path it mounts,
+    and the venv or state dir may sit under a directory it cannot enter
+    (/root). So a first, root bwrap makes a private mount namespace, mounts
+    each source at ``STAGE/<n>`` (reachable by anyone, visible to nobody
+    else), drops to the uid with setpriv and starts the real sandbox from
+    there. The host's mount table is never touched.
+    """
+    mounts: list[tuple[str, str, bool]] = [  # (host source, sandbox path, writable)
+        *((str(etc_dir / name), f"/etc/{name}", False) for name in ("passwd", "group", "hosts", "hostname")),
+        (runtime.runner_pkg, f"{RUNNER_LIB}/moorage_runner", False),
+        (str(spec.model_socket), MODEL_SOCKET, False),
+        (str(spec.workspace), "/workspace", True),
     ]
-    for d in SYSTEM_DIRS:
-        if os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    for f in SYSTEM_FILES:
-        if os.path.isfile(f):
-            argv += ["--ro-bind", f, f]
+    if not runtime.base_prefix.startswith("/usr"):
+        # A Python built elsewhere (pyenv, /opt): mount it where the venv expects it.
+        mounts.append((runtime.base_prefix, runtime.base_prefix, False))
+    if runtime.prefix != runtime.base_prefix:
+        mounts.append((runtime.prefix, VENV, False))
+    argv: list[str] = []
+    if uid is not None:
+        argv += ["setpriv", "--pdeathsig", "KILL", "--", "bwrap", "--dev-bind", "/", "/", "--tmpfs", STAGE]
+        for n, (source, _, writable) in enumerate(mounts):
+            argv += ["--bind" if writable else "--ro-bind", source, f"{STAGE}/{n}"]
+        mounts = [(f"{STAGE}/{n}", dest, writable) for n, (_, dest, writable) in enumerate(mounts)]
+        argv += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"]
+    argv += ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "moorage-sandbox"]
+    for path in (*SYSTEM_DIRS, *SYSTEM_FILES):
+        if os.path.exists(path):
+            argv += ["--ro-bind", path, path]
     for name in ("bin", "lib", "lib64", "sbin"):
-        target = f"/usr/{name}"
-        if os.path.islink(f"/{name}") and os.path.isdir(target):
+        if os.path.islink(f"/{name}") and os.path.isdir(f"/usr/{name}"):
             argv += ["--symlink", f"usr/{name}", f"/{name}"]
-    for name in ("passwd", "group", "hosts", "hostname"):
-        argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
-    if not runtime.prefix.startswith("/usr/"):
-        argv += ["--ro-bind", runtime.prefix, VENV]
-    argv += [
-        "--ro-bind",
-        runtime.runner_pkg,
-        f"{RUNNER_LIB}/moorage_runner",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/dev/shm",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        SANDBOX_HOME,
-        "--tmpfs",
-        "/run",
-        "--ro-bind",
-        str(spec.model_socket),
-        MODEL_SOCKET,
-        "--bind",
-        str(spec.workspace),
-        "/workspace",
-        "--chdir",
-        "/workspace",
-        "--setenv",
-        "HOME",
-        SANDBOX_HOME,
-        "--setenv",
-        "USER",
-        "agent",
-        "--setenv",
-        "LOGNAME",
-        "agent",
-        "--setenv",
-        "PATH",
-        "/usr/local/bin:/usr/bin:/bin",
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        "--setenv",
-        "TMPDIR",
-        "/tmp",
-        "--setenv",
-        "PYTHONPATH",
-        RUNNER_LIB,
-        "--setenv",
-        "PYTHONDONTWRITEBYTECODE",
-        "1",
-        "--setenv",
-        "PYTHONUNBUFFERED",
-        "1",
-        "--setenv",
-        "MOORAGE_SESSION_ID",
-        spec.session_id,
-        "--",
-        runtime.sandbox_python,
-        "-m",
-        "moorage_runner",
-    ]
-    return argv
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for tmpfs in ("/dev/shm", "/tmp", SANDBOX_HOME, "/run"):
+        argv += ["--tmpfs", tmpfs]
+    for source, dest, writable in mounts:
+        argv += ["--bind" if writable else "--ro-bind", source, dest]
+    argv += ["--chdir", "/workspace"]
+    env = {
+        "HOME": SANDBOX_HOME,
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PYTHONPATH": RUNNER_LIB,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MOORAGE_SESSION_ID": spec.session_id,
+    }
+    for name, value in env.items():
+        argv += ["--setenv", name, value]
+    return [*argv, "--", runtime.sandbox_python, *RUNNER_ARGS]
 
 
 def _write_etc(etc_dir: Path) -> None:
@@ -199,13 +200,27 @@ def _write_etc(etc_dir: Path) -> None:
 class LocalSandbox:
     """One bwrap process tree; its stdio is the runner channel."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, spec: SandboxSpec, uid: int, backend: LocalBackend) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, spec: SandboxSpec, uid: int | None, backend: LocalBackend
+    ) -> None:
         self._proc = proc
         self._spec = spec
         self.uid = uid
         self._backend = backend
         self._stderr_task = asyncio.create_task(self._drain_stderr())
+        # asyncio's Process.wait() also waits for the pipes to close, which a
+        # surviving grandchild can hold open; a pidfd says when the top
+        # process itself is gone.
+        self.exited = asyncio.Event()
+        self._pidfd = os.pidfd_open(proc.pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+        self._exit_task: asyncio.Task[None] | None = None
+        self._exit_code: int | None = None
         self._released = False
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     @property
     def handle(self) -> dict[str, Any]:
@@ -213,7 +228,7 @@ class LocalSandbox:
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        return self._proc.returncode if self._proc.returncode is not None else self._exit_code
 
     async def send(self, frame: dict[str, Any]) -> None:
         stdin = self._proc.stdin
@@ -239,6 +254,21 @@ class LocalSandbox:
             return None
         return decode_frame(line)
 
+    def _on_exit(self) -> None:
+        """The top process is gone (stopped, or killed from outside): take the
+        rest of the tree down with it so the channel ends and nothing lingers."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        with contextlib.suppress(ChildProcessError, OSError):
+            # WNOWAIT: read the status, leave the reaping to asyncio.
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None:
+                self._exit_code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        os.close(self._pidfd)
+        self.exited.set()
+        if self.uid is not None:
+            self._exit_task = asyncio.create_task(asyncio.to_thread(_kill_uid, self.uid))
+
     async def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
         with contextlib.suppress(Exception):
@@ -255,52 +285,65 @@ class LocalSandbox:
             with contextlib.suppress(Exception):
                 self._proc.stdin.close()
         for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            if sig is not None and self._proc.returncode is None:
+            if sig is not None and not self.exited.is_set():
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.send_signal(sig)
             try:
-                await asyncio.wait_for(self._proc.wait(), wait_s)
+                await asyncio.wait_for(self.exited.wait(), wait_s)
                 break
             except TimeoutError:
                 continue
         await self._release()
-        return self._proc.returncode
+        return self.returncode
 
     async def kill(self) -> None:
-        if self._proc.returncode is None:
+        if not self.exited.is_set():
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._proc.wait(), 5.0)
+            await asyncio.wait_for(self.exited.wait(), 5.0)
         await self._release()
 
     async def _release(self) -> None:
-        if self._released or self._proc.returncode is None:
+        if self._released or not self.exited.is_set():
             return
         self._released = True
-        # The pid namespace is gone with bwrap, but a process that escaped it
-        # (it cannot: same uid, new session, no caps) would still hold the uid.
-        await asyncio.to_thread(_kill_uid, self.uid)
+        # The pid namespace dies with bwrap, but its processes are torn down
+        # asynchronously; a pool uid must be empty before it is reused.
+        if self.uid is not None:
+            await asyncio.to_thread(_kill_uid, self.uid)
         self._stderr_task.cancel()
         self._backend.release(self)
+        self._backend.reap_orphans()
+
+
+def _become_subreaper() -> None:
+    """Orphaned sandbox processes come to us, not to a pid 1 that may never
+    reap them (containers, some VMs); see ``LocalBackend.reap_orphans``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes of ``uid``. A zombie holds nothing but its
+    pid and may wait for a reaper that never comes (pid 1 in a container)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except FileNotFoundError:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue
+            if state not in (b"Z", b"X"):
+                pids.append(int(entry))
     return pids
 
 
 def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
-    """SIGKILL every process still running as ``uid`` and wait until they are
-    gone (bounded). The pid namespace dies with bwrap, but its processes are
-    torn down asynchronously; a pool uid must be empty before it is reused."""
+    """SIGKILL every process still running as ``uid``; wait until they are gone (bounded)."""
     deadline = time.monotonic() + deadline_s
     while pids := _pids_of_uid(uid):
         if time.monotonic() > deadline:
@@ -320,50 +363,65 @@ class LocalBackend:
     def __init__(self, state_dir: Path, uid_base: int, uid_count: int, runtime: Runtime | None = None) -> None:
         self.state_dir = state_dir.resolve()
         self.runtime = runtime or Runtime.discover()
-        self.uids = UidPool(uid_base, uid_count)
+        # As root, each sandbox gets its own host uid; otherwise sandboxes run
+        # as the service's uid (still in their own user namespace).
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        self.uids = UidPool(uid_base, uid_count, Path(UID_LOCKS) if self.as_root else None)
+        _become_subreaper()
         self.live: dict[str, LocalSandbox] = {}
         self._etc = self.state_dir / "sandbox-etc"
 
-    def check(self) -> None:
-        """Fail early with a clear message when this host cannot sandbox."""
+    async def check(self) -> None:
+        """Start one throw-away sandbox that imports the runner and the SDK, so
+        a host that cannot sandbox fails at service start with the reason."""
         for tool in ("bwrap", "setpriv"):
             if shutil.which(tool) is None:
                 raise SandboxError(
-                    f"{tool} not found: install bubblewrap and util-linux (apt-get install bubblewrap)",
+                    f"{tool} not found: install bubblewrap and util-linux (apt-get install bubblewrap util-linux)",
                     code=Code.SANDBOX_START_FAILED,
                 )
-        # bwrap runs as the sandbox's own uid, so it must be able to reach
-        # every path it mounts.
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for path in (
-            self.runtime.prefix,
-            self.runtime.runner_pkg,
-            os.path.realpath(self.runtime.python),
-            self.state_dir,
-        ):
-            p = Path(path)
-            while p != p.parent:
-                if not os.stat(p).st_mode & 0o001:
-                    raise SandboxError(
-                        f"{path} is not reachable by sandbox users ({p} is not world-searchable); keep the venv "
-                        "(made with /usr/bin/python3) and MOORAGE_STATE_DIR in world-searchable directories",
-                        code=Code.SANDBOX_START_FAILED,
-                    )
-                p = p.parent
+        if self.as_root:
+            os.makedirs(STAGE, mode=0o755, exist_ok=True)
         _write_etc(self._etc)
+        probe_dir = self.state_dir / "preflight"
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        probe_dir.mkdir()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(probe_dir / "probe.sock"))
+            spec = SandboxSpec("preflight", "preflight", probe_dir / "workspace", probe_dir / "probe.sock")
+            code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
+            proc, uid = await self._spawn(spec, ["-c", code])
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                out, err = await proc.communicate()
+            finally:
+                if uid is not None:
+                    await asyncio.to_thread(_kill_uid, uid)
+                    self.uids.give_back(uid)
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        if proc.returncode != 0 or b"sandbox-ok" not in out:
+            detail = err.decode(errors="replace").strip()[-500:]
+            raise SandboxError(
+                f"a test sandbox failed (exit {proc.returncode}): {detail or 'no output'}",
+                code=Code.SANDBOX_START_FAILED,
+            )
 
-    async def start(self, spec: SandboxSpec) -> LocalSandbox:
-        uid = self.uids.take()
+    async def _spawn(self, spec: SandboxSpec, python_args: list[str]) -> tuple[asyncio.subprocess.Process, int | None]:
+        uid = self.uids.take() if self.as_root else None
         try:
             spec.workspace.mkdir(parents=True, exist_ok=True)
-            os.chown(spec.workspace, uid, uid)
+            if uid is not None:
+                os.chown(spec.workspace, uid, uid)
             spec.workspace.chmod(0o700)
-            for parent in spec.workspace.parents:
-                if parent == self.state_dir.parent:
-                    break
-                parent.chmod(parent.stat().st_mode | 0o711)
+            argv = bwrap_argv(spec, self.runtime, uid, self._etc)
             proc = await asyncio.create_subprocess_exec(
-                *bwrap_argv(spec, self.runtime, uid, self._etc),
+                *argv[: -len(RUNNER_ARGS)],
+                *python_args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -372,16 +430,41 @@ class LocalBackend:
                 start_new_session=True,
             )
         except OSError as exc:
-            self.uids.give_back(uid)
+            if uid is not None:
+                self.uids.give_back(uid)
             raise SandboxError(f"cannot start sandbox: {exc}", code=Code.SANDBOX_START_FAILED) from exc
+        return proc, uid
+
+    async def start(self, spec: SandboxSpec) -> LocalSandbox:
+        proc, uid = await self._spawn(spec, list(RUNNER_ARGS))
         sandbox = LocalSandbox(proc, spec, uid, self)
         self.live[spec.sandbox_id] = sandbox
         log.info("sandbox_started", sandbox_id=spec.sandbox_id, pid=proc.pid, uid=uid)
         return sandbox
 
     def release(self, sandbox: LocalSandbox) -> None:
-        if self.live.pop(sandbox._spec.sandbox_id, None) is not None:
+        if self.live.pop(sandbox._spec.sandbox_id, None) is not None and sandbox.uid is not None:
             self.uids.give_back(sandbox.uid)
+
+    def reap_orphans(self) -> None:
+        """Collect exited sandbox processes that were orphaned to us.
+
+        bwrap's monitor can exit before reaping the sandbox's pid 1, which is
+        then re-parented to the nearest subreaper: this process. Reap exactly
+        those zombies, never a child asyncio is still waiting for."""
+        ours = {s.pid for s in self.live.values()}
+        me = str(os.getpid())
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in ours:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] == b"Z" and fields[1].decode() == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), os.WNOHANG)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.stop(2.0) for s in list(self.live.values())), return_exceptions=True)
