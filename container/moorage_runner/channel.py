@@ -6,7 +6,8 @@ stdout; stderr is free-form log text. Every frame is one JSON object with a
 at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 
 Service -> runner: ``start`` (first, once), ``user``, ``interrupt``.
-Runner -> service: ``ready``, ``sdk`` (one SDK message, the CLI's own JSON),
+Runner -> service: ``loaded`` (imports done, waiting for ``start``),
+``ready`` (the SDK client is connected), ``sdk`` (one SDK message, the CLI's own JSON),
 ``error`` (the runner cannot go on; it exits next).
 """
 

@@ -1,6 +1,7 @@
 """The agent runner: one ClaudeSDKClient, driven over the sandbox channel.
 
-Lifecycle: read ``start`` -> open the model bridge -> connect the SDK client
+Lifecycle: send ``loaded`` (the SDK is imported; a warm pool can keep us
+here) -> read ``start`` -> open the model bridge -> connect the SDK client
 (which spawns the bundled CLI) -> send ``ready`` -> relay commands in and SDK
 messages out -> on end of input (or SIGTERM) disconnect the client with a
 deadline and exit 0. If the CLI dies underneath it the runner reports an
@@ -64,12 +65,18 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
+        # Imports are done: say so, so a warm pool can hold us until needed.
+        await self.out.send({"kind": "loaded"})
         start = await read_frame(self.stdin)
         if start is None:
             return 0
         if start.get("kind") != "start":
             await self.out.send({"kind": "error", "code": "protocol", "message": "first frame must be start"})
             return 2
+        session_id = (start.get("options") or {}).get("session_id")
+        if session_id:
+            # Inherited by the CLI and its tools: operators can find a session's processes.
+            os.environ["MOORAGE_SESSION_ID"] = str(session_id)
         self.bridge = ModelBridge(str(start["model_proxy"]))
         port = await self.bridge.start()
         self.client = ClaudeSDKClient(build_options(start, f"http://127.0.0.1:{port}"))

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from .egress import ModelProxy
 from .errors import Code, MoorageError, close_code
+from .pool import WarmPool
 from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
 from .sandbox.base import SandboxBackend
 from .sessions import Session, SessionManager, dumps
@@ -157,12 +158,21 @@ def create_app(settings: Settings) -> Starlette:
             settings.state_dir / "egress", settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value()
         )
         await proxy.start()
-        sessions = SessionManager(settings, backend, proxy)
+        pool = WarmPool(
+            backend,
+            proxy,
+            settings.state_dir.resolve() / "workspaces",
+            settings.warm_sandboxes,
+            settings.sandbox_start_timeout_s,
+        )
+        pool.refill()
+        sessions = SessionManager(settings, backend, proxy, pool)
         app.state.services = Services(settings, backend, proxy, sessions)
         log.info("service_started", backend=backend.name, host=settings.host, port=settings.port)
         try:
             yield
         finally:
+            await pool.close()
             await sessions.close()
             await proxy.close()
             await backend.close()

@@ -17,19 +17,22 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from .egress import ModelProxy
 from .errors import Code, MoorageError, ProtocolError, SandboxError, SessionError, close_code
+from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
-from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from .sandbox.base import Sandbox, SandboxBackend
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
+MODEL_PROXY = "unix:/run/moorage/model.sock"  # where every backend mounts the proxy
 
 
 class Subscriber(Protocol):
@@ -54,6 +57,7 @@ class Session:
         settings: Settings,
         backend: SandboxBackend,
         proxy: ModelProxy,
+        pool: WarmPool,
         on_closed: Callable[[Session], None],
     ) -> None:
         self.id = session_id
@@ -63,9 +67,10 @@ class Session:
         self.proxy = proxy
         self._on_closed = on_closed
         self.log = log.bind(session_id=session_id, tenant=tenant, backend=backend.name)
+        self.pool = pool
         self.sandbox: Sandbox | None = None
-        self.sandbox_id = uuid.uuid4().hex[:12]
-        self.workspace = settings.state_dir.resolve() / "workspaces" / session_id
+        self.sandbox_id = ""
+        self.workspace: Path | None = None
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()
@@ -111,24 +116,20 @@ class Session:
     async def _start_sandbox(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        socket = await self.proxy.open(self.sandbox_id)
-        spec = SandboxSpec(
-            session_id=self.id,
-            sandbox_id=self.sandbox_id,
-            workspace=self.workspace,
-            model_socket=socket,
-            labels={"moorage.session": self.id, "moorage.tenant": self.tenant},
-        )
-        self.sandbox = await self.backend.start(spec)
+        loaded = self.pool.take()
+        warm = loaded is not None
+        if loaded is None:
+            loaded = await start_loaded(
+                self.backend, self.proxy, self.pool.workspaces, self.settings.sandbox_start_timeout_s, self.id
+            )
+        self.sandbox, self.sandbox_id, self.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
         options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns}
         if self.settings.max_budget_usd is not None:
             options["max_budget_usd"] = self.settings.max_budget_usd
         if self.settings.model:
             options["model"] = self.settings.model
         try:
-            await self.sandbox.send(
-                {"kind": "start", "options": options, "model_proxy": "unix:/run/moorage/model.sock"}
-            )
+            await self.sandbox.send({"kind": "start", "options": options, "model_proxy": MODEL_PROXY})
             first = await asyncio.wait_for(self.sandbox.recv(), self.settings.sandbox_start_timeout_s)
         except (TimeoutError, SandboxError) as exc:
             raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
@@ -136,7 +137,7 @@ class Session:
             detail = (first or {}).get("message", "the runner exited before it was ready")
             raise SandboxError(f"sandbox did not start: {detail}", code=Code.SANDBOX_START_FAILED)
         self.started_s = loop.time() - t0
-        self.log.info("session_ready", start_s=round(self.started_s, 3))
+        self.log.info("session_ready", start_s=round(self.started_s, 3), warm=warm, sandbox_id=self.sandbox_id)
 
     async def _pump(self) -> None:
         assert self.sandbox is not None
@@ -205,8 +206,10 @@ class Session:
                 task.cancel()
         if self.sandbox is not None:
             await self.sandbox.stop(STOP_GRACE_S)
-        await self.proxy.close_sandbox(self.sandbox_id)
-        await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        if self.sandbox_id:
+            await self.proxy.close_sandbox(self.sandbox_id)
+        if self.workspace is not None:
+            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())
@@ -317,14 +320,15 @@ class Session:
 class SessionManager:
     """The live sessions of this process."""
 
-    def __init__(self, settings: Settings, backend: SandboxBackend, proxy: ModelProxy) -> None:
+    def __init__(self, settings: Settings, backend: SandboxBackend, proxy: ModelProxy, pool: WarmPool) -> None:
         self.settings = settings
         self.backend = backend
         self.proxy = proxy
+        self.pool = pool
         self.sessions: dict[str, Session] = {}
 
     def create(self, tenant: str) -> Session:
-        session = Session(str(uuid.uuid4()), tenant, self.settings, self.backend, self.proxy, self._closed)
+        session = Session(str(uuid.uuid4()), tenant, self.settings, self.backend, self.proxy, self.pool, self._closed)
         self.sessions[session.id] = session
         session.launch()
         return session

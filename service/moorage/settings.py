@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # How long an interrupted turn may take to wind down before its sandbox
     # is killed (wall-clock guard and max-turns backstop).
     interrupt_grace_s: float = Field(default=10.0, gt=0)
+    # Sandboxes kept started and loaded ahead of demand (0: always cold).
+    warm_sandboxes: int = Field(default=2, ge=0)
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
     model: str | None = None
     # Host uids handed to local sandboxes, one per live sandbox.

@@ -41,6 +41,7 @@ async def start(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path) -> t
     sid = uuid.uuid4().hex[:12]
     spec = SandboxSpec(str(uuid.uuid4()), sid, tmp_path / "workspaces" / sid, await proxy.open(sid))
     sandbox = await backend.start(spec)
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == {"kind": "loaded"}
     await sandbox.send({"kind": "start", "options": {"max_turns": 2}, "model_proxy": "unix:/run/moorage/model.sock"})
     ready = await asyncio.wait_for(sandbox.recv(), scaled(60))
     assert ready == {"kind": "ready"}

@@ -98,6 +98,9 @@ def test_uid_pool_never_hands_out_a_live_uid_twice() -> None:
         pool.take()
     pool.give_back(a)
     assert pool.take() == a
+    pool.give_back(b)
+    pool.give_back(a)
+    assert pool.take() == b, "the least recently freed uid comes first"
 
 
 def test_uid_pools_of_two_services_never_share_a_uid(tmp_path: Path) -> None:
@@ -108,7 +111,7 @@ def test_uid_pools_of_two_services_never_share_a_uid(tmp_path: Path) -> None:
     b = second.take()
     assert a != b
     first.give_back(a)
-    assert second.take() == a
+    assert second.take() == a, "a uid freed by one service is free for the other"
 
 
 def test_channel_frames_round_trip_and_garbage_is_contained() -> None:

@@ -13,6 +13,7 @@ and dies with the service (``--die-with-parent``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import fcntl
@@ -53,7 +54,8 @@ class UidPool:
     other's uids instead of killing each other's sandboxes."""
 
     def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
-        self._free = list(range(base + count - 1, base - 1, -1))
+        # Least recently used first: a freed uid is not handed out again at once.
+        self._free = collections.deque(range(base, base + count))
         self._held: dict[int, int] = {}  # uid -> lock fd
         self._lock_dir = lock_dir
 
@@ -61,14 +63,14 @@ class UidPool:
         skipped = []
         try:
             while self._free:
-                uid = self._free.pop()
+                uid = self._free.popleft()
                 fd = self._lock(uid)
                 if fd is not None:
                     self._held[uid] = fd
                     return uid
                 skipped.append(uid)
         finally:
-            self._free.extend(reversed(skipped))
+            self._free.extendleft(reversed(skipped))
         raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
 
     def _lock(self, uid: int) -> int | None:
@@ -174,7 +176,6 @@ def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Pa
         "PYTHONPATH": RUNNER_LIB,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "MOORAGE_SESSION_ID": spec.session_id,
     }
     for name, value in env.items():
         argv += ["--setenv", name, value]

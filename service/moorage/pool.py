@@ -1,0 +1,123 @@
+"""Warm sandboxes: started ahead of demand so a new session skips the slow
+part of a cold start (a fresh Python importing claude-agent-sdk, ~1 s).
+
+A warm sandbox has its runner loaded (``loaded`` frame sent) and waits for
+``start``; it belongs to no session yet. Its workspace and model-proxy socket
+are keyed by its own sandbox id, so handing it to a session changes nothing
+on disk. Sessions fall back to a cold start when the pool is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from .egress import ModelProxy
+from .errors import Code, SandboxError
+from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Loaded:
+    """A started sandbox whose runner has loaded and awaits ``start``."""
+
+    sandbox: Sandbox
+    sandbox_id: str
+    workspace: Path
+
+
+async def start_loaded(
+    backend: SandboxBackend, proxy: ModelProxy, workspaces: Path, timeout_s: float, session_id: str = ""
+) -> Loaded:
+    """Start one sandbox and wait (bounded) for its runner's ``loaded`` frame."""
+    sandbox_id = uuid.uuid4().hex[:12]
+    workspace = workspaces / sandbox_id
+    socket = await proxy.open(sandbox_id)
+    spec = SandboxSpec(session_id=session_id, sandbox_id=sandbox_id, workspace=workspace, model_socket=socket)
+    try:
+        sandbox = await backend.start(spec)
+    except BaseException:
+        await proxy.close_sandbox(sandbox_id)
+        raise
+    try:
+        first = await asyncio.wait_for(sandbox.recv(), timeout_s)
+    except TimeoutError:
+        first = {"message": f"the runner did not load within {timeout_s:g}s"}
+    if first is None or first.get("kind") != "loaded":
+        await discard(Loaded(sandbox, sandbox_id, workspace), proxy)
+        detail = (first or {}).get("message", "the runner exited while loading")
+        raise SandboxError(f"sandbox did not start: {detail}", code=Code.SANDBOX_START_FAILED)
+    return Loaded(sandbox, sandbox_id, workspace)
+
+
+async def discard(loaded: Loaded, proxy: ModelProxy) -> None:
+    await loaded.sandbox.stop(2.0)
+    await proxy.close_sandbox(loaded.sandbox_id)
+    await asyncio.to_thread(shutil.rmtree, loaded.workspace, True)
+
+
+class WarmPool:
+    """Keeps up to ``size`` loaded sandboxes ready."""
+
+    def __init__(
+        self, backend: SandboxBackend, proxy: ModelProxy, workspaces: Path, size: int, timeout_s: float
+    ) -> None:
+        self.backend = backend
+        self.proxy = proxy
+        self.workspaces = workspaces
+        self.size = size
+        self.timeout_s = timeout_s
+        self.ready: list[Loaded] = []
+        self._filler: asyncio.Task[None] | None = None
+        self._closed = False
+        self._discards: set[asyncio.Task[None]] = set()
+
+    def refill(self) -> None:
+        if self.size > 0 and not self._closed and (self._filler is None or self._filler.done()):
+            self._filler = asyncio.create_task(self._fill())
+
+    async def _fill(self) -> None:
+        failures = 0
+        while len(self.ready) < self.size and not self._closed:
+            try:
+                loaded = await start_loaded(self.backend, self.proxy, self.workspaces, self.timeout_s)
+            except SandboxError as exc:
+                failures += 1
+                log.warning("warm_sandbox_failed", error=exc.message)
+                if failures >= 3:  # do not spin on a broken host; sessions start cold
+                    return
+                continue
+            if self._closed:
+                await discard(loaded, self.proxy)
+                return
+            self.ready.append(loaded)
+
+    def take(self) -> Loaded | None:
+        """A loaded sandbox, or None when the pool is empty. Refills behind."""
+        while self.ready:
+            loaded = self.ready.pop(0)
+            if loaded.sandbox.returncode is None:
+                self.refill()
+                return loaded
+            task = asyncio.create_task(discard(loaded, self.proxy))
+            self._discards.add(task)
+            task.add_done_callback(self._discards.discard)
+        self.refill()
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filler
+        ready, self.ready = self.ready, []
+        await asyncio.gather(*(discard(w, self.proxy) for w in ready), return_exceptions=True)
