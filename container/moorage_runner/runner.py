@@ -15,13 +15,16 @@ import contextlib
 import os
 import signal
 import sys
+import tarfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
 from .bridge import ModelBridge
 from .channel import ChannelOut, open_stdin, read_frame
+from .restore import Restore
+from .store import ChannelSessionStore, Rpc
 
 # The sandbox never holds the real key; the proxy swaps this one out.
 PLACEHOLDER_API_KEY = "sk-ant-moorage-sandbox-placeholder"
@@ -36,13 +39,18 @@ CLI_ENV = {
 }
 
 
-def build_options(start: dict[str, Any], base_url: str) -> ClaudeAgentOptions:
+def build_options(start: dict[str, Any], base_url: str, store: SessionStore | None) -> ClaudeAgentOptions:
     """SDK options from the service's ``start`` frame (a fixed allowlist)."""
     opts = start.get("options") or {}
     return ClaudeAgentOptions(
+        session_store=store,
+        # Eager: entries reach the service's database as they happen, not
+        # only at the end of a turn, so a crash mid-turn loses little.
+        session_store_flush="eager",
+        resume=opts.get("session_id") if opts.get("resume") else None,
         cwd=os.getcwd(),
         permission_mode="bypassPermissions",
-        session_id=opts.get("session_id"),
+        session_id=None if opts.get("resume") else opts.get("session_id"),
         max_turns=opts.get("max_turns"),
         max_budget_usd=opts.get("max_budget_usd"),
         model=opts.get("model"),
@@ -60,30 +68,63 @@ class Runner:
     def __init__(self, out: ChannelOut, stdin: asyncio.StreamReader) -> None:
         self.out = out
         self.stdin = stdin
+        self.rpc = Rpc(out)
         self.client: ClaudeSDKClient | None = None
         self.bridge: ModelBridge | None = None
+        self.commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _before_start(self) -> dict[str, Any] | None:
+        """Frames before ``start``: workspace restore chunks. Returns ``start``."""
+        restore = Restore()
+        while (frame := await read_frame(self.stdin)) is not None:
+            kind = frame.get("kind")
+            if kind == "start":
+                return frame
+            if kind == "restore":
+                restore.feed(str(frame.get("data", "")))
+                if frame.get("last"):
+                    try:
+                        count = await asyncio.to_thread(restore.extract, os.getcwd())
+                    except (OSError, EOFError, tarfile.TarError) as exc:
+                        await self.out.send({"kind": "restored", "ok": False, "message": str(exc)[:500]})
+                    else:
+                        await self.out.send({"kind": "restored", "ok": True, "files": count})
+        return None
+
+    async def _read(self) -> None:
+        """Route every frame from the service: rpc answers to their callers,
+        commands to the command queue (in order)."""
+        try:
+            while (frame := await read_frame(self.stdin)) is not None:
+                if frame.get("kind") in ("rpc_result", "rpc_error"):
+                    self.rpc.resolve(frame)
+                else:
+                    self.commands.put_nowait(frame)
+        finally:
+            self.commands.put_nowait(None)
 
     async def run(self) -> int:
         # Imports are done: say so, so a warm pool can hold us until needed.
         await self.out.send({"kind": "loaded"})
-        start = await read_frame(self.stdin)
+        start = await self._before_start()
         if start is None:
             return 0
-        if start.get("kind") != "start":
-            await self.out.send({"kind": "error", "code": "protocol", "message": "first frame must be start"})
-            return 2
         session_id = (start.get("options") or {}).get("session_id")
         if session_id:
             # Inherited by the CLI and its tools: operators can find a session's processes.
             os.environ["MOORAGE_SESSION_ID"] = str(session_id)
+        reader = asyncio.create_task(self._read())
         self.bridge = ModelBridge(str(start["model_proxy"]))
         port = await self.bridge.start()
-        self.client = ClaudeSDKClient(build_options(start, f"http://127.0.0.1:{port}"))
+        store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
+        self.client = ClaudeSDKClient(build_options(start, f"http://127.0.0.1:{port}", store))
         try:
             await self.client.connect()
         except Exception as exc:  # the CLI failed to start: report, then exit
-            await self.out.send({"kind": "error", "code": "cli_start_failed", "message": str(exc)})
+            await self.out.send({"kind": "error", "code": "cli_start_failed", "message": str(exc)[:2000]})
+            reader.cancel()
+            await self.shutdown()
             return 1
         await self.out.send({"kind": "ready"})
         pump = asyncio.create_task(self._pump())
@@ -96,7 +137,7 @@ class Runner:
             message = "agent process ended unexpectedly" + (f": {failure}" if failure else "")
             await self.out.send({"kind": "error", "code": "cli_exited", "message": message})
             code = 1
-        for task in (pump, commands, *self._tasks):
+        for task in (pump, commands, reader, *self._tasks):
             task.cancel()
         await self.shutdown()
         return code
@@ -110,7 +151,7 @@ class Runner:
 
     async def _commands(self) -> None:
         assert self.client is not None
-        while (frame := await read_frame(self.stdin)) is not None:
+        while (frame := await self.commands.get()) is not None:
             kind = frame.get("kind")
             if kind == "user":
                 await self.client.query(_one(frame["message"]))
@@ -125,7 +166,8 @@ class Runner:
         task.add_done_callback(self._tasks.discard)
 
     async def shutdown(self) -> None:
-        """Staged: the SDK closes the CLI's stdin, waits, terminates, kills."""
+        """Staged: the SDK closes the CLI's stdin, waits, terminates, kills.
+        Pending transcript entries are flushed to the store on the way."""
         if self.client is not None:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
                 await asyncio.wait_for(self.client.disconnect(), DISCONNECT_DEADLINE_S)

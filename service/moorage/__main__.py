@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import uvicorn
@@ -12,9 +13,24 @@ from .logs import configure
 from .settings import Settings
 
 
+async def _check_database(url: str) -> None:
+    from moorage_session_store import Database
+
+    db = await Database.connect(url)
+    await db.close()
+
+
 def serve(settings: Settings) -> None:
     configure(settings.log_level)
+    from moorage_session_store import MoorageStoreError
+
     from .app import create_app
+
+    try:
+        asyncio.run(_check_database(settings.database_url_or_default))
+    except MoorageStoreError as exc:
+        print(f"moorage: cannot start: the database is unreachable: {exc}", file=sys.stderr)
+        sys.exit(2)
 
     uvicorn.run(
         create_app(settings),

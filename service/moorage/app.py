@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
+from moorage_session_store import Database, SQLModelSessionStore
+from moorage_session_store.records import SessionRecords
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -17,10 +19,11 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from .egress import ModelProxy
 from .errors import Code, MoorageError, close_code
+from .manager import SessionManager
 from .pool import WarmPool
 from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
 from .sandbox.base import SandboxBackend
-from .sessions import Session, SessionManager, dumps
+from .sessions import Deps, Session, dumps
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,7 @@ class Services:
     backend: SandboxBackend
     proxy: ModelProxy
     sessions: SessionManager
+    db: Database
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -122,9 +126,9 @@ async def session_socket(ws: WebSocket) -> None:
     tenant = "default"
     try:
         if session_id is None:
-            session, state = services.sessions.create(tenant), "new"
+            session, state = await services.sessions.create(tenant), "new"
         else:
-            session, state = services.sessions.get(session_id, tenant), "attached"
+            session, state = await services.sessions.attach(session_id, tenant)
     except MoorageError as exc:
         conn.offer(dumps(exc.frame()))
         conn.close(close_code(exc.code), exc.code)
@@ -153,30 +157,40 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        backend = await make_backend(settings)
-        proxy = ModelProxy(
-            settings.state_dir / "egress", settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value()
-        )
-        await proxy.start()
-        pool = WarmPool(
-            backend,
-            proxy,
-            settings.state_dir.resolve() / "workspaces",
-            settings.warm_sandboxes,
-            settings.sandbox_start_timeout_s,
-        )
-        pool.refill()
-        sessions = SessionManager(settings, backend, proxy, pool)
-        app.state.services = Services(settings, backend, proxy, sessions)
-        log.info("service_started", backend=backend.name, host=settings.host, port=settings.port)
+        db = await Database.connect(settings.database_url_or_default)
         try:
-            yield
+            await db.migrate()
+            backend = await make_backend(settings)
+            proxy = ModelProxy(
+                settings.state_dir / "egress",
+                settings.anthropic_base_url,
+                settings.anthropic_api_key.get_secret_value(),
+            )
+            await proxy.start()
+            workspaces = settings.state_dir.resolve() / "workspaces"
+            pool = WarmPool(backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s)
+            deps = Deps(settings, backend, proxy, pool, SessionRecords(db), SQLModelSessionStore(db), settings.replica)
+            sessions = SessionManager(deps)
+            await sessions.start()  # recovery first: it may reap what a crashed run left
+            pool.refill()
+            app.state.services = Services(settings, backend, proxy, sessions, db)
+            log.info(
+                "service_started",
+                backend=backend.name,
+                host=settings.host,
+                port=settings.port,
+                replica=settings.replica,
+            )
+            try:
+                yield
+            finally:
+                await pool.close()
+                await sessions.close()
+                await proxy.close()
+                await backend.close()
+                log.info("service_stopped")
         finally:
-            await pool.close()
-            await sessions.close()
-            await proxy.close()
-            await backend.close()
-            log.info("service_stopped")
+            await db.close()
 
     return Starlette(
         routes=[

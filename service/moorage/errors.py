@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from moorage_session_store.errors import MoorageStoreError
+from sqlalchemy.exc import SQLAlchemyError
+
 
 class Code(StrEnum):
     """Stable error codes of the wire protocol (docs/protocol.md)."""
@@ -22,6 +25,10 @@ class Code(StrEnum):
     TURN_TIMEOUT = "turn_timeout"
     MAX_TURNS_EXCEEDED = "max_turns_exceeded"
     SLOW_CONSUMER = "slow_consumer"
+    SESSION_LOCKED = "session_locked"
+    STORE_UNAVAILABLE = "store_unavailable"
+    WORKSPACE_TOO_LARGE = "workspace_too_large"
+    WORKSPACE_NOT_RESTORED = "workspace_not_restored"
     INTERNAL = "internal"
 
 
@@ -74,8 +81,15 @@ CLOSE_CODES: dict[Code, int] = {
     Code.SANDBOX_CRASHED: 1011,
     Code.TURN_TIMEOUT: 1011,
     Code.SLOW_CONSUMER: 1008,
+    Code.SESSION_LOCKED: 1013,
+    Code.STORE_UNAVAILABLE: 1013,
 }
 
 
 def close_code(code: Code) -> int:
     return CLOSE_CODES.get(code, CLOSE_NORMAL)
+
+
+# What a database outage looks like from the service: the store's own errors,
+# SQLAlchemy's, and the drivers' connection errors underneath.
+STORE_ERRORS: tuple[type[BaseException], ...] = (MoorageStoreError, SQLAlchemyError, OSError)

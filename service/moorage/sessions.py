@@ -4,8 +4,15 @@ A session starts its sandbox as soon as it is created (the CLI warms up while
 the user types), relays client commands to the runner and broadcasts every
 runner message to every attached connection. It enforces one turn at a time,
 the max-turns backstop and the per-turn wall clock (``protocol.TurnGuard``),
-and stops its sandbox once no client has been attached and no turn has run
-for ``idle_timeout_s``.
+and suspends once no client has been attached and no turn has run for
+``idle_timeout_s``.
+
+Persistence: the runner's SessionStore calls arrive as ``rpc`` frames and go
+to the database through ``TranscriptSink``; a turn's ``result`` is released
+to clients only once its transcript is durable. However a session's sandbox
+ends (idle, crash, kill, shutdown) the session is *suspended*: its workspace
+is snapshotted into the database and a later attach rehydrates it in a fresh
+sandbox with ``resume``.
 """
 
 from __future__ import annotations
@@ -13,26 +20,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import time
-import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from .egress import ModelProxy
-from .errors import Code, MoorageError, ProtocolError, SandboxError, SessionError, close_code
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, SandboxError, SessionError, close_code
 from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
 from .sandbox.base import Sandbox, SandboxBackend
 from .settings import Settings
+from .transcripts import RpcFailure, TranscriptSink
+from .workspaces import restore_frames, suspend_record, workspace_size
 
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
 MODEL_PROXY = "unix:/run/moorage/model.sock"  # where every backend mounts the proxy
+RPC_CHUNK_ENTRIES = 500  # transcript entries per rpc_result frame
 
 
 class Subscriber(Protocol):
@@ -49,25 +58,47 @@ def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
+@dataclass
+class Deps:
+    """What every session shares (built once by the app's lifespan)."""
+
+    settings: Settings
+    backend: SandboxBackend
+    proxy: ModelProxy
+    pool: WarmPool
+    records: Any  # moorage_session_store.records.SessionRecords
+    store: Any  # moorage_session_store.SQLModelSessionStore
+    replica: str
+
+
 class Session:
     def __init__(
         self,
         session_id: str,
         tenant: str,
-        settings: Settings,
-        backend: SandboxBackend,
-        proxy: ModelProxy,
-        pool: WarmPool,
+        deps: Deps,
         on_closed: Callable[[Session], None],
+        rehydrate: bool = False,
+        resume: bool = False,
+        prior_cost_usd: float = 0.0,
     ) -> None:
         self.id = session_id
         self.tenant = tenant
-        self.settings = settings
-        self.backend = backend
-        self.proxy = proxy
+        self.deps = deps
+        self.settings = settings = deps.settings
+        self.backend = deps.backend
+        self.proxy = deps.proxy
+        self.records = deps.records
         self._on_closed = on_closed
-        self.log = log.bind(session_id=session_id, tenant=tenant, backend=backend.name)
-        self.pool = pool
+        self.rehydrate = rehydrate
+        self.resume = resume
+        self.prior_cost_usd = prior_cost_usd  # spent in earlier lives of this session
+        self.log = log.bind(session_id=session_id, tenant=tenant, backend=deps.backend.name)
+        self.pool = deps.pool
+        self.sink = TranscriptSink(deps.store, tenant, session_id)
+        self._held: list[dict[str, Any]] = []  # results waiting for their transcript
+        self._flusher: asyncio.Task[None] | None = None
+        self._last_total_cost = 0.0
         self.sandbox: Sandbox | None = None
         self.sandbox_id = ""
         self.workspace: Path | None = None
@@ -83,6 +114,9 @@ class Session:
         self._closing = False
         self._close_error: MoorageError | None = None
         self._main: asyncio.Task[None] | None = None
+        self._degraded = False
+        self._too_large = False
+        self._notices: list[dict[str, object]] = []
         self._watch: asyncio.Task[None] | None = None
         self._idle: asyncio.Task[None] | None = None
 
@@ -123,21 +157,85 @@ class Session:
                 self.backend, self.proxy, self.pool.workspaces, self.settings.sandbox_start_timeout_s, self.id
             )
         self.sandbox, self.sandbox_id, self.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
-        options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns}
+        handle = {**self.sandbox.handle, "workspace": str(self.workspace)}
+        try:
+            await self.records.update(self.id, state="active", sandbox=handle)
+            if self.rehydrate:
+                await self._restore_workspace()
+        except STORE_ERRORS as exc:
+            raise SandboxError(f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE) from exc
+        options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns, "resume": self.resume}
         if self.settings.max_budget_usd is not None:
-            options["max_budget_usd"] = self.settings.max_budget_usd
+            # The budget is per session, not per sandbox: pass what is left.
+            options["max_budget_usd"] = max(0.0, self.settings.max_budget_usd - self.prior_cost_usd)
         if self.settings.model:
             options["model"] = self.settings.model
-        try:
-            await self.sandbox.send({"kind": "start", "options": options, "model_proxy": MODEL_PROXY})
-            first = await asyncio.wait_for(self.sandbox.recv(), self.settings.sandbox_start_timeout_s)
-        except (TimeoutError, SandboxError) as exc:
-            raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+        start = {"kind": "start", "options": options, "model_proxy": MODEL_PROXY, "store": True}
+        first = await self._until(start, "ready")
         if first is None or first.get("kind") != "ready":
             detail = (first or {}).get("message", "the runner exited before it was ready")
-            raise SandboxError(f"sandbox did not start: {detail}", code=Code.SANDBOX_START_FAILED)
+            raise SandboxError(f"sandbox did not start: {str(detail)[:500]}", code=Code.SANDBOX_START_FAILED)
         self.started_s = loop.time() - t0
-        self.log.info("session_ready", start_s=round(self.started_s, 3), warm=warm, sandbox_id=self.sandbox_id)
+        self.log.info(
+            "session_ready",
+            start_s=round(self.started_s, 3),
+            warm=warm,
+            sandbox_id=self.sandbox_id,
+            rehydrated=self.rehydrate,
+        )
+
+    async def _until(self, frame: dict[str, Any], kind: str) -> dict[str, Any] | None:
+        """Send ``frame``, then answer rpc frames until one of ``kind`` (or
+        an error, or the end) arrives; bounded by the start timeout."""
+        assert self.sandbox is not None
+        try:
+            async with asyncio.timeout(self.settings.sandbox_start_timeout_s):
+                await self.sandbox.send(frame)
+                while (reply := await self.sandbox.recv()) is not None:
+                    if reply.get("kind") == "rpc":
+                        await self._on_rpc(reply)
+                    elif reply.get("kind") in (kind, "error"):
+                        return reply
+        except (TimeoutError, SandboxError) as exc:
+            raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+        return None
+
+    async def _restore_workspace(self) -> None:
+        assert self.sandbox is not None
+        data = await self.records.load_workspace(self.id)
+        if not data:
+            return
+        frames = list(restore_frames(data))
+        for frame in frames[:-1]:
+            await self.sandbox.send(frame)
+        restored = await self._until(frames[-1], "restored")
+        if restored is None or not restored.get("ok"):
+            detail = (restored or {}).get("message", "no answer")
+            self.log.error("workspace_restore_failed", error=str(detail)[:300])
+            self._notice(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
+        else:
+            self.log.info("workspace_restored", files=restored.get("files"), bytes=len(data))
+
+    async def _check_workspace_size(self) -> None:
+        """Tell clients at write time, not at suspend, that the workspace
+        has grown past what a suspension can save."""
+        if self.workspace is None:
+            return
+        size = await asyncio.to_thread(workspace_size, self.workspace)
+        over = size > self.settings.workspace_max_bytes
+        if over and not self._too_large:
+            self._notice(
+                Code.WORKSPACE_TOO_LARGE,
+                f"the workspace holds {size} bytes, over the {self.settings.workspace_max_bytes}-byte limit: "
+                "it will not be saved when the session is suspended unless it shrinks",
+            )
+        self._too_large = over
+
+    def _notice(self, code: Code, message: str) -> None:
+        """A non-fatal error frame for every client, now and on attach."""
+        frame = MoorageError(message, code=code).frame()
+        self._notices.append(frame)
+        self.broadcast(frame)
 
     async def _pump(self) -> None:
         assert self.sandbox is not None
@@ -146,10 +244,49 @@ class Session:
             kind = frame.get("kind")
             if kind == "sdk" and isinstance(frame.get("message"), dict):
                 await self._on_sdk(frame["message"])
+            elif kind == "rpc":
+                await self._on_rpc(frame)
             elif kind == "error":
                 runner_error = str(frame.get("message", ""))[:500]
         if runner_error and not self._closing and self._close_error is None:
             self._close_error = SandboxError(runner_error, code=Code.SANDBOX_CRASHED)
+
+    async def _on_rpc(self, frame: dict[str, Any]) -> None:
+        assert self.sandbox is not None
+        rpc_id = frame.get("id")
+        self.log.debug("rpc_received", method=frame.get("method"), rpc_id=rpc_id)
+        try:
+            result = await self.sink.handle(str(frame.get("method", "")), frame.get("params") or {})
+        except RpcFailure as exc:
+            await self.sandbox.send({"kind": "rpc_error", "id": rpc_id, "message": str(exc)})
+            return
+        if not self.sink.durable and not self._degraded:
+            self._degraded = True
+            self._notice(Code.STORE_UNAVAILABLE, "the database is unreachable: transcript writes are queued, retrying")
+            self._start_flusher()
+        if isinstance(result, list) and len(result) > RPC_CHUNK_ENTRIES:
+            for n in range(0, len(result), RPC_CHUNK_ENTRIES):
+                chunk = result[n : n + RPC_CHUNK_ENTRIES]
+                more = n + RPC_CHUNK_ENTRIES < len(result)
+                await self.sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": chunk, "more": more})
+            return
+        await self.sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": result})
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_until_durable())
+
+    async def _flush_until_durable(self) -> None:
+        delay = 0.2
+        while not await self.sink.flush():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self.log.info("transcript_caught_up")
+        self._degraded = False
+        self._notices = [n for n in self._notices if n["code"] != Code.STORE_UNAVAILABLE]
+        held, self._held = self._held, []
+        for result in held:
+            await self._deliver_result(result)
 
     async def _on_sdk(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -157,21 +294,42 @@ class Session:
         if message.get("type") == "result":
             tripped = self.guard.tripped
             message = self.guard.finish_result(message)
-            self.turns += 1
-            self.broadcast(message)
             if tripped is Code.TURN_TIMEOUT:
-                self.broadcast(
-                    MoorageError(
-                        f"the turn ran past {self.settings.turn_timeout_s:g}s and was interrupted",
-                        code=Code.TURN_TIMEOUT,
-                    ).frame()
-                )
+                message = {**message, "moorage_error": Code.TURN_TIMEOUT}
+            if self.sink.durable and not self._held:
+                await self._deliver_result(message)
+            else:
+                # The transcript of this turn is not in the database yet:
+                # hold the result until it is (clients were told why).
+                self._held.append(message)
+                self._start_flusher()
             self._guard_changed.set()
-            self._schedule_idle()
             return
         self.broadcast(message)
         if action is Action.INTERRUPT:
             await self._act(action)
+
+    async def _deliver_result(self, message: dict[str, Any]) -> None:
+        timed_out = message.pop("moorage_error", None) == Code.TURN_TIMEOUT
+        self.turns += 1
+        total = message.get("total_cost_usd")
+        delta = 0.0
+        if isinstance(total, (int, float)):
+            delta = max(0.0, float(total) - self._last_total_cost)
+            self._last_total_cost = float(total)
+        try:
+            await self.records.add_usage(self.id, 1, delta)
+        except Exception as exc:
+            self.log.warning("usage_write_failed", error=type(exc).__name__)
+        await self._check_workspace_size()
+        self.broadcast(message)
+        if timed_out:
+            self.broadcast(
+                MoorageError(
+                    f"the turn ran past {self.settings.turn_timeout_s:g}s and was interrupted", code=Code.TURN_TIMEOUT
+                ).frame()
+            )
+        self._schedule_idle()
 
     async def _act(self, action: Action) -> None:
         assert self.sandbox is not None
@@ -199,7 +357,7 @@ class Session:
             await self._act(self.guard.tick(time.monotonic()))
 
     async def _finish(self, error: MoorageError | None) -> None:
-        """Stop everything this session holds; runs once, from ``_run``."""
+        """Stop everything this session holds and suspend it; runs once."""
         self.closed = True
         for task in (self._watch, self._idle):
             if task is not None and task is not asyncio.current_task():
@@ -208,18 +366,26 @@ class Session:
             await self.sandbox.stop(STOP_GRACE_S)
         if self.sandbox_id:
             await self.proxy.close_sandbox(self.sandbox_id)
-        if self.workspace is not None:
-            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        if self._held and await self.sink.flush():
+            held, self._held = self._held, []
+            for result in held:
+                await self._deliver_result(result)
+        if self._flusher is not None:
+            self._flusher.cancel()
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())
         for sub in list(self.subscribers):
-            sub.close(close_code(error.code) if error else 1000, error.code if error else "session closed")
+            sub.close(close_code(error.code) if error else 1000, error.code if error else "session suspended")
         self.subscribers.clear()
+        if not self.sink.durable:
+            self.log.error("transcript_entries_unsaved", batches=len(self.sink.unsaved))
+        suspended = await suspend_record(self.deps, self.id, self.workspace, self.log)
         usage = self.proxy.usage.pop(self.sandbox_id, None)
         self.log.info(
             "session_ended",
-            reason=str(error.code) if error else "closed",
+            reason=str(error.code) if error else "suspended",
+            suspended=suspended,
             turns=self.turns,
             model_requests=usage.requests if usage else 0,
             input_tokens=usage.input_tokens if usage else 0,
@@ -259,7 +425,7 @@ class Session:
 
     async def submit(self, frame: UserFrame) -> None:
         sandbox = await self._await_ready()
-        if self.guard.running:
+        if self.guard.running or self._held:
             raise ProtocolError(
                 "a turn is already running: wait for its result or send an interrupt", code=Code.TURN_IN_PROGRESS
             )
@@ -292,13 +458,16 @@ class Session:
     def attach(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
         self._cancel_idle()
+        for notice in self._notices:
+            sub.offer(dumps(notice))
 
     def detach(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
         self._schedule_idle()
 
     def _schedule_idle(self) -> None:
-        if self.subscribers or self.guard.running or self.closed or not self.ready.is_set():
+        busy = self.guard.running or self._held or not self.sink.durable
+        if self.subscribers or busy or self.closed or not self.ready.is_set():
             return
         if self._idle is None or self._idle.done():
             self._idle = asyncio.create_task(self._idle_timeout())
@@ -310,38 +479,8 @@ class Session:
 
     async def _idle_timeout(self) -> None:
         await asyncio.sleep(self.settings.idle_timeout_s)
-        if self.subscribers or self.guard.running:
+        if self.subscribers or self.guard.running or self._held or not self.sink.durable:
             return
         self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
         self._idle = None
         await self.close()
-
-
-class SessionManager:
-    """The live sessions of this process."""
-
-    def __init__(self, settings: Settings, backend: SandboxBackend, proxy: ModelProxy, pool: WarmPool) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.proxy = proxy
-        self.pool = pool
-        self.sessions: dict[str, Session] = {}
-
-    def create(self, tenant: str) -> Session:
-        session = Session(str(uuid.uuid4()), tenant, self.settings, self.backend, self.proxy, self.pool, self._closed)
-        self.sessions[session.id] = session
-        session.launch()
-        return session
-
-    def get(self, session_id: str, tenant: str) -> Session:
-        session = self.sessions.get(session_id)
-        if session is None or session.tenant != tenant or session.closed:
-            # Another tenant's session answers exactly like an unknown one.
-            raise SessionError("no such session", code=Code.SESSION_NOT_FOUND, fatal=True)
-        return session
-
-    def _closed(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

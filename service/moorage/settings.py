@@ -6,6 +6,8 @@ Names come from ARCHITECTURE.md; nothing else in the service reads
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +43,20 @@ class Settings(BaseSettings):
     sandbox_uid_count: int = Field(default=10_000, ge=1)
     # Largest client frame accepted (bigger: close 1009).
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Largest workspace saved when a session is suspended.
+    workspace_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # Who holds a session's lease: stable across restarts of this service
+    # (default: host name + state dir), unique per replica.
+    replica_id: str = ""
+    lease_ttl_s: float = Field(default=30.0, gt=1)
     log_level: str = "info"
+
+    @property
+    def replica(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        return f"{socket.gethostname()}:{digest}"
 
     @property
     def database_url_or_default(self) -> str:

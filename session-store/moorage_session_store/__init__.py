@@ -1,1 +1,33 @@
-"""SQLModel implementation of the claude-agent-sdk SessionStore protocol (arrives with issue 3)."""
+"""SQLModel implementation of claude-agent-sdk's ``SessionStore`` protocol (SQLite and PostgreSQL),
+plus Moorage's session records (``moorage_session_store.records``).
+
+    db = await Database.connect("sqlite:///var/moorage.db")   # or postgresql://user@host/db
+    await db.migrate()
+    store = SQLModelSessionStore(db)                           # ClaudeAgentOptions(session_store=store)
+"""
+
+from .database import Database
+from .errors import (
+    DatabaseUnavailable,
+    InvalidRecord,
+    MoorageStoreError,
+    SessionExists,
+    SessionNotFound,
+    UnsupportedDatabaseURL,
+)
+from .records import SessionRecord, SessionRecords, SessionState
+from .store import SQLModelSessionStore
+
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "InvalidRecord",
+    "MoorageStoreError",
+    "SQLModelSessionStore",
+    "SessionExists",
+    "SessionNotFound",
+    "SessionRecord",
+    "SessionRecords",
+    "SessionState",
+    "UnsupportedDatabaseURL",
+]

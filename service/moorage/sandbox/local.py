@@ -64,7 +64,7 @@ class UidPool:
         try:
             while self._free:
                 uid = self._free.popleft()
-                fd = self._lock(uid)
+                fd = self.lock(uid)
                 if fd is not None:
                     self._held[uid] = fd
                     return uid
@@ -73,7 +73,8 @@ class UidPool:
             self._free.extendleft(reversed(skipped))
         raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
 
-    def _lock(self, uid: int) -> int | None:
+    def lock(self, uid: int) -> int | None:
+        """An flock on ``uid``'s lock file (-1: no locking), or None if held elsewhere."""
         if self._lock_dir is None:
             return -1
         fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -83,6 +84,10 @@ class UidPool:
             os.close(fd)
             return None
         return fd
+
+    @property
+    def held(self) -> set[int]:
+        return set(self._held)
 
     def give_back(self, uid: int) -> None:
         fd = self._held.pop(uid, None)
@@ -446,6 +451,21 @@ class LocalBackend:
     def release(self, sandbox: LocalSandbox) -> None:
         if self.live.pop(sandbox._spec.sandbox_id, None) is not None and sandbox.uid is not None:
             self.uids.give_back(sandbox.uid)
+
+    async def reap(self, handle: dict[str, Any]) -> None:
+        """Kill what is left of a sandbox a previous run of the service
+        started (from its persisted handle), unless its uid is in use now."""
+        uid = handle.get("uid")
+        if not isinstance(uid, int) or uid in self.uids.held:
+            return
+        lock = self.uids.lock(uid)
+        if lock is None:  # another live service holds this uid now
+            return
+        try:
+            await asyncio.to_thread(_kill_uid, uid)
+        finally:
+            if lock >= 0:
+                os.close(lock)
 
     def reap_orphans(self) -> None:
         """Collect exited sandbox processes that were orphaned to us.

@@ -1,0 +1,151 @@
+"""The sessions of this replica: create, attach, rehydrate, lease, recover.
+
+Every session has a row in the database (``SessionRecords``). A replica runs a
+session only while it holds the row's lease (renewed every ``lease_ttl_s/3``),
+so two replicas on one database never run the same session at once. Attaching
+to a session that is not live here rehydrates it; two connections racing to do
+so share one rehydration (one sandbox). On start, and then every lease
+period, the recovery sweep suspends sessions this replica owned but no longer
+runs (after a crash or kill -9): it reaps their leftover sandboxes and saves
+the workspace they left on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .errors import STORE_ERRORS, Code, SessionError
+from .sessions import Deps, Session
+from .workspaces import suspend_record
+
+log = structlog.get_logger(__name__)
+
+
+class SessionManager:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.records = deps.records
+        self.sessions: dict[str, Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lease_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.recover()
+        self._lease_task = asyncio.create_task(self._lease_loop())
+
+    async def create(self, tenant: str) -> Session:
+        session_id = str(uuid.uuid4())
+        try:
+            await self.records.create(session_id, tenant, {"max_turns": self.settings.max_turns})
+            if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
+                raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
+        except STORE_ERRORS as exc:
+            raise SessionError(
+                f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
+            ) from exc
+        return self._launch(Session(session_id, tenant, self.deps, self._closed))
+
+    async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
+        """A live session ('attached'), or a suspended one rehydrated here."""
+        live = self.sessions.get(session_id)
+        if live is not None and not live.closed:
+            if live.tenant != tenant:
+                raise _not_found()
+            return live, "attached"
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            live = self.sessions.get(session_id)
+            if live is not None and not live.closed:  # a racing attach got here first
+                if live.tenant != tenant:
+                    raise _not_found()
+                return live, "rehydrated" if live.rehydrate else "attached"
+            session = await self._rehydrate(session_id, tenant)
+        if not lock.locked():
+            self._locks.pop(session_id, None)
+        return session, "rehydrated"
+
+    async def _rehydrate(self, session_id: str, tenant: str) -> Session:
+        try:
+            record = await self.records.get(session_id)
+            if record is None or record.tenant != tenant or record.state == "closed":
+                # Another tenant's session answers exactly like an unknown one.
+                raise _not_found()
+            if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
+                raise SessionError(
+                    "the session is running on another replica; try again", code=Code.SESSION_LOCKED, fatal=True
+                )
+            if record.state == "active" and record.owner == self.deps.replica:
+                # Ours, but not live: left by a crash before the sweep ran.
+                await self._recover_one(record)
+            resume = record.turns > 0 or bool(await self.deps.store.load(_key(tenant, session_id)))
+        except STORE_ERRORS as exc:
+            raise SessionError(
+                f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
+            ) from exc
+        log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
+        session = Session(
+            session_id, tenant, self.deps, self._closed, rehydrate=True, resume=resume, prior_cost_usd=record.cost_usd
+        )
+        return self._launch(session)
+
+    def _launch(self, session: Session) -> Session:
+        self.sessions[session.id] = session
+        session.launch()
+        return session
+
+    def _closed(self, session: Session) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    async def _lease_loop(self) -> None:
+        period = self.settings.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(period)
+            for session in list(self.sessions.values()):
+                try:
+                    held = await self.records.renew_lease(session.id, self.deps.replica, self.settings.lease_ttl_s)
+                except STORE_ERRORS as exc:
+                    log.warning("lease_renew_failed", session_id=session.id, error=type(exc).__name__)
+                    continue
+                if not held:
+                    log.error("lease_lost", session_id=session.id)
+                    await session.close()
+            with contextlib.suppress(*STORE_ERRORS):
+                await self.recover()
+
+    async def recover(self) -> None:
+        """Suspend sessions this replica owns in the database but does not run."""
+        for record in await self.records.list(state="active", owner=self.deps.replica):
+            if record.id in self.sessions or ((lock := self._locks.get(record.id)) is not None and lock.locked()):
+                continue
+            await self._recover_one(record)
+
+    async def _recover_one(self, record: Any) -> None:
+        handle = record.sandbox or {}
+        reap = getattr(self.deps.backend, "reap", None)
+        if reap is not None and handle:
+            await reap(handle)
+        workspace = Path(handle["workspace"]) if handle.get("workspace") else None
+        bound = log.bind(session_id=record.id, tenant=record.tenant)
+        bound.info("session_recovering", had_sandbox=bool(handle))
+        await suspend_record(self.deps, record.id, workspace, bound)
+
+    async def close(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+
+
+def _not_found() -> SessionError:
+    return SessionError("no such session", code=Code.SESSION_NOT_FOUND, fatal=True)
+
+
+def _key(tenant: str, session_id: str) -> dict[str, str]:
+    return {"project_key": tenant, "session_id": session_id}

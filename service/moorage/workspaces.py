@@ -1,0 +1,99 @@
+"""Workspace snapshots: a tar.gz of a session's /workspace, kept in the
+database while the session is suspended.
+
+Snapshots are taken on the host side from the workspace directory (reading
+only: symlinks are stored as links, never followed). Restores happen inside
+the new sandbox, by the runner, as the sandbox user (``restore`` frames), so
+an archive can never write outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import Code, MoorageError
+
+CHUNK_BYTES = 512 * 1024  # raw bytes per restore frame (base64 adds a third)
+
+
+class WorkspaceTooLarge(MoorageError):
+    code = Code.WORKSPACE_TOO_LARGE
+
+
+def workspace_size(path: Path) -> int:
+    """Bytes of regular files under ``path`` (links and specials count zero)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            if not os.path.islink(os.path.join(root, name)):
+                total += st.st_size
+    return total
+
+
+def snapshot(path: Path, max_bytes: int) -> bytes:
+    """A tar.gz of the directory's contents; WorkspaceTooLarge past ``max_bytes``."""
+    size = workspace_size(path)
+    if size > max_bytes:
+        raise WorkspaceTooLarge(
+            f"the workspace holds {size} bytes, over the {max_bytes}-byte limit (MOORAGE_WORKSPACE_MAX_BYTES)"
+        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        for entry in sorted(os.listdir(path)):
+            tar.add(os.path.join(path, entry), arcname=entry, recursive=True)
+    return buffer.getvalue()
+
+
+def restore_frames(data: bytes) -> Iterator[dict[str, object]]:
+    """The ``restore`` frames that carry one snapshot to a runner."""
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    for n, chunk in enumerate(chunks):
+        yield {"kind": "restore", "data": base64.b64encode(chunk).decode(), "last": n == len(chunks) - 1}
+
+
+async def suspend_record(deps: Any, session_id: str, workspace: Path | None, log: Any) -> bool:
+    """Save a stopped session's workspace and mark it suspended; release the
+    lease. Returns False (leaving the workspace directory and the record
+    as they are, for the recovery sweep) when the database cannot be reached."""
+    data: bytes | None = None
+    dropped = False
+    if workspace is not None and await asyncio.to_thread(workspace.exists):
+        try:
+            data = await asyncio.to_thread(snapshot, workspace, deps.settings.workspace_max_bytes)
+        except WorkspaceTooLarge as exc:
+            dropped = True
+            log.error("workspace_not_saved", error=exc.message)
+    records = deps.records
+    for attempt in range(3):
+        try:
+            if data is not None:
+                await records.save_workspace(session_id, data)
+            fields: dict[str, Any] = {"state": "suspended", "sandbox": None}
+            if dropped:
+                record = await records.get(session_id)
+                fields["options"] = {**(record.options if record else {}), "workspace_dropped": True}
+            await records.update(session_id, **fields)
+            await records.release_lease(session_id, deps.replica)
+            break
+        except Exception as exc:
+            log.warning("suspend_write_failed", attempt=attempt + 1, error=type(exc).__name__)
+            await asyncio.sleep(0.5 * 2**attempt)
+    else:
+        log.error("session_not_suspended", reason="database unreachable; the recovery sweep will retry")
+        return False
+    if workspace is not None:
+        await asyncio.to_thread(shutil.rmtree, workspace, True)
+    log.info("session_suspended", workspace_bytes=len(data) if data is not None else 0)
+    return True

@@ -1,0 +1,46 @@
+"""The one rooted exception tree of the session store: every error carries a stable ``code``."""
+
+from __future__ import annotations
+
+
+class MoorageStoreError(Exception):
+    """Base of every error this package raises on purpose. ``code`` is stable and machine-readable."""
+
+    code: str = "store_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DatabaseUnavailable(MoorageStoreError):
+    """The database cannot be reached or refused the operation (connection, lock, I/O).
+
+    The message names the host:port/database or the SQLite path, never a password.
+    """
+
+    code = "store_unavailable"
+
+
+class SessionNotFound(MoorageStoreError):
+    """A session record that must exist does not (``update``, ``add_usage``, ``save_workspace``)."""
+
+    code = "session_not_found"
+
+
+class InvalidRecord(MoorageStoreError, ValueError):
+    """A caller passed a value the records table does not accept (unknown field, unknown state)."""
+
+    code = "invalid_record"
+
+
+class UnsupportedDatabaseURL(MoorageStoreError, ValueError):
+    """The URL names a database other than SQLite or PostgreSQL, or cannot be parsed."""
+
+    code = "store_config"
+
+
+class SessionExists(MoorageStoreError):
+    """``SessionRecords.create`` was given an id that is already taken."""
+
+    code = "session_exists"

@@ -1,0 +1,121 @@
+"""SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
+service's session records (``sessions``, ``workspaces``).
+
+The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
+match them (a unit test compares the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
+from sqlmodel import Field, SQLModel
+
+from .columns import BIG_PK, JSON_DOC, UTCDateTime
+
+metadata: MetaData = SQLModel.metadata
+
+
+class StoreKey(SQLModel, table=True):
+    """One transcript file: a main transcript (``subpath == ""``) or a subagent transcript.
+
+    ``mtime`` is the storage write time in epoch milliseconds (strictly increasing per key);
+    ``summary`` is the SDK's opaque ``fold_session_summary`` state, main transcripts only.
+    """
+
+    __tablename__ = "session_store_keys"
+    __table_args__ = (UniqueConstraint("project_key", "session_id", "subpath", name="uq_session_store_keys_key"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_PK, primary_key=True, autoincrement=True))
+    project_key: str = Field(sa_column=Column(String, nullable=False))
+    session_id: str = Field(sa_column=Column(String, nullable=False))
+    subpath: str = Field(default="", sa_column=Column(String, nullable=False, server_default=""))
+    mtime: int = Field(sa_column=Column(BigInteger, nullable=False))
+    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON_DOC, nullable=True))
+
+
+class StoreEntry(SQLModel, table=True):
+    """One transcript line. ``id`` gives append order; ``uuid`` (when present) is an idempotency key."""
+
+    __tablename__ = "session_store_entries"
+    __table_args__ = (
+        Index("ix_session_store_entries_key_order", "key_id", "id"),
+        Index(
+            "uq_session_store_entries_uuid",
+            "key_id",
+            "uuid",
+            unique=True,
+            sqlite_where=text("uuid IS NOT NULL"),
+            postgresql_where=text("uuid IS NOT NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_PK, primary_key=True, autoincrement=True))
+    key_id: int = Field(
+        sa_column=Column(BIG_PK, ForeignKey("session_store_keys.id", ondelete="CASCADE"), nullable=False)
+    )
+    uuid: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    entry: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+
+
+class SessionRow(SQLModel, table=True):
+    """A service session: state, usage, options, the sandbox handle and the replica lease."""
+
+    __tablename__ = "sessions"
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False, index=True))
+    state: str = Field(sa_column=Column(String, nullable=False, index=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    last_active_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    turns: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    cost_usd: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON_DOC, nullable=False))
+    sandbox: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON_DOC, nullable=True))
+    owner: str | None = Field(default=None, sa_column=Column(String, nullable=True, index=True))
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class WorkspaceRow(SQLModel, table=True):
+    """The latest workspace snapshot of a session (a tar.gz), deleted with its session."""
+
+    __tablename__ = "workspaces"
+
+    session_id: str = Field(sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+def entry_uuid(entry: Mapping[str, Any]) -> str | None:
+    """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
+    value = entry.get("uuid")
+    return value if isinstance(value, str) else None
+
+
+def table(name: str) -> Table:
+    """The core ``Table`` behind one of the models above, for Core (non-ORM) statements."""
+    return metadata.tables[name]
+
+
+KEYS = table("session_store_keys")
+ENTRIES = table("session_store_entries")
+SESSIONS = table("sessions")
+WORKSPACES = table("workspaces")

@@ -1,0 +1,194 @@
+"""Moorage's session records: one ``sessions`` row per service session (state, usage, options,
+sandbox handle, replica lease) and its latest workspace snapshot in ``workspaces``.
+
+:class:`SessionRecords` is a small async repository over a :class:`~moorage_session_store.Database`.
+It returns :class:`SessionRecord`, a frozen dataclass (a snapshot: it never changes or lazy-loads
+after it is returned). All times are timezone-aware UTC.
+
+Leases: ``acquire_lease`` is a single conditional ``UPDATE ... WHERE owner IS NULL OR owner = :me
+OR lease_expires_at < :now``, judged by the row count, so two replicas racing on one database get
+exactly one winner (PostgreSQL re-checks the condition after the row lock; SQLite has one writer).
+``now`` is the caller's clock: replicas sharing a database need NTP-synchronised clocks, and a TTL
+well above the expected skew.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, get_args
+
+from sqlalchemy import ColumnElement, delete, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .columns import utcnow
+from .database import Database
+from .errors import InvalidRecord, SessionExists, SessionNotFound
+from .models import SESSIONS, WORKSPACES, SessionRow, WorkspaceRow
+
+__all__ = ["SESSION_STATES", "SessionRecord", "SessionRecords", "SessionRow", "SessionState", "WorkspaceRow"]
+
+SessionState = Literal["active", "suspended", "closed"]
+SESSION_STATES: frozenset[str] = frozenset(get_args(SessionState))
+
+#: Fields ``update`` may set (``id`` and ``created_at`` are fixed; ``updated_at`` is always stamped).
+UPDATABLE_FIELDS = frozenset(
+    {"tenant", "state", "last_active_at", "turns", "cost_usd", "options", "sandbox", "owner", "lease_expires_at"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A snapshot of one ``sessions`` row."""
+
+    id: str
+    tenant: str
+    state: SessionState
+    created_at: datetime
+    updated_at: datetime
+    last_active_at: datetime
+    turns: int
+    cost_usd: float
+    options: dict[str, Any]
+    sandbox: dict[str, Any] | None
+    owner: str | None
+    lease_expires_at: datetime | None
+
+
+def _record(row: Any) -> SessionRecord:
+    return SessionRecord(**dict(row._mapping))
+
+
+class SessionRecords:
+    """Async repository for ``sessions`` and ``workspaces``. Safe to share between tasks."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, id: str, tenant: str, options: dict[str, Any]) -> SessionRecord:
+        """Insert an ``active`` session with zero usage; raise :class:`SessionExists` if ``id`` is taken."""
+        now = utcnow()
+        record = SessionRecord(
+            id=id,
+            tenant=tenant,
+            state="active",
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
+            turns=0,
+            cost_usd=0.0,
+            options=options,
+            sandbox=None,
+            owner=None,
+            lease_expires_at=None,
+        )
+        with self._db.translate_errors():
+            try:
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(insert(SESSIONS).values(**asdict(record)))
+            except sa_exc.IntegrityError as err:
+                raise SessionExists(f"session {id!r} already exists") from err
+        return record
+
+    async def get(self, id: str) -> SessionRecord | None:
+        """The session, or ``None``."""
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                row = (await conn.execute(select(SESSIONS).where(SESSIONS.c.id == id))).first()
+        return None if row is None else _record(row)
+
+    async def update(self, id: str, /, **fields: Any) -> None:
+        """Set ``fields`` (names from :data:`UPDATABLE_FIELDS`) and ``updated_at``.
+
+        Raises :class:`InvalidRecord` for an unknown field or state, :class:`SessionNotFound` if no row.
+        """
+        unknown = set(fields) - UPDATABLE_FIELDS
+        if unknown:
+            raise InvalidRecord(f"cannot update {', '.join(sorted(unknown))}")
+        if "state" in fields and fields["state"] not in SESSION_STATES:
+            raise InvalidRecord(f"unknown session state {fields['state']!r}")
+        await self._update_one(id, {**fields, "updated_at": utcnow()})
+
+    async def add_usage(self, id: str, turns: int, cost_usd: float) -> None:
+        """Atomically add to ``turns`` and ``cost_usd`` (in SQL, so concurrent adds never lose one)."""
+        values = {"turns": SESSIONS.c.turns + turns, "cost_usd": SESSIONS.c.cost_usd + cost_usd, "updated_at": utcnow()}
+        await self._update_one(id, values)
+
+    async def _update_one(self, id: str, values: dict[str, Any]) -> None:
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                result = await conn.execute(update(SESSIONS).where(SESSIONS.c.id == id).values(**values))
+        if result.rowcount == 0:
+            raise SessionNotFound(f"no session {id!r}")
+
+    async def list(self, state: SessionState | None = None, owner: str | None = None) -> builtins.list[SessionRecord]:
+        """Sessions, oldest first, optionally only those in ``state`` and/or held by ``owner``."""
+        stmt = select(SESSIONS).order_by(SESSIONS.c.created_at, SESSIONS.c.id)
+        if state is not None:
+            stmt = stmt.where(SESSIONS.c.state == state)
+        if owner is not None:
+            stmt = stmt.where(SESSIONS.c.owner == owner)
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        return [_record(row) for row in rows]
+
+    async def acquire_lease(self, id: str, owner: str, ttl_s: float) -> bool:
+        """Take (or extend) the lease if it is free, already ours, or expired. ``False`` if held or no row."""
+        now = utcnow()
+        free = or_(SESSIONS.c.owner.is_(None), SESSIONS.c.owner == owner, SESSIONS.c.lease_expires_at < now)
+        return await self._set_lease(id, free, owner, now + timedelta(seconds=ttl_s), now)
+
+    async def renew_lease(self, id: str, owner: str, ttl_s: float) -> bool:
+        """Push our lease's expiry to now + ``ttl_s``; ``False`` if another owner holds it (or no row)."""
+        now = utcnow()
+        return await self._set_lease(id, SESSIONS.c.owner == owner, owner, now + timedelta(seconds=ttl_s), now)
+
+    async def release_lease(self, id: str, owner: str) -> None:
+        """Give the lease up if we hold it (no-op otherwise)."""
+        await self._set_lease(id, SESSIONS.c.owner == owner, None, None, utcnow())
+
+    async def _set_lease(
+        self, id: str, condition: ColumnElement[bool], owner: str | None, expires: datetime | None, now: datetime
+    ) -> bool:
+        stmt = (
+            update(SESSIONS)
+            .where(SESSIONS.c.id == id, condition)
+            .values(owner=owner, lease_expires_at=expires, updated_at=now)
+        )
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                result = await conn.execute(stmt)
+        return result.rowcount == 1
+
+    async def save_workspace(self, id: str, data: bytes) -> None:
+        """Store (replace) the session's workspace archive; :class:`SessionNotFound` if no session."""
+        values = {"session_id": id, "data": data, "size": len(data), "updated_at": utcnow()}
+        upsert = (postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert)(WORKSPACES).values(**values)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[WORKSPACES.c.session_id],
+            set_={"data": upsert.excluded.data, "size": upsert.excluded.size, "updated_at": upsert.excluded.updated_at},
+        )
+        with self._db.translate_errors():
+            try:
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(stmt)
+            except sa_exc.IntegrityError as err:  # the foreign key: no such session
+                raise SessionNotFound(f"no session {id!r}") from err
+
+    async def load_workspace(self, id: str) -> bytes | None:
+        """The session's workspace archive, or ``None`` if none was saved."""
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                data = (
+                    await conn.execute(select(WORKSPACES.c.data).where(WORKSPACES.c.session_id == id))
+                ).scalar_one_or_none()
+        return None if data is None else bytes(data)
+
+    async def delete(self, id: str) -> None:
+        """Delete the session and its workspace (no-op if absent)."""
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))

@@ -1,0 +1,244 @@
+"""Hybrid sessions: suspend on idle, rehydrate on reconnect, survive kill -9,
+survive the database going away. The service as a process, the real CLI in
+real sandboxes, a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from moorage.testing.scripted_model import ScriptedModelServer
+from moorage_session_store import Database, SQLModelSessionStore
+from support import Client, Service, free_port, result_of, run_service, scaled, tool_output, wait_until
+
+PG = ("127.0.0.1", 5432)
+
+
+def pg_available() -> bool:
+    try:
+        with socket.create_connection(PG, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def events(svc: Service, event: str, session_id: str | None = None) -> list[dict[str, Any]]:
+    found = []
+    for line in svc.logs().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event and (session_id is None or record.get("session_id") == session_id):
+            found.append(record)
+    return found
+
+
+def prompts_seen(model: ScriptedModelServer) -> str:
+    """Everything the model was last sent, as text (the conversation it saw)."""
+    return json.dumps(model.model.requests[-1]["messages"])
+
+
+async def wait_suspended(svc: Service, session_id: str) -> None:
+    await asyncio.to_thread(
+        wait_until, lambda: bool(events(svc, "session_suspended", session_id)), 30, "the session to be suspended"
+    )
+
+
+async def test_idle_session_suspends_and_rehydrates_with_history_and_files(model: ScriptedModelServer) -> None:
+    """After the idle timeout a session is suspended; reconnecting rehydrates its files and conversation."""
+    with run_service(model.url, MOORAGE_IDLE_TIMEOUT_S="1") as svc:
+        client = await Client.connect(svc)
+        await client.turn("bash echo kept-across-suspend > notes.txt")
+        assert result_of(await client.turn("say remember the walrus"))["result"] == "remember the walrus"
+        await client.close()
+        await wait_suspended(svc, client.session_id)
+        assert not any(d.name for d in (svc.state_dir / "workspaces").iterdir() if (d / "notes.txt").exists())
+
+        again = await Client.connect(svc, client.session_id)
+        assert again.first["state"] == "rehydrated" and again.first["session_id"] == client.session_id
+        frames = await again.turn("bash cat notes.txt")
+        assert "kept-across-suspend" in tool_output(frames)
+        assert "remember the walrus" in prompts_seen(model), "the model must see the earlier conversation"
+        await again.close()
+
+
+async def test_kill_9_mid_turn_then_restart_keeps_every_acknowledged_turn(model: ScriptedModelServer) -> None:
+    """kill -9 during a turn, restart, reconnect: every turn whose result reached the client is in the store."""
+    state = {"MOORAGE_DATABASE_URL": ""}
+    with run_service(model.url, **state) as first:
+        db_url = f"sqlite:///{first.state_dir / 'moorage.db'}"
+        client = await Client.connect(first)
+        acknowledged = await client.turn("bash echo durable > kept.txt")
+        acknowledged += await client.turn("say second turn done")
+        uuids = {f["uuid"] for f in acknowledged if f.get("type") in ("assistant", "user") and f.get("uuid")}
+        assert uuids
+        await client.say("bash python3 -c 'import time; time.sleep(60)'")
+        await client.until("assistant", timeout=30)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(scaled(10))
+        state_dir = first.state_dir
+
+    db = await Database.connect(db_url)
+    try:
+        entries = await SQLModelSessionStore(db).load({"project_key": "default", "session_id": client.session_id})
+    finally:
+        await db.close()
+    stored = {e.get("uuid") for e in entries or []}
+    assert uuids <= stored, f"lost acknowledged entries: {uuids - stored}"
+
+    with run_service(model.url, MOORAGE_STATE_DIR=str(state_dir)) as second:
+        again = await Client.connect(second, client.session_id)
+        assert again.first["state"] == "rehydrated"
+        frames = await again.turn("bash cat kept.txt")
+        assert "durable" in tool_output(frames)
+        assert "second turn done" in prompts_seen(model)
+        await again.close()
+
+
+async def test_racing_reconnects_share_one_rehydrated_sandbox(model: ScriptedModelServer) -> None:
+    """Two connections attaching to a suspended session at once get one sandbox between them."""
+    with run_service(model.url, MOORAGE_IDLE_TIMEOUT_S="1") as svc:
+        client = await Client.connect(svc)
+        await client.turn("say first life")
+        await client.close()
+        await wait_suspended(svc, client.session_id)
+
+        a, b = await asyncio.gather(Client.connect(svc, client.session_id), Client.connect(svc, client.session_id))
+        assert {a.first["state"], b.first["state"]} <= {"rehydrated", "attached"}
+        await a.say("say shared")
+        ra, rb = result_of(await a.until("result")), result_of(await b.until("result"))
+        assert ra["result"] == rb["result"] == "shared"
+        assert len(events(svc, "session_rehydrating", client.session_id)) == 1
+        await a.close()
+        await b.close()
+
+
+def test_database_unreachable_at_start_exits_with_a_clear_message(model: ScriptedModelServer, tmp_path: Path) -> None:
+    """No database: the service says which one it could not reach and exits non-zero."""
+    env = {
+        **os.environ,
+        "MOORAGE_DATABASE_URL": "postgresql://moorage@127.0.0.1:1/moorage",
+        "MOORAGE_STATE_DIR": str(tmp_path),
+        "MOORAGE_PORT": str(free_port()),
+        "ANTHROPIC_BASE_URL": model.url,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "moorage", "serve"], env=env, capture_output=True, text=True, timeout=scaled(60)
+    )
+    assert proc.returncode != 0
+    assert "127.0.0.1:1" in proc.stderr and "database" in proc.stderr.lower()
+
+
+class Cuttable:
+    """A TCP proxy to PostgreSQL that a test can cut and restore."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.up = threading.Event()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                with contextlib.suppress(OSError):
+                    self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+                self._server.close()
+                self._server = None
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(PG, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    name = f"moorage_test_{os.getpid()}"
+    subprocess.run(
+        ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["psql", "-h", PG[0], "-U", "postgres", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(
+            ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+            capture_output=True,
+        )
+
+
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
+async def test_database_lost_during_a_turn_then_back(model: ScriptedModelServer) -> None:
+    """The database vanishes mid-turn: the client is told, the result waits for durability, all recovers."""
+    proxy = Cuttable()
+    proxy.restore()
+    with pg_database() as name:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}"
+        with run_service(model.url, MOORAGE_DATABASE_URL=url) as svc:
+            client = await Client.connect(svc)
+            assert result_of(await client.turn("say before"))["result"] == "before"
+            await client.say("bash python3 -c 'import time; time.sleep(2)'; echo after-cut")
+            await client.until("assistant", timeout=30)
+            proxy.cut()
+            notice = (await client.until("error", timeout=30))[-1]
+            assert notice["code"] == "store_unavailable" and notice["fatal"] is False
+            assert await asyncio.to_thread(svc.healthy)
+            proxy.restore()
+            frames = await client.until("result", timeout=60)
+            assert "after-cut" in tool_output(frames)
+            assert result_of(await client.turn("say back again"))["result"] == "back again"
+            await client.close()
