@@ -16,7 +16,7 @@ help:
 	@echo "make chat    a terminal client for a running service"
 	@echo "make test    every test (unit, integration, e2e)"
 	@echo "make lint    ruff + mypy"
-	@echo "make bench   benchmarks -> bench/results.json"
+	@echo "make bench   benchmarks -> bench/results*.json"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -67,6 +67,8 @@ format: venv
 
 bench: deps venv
 	$(PY) bench/bench.py
+	$(PY) bench/bench_store.py
+	$(PY) bench/bench_rehydrate.py
 
 constraints: venv
 	{ echo "# Versions tested together; regenerate with 'make constraints'."; \
