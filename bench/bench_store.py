@@ -14,6 +14,8 @@ with a note when it cannot be reached.
     the median round's entries/s is the figure (target on SQLite: >= 20,000/s). One unmeasured
     warm-up round of 10 batches runs first. A second figure spreads the same entries round-robin
     over 10 sessions, as a service with many concurrent sessions would.
+    As a yardstick for the machine, plain synchronous sqlite3 inserting the same batches (INSERT +
+    COMMIT only, same pragmas and indexes) is timed too; the ratio store / plain is reported.
 (b) Load: one transcript of ``--load-entries`` (10,000) entries, loaded ``--rounds`` times;
     median and max milliseconds.
 
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -144,6 +147,37 @@ async def run_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def sqlite_floor(path: Path, args: argparse.Namespace) -> list[float]:
+    """Machine yardstick: entries/s of plain synchronous sqlite3 doing only the batch INSERT + COMMIT.
+
+    Same entries, pragmas and entry indexes as the store, no key row, no summary, no event loop. The
+    store's figure divided by this one says how much of the machine's SQLite speed the store gets;
+    it moves far less with the host's speed than either number alone.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in ("page_size=16384", "journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=4000"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute("CREATE TABLE e (id INTEGER PRIMARY KEY, key_id INTEGER NOT NULL, uuid VARCHAR, entry JSON)")
+        conn.execute("CREATE INDEX e_order ON e (key_id, id)")
+        conn.execute("CREATE UNIQUE INDEX e_uuid ON e (key_id, uuid) WHERE uuid IS NOT NULL")
+        rates: list[float] = []
+        for r in range(args.rounds):
+            batches = [make_entries(args.batch, "floor") for _ in range(args.entries // args.batch)]
+            started = time.perf_counter()
+            for batch in batches:
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT INTO e (key_id, uuid, entry) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(r, e["uuid"], json.dumps(e)) for e in batch],
+                )
+                conn.execute("COMMIT")
+            rates.append(len(batches) * args.batch / (time.perf_counter() - started))
+        return rates
+    finally:
+        conn.close()
+
+
 def _summary(rates: list[float]) -> dict[str, Any]:
     return {"median": round(statistics.median(rates)), "best": round(max(rates)), "samples": [round(x) for x in rates]}
 
@@ -179,6 +213,7 @@ async def run_postgres(admin_url: str, args: argparse.Namespace) -> dict[str, An
 def print_table(results: dict[str, Any]) -> None:
     """One line per backend."""
     print(f"{'backend':<12}{'append/s (1 session)':>22}{'append/s (10 sessions)':>24}{'load 10k (ms)':>16}")
+    floor = results.get("sqlite", {}).get("plain_sqlite3_insert_entries_per_s")
     for name, res in results.items():
         if "skipped" in res:
             print(f"{name:<12}  skipped: {res['skipped']}")
@@ -187,6 +222,8 @@ def print_table(results: dict[str, Any]) -> None:
             f"{name:<12}{res['append_entries_per_s']['median']:>22,}"
             f"{res['append_10_sessions_entries_per_s']['median']:>24,}{res['load_ms']['median']:>16}"
         )
+    if floor:
+        print(f"{'(yardstick)':<12}{floor['median']:>22,}  plain sqlite3 INSERT+COMMIT of the same batches, no store")
 
 
 async def main() -> int:
@@ -202,6 +239,11 @@ async def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = await run_backend(f"sqlite:///{tmp}/bench.db", args)
+        floor = sqlite_floor(Path(tmp) / "floor.db", args)
+        results["sqlite"]["plain_sqlite3_insert_entries_per_s"] = _summary(floor)
+        results["sqlite"]["store_vs_plain_sqlite3"] = round(
+            results["sqlite"]["append_entries_per_s"]["median"] / statistics.median(floor), 2
+        )
     if reachable(args.postgres):
         results["postgresql"] = await run_postgres(args.postgres, args)
     else:

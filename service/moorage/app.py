@@ -11,15 +11,18 @@ from dataclasses import dataclass
 import structlog
 from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.records import SessionRecords
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
+from .accounting import Accounting
 from .egress import ModelProxy
-from .errors import Code, MoorageError, close_code
+from .errors import STORE_ERRORS, Code, MoorageError, close_code
 from .manager import SessionManager
+from .metrics import Metrics
 from .pool import WarmPool
 from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
 from .sandbox.base import SandboxBackend
@@ -40,6 +43,7 @@ class Services:
     proxy: ModelProxy
     sessions: SessionManager
     db: Database
+    metrics: Metrics
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -55,8 +59,9 @@ async def make_backend(settings: Settings) -> SandboxBackend:
 class WsConnection:
     """One client socket: a bounded outbound queue drained by one writer."""
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, metrics: Metrics) -> None:
         self.ws = ws
+        self.metrics = metrics
         self.queue: asyncio.Queue[object] = asyncio.Queue(OUTBOUND_QUEUE_FRAMES)
         self.close_with: tuple[int, str] | None = None
 
@@ -82,6 +87,7 @@ class WsConnection:
         while (item := await self.queue.get()) is not _CLOSE:
             assert isinstance(item, str)
             await self.ws.send_text(item)
+            self.metrics.frames.labels("out").inc()
         code, reason = self.close_with or (1000, "")
         if self.ws.application_state == WebSocketState.CONNECTED:
             await self.ws.close(code, reason[:120])
@@ -105,9 +111,11 @@ async def _read(session: Session, conn: WsConnection) -> None:
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""
+        conn.metrics.frames.labels("in").inc()
         try:
             await _dispatch(session, conn, raw)
         except MoorageError as exc:
+            conn.metrics.errors.labels(str(exc.code)).inc()
             conn.offer(dumps(exc.frame()))
             if exc.fatal:
                 conn.close(close_code(exc.code), exc.code)
@@ -120,7 +128,16 @@ async def _read(session: Session, conn: WsConnection) -> None:
 async def session_socket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     await ws.accept()
-    conn = WsConnection(ws)
+    conn = WsConnection(ws, services.metrics)
+    services.metrics.ws_connections_active.inc()
+    try:
+        await _serve(services, conn)
+    finally:
+        services.metrics.ws_connections_active.dec()
+
+
+async def _serve(services: Services, conn: WsConnection) -> None:
+    ws = conn.ws
     writer = asyncio.create_task(conn.write())
     session_id = ws.path_params.get("session_id")
     tenant = "default"
@@ -130,6 +147,7 @@ async def session_socket(ws: WebSocket) -> None:
         else:
             session, state = await services.sessions.attach(session_id, tenant)
     except MoorageError as exc:
+        services.metrics.errors.labels(str(exc.code)).inc()
         conn.offer(dumps(exc.frame()))
         conn.close(close_code(exc.code), exc.code)
         with contextlib.suppress(Exception):
@@ -150,7 +168,29 @@ async def session_socket(ws: WebSocket) -> None:
 
 
 async def healthz(request: Request) -> JSONResponse:
+    """The process is alive (liveness)."""
     return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready for new sessions: the database answers and the backend can sandbox."""
+    services: Services = request.app.state.services
+    failed: dict[str, str] = {}
+    try:
+        await services.db.ping(timeout_s=2.0)
+    except STORE_ERRORS as exc:
+        failed["database"] = type(exc).__name__
+    problem = await services.backend.ready()
+    if problem:
+        failed["sandbox"] = problem
+    if failed:
+        return JSONResponse({"status": "not ready", "failed": failed}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    registry = request.app.state.services.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -166,14 +206,23 @@ def create_app(settings: Settings) -> Starlette:
                 settings.anthropic_base_url,
                 settings.anthropic_api_key.get_secret_value(),
             )
+            metrics = Metrics(tuple(settings.prices))
+            accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
+            proxy.on_usage = accounting.on_usage
+            proxy.refusal = accounting.refusal
             await proxy.start()
             workspaces = settings.state_dir.resolve() / "workspaces"
-            pool = WarmPool(backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s)
-            deps = Deps(settings, backend, proxy, pool, SessionRecords(db), SQLModelSessionStore(db), settings.replica)
+            pool = WarmPool(
+                backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics
+            )
+            records = SessionRecords(db)
+            deps = Deps(
+                settings, backend, proxy, pool, records, SQLModelSessionStore(db), settings.replica, metrics, accounting
+            )
             sessions = SessionManager(deps)
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()
-            app.state.services = Services(settings, backend, proxy, sessions, db)
+            app.state.services = Services(settings, backend, proxy, sessions, db, metrics)
             log.info(
                 "service_started",
                 backend=backend.name,
@@ -195,6 +244,8 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
         ],

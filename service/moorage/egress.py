@@ -107,6 +107,8 @@ class ModelProxy:
         self._by_path: dict[str, str] = {}
         self.usage: dict[str, Usage] = {}
         self.on_usage: Callable[[str, str, dict[str, int]], None] | None = None
+        # Asked before each request: a reason to refuse it (a spent budget), or None.
+        self.refusal: Callable[[str], str | None] | None = None
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,12 @@ class ModelProxy:
                     "error": {"type": "not_found_error", "message": "only the Messages API is reachable"},
                 },
                 status=404,
+            )
+        if request.path == "/v1/messages" and self.refusal is not None and (scope := self.refusal(sandbox_id)):
+            # 400, not 429: the CLI must give up on this turn, not retry.
+            message = f"budget_exceeded: the {scope} budget is spent"
+            return web.json_response(
+                {"type": "error", "error": {"type": "invalid_request_error", "message": message}}, status=400
             )
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS}

@@ -26,6 +26,7 @@ class Code(StrEnum):
     MAX_TURNS_EXCEEDED = "max_turns_exceeded"
     SLOW_CONSUMER = "slow_consumer"
     SESSION_LOCKED = "session_locked"
+    BUDGET_EXCEEDED = "budget_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
     WORKSPACE_TOO_LARGE = "workspace_too_large"
     WORKSPACE_NOT_RESTORED = "workspace_not_restored"

@@ -20,6 +20,7 @@ import structlog
 
 from .egress import ModelProxy
 from .errors import Code, SandboxError
+from .metrics import Metrics
 from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,12 @@ class Loaded:
 
 
 async def start_loaded(
-    backend: SandboxBackend, proxy: ModelProxy, workspaces: Path, timeout_s: float, session_id: str = ""
+    backend: SandboxBackend,
+    proxy: ModelProxy,
+    workspaces: Path,
+    timeout_s: float,
+    metrics: Metrics,
+    session_id: str = "",
 ) -> Loaded:
     """Start one sandbox and wait (bounded) for its runner's ``loaded`` frame."""
     sandbox_id = uuid.uuid4().hex[:12]
@@ -47,19 +53,21 @@ async def start_loaded(
     except BaseException:
         await proxy.close_sandbox(sandbox_id)
         raise
+    metrics.sandbox_time.started(sandbox_id, backend.name)
     try:
         first = await asyncio.wait_for(sandbox.recv(), timeout_s)
     except TimeoutError:
         first = {"message": f"the runner did not load within {timeout_s:g}s"}
     if first is None or first.get("kind") != "loaded":
-        await discard(Loaded(sandbox, sandbox_id, workspace), proxy)
+        await discard(Loaded(sandbox, sandbox_id, workspace), proxy, metrics)
         detail = (first or {}).get("message", "the runner exited while loading")
         raise SandboxError(f"sandbox did not start: {detail}", code=Code.SANDBOX_START_FAILED)
     return Loaded(sandbox, sandbox_id, workspace)
 
 
-async def discard(loaded: Loaded, proxy: ModelProxy) -> None:
+async def discard(loaded: Loaded, proxy: ModelProxy, metrics: Metrics) -> None:
     await loaded.sandbox.stop(2.0)
+    metrics.sandbox_time.stopped(loaded.sandbox_id)
     await proxy.close_sandbox(loaded.sandbox_id)
     await asyncio.to_thread(shutil.rmtree, loaded.workspace, True)
 
@@ -68,8 +76,15 @@ class WarmPool:
     """Keeps up to ``size`` loaded sandboxes ready."""
 
     def __init__(
-        self, backend: SandboxBackend, proxy: ModelProxy, workspaces: Path, size: int, timeout_s: float
+        self,
+        backend: SandboxBackend,
+        proxy: ModelProxy,
+        workspaces: Path,
+        size: int,
+        timeout_s: float,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.backend = backend
         self.proxy = proxy
         self.workspaces = workspaces
@@ -88,7 +103,7 @@ class WarmPool:
         failures = 0
         while len(self.ready) < self.size and not self._closed:
             try:
-                loaded = await start_loaded(self.backend, self.proxy, self.workspaces, self.timeout_s)
+                loaded = await start_loaded(self.backend, self.proxy, self.workspaces, self.timeout_s, self.metrics)
             except SandboxError as exc:
                 failures += 1
                 log.warning("warm_sandbox_failed", error=exc.message)
@@ -96,7 +111,7 @@ class WarmPool:
                     return
                 continue
             if self._closed:
-                await discard(loaded, self.proxy)
+                await discard(loaded, self.proxy, self.metrics)
                 return
             self.ready.append(loaded)
 
@@ -107,7 +122,7 @@ class WarmPool:
             if loaded.sandbox.returncode is None:
                 self.refill()
                 return loaded
-            task = asyncio.create_task(discard(loaded, self.proxy))
+            task = asyncio.create_task(discard(loaded, self.proxy, self.metrics))
             self._discards.add(task)
             task.add_done_callback(self._discards.discard)
         self.refill()
@@ -120,4 +135,4 @@ class WarmPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._filler
         ready, self.ready = self.ready, []
-        await asyncio.gather(*(discard(w, self.proxy) for w in ready), return_exceptions=True)
+        await asyncio.gather(*(discard(w, self.proxy, self.metrics) for w in ready), return_exceptions=True)

@@ -28,8 +28,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from .accounting import Accounting, Ledger
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, SandboxError, SessionError, close_code
+from .metrics import Metrics
 from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
 from .sandbox.base import Sandbox, SandboxBackend
@@ -42,6 +44,11 @@ log = structlog.get_logger(__name__)
 STOP_GRACE_S = 5.0
 MODEL_PROXY = "unix:/run/moorage/model.sock"  # where every backend mounts the proxy
 RPC_CHUNK_ENTRIES = 500  # transcript entries per rpc_result frame
+
+
+def budget_error(scope: str) -> ProtocolError:
+    what = "this session's budget (MOORAGE_MAX_BUDGET_USD)" if scope == "session" else "the tenant's daily budget"
+    return ProtocolError(f"{what} is spent: no more model requests", code=Code.BUDGET_EXCEEDED)
 
 
 class Subscriber(Protocol):
@@ -69,6 +76,8 @@ class Deps:
     records: Any  # moorage_session_store.records.SessionRecords
     store: Any  # moorage_session_store.SQLModelSessionStore
     replica: str
+    metrics: Metrics
+    accounting: Accounting
 
 
 class Session:
@@ -95,7 +104,12 @@ class Session:
         self.prior_cost_usd = prior_cost_usd  # spent in earlier lives of this session
         self.log = log.bind(session_id=session_id, tenant=tenant, backend=deps.backend.name)
         self.pool = deps.pool
-        self.sink = TranscriptSink(deps.store, tenant, session_id)
+        self.sink = TranscriptSink(deps.store, tenant, session_id, deps.metrics)
+        self.metrics = deps.metrics
+        self.ledger = Ledger(tenant, prior_usd=prior_cost_usd)
+        self._turn_started = 0.0
+        self._idle_since: float | None = None
+        self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
         self._flusher: asyncio.Task[None] | None = None
         self._last_total_cost = 0.0
@@ -154,9 +168,15 @@ class Session:
         warm = loaded is not None
         if loaded is None:
             loaded = await start_loaded(
-                self.backend, self.proxy, self.pool.workspaces, self.settings.sandbox_start_timeout_s, self.id
+                self.backend,
+                self.proxy,
+                self.pool.workspaces,
+                self.settings.sandbox_start_timeout_s,
+                self.metrics,
+                self.id,
             )
         self.sandbox, self.sandbox_id, self.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
+        self.deps.accounting.ledgers[self.sandbox_id] = self.ledger
         handle = {**self.sandbox.handle, "workspace": str(self.workspace)}
         try:
             await self.records.update(self.id, state="active", sandbox=handle)
@@ -165,9 +185,10 @@ class Session:
         except STORE_ERRORS as exc:
             raise SandboxError(f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE) from exc
         options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns, "resume": self.resume}
-        if self.settings.max_budget_usd is not None:
-            # The budget is per session, not per sandbox: pass what is left.
-            options["max_budget_usd"] = max(0.0, self.settings.max_budget_usd - self.prior_cost_usd)
+        if self.settings.max_budget_usd is not None and self.settings.max_budget_usd > self.prior_cost_usd:
+            # The budget is per session, not per sandbox: pass what is left
+            # (none left: the service refuses turns itself, see submit).
+            options["max_budget_usd"] = self.settings.max_budget_usd - self.prior_cost_usd
         if self.settings.model:
             options["model"] = self.settings.model
         start = {"kind": "start", "options": options, "model_proxy": MODEL_PROXY, "store": True}
@@ -176,6 +197,11 @@ class Session:
             detail = (first or {}).get("message", "the runner exited before it was ready")
             raise SandboxError(f"sandbox did not start: {str(detail)[:500]}", code=Code.SANDBOX_START_FAILED)
         self.started_s = loop.time() - t0
+        self.metrics.sandbox_start_seconds.labels(self.backend.name, "warm" if warm else "cold").observe(self.started_s)
+        self.metrics.sessions_active.labels(self.backend.name).inc()
+        self._active = True
+        if self.rehydrate:
+            self.metrics.rehydrations.labels("ok").inc()
         self.log.info(
             "session_ready",
             start_s=round(self.started_s, 3),
@@ -312,17 +338,35 @@ class Session:
     async def _deliver_result(self, message: dict[str, Any]) -> None:
         timed_out = message.pop("moorage_error", None) == Code.TURN_TIMEOUT
         self.turns += 1
+        outcome = self.metrics.turn_outcome(message.get("subtype"))
+        self.metrics.turns.labels(outcome).inc()
+        self.metrics.turn_seconds.labels(outcome).observe(time.monotonic() - self._turn_started)
+        if message.get("subtype") == "error_max_turns":
+            self.metrics.max_turns_exceeded.inc()
+        # The SDK's figure (cumulative per CLI process) beside the proxy's own.
         total = message.get("total_cost_usd")
-        delta = 0.0
+        sdk_delta = 0.0
         if isinstance(total, (int, float)):
-            delta = max(0.0, float(total) - self._last_total_cost)
+            sdk_delta = max(0.0, float(total) - self._last_total_cost)
             self._last_total_cost = float(total)
+        models = message.get("modelUsage")
+        model = next(iter(models), "") if isinstance(models, dict) and models else ""
+        self.metrics.cost_usd.labels(self.metrics.model_label(model), "sdk").inc(sdk_delta)
+        metered, self.ledger.turn_usd = self.ledger.turn_usd, 0.0
+        self.metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
         try:
-            await self.records.add_usage(self.id, 1, delta)
-        except Exception as exc:
+            await self.records.add_usage(self.id, 1, metered)
+        except STORE_ERRORS as exc:
             self.log.warning("usage_write_failed", error=type(exc).__name__)
         await self._check_workspace_size()
         self.broadcast(message)
+        # Spent now (the proxy refused a request, the SDK stopped at its own
+        # max_budget_usd, or this turn used the rest): say so once, here.
+        scope = self.ledger.refused or self.deps.accounting.exhausted(self.ledger)
+        self.ledger.refused = None
+        if scope is not None:
+            self.metrics.budget_exceeded.labels(scope).inc()
+            self.broadcast(budget_error(scope).frame())
         if timed_out:
             self.broadcast(
                 MoorageError(
@@ -363,9 +407,17 @@ class Session:
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         if self.sandbox is not None:
+            t0 = time.monotonic()
             await self.sandbox.stop(STOP_GRACE_S)
+            self.metrics.sandbox_stop_seconds.labels(self.backend.name).observe(time.monotonic() - t0)
+            self.metrics.sandbox_time.stopped(self.sandbox_id)
+        if self._active:
+            self.metrics.sessions_active.labels(self.backend.name).dec()
+        elif self.rehydrate:
+            self.metrics.rehydrations.labels("failed").inc()
         if self.sandbox_id:
             await self.proxy.close_sandbox(self.sandbox_id)
+            self.deps.accounting.ledgers.pop(self.sandbox_id, None)
         if self._held and await self.sink.flush():
             held, self._held = self._held, []
             for result in held:
@@ -390,6 +442,8 @@ class Session:
             model_requests=usage.requests if usage else 0,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
+            cost_usd=round(self.ledger.life_usd, 6),
+            session_cost_usd=round(self.ledger.total_usd, 6),
             lifetime_s=round(time.monotonic() - self.created_at, 3),
             start_s=round(self.started_s, 3) if self.started_s is not None else None,
         )
@@ -429,7 +483,11 @@ class Session:
             raise ProtocolError(
                 "a turn is already running: wait for its result or send an interrupt", code=Code.TURN_IN_PROGRESS
             )
+        if (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
+            self.metrics.budget_exceeded.labels(scope).inc()
+            raise budget_error(scope)
         self.guard.start(time.monotonic())
+        self._turn_started = time.monotonic()
         self._cancel_idle()
         await sandbox.send({"kind": "user", "message": user_message_line(frame)})
         if self._watch is None or self._watch.done():
@@ -446,6 +504,8 @@ class Session:
     # -- fan-out and idleness ------------------------------------------------
 
     def broadcast(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "error":
+            self.metrics.errors.labels(str(frame.get("code"))).inc()
         text = dumps(frame)
         for sub in list(self.subscribers):
             if not sub.offer(text):
@@ -470,17 +530,26 @@ class Session:
         if self.subscribers or busy or self.closed or not self.ready.is_set():
             return
         if self._idle is None or self._idle.done():
+            self._idle_since = time.monotonic()
             self._idle = asyncio.create_task(self._idle_timeout())
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        self._end_idle()
+
+    def _end_idle(self) -> None:
+        if self._idle_since is not None:
+            self.metrics.session_idle_seconds.observe(time.monotonic() - self._idle_since)
+            self._idle_since = None
 
     async def _idle_timeout(self) -> None:
         await asyncio.sleep(self.settings.idle_timeout_s)
         if self.subscribers or self.guard.running or self._held or not self.sink.durable:
             return
         self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
+        self.metrics.sandbox_idle_timeouts.labels(self.backend.name).inc()
+        self._end_idle()
         self._idle = None
         await self.close()

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .accounting import DEFAULT_PRICES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOORAGE_", extra="ignore")
@@ -29,6 +31,10 @@ class Settings(BaseSettings):
     sandbox: Literal["local", "docker", "kubernetes"] = "local"
     max_turns: int = Field(default=50, ge=1)
     max_budget_usd: float | None = None
+    # Per tenant per UTC day, across its sessions (enforced at the model proxy).
+    tenant_daily_budget_usd: float | None = None
+    # USD per million tokens by model family: {"claude-opus": {"input": 5, ...}}.
+    prices: dict[str, dict[str, float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     turn_timeout_s: float = Field(default=600.0, gt=0)
     idle_timeout_s: float = Field(default=600.0, gt=0)
     # How long an interrupted turn may take to wind down before its sandbox

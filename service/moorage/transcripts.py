@@ -26,8 +26,9 @@ class RpcFailure(Exception):
 
 
 class TranscriptSink:
-    def __init__(self, store: Store, tenant: str, session_id: str) -> None:
+    def __init__(self, store: Store, tenant: str, session_id: str, metrics: Any = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.tenant = tenant
         self.session_id = session_id
         self.unsaved: list[tuple[dict[str, str], list[dict[str, Any]]]] = []

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningInsert
 
-from ._sqlite_append import sqlite_append
+from ._sqlite_append import encode_entries, sqlite_append
 from .database import Database
 from .models import ENTRIES, KEYS, entry_uuid
 
@@ -86,10 +86,11 @@ class SQLModelSessionStore(SessionStore):
         if not entries:
             return
         now_ms = _now_ms()
+        encoded = encode_entries(entries) if self._db.dialect == "sqlite" else None
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
-                if self._db.dialect == "sqlite":
-                    await sqlite_append(conn, key, entries, now_ms)
+                if encoded is not None:
+                    await sqlite_append(conn, key, entries, encoded, now_ms)
                 else:
                     await self._core_append(conn, key, key.get("subpath") or _MAIN, entries, now_ms)
 

@@ -54,6 +54,9 @@ class SandboxBackend(Protocol):
 
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
 
+    async def ready(self) -> str | None:
+        """None when sandboxes can be started now, else what is wrong."""
+
     async def close(self) -> None: ...
 
 

@@ -85,6 +85,9 @@ class UidPool:
             return None
         return fd
 
+    def available(self) -> bool:
+        return bool(self._free) or self._lock_dir is None
+
     @property
     def held(self) -> set[int]:
         return set(self._held)
@@ -451,6 +454,15 @@ class LocalBackend:
     def release(self, sandbox: LocalSandbox) -> None:
         if self.live.pop(sandbox._spec.sandbox_id, None) is not None and sandbox.uid is not None:
             self.uids.give_back(sandbox.uid)
+
+    async def ready(self) -> str | None:
+        if shutil.which("bwrap") is None:
+            return "bwrap is not installed"
+        if not os.access(self.state_dir, os.W_OK):
+            return f"{self.state_dir} is not writable"
+        if not self.uids.available():
+            return "no free sandbox uid"
+        return None
 
     async def reap(self, handle: dict[str, Any]) -> None:
         """Kill what is left of a sandbox a previous run of the service

@@ -1,0 +1,110 @@
+"""Cost accounting and budgets, from the model proxy's own reading.
+
+The proxy sees every model response a sandbox gets, so its figure is the
+authoritative one (a sandbox cannot fake it). Tokens are priced with a
+per-model table (USD per million tokens, overridable with
+``MOORAGE_PRICES``); the SDK's own ``total_cost_usd`` is exported beside it,
+with the discrepancy. Budgets are enforced at the proxy, before a request
+leaves: per session (``MOORAGE_MAX_BUDGET_USD``, across rehydrations) and per
+tenant per UTC day (``MOORAGE_TENANT_DAILY_BUDGET_USD``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .metrics import Metrics
+
+USAGE_KINDS = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_input_tokens": "cache_read",
+    "cache_creation_input_tokens": "cache_creation",
+}
+
+# USD per million tokens: input, output, cache read, cache write (5 min).
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "claude-opus": {"input": 5.0, "output": 25.0, "cache_read": 0.5, "cache_creation": 6.25},
+    "claude-sonnet": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_creation": 3.75},
+    "claude-haiku": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_creation": 1.25},
+}
+
+
+@dataclass
+class Ledger:
+    """One session's spend: earlier lives (from its record) plus this one."""
+
+    tenant: str
+    prior_usd: float = 0.0
+    life_usd: float = 0.0
+    turn_usd: float = 0.0
+    refused: str | None = None  # the budget scope that refused a request this turn
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_usd(self) -> float:
+        return self.prior_usd + self.life_usd
+
+
+class Accounting:
+    def __init__(
+        self,
+        metrics: Metrics,
+        prices: dict[str, dict[str, float]],
+        session_budget_usd: float | None,
+        tenant_daily_budget_usd: float | None,
+    ) -> None:
+        self.metrics = metrics
+        self.prices = prices
+        self.session_budget_usd = session_budget_usd
+        self.tenant_daily_budget_usd = tenant_daily_budget_usd
+        self.ledgers: dict[str, Ledger] = {}  # by sandbox id
+        self._tenant_day: dict[str, tuple[dt.date, float]] = {}
+
+    def price(self, model: str, usage: dict[str, int]) -> float:
+        family = self.metrics.model_label(model)
+        table = self.prices.get(family) or max(self.prices.values(), key=lambda p: p["output"])
+        return sum(usage.get(key, 0) * table.get(kind, 0.0) for key, kind in USAGE_KINDS.items()) / 1_000_000
+
+    def tenant_today(self, tenant: str) -> float:
+        day, spent = self._tenant_day.get(tenant, (dt.datetime.now(dt.UTC).date(), 0.0))
+        return spent if day == dt.datetime.now(dt.UTC).date() else 0.0
+
+    def on_usage(self, sandbox_id: str, model: str, usage: dict[str, int]) -> None:
+        """The proxy read one response's usage."""
+        label = self.metrics.model_label(model)
+        for key, kind in USAGE_KINDS.items():
+            if usage.get(key):
+                self.metrics.tokens.labels(label, kind).inc(usage[key])
+        cost = self.price(model, usage)
+        self.metrics.cost_usd.labels(label, "proxy").inc(cost)
+        ledger = self.ledgers.get(sandbox_id)
+        if ledger is None:
+            return
+        ledger.life_usd += cost
+        ledger.turn_usd += cost
+        for key in USAGE_KINDS:
+            ledger.tokens[key] = ledger.tokens.get(key, 0) + usage.get(key, 0)
+        today = dt.datetime.now(dt.UTC).date()
+        self._tenant_day[ledger.tenant] = (today, self.tenant_today(ledger.tenant) + cost)
+
+    def refusal(self, sandbox_id: str) -> str | None:
+        """Why the next model request of this sandbox must be refused, if it must."""
+        ledger = self.ledgers.get(sandbox_id)
+        if ledger is None:
+            return None
+        scope = self.exhausted(ledger)
+        if scope is not None:
+            ledger.refused = scope
+        return scope
+
+    def exhausted(self, ledger: Ledger) -> str | None:
+        if self.session_budget_usd is not None and ledger.total_usd >= self.session_budget_usd:
+            return "session"
+        if (
+            self.tenant_daily_budget_usd is not None
+            and self.tenant_today(ledger.tenant) >= self.tenant_daily_budget_usd
+        ):
+            return "tenant"
+        return None

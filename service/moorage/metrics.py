@@ -1,0 +1,159 @@
+"""Every Prometheus metric the service exports, defined once.
+
+Names carry base units and ``_total`` on counters; labels come from small
+fixed sets (never a session, tenant or user id), and every labelled series
+is created at start so dashboards show zeros instead of gaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from .errors import Code
+
+BACKENDS = ("local", "docker", "kubernetes")
+POOL = ("warm", "cold")
+TURN_OUTCOMES = ("success", "error_max_turns", "error_max_budget_usd", "error_during_execution", "other")
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
+COST_SOURCES = ("proxy", "sdk")
+DIRECTIONS = ("in", "out")
+REHYDRATION_OUTCOMES = ("ok", "failed")
+BUDGET_SCOPES = ("session", "tenant")
+OTHER_MODEL = "other"
+
+START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+IDLE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+
+class SandboxTime(Collector):
+    """``moorage_sandbox_seconds_total``: sandbox wall time, the unit hosted
+    code execution bills by; live sandboxes count up to the scrape."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, float] = dict.fromkeys(BACKENDS, 0.0)
+        self.live: dict[str, tuple[str, float]] = {}  # sandbox id -> (backend, started)
+
+    def started(self, sandbox_id: str, backend: str) -> None:
+        self.live[sandbox_id] = (backend, time.monotonic())
+
+    def stopped(self, sandbox_id: str) -> None:
+        entry = self.live.pop(sandbox_id, None)
+        if entry is not None:
+            self.finished[entry[0]] += time.monotonic() - entry[1]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "moorage_sandbox_seconds",
+            "Wall-clock seconds sandboxes have run (billable container time).",
+            labels=["backend"],
+        )
+        now = time.monotonic()
+        totals = dict(self.finished)
+        for backend, started in self.live.values():
+            totals[backend] = totals.get(backend, 0.0) + now - started
+        for backend, seconds in totals.items():
+            family.add_metric([backend], seconds)
+        yield family
+
+
+class Metrics:
+    def __init__(self, models: tuple[str, ...]) -> None:
+        self.registry = CollectorRegistry()
+        self.models = (*models, OTHER_MODEL)
+        r = self.registry
+        self.sessions_active = Gauge(
+            "moorage_sessions_active", "Sessions with a running sandbox.", ["backend"], registry=r
+        )
+        self.ws_connections_active = Gauge("moorage_ws_connections_active", "Open client WebSockets.", registry=r)
+        self.sandbox_start_seconds = Histogram(
+            "moorage_sandbox_start_seconds",
+            "From taking a sandbox to its agent being ready.",
+            ["backend", "pool"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.sandbox_stop_seconds = Histogram(
+            "moorage_sandbox_stop_seconds",
+            "Staged sandbox stop duration.",
+            ["backend"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.sandbox_idle_timeouts = Counter(
+            "moorage_sandbox_idle_timeouts_total", "Sessions suspended after the idle timeout.", ["backend"], registry=r
+        )
+        self.session_idle_seconds = Histogram(
+            "moorage_session_idle_seconds",
+            "How long sessions sat idle (no client, no turn) before activity or suspension.",
+            buckets=IDLE_BUCKETS,
+            registry=r,
+        )
+        self.turns = Counter("moorage_turns_total", "Finished turns by outcome.", ["outcome"], registry=r)
+        self.turn_seconds = Histogram(
+            "moorage_turn_duration_seconds", "User turn wall time.", ["outcome"], buckets=TURN_BUCKETS, registry=r
+        )
+        self.max_turns_exceeded = Counter(
+            "moorage_max_turns_exceeded_total", "Turns stopped at the max-turns limit.", registry=r
+        )
+        self.budget_exceeded = Counter(
+            "moorage_budget_exceeded_total", "Turns ended or refused because a budget was spent.", ["scope"], registry=r
+        )
+        self.cost_usd = Counter("moorage_cost_usd_total", "Model spend in USD.", ["model", "source"], registry=r)
+        self.cost_discrepancy_usd = Counter(
+            "moorage_cost_discrepancy_usd_total", "Sum of |SDK-reported - proxy-metered| cost per turn.", registry=r
+        )
+        self.tokens = Counter(
+            "moorage_tokens_total", "Tokens metered by the model proxy.", ["model", "kind"], registry=r
+        )
+        self.rehydrations = Counter(
+            "moorage_rehydrations_total", "Suspended sessions brought back.", ["outcome"], registry=r
+        )
+        self.frames = Counter("moorage_ws_frames_total", "Client frames by direction.", ["direction"], registry=r)
+        self.errors = Counter("moorage_errors_total", "Error frames sent to clients, by code.", ["code"], registry=r)
+        self.store_errors = Counter(
+            "moorage_transcript_store_errors_total", "Failed transcript writes (retried until they land).", registry=r
+        )
+        self.sandbox_time = SandboxTime()
+        r.register(self.sandbox_time)
+        self._zero()
+
+    def _zero(self) -> None:
+        for backend in BACKENDS:
+            self.sessions_active.labels(backend)
+            self.sandbox_idle_timeouts.labels(backend)
+            self.sandbox_stop_seconds.labels(backend)
+            for pool in POOL:
+                self.sandbox_start_seconds.labels(backend, pool)
+        for outcome in TURN_OUTCOMES:
+            self.turns.labels(outcome)
+            self.turn_seconds.labels(outcome)
+        for model in self.models:
+            for source in COST_SOURCES:
+                self.cost_usd.labels(model, source)
+            for kind in TOKEN_KINDS:
+                self.tokens.labels(model, kind)
+        for outcome in REHYDRATION_OUTCOMES:
+            self.rehydrations.labels(outcome)
+        for direction in DIRECTIONS:
+            self.frames.labels(direction)
+        for code in Code:
+            self.errors.labels(str(code))
+        for scope in BUDGET_SCOPES:
+            self.budget_exceeded.labels(scope)
+
+    def model_label(self, model: str) -> str:
+        """A bounded label: the configured model family it belongs to, or 'other'."""
+        for known in self.models:
+            if model.startswith(known):
+                return known
+        return OTHER_MODEL
+
+    @staticmethod
+    def turn_outcome(subtype: object) -> str:
+        return subtype if isinstance(subtype, str) and subtype in TURN_OUTCOMES else "other"
