@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "e2e"))
 
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service

@@ -10,8 +10,19 @@ import urllib.request
 
 from moorage.testing.scripted_model import USAGE, ScriptedModelServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import REAL_KEY, Client, Service, result_of, run_service, wait_until
-from test_persistence import Cuttable, events, pg_available, pg_database, wait_suspended
+from support import (
+    REAL_KEY,
+    Client,
+    Cuttable,
+    Service,
+    events,
+    pg_available,
+    pg_database,
+    result_of,
+    run_service,
+    wait_suspended,
+    wait_until,
+)
 
 # The service's default price table, USD per million tokens, for claude-opus-*.
 OPUS = {"input_tokens": 5.0, "output_tokens": 25.0, "cache_read_input_tokens": 0.5, "cache_creation_input_tokens": 6.25}

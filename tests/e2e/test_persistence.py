@@ -5,56 +5,34 @@ real sandboxes, a real database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from moorage.testing.scripted_model import ScriptedModelServer
 from moorage_session_store import Database, SQLModelSessionStore
-from support import Client, Service, free_port, result_of, run_service, scaled, tool_output, wait_until
-
-PG = ("127.0.0.1", 5432)
-
-
-def pg_available() -> bool:
-    try:
-        with socket.create_connection(PG, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def events(svc: Service, event: str, session_id: str | None = None) -> list[dict[str, Any]]:
-    found = []
-    for line in svc.logs().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event and (session_id is None or record.get("session_id") == session_id):
-            found.append(record)
-    return found
+from support import (
+    Client,
+    Cuttable,
+    events,
+    free_port,
+    pg_available,
+    pg_database,
+    result_of,
+    run_service,
+    scaled,
+    tool_output,
+    wait_suspended,
+)
 
 
 def prompts_seen(model: ScriptedModelServer) -> str:
     """Everything the model was last sent, as text (the conversation it saw)."""
     return json.dumps(model.model.requests[-1]["messages"])
-
-
-async def wait_suspended(svc: Service, session_id: str) -> None:
-    await asyncio.to_thread(
-        wait_until, lambda: bool(events(svc, "session_suspended", session_id)), 30, "the session to be suspended"
-    )
 
 
 async def test_idle_session_suspends_and_rehydrates_with_history_and_files(model: ScriptedModelServer) -> None:
@@ -140,85 +118,6 @@ def test_database_unreachable_at_start_exits_with_a_clear_message(model: Scripte
     )
     assert proc.returncode != 0
     assert "127.0.0.1:1" in proc.stderr and "database" in proc.stderr.lower()
-
-
-class Cuttable:
-    """A TCP proxy to PostgreSQL that a test can cut and restore."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.up = threading.Event()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def restore(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(16)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self._lock:
-            if self._server is not None:
-                with contextlib.suppress(OSError):
-                    self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-                self._server.close()
-                self._server = None
-            for conn in self._conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            self._conns.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(PG, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                b.shutdown(socket.SHUT_WR)
-
-
-@contextmanager
-def pg_database() -> Iterator[str]:
-    name = f"moorage_test_{os.getpid()}"
-    subprocess.run(
-        ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["psql", "-h", PG[0], "-U", "postgres", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(
-            ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-            capture_output=True,
-        )
 
 
 @pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
