@@ -141,3 +141,23 @@ async def test_database_lost_during_a_turn_then_back(model: ScriptedModelServer)
             assert "after-cut" in tool_output(frames)
             assert result_of(await client.turn("say back again"))["result"] == "back again"
             await client.close()
+
+
+async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelServer, tmp_path: Path) -> None:
+    """A second replica on the same database refuses a session the first one runs, then takes it once freed."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    with (
+        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_IDLE_TIMEOUT_S="1") as one,
+        run_service(model.url, MOORAGE_DATABASE_URL=shared) as two,
+    ):
+        client = await Client.connect(one)
+        await client.turn("say on replica one")
+        other = await Client.connect(two, client.session_id)
+        assert other.first["type"] == "error" and other.first["code"] == "session_locked"
+        await client.close()
+        await wait_suspended(one, client.session_id)
+        moved = await Client.connect(two, client.session_id)
+        assert moved.first["state"] == "rehydrated"
+        assert result_of(await moved.turn("say on replica two"))["result"] == "on replica two"
+        assert "on replica one" in prompts_seen(model)
+        await moved.close()
