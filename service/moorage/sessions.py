@@ -111,6 +111,7 @@ class Session:
         self._idle_since: float | None = None
         self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
+        self._rpcs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._flusher: asyncio.Task[None] | None = None
         self._last_total_cost = 0.0
         self.sandbox: Sandbox | None = None
@@ -263,17 +264,35 @@ class Session:
         self._notices.append(frame)
         self.broadcast(frame)
 
+    async def _rpc_worker(self) -> None:
+        while True:
+            frame = await self._rpcs.get()
+            try:
+                await self._on_rpc(frame)
+            except SandboxError:
+                pass  # the sandbox is gone; the pump will notice
+            finally:
+                self._rpcs.task_done()
+
     async def _pump(self) -> None:
         assert self.sandbox is not None
         runner_error: str | None = None
+        worker = asyncio.create_task(self._rpc_worker())
         while (frame := await self.sandbox.recv()) is not None:
             kind = frame.get("kind")
             if kind == "sdk" and isinstance(frame.get("message"), dict):
                 await self._on_sdk(frame["message"])
             elif kind == "rpc":
-                await self._on_rpc(frame)
+                # Answered by a worker, in order, so a database write never
+                # delays the messages streaming past it. (The SDK yields a
+                # turn's result only after its store calls were answered.)
+                self._rpcs.put_nowait(frame)
             elif kind == "error":
                 runner_error = str(frame.get("message", ""))[:500]
+        # The runner's last flush (on shutdown) may still be in the queue.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rpcs.join(), STOP_GRACE_S)
+        worker.cancel()
         if runner_error and not self._closing and self._close_error is None:
             self._close_error = SandboxError(runner_error, code=Code.SANDBOX_CRASHED)
 
