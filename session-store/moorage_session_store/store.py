@@ -13,7 +13,7 @@ read-fold-write of the summary cannot race.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from claude_agent_sdk import fold_session_summary
 from claude_agent_sdk.types import (
@@ -27,11 +27,13 @@ from claude_agent_sdk.types import (
 from sqlalchemy import ColumnElement, bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import ReturningInsert
 
 from ._sqlite_append import encode_entries, sqlite_append
 from .database import Database
 from .models import ENTRIES, KEYS, entry_uuid
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.dml import ReturningInsert
 
 __all__ = ["SQLModelSessionStore"]
 
