@@ -122,9 +122,23 @@ class Client:
         self.session_id: str = first.get("session_id", "")
 
     @classmethod
-    async def connect(cls, service: Service, session_id: str | None = None) -> Client:
-        path = "/v1/sessions" + (f"/{session_id}" if session_id else "")
-        ws = await websockets.connect(service.ws_url + path, max_size=None, open_timeout=scaled(10))
+    async def connect(
+        cls,
+        service: Service,
+        session_id: str | None = None,
+        token: str | None = None,
+        query: str = "",
+        subprotocols: list[str] | None = None,
+    ) -> Client:
+        path = "/v1/sessions" + (f"/{session_id}" if session_id else "") + query
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = await websockets.connect(
+            service.ws_url + path,
+            max_size=None,
+            open_timeout=scaled(10),
+            additional_headers=headers,
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+        )
         first = json.loads(await asyncio.wait_for(ws.recv(), scaled(10)))
         return cls(ws, first)
 

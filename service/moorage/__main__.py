@@ -25,7 +25,13 @@ def serve(settings: Settings) -> None:
     from moorage_session_store import MoorageStoreError
 
     from .app import create_app
+    from .auth import AuthConfigError
 
+    try:
+        app = create_app(settings)
+    except AuthConfigError as exc:
+        print(f"moorage: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     try:
         asyncio.run(_check_database(settings.database_url_or_default))
     except MoorageStoreError as exc:
@@ -33,7 +39,7 @@ def serve(settings: Settings) -> None:
         sys.exit(2)
 
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

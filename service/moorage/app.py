@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
+from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, close_code
 from .manager import SessionManager
@@ -44,6 +45,7 @@ class Services:
     sessions: SessionManager
     db: Database
     metrics: Metrics
+    auth: Authenticator
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -127,20 +129,28 @@ async def _read(session: Session, conn: WsConnection) -> None:
 
 async def session_socket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
-    await ws.accept()
+    creds = credentials(ws)
+    tenant = services.auth.tenant(creds.token)
+    if tenant is None:
+        # Refused at the handshake, before any sandbox is touched.
+        services.metrics.errors.labels(str(Code.UNAUTHORIZED)).inc()
+        log.info("client_refused", reason="unauthorized")
+        body = {"type": "error", "code": str(Code.UNAUTHORIZED), "message": "a valid bearer token is required"}
+        await ws.send_denial_response(JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"}))
+        return
+    await ws.accept(subprotocol=creds.subprotocol)
     conn = WsConnection(ws, services.metrics)
     services.metrics.ws_connections_active.inc()
     try:
-        await _serve(services, conn)
+        await _serve(services, conn, tenant)
     finally:
         services.metrics.ws_connections_active.dec()
 
 
-async def _serve(services: Services, conn: WsConnection) -> None:
+async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
     ws = conn.ws
     writer = asyncio.create_task(conn.write())
     session_id = ws.path_params.get("session_id")
-    tenant = "default"
     try:
         if session_id is None:
             session, state = await services.sessions.create(tenant), "new"
@@ -194,8 +204,20 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
+    auth = Authenticator(parse_api_keys(settings.api_keys))
+    if auth.open and not is_loopback(settings.host):
+        raise AuthConfigError(
+            f"refusing to serve {settings.host} without authentication: set MOORAGE_API_KEYS "
+            "(tenant:token,…) or bind to a loopback address"
+        )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if auth.open:
+            log.warning(
+                "auth_disabled",
+                detail="MOORAGE_API_KEYS is empty: every local client is tenant 'default'. Loopback only.",
+            )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db = await Database.connect(settings.database_url_or_default)
         try:
@@ -222,7 +244,7 @@ def create_app(settings: Settings) -> Starlette:
             sessions = SessionManager(deps)
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()
-            app.state.services = Services(settings, backend, proxy, sessions, db, metrics)
+            app.state.services = Services(settings, backend, proxy, sessions, db, metrics, auth)
             log.info(
                 "service_started",
                 backend=backend.name,

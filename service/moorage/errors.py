@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 class Code(StrEnum):
     """Stable error codes of the wire protocol (docs/protocol.md)."""
 
+    UNAUTHORIZED = "unauthorized"
     INVALID_JSON = "invalid_json"
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_FRAME_TYPE = "unknown_frame_type"

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Host uids handed to local sandboxes, one per live sandbox.
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_uid_count: int = Field(default=10_000, ge=1)
+    # tenant:token,… — empty: no authentication (loopback binds only).
+    api_keys: str = ""
     # Largest client frame accepted (bigger: close 1009).
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Largest workspace saved when a session is suspended.
