@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,7 +22,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from .accounting import Accounting
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .egress import ModelProxy
-from .errors import STORE_ERRORS, Code, MoorageError, close_code
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code
+from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
 from .metrics import Metrics
 from .pool import WarmPool
@@ -46,6 +48,7 @@ class Services:
     db: Database
     metrics: Metrics
     auth: Authenticator
+    turn_limits: TenantBuckets
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -61,9 +64,10 @@ async def make_backend(settings: Settings) -> SandboxBackend:
 class WsConnection:
     """One client socket: a bounded outbound queue drained by one writer."""
 
-    def __init__(self, ws: WebSocket, metrics: Metrics) -> None:
+    def __init__(self, ws: WebSocket, metrics: Metrics, bucket: TokenBucket) -> None:
         self.ws = ws
         self.metrics = metrics
+        self.bucket = bucket
         self.queue: asyncio.Queue[object] = asyncio.Queue(OUTBOUND_QUEUE_FRAMES)
         self.close_with: tuple[int, str] | None = None
 
@@ -95,9 +99,14 @@ class WsConnection:
             await self.ws.close(code, reason[:120])
 
 
-async def _dispatch(session: Session, conn: WsConnection, raw: str | bytes) -> None:
+async def _dispatch(services: Services, session: Session, conn: WsConnection, raw: str | bytes) -> None:
+    now = time.monotonic()
+    if wait := conn.bucket.take(now):
+        raise ProtocolError(f"too many frames: retry in {wait:.1f}s", code=Code.RATE_LIMITED)
     frame = parse_client_frame(raw)
     if isinstance(frame, UserFrame):
+        if wait := services.turn_limits.take(session.tenant, now):
+            raise ProtocolError(f"this tenant sends too many turns: retry in {wait:.1f}s", code=Code.RATE_LIMITED)
         await session.submit(frame)
     elif isinstance(frame, InterruptFrame):
         await session.interrupt()
@@ -105,7 +114,7 @@ async def _dispatch(session: Session, conn: WsConnection, raw: str | bytes) -> N
         conn.offer(dumps({"type": "pong", "id": frame.id}))
 
 
-async def _read(session: Session, conn: WsConnection) -> None:
+async def _read(services: Services, session: Session, conn: WsConnection) -> None:
     while True:
         message = await conn.ws.receive()
         if message["type"] == "websocket.disconnect":
@@ -115,7 +124,7 @@ async def _read(session: Session, conn: WsConnection) -> None:
             raw = message.get("bytes") or b""
         conn.metrics.frames.labels("in").inc()
         try:
-            await _dispatch(session, conn, raw)
+            await _dispatch(services, session, conn, raw)
         except MoorageError as exc:
             conn.metrics.errors.labels(str(exc.code)).inc()
             conn.offer(dumps(exc.frame()))
@@ -139,7 +148,9 @@ async def session_socket(ws: WebSocket) -> None:
         await ws.send_denial_response(JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"}))
         return
     await ws.accept(subprotocol=creds.subprotocol)
-    conn = WsConnection(ws, services.metrics)
+    conn = WsConnection(
+        ws, services.metrics, TokenBucket(services.settings.frames_per_s, services.settings.frames_burst)
+    )
     services.metrics.ws_connections_active.inc()
     try:
         await _serve(services, conn, tenant)
@@ -165,7 +176,7 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
         return
     conn.offer(dumps({"type": "session", "session_id": session.id, "state": state, "protocol": PROTOCOL_VERSION}))
     session.attach(conn)
-    reader = asyncio.create_task(_read(session, conn))
+    reader = asyncio.create_task(_read(services, session, conn))
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -244,7 +255,8 @@ def create_app(settings: Settings) -> Starlette:
             sessions = SessionManager(deps)
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()
-            app.state.services = Services(settings, backend, proxy, sessions, db, metrics, auth)
+            turn_limits = TenantBuckets(settings.turns_per_minute_per_tenant / 60, settings.turns_per_minute_per_tenant)
+            app.state.services = Services(settings, backend, proxy, sessions, db, metrics, auth, turn_limits)
             log.info(
                 "service_started",
                 backend=backend.name,

@@ -27,6 +27,8 @@ class Code(StrEnum):
     MAX_TURNS_EXCEEDED = "max_turns_exceeded"
     SLOW_CONSUMER = "slow_consumer"
     SESSION_LOCKED = "session_locked"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    RATE_LIMITED = "rate_limited"
     BUDGET_EXCEEDED = "budget_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
     WORKSPACE_TOO_LARGE = "workspace_too_large"
@@ -84,6 +86,7 @@ CLOSE_CODES: dict[Code, int] = {
     Code.TURN_TIMEOUT: 1011,
     Code.SLOW_CONSUMER: 1008,
     Code.SESSION_LOCKED: 1013,
+    Code.TOO_MANY_SESSIONS: 1013,
     Code.STORE_UNAVAILABLE: 1013,
 }
 

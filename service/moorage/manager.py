@@ -40,7 +40,25 @@ class SessionManager:
         await self.recover()
         self._lease_task = asyncio.create_task(self._lease_loop())
 
+    def check_capacity(self, tenant: str) -> None:
+        """Refuse a new sandbox past the node's or the tenant's limit (1013: retry later)."""
+        live = [s for s in self.sessions.values() if not s.closed]
+        if len(live) >= self.settings.max_sessions_per_node:
+            raise SessionError(
+                f"this node runs its limit of {self.settings.max_sessions_per_node} sessions; retry in a minute",
+                code=Code.TOO_MANY_SESSIONS,
+                fatal=True,
+            )
+        if sum(s.tenant == tenant for s in live) >= self.settings.max_sessions_per_tenant:
+            raise SessionError(
+                f"this tenant runs its limit of {self.settings.max_sessions_per_tenant} sessions here; "
+                "close one or retry later",
+                code=Code.TOO_MANY_SESSIONS,
+                fatal=True,
+            )
+
     async def create(self, tenant: str) -> Session:
+        self.check_capacity(tenant)
         session_id = str(uuid.uuid4())
         try:
             await self.records.create(session_id, tenant, {"max_turns": self.settings.max_turns})
@@ -72,6 +90,7 @@ class SessionManager:
         return session, "rehydrated"
 
     async def _rehydrate(self, session_id: str, tenant: str) -> Session:
+        self.check_capacity(tenant)
         try:
             record = await self.records.get(session_id)
             if record is None or record.tenant != tenant or record.state == "closed":

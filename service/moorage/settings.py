@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     # Host uids handed to local sandboxes, one per live sandbox.
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_uid_count: int = Field(default=10_000, ge=1)
+    # Live sessions (sandboxes) allowed at once, per node and per tenant on it.
+    max_sessions_per_node: int = Field(default=64, ge=1)
+    max_sessions_per_tenant: int = Field(default=16, ge=1)
+    # Client frames per second per connection, and user turns per minute per tenant.
+    frames_per_s: float = Field(default=20.0, gt=0)
+    frames_burst: int = Field(default=40, ge=1)
+    turns_per_minute_per_tenant: float = Field(default=120.0, gt=0)
     # tenant:token,… — empty: no authentication (loopback binds only).
     api_keys: str = ""
     # Largest client frame accepted (bigger: close 1009).
