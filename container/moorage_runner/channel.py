@@ -24,10 +24,13 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 
 
 class ChannelOut:
-    """Writes frames to the service; safe to call from many tasks."""
+    """Writes frames to the service; safe to call from many tasks. Writes go
+    through an asyncio pipe transport (no thread hop per frame) and wait for
+    the pipe to drain, so a slow reader pushes back on the runner."""
 
     def __init__(self, fd: int) -> None:
         self._file = os.fdopen(fd, "wb", buffering=0)
+        self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -38,10 +41,20 @@ class ChannelOut:
         sys.stdout = sys.stderr
         return cls(channel_fd)
 
+    async def _open(self) -> asyncio.StreamWriter:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop), self._file
+        )
+        return asyncio.StreamWriter(transport, protocol, None, loop)
+
     async def send(self, frame: dict[str, Any]) -> None:
         data = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         async with self._lock:
-            await asyncio.to_thread(self._file.write, data)
+            if self._writer is None:
+                self._writer = await self._open()
+            self._writer.write(data)
+            await self._writer.drain()
 
 
 async def open_stdin() -> asyncio.StreamReader:

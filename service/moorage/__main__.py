@@ -32,6 +32,7 @@ def serve(settings: Settings) -> None:
     except AuthConfigError as exc:
         print(f"moorage: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives here
     try:
         asyncio.run(_check_database(settings.database_url_or_default))
     except MoorageStoreError as exc:

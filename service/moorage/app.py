@@ -234,11 +234,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await db.migrate()
             backend = await make_backend(settings)
-            proxy = ModelProxy(
-                settings.state_dir / "egress",
-                settings.anthropic_base_url,
-                settings.anthropic_api_key.get_secret_value(),
-            )
+            proxy = ModelProxy(None, settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value())
             metrics = Metrics(tuple(settings.prices))
             accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
             proxy.on_usage = accounting.on_usage

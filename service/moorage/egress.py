@@ -14,6 +14,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +99,11 @@ class SseUsageReader:
 class ModelProxy:
     """Owns one aiohttp server with one UnixSite per live sandbox."""
 
-    def __init__(self, socket_dir: Path, upstream: str, api_key: str) -> None:
-        self.socket_dir = socket_dir.resolve()
+    def __init__(self, socket_dir: Path | None, upstream: str, api_key: str) -> None:
+        # A unix socket path must fit in 108 bytes, so by default the sockets
+        # live in a short private directory, not under the state dir.
+        self._own_dir = socket_dir is None
+        self.socket_dir = (socket_dir or Path(tempfile.mkdtemp(prefix="moorage-egress-", dir=_short_base()))).resolve()
         self.upstream = upstream.rstrip("/")
         self._api_key = api_key
         self._runner: web.AppRunner | None = None
@@ -120,10 +125,10 @@ class ModelProxy:
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900))
 
     async def open(self, sandbox_id: str) -> Path:
-        """A new socket for one sandbox. The directory is root-only; the
-        sandbox gets the socket through a descriptor bind-mounted by bwrap."""
+        """A new socket for one sandbox, in a directory only the service can
+        enter; bwrap mounts it into the sandbox from a private stage."""
         assert self._runner is not None
-        path = self.socket_dir / f"{secrets.token_hex(16)}.sock"
+        path = self.socket_dir / f"{secrets.token_hex(8)}.sock"
         site = web.UnixSite(self._runner, str(path))
         await site.start()
         os.chmod(path, 0o666)
@@ -149,6 +154,8 @@ class ModelProxy:
             await self._runner.cleanup()
         if self._client is not None:
             await self._client.close()
+        if self._own_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def _sandbox_of(self, request: web.Request) -> str | None:
         transport = request.transport
@@ -217,6 +224,11 @@ class ModelProxy:
         record.add(model, usage)
         if self.on_usage is not None:
             self.on_usage(sandbox_id, model, usage)
+
+
+def _short_base() -> str | None:
+    """/run when we may write there (root), else the system temp dir."""
+    return "/run" if os.access("/run", os.W_OK) else None
 
 
 def _json_usage(body: bytes) -> tuple[str, dict[str, int]]:

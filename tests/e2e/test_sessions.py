@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import websockets
@@ -220,3 +221,13 @@ async def test_disconnect_mid_turn_leaks_no_process(model: ScriptedModelServer) 
         await asyncio.to_thread(wait_until, lambda: not processes_of_uid(uid), 30, "every sandbox process to exit")
         assert "session_idle_timeout" in svc.logs()
         assert not [d for d in (svc.state_dir / "workspaces").iterdir() if d.stat().st_uid == uid]
+
+
+async def test_a_fresh_state_dir_is_created(model: ScriptedModelServer, tmp_path: Path) -> None:
+    """First start on a fresh checkout: the state dir and its SQLite database are created."""
+    fresh = tmp_path / "not" / "there" / "yet"
+    with run_service(model.url, MOORAGE_STATE_DIR=str(fresh)) as svc:
+        client = await Client.connect(svc)
+        assert result_of(await client.turn("say first start"))["result"] == "first start"
+        await client.close()
+    assert (fresh / "moorage.db").exists()
