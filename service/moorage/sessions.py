@@ -373,11 +373,6 @@ class Session:
         self.metrics.cost_usd.labels(self.metrics.model_label(model), "sdk").inc(sdk_delta)
         metered, self.ledger.turn_usd = self.ledger.turn_usd, 0.0
         self.metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
-        try:
-            await self.records.add_usage(self.id, 1, metered)
-        except STORE_ERRORS as exc:
-            self.log.warning("usage_write_failed", error=type(exc).__name__)
-        await self._check_workspace_size()
         self.broadcast(message)
         # Spent now (the proxy refused a request, the SDK stopped at its own
         # max_budget_usd, or this turn used the rest): say so once, here.
@@ -392,6 +387,13 @@ class Session:
                     f"the turn ran past {self.settings.turn_timeout_s:g}s and was interrupted", code=Code.TURN_TIMEOUT
                 ).frame()
             )
+        # Bookkeeping after the client has its result (the transcript, which
+        # the result promises, is already written).
+        try:
+            await self.records.add_usage(self.id, 1, metered)
+        except STORE_ERRORS as exc:
+            self.log.warning("usage_write_failed", error=type(exc).__name__)
+        await self._check_workspace_size()
         self._schedule_idle()
 
     async def _act(self, action: Action) -> None:
