@@ -53,9 +53,11 @@ class Services:
 
 async def make_backend(settings: Settings) -> SandboxBackend:
     if settings.sandbox == "local":
+        from .sandbox.cgroups import Limits
         from .sandbox.local import LocalBackend
 
-        backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count)
+        limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
+        backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count, limits=limits)
         await backend.check()
         return backend
     raise MoorageError(f"MOORAGE_SANDBOX={settings.sandbox} is not available yet; use 'local'")

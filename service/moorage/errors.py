@@ -23,6 +23,8 @@ class Code(StrEnum):
     SESSION_CLOSED = "session_closed"
     SANDBOX_START_FAILED = "sandbox_start_failed"
     SANDBOX_CRASHED = "sandbox_crashed"
+    SANDBOX_OUT_OF_MEMORY = "sandbox_out_of_memory"
+    SANDBOX_PIDS_EXHAUSTED = "sandbox_pids_exhausted"
     TURN_TIMEOUT = "turn_timeout"
     MAX_TURNS_EXCEEDED = "max_turns_exceeded"
     SLOW_CONSUMER = "slow_consumer"
@@ -83,6 +85,7 @@ CLOSE_CODES: dict[Code, int] = {
     Code.SESSION_CLOSED: 4410,
     Code.SANDBOX_START_FAILED: 1011,
     Code.SANDBOX_CRASHED: 1011,
+    Code.SANDBOX_OUT_OF_MEMORY: 1011,
     Code.TURN_TIMEOUT: 1011,
     Code.SLOW_CONSUMER: 1008,
     Code.SESSION_LOCKED: 1013,

@@ -112,6 +112,7 @@ class Session:
         self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
         self._rpcs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._limit_seen: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._last_total_cost = 0.0
         self.sandbox: Sandbox | None = None
@@ -156,6 +157,12 @@ class Session:
             await self._pump()
             if not self._closing:
                 error = SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
+                if self._limits_bit().get("oom_kills"):
+                    error = SandboxError(
+                        f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) "
+                        "and was killed",
+                        code=Code.SANDBOX_OUT_OF_MEMORY,
+                    )
         except Exception as exc:  # a bug in the pump must not leave the sandbox running
             self.log.exception("session_pump_failed")
             error = MoorageError(f"internal error: {type(exc).__name__}")
@@ -242,6 +249,35 @@ class Session:
             self._notice(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
         else:
             self.log.info("workspace_restored", files=restored.get("files"), bytes=len(data))
+
+    def _limits_bit(self) -> dict[str, int]:
+        """Limit events since the last look (the sandbox's cgroup counters)."""
+        if self.sandbox is None:
+            return {}
+        events = self.sandbox.limit_events()
+        new = {k: v - self._limit_seen.get(k, 0) for k, v in events.items() if v > self._limit_seen.get(k, 0)}
+        self._limit_seen = events
+        return new
+
+    def _report_limits(self) -> None:
+        """Tell clients when a process in the sandbox hit a limit (not fatal)."""
+        bit = self._limits_bit()
+        if bit.get("oom_kills"):
+            self.broadcast(
+                MoorageError(
+                    f"a process in the sandbox ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) "
+                    "and was killed",
+                    code=Code.SANDBOX_OUT_OF_MEMORY,
+                ).frame()
+            )
+        if bit.get("pids_refusals"):
+            self.broadcast(
+                MoorageError(
+                    f"the sandbox reached its limit of {self.settings.sandbox_pids} processes and threads: "
+                    f"{bit['pids_refusals']} forks were refused",
+                    code=Code.SANDBOX_PIDS_EXHAUSTED,
+                ).frame()
+            )
 
     async def _check_workspace_size(self) -> None:
         """Tell clients at write time, not at suspend, that the workspace
@@ -374,6 +410,7 @@ class Session:
         metered, self.ledger.turn_usd = self.ledger.turn_usd, 0.0
         self.metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
         self.broadcast(message)
+        self._report_limits()
         # Spent now (the proxy refused a request, the SDK stopped at its own
         # max_budget_usd, or this turn used the rest): say so once, here.
         scope = self.ledger.refused or self.deps.accounting.exhausted(self.ledger)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     warm_sandboxes: int = Field(default=2, ge=0)
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
     model: str | None = None
+    # Per-sandbox limits (cgroups): memory, processes+threads, CPUs.
+    sandbox_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
+    sandbox_pids: int = Field(default=256, ge=32)
+    sandbox_cpus: float = Field(default=1.0, gt=0)
     # Host uids handed to local sandboxes, one per live sandbox.
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_uid_count: int = Field(default=10_000, ge=1)

@@ -48,6 +48,9 @@ class Sandbox(Protocol):
 
     async def kill(self) -> None: ...
 
+    def limit_events(self) -> dict[str, int]:
+        """Counters of limits that bit: ``oom_kills``, ``pids_refusals``."""
+
 
 class SandboxBackend(Protocol):
     name: str

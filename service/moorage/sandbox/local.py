@@ -32,6 +32,7 @@ import structlog
 
 from ..errors import Code, SandboxError
 from .base import SandboxSpec, decode_frame, encode_frame
+from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 
 log = structlog.get_logger(__name__)
 
@@ -210,8 +211,14 @@ class LocalSandbox:
     """One bwrap process tree; its stdio is the runner channel."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, spec: SandboxSpec, uid: int | None, backend: LocalBackend
+        self,
+        proc: asyncio.subprocess.Process,
+        spec: SandboxSpec,
+        uid: int | None,
+        backend: LocalBackend,
+        cgroup: SandboxCgroup | None = None,
     ) -> None:
+        self.cgroup = cgroup
         self._proc = proc
         self._spec = spec
         self.uid = uid
@@ -226,6 +233,12 @@ class LocalSandbox:
         self._exit_task: asyncio.Task[None] | None = None
         self._exit_code: int | None = None
         self._released = False
+
+    def limit_events(self) -> dict[str, int]:
+        """How often the sandbox's limits bit: OOM kills, refused forks."""
+        if self.cgroup is None:
+            return {"oom_kills": 0, "pids_refusals": 0}
+        return {"oom_kills": self.cgroup.oom_kills(), "pids_refusals": self.cgroup.pids_refusals()}
 
     @property
     def pid(self) -> int:
@@ -321,6 +334,8 @@ class LocalSandbox:
         # asynchronously; a pool uid must be empty before it is reused.
         if self.uid is not None:
             await asyncio.to_thread(_kill_uid, self.uid)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.close)
         self._stderr_task.cancel()
         self._backend.release(self)
         self._backend.reap_orphans()
@@ -369,7 +384,14 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, state_dir: Path, uid_base: int, uid_count: int, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        uid_base: int,
+        uid_count: int,
+        runtime: Runtime | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self.runtime = runtime or Runtime.discover()
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
@@ -379,6 +401,11 @@ class LocalBackend:
             os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
         self.uids = UidPool(uid_base, uid_count, Path(UID_LOCKS) if self.as_root else None)
         _become_subreaper()
+        self.cgroups = Cgroups(limits) if limits is not None and self.as_root else None
+        if limits is not None and (self.cgroups is None or not self.cgroups.available):
+            log.warning(
+                "sandbox_limits_unavailable", detail="no writable cgroup v1 controllers: sandboxes run unlimited"
+            )
         self.live: dict[str, LocalSandbox] = {}
         self._etc = self.state_dir / "sandbox-etc"
 
@@ -402,7 +429,7 @@ class LocalBackend:
             sock.bind(str(probe_dir / "probe.sock"))
             spec = SandboxSpec("preflight", "preflight", probe_dir / "workspace", probe_dir / "probe.sock")
             code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
-            proc, uid = await self._spawn(spec, ["-c", code])
+            proc, uid, cg = await self._spawn(spec, ["-c", code])
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), 60)
             except TimeoutError:
@@ -412,6 +439,8 @@ class LocalBackend:
                 if uid is not None:
                     await asyncio.to_thread(_kill_uid, uid)
                     self.uids.give_back(uid)
+                if cg is not None:
+                    await asyncio.to_thread(cg.close)
         shutil.rmtree(probe_dir, ignore_errors=True)
         if proc.returncode != 0 or b"sandbox-ok" not in out:
             detail = err.decode(errors="replace").strip()[-500:]
@@ -420,17 +449,24 @@ class LocalBackend:
                 code=Code.SANDBOX_START_FAILED,
             )
 
-    async def _spawn(self, spec: SandboxSpec, python_args: list[str]) -> tuple[asyncio.subprocess.Process, int | None]:
+    async def _spawn(
+        self, spec: SandboxSpec, python_args: list[str]
+    ) -> tuple[asyncio.subprocess.Process, int | None, SandboxCgroup | None]:
         uid = self.uids.take() if self.as_root else None
+        cg: SandboxCgroup | None = None
         try:
+            if self.cgroups is not None and self.cgroups.available:
+                cg = self.cgroups.create(spec.sandbox_id)
             spec.workspace.mkdir(parents=True, exist_ok=True)
             if uid is not None:
                 os.chown(spec.workspace, uid, uid)
             spec.workspace.chmod(0o700)
             argv = bwrap_argv(spec, self.runtime, uid, self._etc)
+            argv = [*argv[: -len(RUNNER_ARGS)], *python_args]
+            if cg is not None:
+                argv = entry_argv(cg, argv)
             proc = await asyncio.create_subprocess_exec(
-                *argv[: -len(RUNNER_ARGS)],
-                *python_args,
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -441,12 +477,14 @@ class LocalBackend:
         except OSError as exc:
             if uid is not None:
                 self.uids.give_back(uid)
+            if cg is not None:
+                cg.close()
             raise SandboxError(f"cannot start sandbox: {exc}", code=Code.SANDBOX_START_FAILED) from exc
-        return proc, uid
+        return proc, uid, cg
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
-        proc, uid = await self._spawn(spec, list(RUNNER_ARGS))
-        sandbox = LocalSandbox(proc, spec, uid, self)
+        proc, uid, cg = await self._spawn(spec, list(RUNNER_ARGS))
+        sandbox = LocalSandbox(proc, spec, uid, self, cg)
         self.live[spec.sandbox_id] = sandbox
         log.info("sandbox_started", sandbox_id=spec.sandbox_id, pid=proc.pid, uid=uid)
         return sandbox
