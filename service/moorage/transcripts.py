@@ -11,6 +11,7 @@ database returns. The session holds a turn's ``result`` back until
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -32,6 +33,9 @@ class TranscriptSink:
         self.tenant = tenant
         self.session_id = session_id
         self.unsaved: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
+        # One writer at a time: the background flusher and a new append must
+        # not both write (and pop) the head batch.
+        self._writing = asyncio.Lock()
 
     @property
     def durable(self) -> bool:
@@ -67,11 +71,17 @@ class TranscriptSink:
 
     async def flush(self) -> bool:
         """Write what waits, in order; True once nothing is left unsaved."""
+        async with self._writing:
+            return await self._write_unsaved()
+
+    async def _write_unsaved(self) -> bool:
         while self.unsaved:
             key, entries = self.unsaved[0]
             try:
                 await self.store.append(key, entries)
             except Exception as exc:
+                if self.metrics is not None:
+                    self.metrics.store_errors.inc()
                 log.warning(
                     "transcript_write_failed",
                     session_id=self.session_id,

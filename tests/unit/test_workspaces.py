@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import tarfile
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moorage.metrics import Metrics
 from moorage.transcripts import TranscriptSink
 from moorage.workspaces import WorkspaceTooLarge, restore_frames, snapshot
 from moorage_runner.restore import Restore
@@ -80,6 +82,7 @@ class FlakyStore:
         self.rows: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
 
     async def append(self, key: dict[str, str], entries: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(0)  # a real database suspends here: let writers interleave
         if self.down:
             raise ConnectionRefusedError("database down")
         self.rows.append((key, entries))
@@ -88,7 +91,8 @@ class FlakyStore:
 async def test_sink_acknowledges_during_an_outage_and_writes_in_order_after() -> None:
     """Appends during an outage wait in order and land, in order, once the store is back."""
     store = FlakyStore()
-    sink = TranscriptSink(store, "tenant-a", "sess-1")
+    metrics = Metrics(("claude-opus",))
+    sink = TranscriptSink(store, "tenant-a", "sess-1", metrics)
     await sink.handle("store.append", {"key": {"project_key": "x", "session_id": "y"}, "entries": [{"n": 1}]})
     store.down = True
     for n in (2, 3):
@@ -98,6 +102,18 @@ async def test_sink_acknowledges_during_an_outage_and_writes_in_order_after() ->
     store.down = False
     assert await sink.flush() is True and sink.durable
     assert [e[0]["n"] for _, e in store.rows] == [1, 2, 3]
+    assert metrics.registry.get_sample_value("moorage_transcript_store_errors_total") == 3
+
+
+async def test_sink_never_writes_a_batch_twice_when_flushes_overlap() -> None:
+    """A new append and the background flusher racing after an outage write each batch once, in order."""
+    store = FlakyStore()
+    sink = TranscriptSink(store, "tenant-a", "sess-1")
+    store.down = True
+    await sink.handle("store.append", {"key": {}, "entries": [{"n": 1}]})
+    store.down = False
+    await asyncio.gather(sink.flush(), sink.handle("store.append", {"key": {}, "entries": [{"n": 2}]}), sink.flush())
+    assert [e[0]["n"] for _, e in store.rows] == [1, 2] and sink.durable
 
 
 async def test_sink_pins_every_key_to_its_own_session() -> None:
