@@ -12,7 +12,7 @@ tenant per UTC day (``MOORAGE_TENANT_DAILY_BUDGET_USD``).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .metrics import Metrics
 
@@ -40,7 +40,6 @@ class Ledger:
     life_usd: float = 0.0
     turn_usd: float = 0.0
     refused: str | None = None  # the budget scope that refused a request this turn
-    tokens: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_usd(self) -> float:
@@ -84,8 +83,6 @@ class Accounting:
             return
         ledger.life_usd += cost
         ledger.turn_usd += cost
-        for key in USAGE_KINDS:
-            ledger.tokens[key] = ledger.tokens.get(key, 0) + usage.get(key, 0)
         today = dt.datetime.now(dt.UTC).date()
         self._tenant_day[ledger.tenant] = (today, self.tenant_today(ledger.tenant) + cost)
 

@@ -365,6 +365,10 @@ class Session:
         self.log.info("transcript_caught_up")
         self._degraded = False
         self._notices = [n for n in self._notices if n["code"] != Code.STORE_UNAVAILABLE]
+        await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Deliver the results that waited for their transcript to be written."""
         held, self._held = self._held, []
         for result in held:
             await self._deliver_result(result)
@@ -477,9 +481,7 @@ class Session:
             await self.proxy.close_sandbox(self.sandbox_id)
             self.deps.accounting.ledgers.pop(self.sandbox_id, None)
         if self._held and await self.sink.flush():
-            held, self._held = self._held, []
-            for result in held:
-                await self._deliver_result(result)
+            await self._release_held()
         if self._flusher is not None:
             self._flusher.cancel()
         if error is not None:
@@ -583,9 +585,13 @@ class Session:
         self.subscribers.discard(sub)
         self._schedule_idle()
 
+    @property
+    def _in_use(self) -> bool:
+        """A client, a turn, or a transcript still being written: not idle."""
+        return bool(self.subscribers or self.guard.running or self._held or not self.sink.durable)
+
     def _schedule_idle(self) -> None:
-        busy = self.guard.running or self._held or not self.sink.durable
-        if self.subscribers or busy or self.closed or not self.ready.is_set():
+        if self._in_use or self.closed or not self.ready.is_set():
             return
         if self._idle is None or self._idle.done():
             self._idle_since = time.monotonic()
@@ -604,7 +610,7 @@ class Session:
 
     async def _idle_timeout(self) -> None:
         await asyncio.sleep(self.settings.idle_timeout_s)
-        if self.subscribers or self.guard.running or self._held or not self.sink.durable:
+        if self._in_use:
             return
         self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
         self.metrics.sandbox_idle_timeouts.labels(self.backend.name).inc()
