@@ -40,6 +40,9 @@ DROP_REQUEST_HEADERS = {
     "accept-encoding",
 }
 DROP_RESPONSE_HEADERS = {"content-length", "connection", "transfer-encoding", "content-encoding", "keep-alive"}
+# Set by a front that has already identified the sandbox (egress_port: a path
+# token); requests on the unix sites never carry it.
+SANDBOX_ID_KEY = web.RequestKey("moorage_sandbox_id", str)
 
 
 @dataclass
@@ -157,7 +160,14 @@ class ModelProxy:
         if self._own_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve one request that a front (``egress_port``) accepted."""
+        return await self._handle(request)
+
     def _sandbox_of(self, request: web.Request) -> str | None:
+        claimed = request.get(SANDBOX_ID_KEY)
+        if claimed is not None:
+            return claimed if claimed in self._sites else None
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         return self._by_path.get(str(sockname)) if sockname else None
