@@ -115,10 +115,14 @@ class Runner:
             # Inherited by the CLI and its tools: operators can find a session's processes.
             os.environ["MOORAGE_SESSION_ID"] = str(session_id)
         reader = asyncio.create_task(self._read())
-        self.bridge = ModelBridge(str(start["model_proxy"]))
-        port = await self.bridge.start()
+        if start.get("model_url"):
+            # Kubernetes: the proxy is reachable over the pod network; no bridge.
+            base_url = str(start["model_url"])
+        else:
+            self.bridge = ModelBridge(str(start["model_proxy"]))
+            base_url = f"http://127.0.0.1:{await self.bridge.start()}"
         store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
-        self.client = ClaudeSDKClient(build_options(start, f"http://127.0.0.1:{port}", store))
+        self.client = ClaudeSDKClient(build_options(start, base_url, store))
         try:
             await self.client.connect()
         except Exception as exc:  # the CLI failed to start: report, then exit
