@@ -60,6 +60,12 @@ async def make_backend(settings: Settings) -> SandboxBackend:
         backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count, limits=limits)
         await backend.check()
         return backend
+    if settings.sandbox == "kubernetes":
+        from .sandbox.kubernetes import from_settings
+
+        kube = from_settings(settings)
+        await kube.check()
+        return kube
     raise MoorageError(f"MOORAGE_SANDBOX={settings.sandbox} is not available yet; use 'local'")
 
 
@@ -242,6 +248,9 @@ def create_app(settings: Settings) -> Starlette:
             proxy.on_usage = accounting.on_usage
             proxy.refusal = accounting.refusal
             await proxy.start()
+            bind_proxy = getattr(backend, "bind_proxy", None)
+            if bind_proxy is not None:  # kubernetes: the proxy's TCP port for pods
+                await bind_proxy(proxy)
             workspaces = settings.state_dir.resolve() / "workspaces"
             pool = WarmPool(
                 backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics

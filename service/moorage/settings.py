@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     sandbox_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
     sandbox_pids: int = Field(default=256, ge=32)
     sandbox_cpus: float = Field(default=1.0, gt=0)
+    # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
+    sandbox_image: str = "moorage-sandbox:0.1.0"
+    # Kubernetes backend: where sandbox pods go ("" = this pod's own namespace,
+    # else "moorage"), and an optional RuntimeClass (gvisor, kata) for them.
+    k8s_namespace: str = ""
+    k8s_runtime_class: str | None = None
+    # Kubernetes backend: the model proxy's TCP port, served on this replica's
+    # pod IP (downward API status.podIP) and handed to its sandbox pods.
+    proxy_port: int = Field(default=8081, ge=0, le=65535)
+    pod_ip: str = ""
     # Host uids handed to local sandboxes, one per live sandbox.
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_uid_count: int = Field(default=10_000, ge=1)
