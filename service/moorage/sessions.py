@@ -34,16 +34,16 @@ from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, SandboxErro
 from .metrics import Metrics
 from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
+from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
 from .settings import Settings
-from .transcripts import RpcFailure, TranscriptSink
+from .transcripts import TranscriptSink
 from .workspaces import restore_frames, suspend_record, workspace_size
 
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
 MODEL_PROXY = "unix:/run/moorage/model.sock"  # where every backend mounts the proxy
-RPC_CHUNK_ENTRIES = 500  # transcript entries per rpc_result frame
 
 
 def budget_error(scope: str) -> ProtocolError:
@@ -105,15 +105,14 @@ class Session:
         self.log = log.bind(session_id=session_id, tenant=tenant, backend=deps.backend.name)
         self.pool = deps.pool
         self.sink = TranscriptSink(deps.store, tenant, session_id, deps.metrics)
+        self.relay = RpcRelay(self.sink, self.log, self._on_degraded, self._on_durable)
         self.metrics = deps.metrics
         self.ledger = Ledger(tenant, prior_usd=prior_cost_usd)
         self._turn_started = 0.0
         self._idle_since: float | None = None
         self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
-        self._rpcs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._limit_seen: dict[str, int] = {}
-        self._flusher: asyncio.Task[None] | None = None
         self._last_total_cost = 0.0
         self.sandbox: Sandbox | None = None
         self.sandbox_id = ""
@@ -130,7 +129,6 @@ class Session:
         self._closing = False
         self._close_error: MoorageError | None = None
         self._main: asyncio.Task[None] | None = None
-        self._degraded = False
         self._too_large = False
         self._notices: list[dict[str, object]] = []
         self._watch: asyncio.Task[None] | None = None
@@ -227,7 +225,7 @@ class Session:
                 await self.sandbox.send(frame)
                 while (reply := await self.sandbox.recv()) is not None:
                     if reply.get("kind") == "rpc":
-                        await self._on_rpc(reply)
+                        await self.relay.answer(self.sandbox, reply)
                     elif reply.get("kind") in (kind, "error"):
                         return reply
         except (TimeoutError, SandboxError) as exc:
@@ -300,70 +298,26 @@ class Session:
         self._notices.append(frame)
         self.broadcast(frame)
 
-    async def _rpc_worker(self) -> None:
-        while True:
-            frame = await self._rpcs.get()
-            try:
-                await self._on_rpc(frame)
-            except SandboxError:
-                pass  # the sandbox is gone; the pump will notice
-            finally:
-                self._rpcs.task_done()
-
     async def _pump(self) -> None:
         assert self.sandbox is not None
         runner_error: str | None = None
-        worker = asyncio.create_task(self._rpc_worker())
         while (frame := await self.sandbox.recv()) is not None:
             kind = frame.get("kind")
             if kind == "sdk" and isinstance(frame.get("message"), dict):
                 await self._on_sdk(frame["message"])
             elif kind == "rpc":
-                # Answered by a worker, in order, so a database write never
-                # delays the messages streaming past it. (The SDK yields a
-                # turn's result only after its store calls were answered.)
-                self._rpcs.put_nowait(frame)
+                self.relay.enqueue(self.sandbox, frame)
             elif kind == "error":
                 runner_error = str(frame.get("message", ""))[:500]
         # The runner's last flush (on shutdown) may still be in the queue.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._rpcs.join(), STOP_GRACE_S)
-        worker.cancel()
+        await self.relay.drain(STOP_GRACE_S)
         if runner_error and not self._closing and self._close_error is None:
             self._close_error = SandboxError(runner_error, code=Code.SANDBOX_CRASHED)
 
-    async def _on_rpc(self, frame: dict[str, Any]) -> None:
-        assert self.sandbox is not None
-        rpc_id = frame.get("id")
-        self.log.debug("rpc_received", method=frame.get("method"), rpc_id=rpc_id)
-        try:
-            result = await self.sink.handle(str(frame.get("method", "")), frame.get("params") or {})
-        except RpcFailure as exc:
-            await self.sandbox.send({"kind": "rpc_error", "id": rpc_id, "message": str(exc)})
-            return
-        if not self.sink.durable and not self._degraded:
-            self._degraded = True
-            self._notice(Code.STORE_UNAVAILABLE, "the database is unreachable: transcript writes are queued, retrying")
-            self._start_flusher()
-        if isinstance(result, list) and len(result) > RPC_CHUNK_ENTRIES:
-            for n in range(0, len(result), RPC_CHUNK_ENTRIES):
-                chunk = result[n : n + RPC_CHUNK_ENTRIES]
-                more = n + RPC_CHUNK_ENTRIES < len(result)
-                await self.sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": chunk, "more": more})
-            return
-        await self.sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": result})
+    def _on_degraded(self) -> None:
+        self._notice(Code.STORE_UNAVAILABLE, "the database is unreachable: transcript writes are queued, retrying")
 
-    def _start_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_until_durable())
-
-    async def _flush_until_durable(self) -> None:
-        delay = 0.2
-        while not await self.sink.flush():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        self.log.info("transcript_caught_up")
-        self._degraded = False
+    async def _on_durable(self) -> None:
         self._notices = [n for n in self._notices if n["code"] != Code.STORE_UNAVAILABLE]
         await self._release_held()
 
@@ -387,7 +341,7 @@ class Session:
                 # The transcript of this turn is not in the database yet:
                 # hold the result until it is (clients were told why).
                 self._held.append(message)
-                self._start_flusher()
+                self.relay.start_flusher()
             self._guard_changed.set()
             return
         self.broadcast(message)
@@ -482,8 +436,7 @@ class Session:
             self.deps.accounting.ledgers.pop(self.sandbox_id, None)
         if self._held and await self.sink.flush():
             await self._release_held()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        self.relay.cancel()
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from moorage.errors import SandboxError
 from moorage.sandbox.base import SandboxSpec, decode_frame, encode_frame
-from moorage.sandbox.local import MODEL_SOCKET, Runtime, UidPool, bwrap_argv
+from moorage.sandbox.local import MODEL_SOCKET, Runtime, bwrap_argv
+from moorage.sandbox.uids import UidPool
 
 
 def argv(uid: int | None = 200_123, base_prefix: str = "/usr") -> list[str]:

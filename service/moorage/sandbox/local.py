@@ -13,17 +13,13 @@ and dies with the service (``--die-with-parent``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import ctypes
-import fcntl
 import importlib.util
 import os
 import shutil
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ import structlog
 from ..errors import Code, SandboxError
 from .base import SandboxSpec, decode_frame, encode_frame
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
+from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
 
 log = structlog.get_logger(__name__)
 
@@ -42,64 +39,9 @@ MODEL_SOCKET = "/run/moorage/model.sock"
 RUNNER_LIB = "/opt/moorage/lib"
 VENV = "/opt/moorage/venv"
 RUNNER_ARGS = ("-m", "moorage_runner")
-PR_SET_CHILD_SUBREAPER = 36
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/mime.types")
-
-
-class UidPool:
-    """Hands out host uids so no two live sandboxes share one, across every
-    service on this host: a uid is taken only with an flock on its lock file
-    (held until it is given back), so services whose ranges overlap skip each
-    other's uids instead of killing each other's sandboxes."""
-
-    def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
-        # Least recently used first: a freed uid is not handed out again at once.
-        self._free = collections.deque(range(base, base + count))
-        self._held: dict[int, int] = {}  # uid -> lock fd
-        self._lock_dir = lock_dir
-
-    def take(self) -> int:
-        skipped = []
-        try:
-            while self._free:
-                uid = self._free.popleft()
-                fd = self.lock(uid)
-                if fd is not None:
-                    self._held[uid] = fd
-                    return uid
-                skipped.append(uid)
-        finally:
-            self._free.extendleft(reversed(skipped))
-        raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
-
-    def lock(self, uid: int) -> int | None:
-        """An flock on ``uid``'s lock file (-1: no locking), or None if held elsewhere."""
-        if self._lock_dir is None:
-            return -1
-        fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def available(self) -> bool:
-        return bool(self._free) or self._lock_dir is None
-
-    @property
-    def held(self) -> set[int]:
-        return set(self._held)
-
-    def give_back(self, uid: int) -> None:
-        fd = self._held.pop(uid, None)
-        if fd is None:
-            return
-        if fd >= 0:
-            os.close(fd)
-        self._free.append(uid)
 
 
 @dataclass(frozen=True)
@@ -289,7 +231,7 @@ class LocalSandbox:
         os.close(self._pidfd)
         self.exited.set()
         if self.uid is not None:
-            self._exit_task = asyncio.create_task(asyncio.to_thread(_kill_uid, self.uid))
+            self._exit_task = asyncio.create_task(asyncio.to_thread(kill_uid, self.uid))
 
     async def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -333,50 +275,12 @@ class LocalSandbox:
         # The pid namespace dies with bwrap, but its processes are torn down
         # asynchronously; a pool uid must be empty before it is reused.
         if self.uid is not None:
-            await asyncio.to_thread(_kill_uid, self.uid)
+            await asyncio.to_thread(kill_uid, self.uid)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.close)
         self._stderr_task.cancel()
         self._backend.release(self)
         self._backend.reap_orphans()
-
-
-def _become_subreaper() -> None:
-    """Orphaned sandbox processes come to us, not to a pid 1 that may never
-    reap them (containers, some VMs); see ``LocalBackend.reap_orphans``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _pids_of_uid(uid: int) -> list[int]:
-    """Live (not zombie) processes of ``uid``. A zombie holds nothing but its
-    pid and may wait for a reaper that never comes (pid 1 in a container)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid != uid:
-                    continue
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if state not in (b"Z", b"X"):
-                pids.append(int(entry))
-    return pids
-
-
-def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
-    """SIGKILL every process still running as ``uid``; wait until they are gone (bounded)."""
-    deadline = time.monotonic() + deadline_s
-    while pids := _pids_of_uid(uid):
-        if time.monotonic() > deadline:
-            log.error("sandbox_processes_left", uid=uid, pids=pids)
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
 
 
 class LocalBackend:
@@ -400,7 +304,7 @@ class LocalBackend:
         if self.as_root:
             os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
         self.uids = UidPool(uid_base, uid_count, Path(UID_LOCKS) if self.as_root else None)
-        _become_subreaper()
+        become_subreaper()
         self.cgroups = Cgroups(limits) if limits is not None and self.as_root else None
         if limits is not None and (self.cgroups is None or not self.cgroups.available):
             log.warning(
@@ -437,7 +341,7 @@ class LocalBackend:
                 out, err = await proc.communicate()
             finally:
                 if uid is not None:
-                    await asyncio.to_thread(_kill_uid, uid)
+                    await asyncio.to_thread(kill_uid, uid)
                     self.uids.give_back(uid)
                 if cg is not None:
                     await asyncio.to_thread(cg.close)
@@ -512,30 +416,14 @@ class LocalBackend:
         if lock is None:  # another live service holds this uid now
             return
         try:
-            await asyncio.to_thread(_kill_uid, uid)
+            await asyncio.to_thread(kill_uid, uid)
         finally:
             if lock >= 0:
                 os.close(lock)
 
     def reap_orphans(self) -> None:
-        """Collect exited sandbox processes that were orphaned to us.
-
-        bwrap's monitor can exit before reaping the sandbox's pid 1, which is
-        then re-parented to the nearest subreaper: this process. Reap exactly
-        those zombies, never a child asyncio is still waiting for."""
-        ours = {s.pid for s in self.live.values()}
-        me = str(os.getpid())
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in ours:
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if fields[0] == b"Z" and fields[1].decode() == me:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(int(entry), os.WNOHANG)
+        """Collect exited sandbox processes that were orphaned to us."""
+        reap_orphans(keep={s.pid for s in self.live.values()})
 
     async def close(self) -> None:
         await asyncio.gather(*(s.stop(2.0) for s in list(self.live.values())), return_exceptions=True)

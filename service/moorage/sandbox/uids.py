@@ -1,0 +1,137 @@
+"""Host uids for local sandboxes, and the processes that run as them.
+
+Each local sandbox runs as a host uid of its own, so "every process of the
+sandbox" is "every process of that uid": that is how a stop, a crash and a
+restarted service find what to kill, whatever bwrap's monitor did.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from ..errors import Code, SandboxError
+
+log = structlog.get_logger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class UidPool:
+    """Hands out host uids so no two live sandboxes share one, across every
+    service on this host: a uid is taken only with an flock on its lock file
+    (held until it is given back), so services whose ranges overlap skip each
+    other's uids instead of killing each other's sandboxes."""
+
+    def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
+        # Least recently used first: a freed uid is not handed out again at once.
+        self._free = collections.deque(range(base, base + count))
+        self._held: dict[int, int] = {}  # uid -> lock fd
+        self._lock_dir = lock_dir
+
+    def take(self) -> int:
+        skipped = []
+        try:
+            while self._free:
+                uid = self._free.popleft()
+                fd = self.lock(uid)
+                if fd is not None:
+                    self._held[uid] = fd
+                    return uid
+                skipped.append(uid)
+        finally:
+            self._free.extendleft(reversed(skipped))
+        raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
+
+    def lock(self, uid: int) -> int | None:
+        """An flock on ``uid``'s lock file (-1: no locking), or None if held elsewhere."""
+        if self._lock_dir is None:
+            return -1
+        fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def available(self) -> bool:
+        return bool(self._free) or self._lock_dir is None
+
+    @property
+    def held(self) -> set[int]:
+        return set(self._held)
+
+    def give_back(self, uid: int) -> None:
+        fd = self._held.pop(uid, None)
+        if fd is None:
+            return
+        if fd >= 0:
+            os.close(fd)
+        self._free.append(uid)
+
+
+def become_subreaper() -> None:
+    """Orphaned sandbox processes come to us, not to a pid 1 that may never
+    reap them (containers, some VMs); see ``reap_orphans``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes of ``uid``. A zombie holds nothing but its
+    pid and may wait for a reaper that never comes (pid 1 in a container)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                pids.append(int(entry))
+    return pids
+
+
+def kill_uid(uid: int, deadline_s: float = 5.0) -> None:
+    """SIGKILL every process still running as ``uid``; wait until they are gone (bounded)."""
+    deadline = time.monotonic() + deadline_s
+    while pids := pids_of_uid(uid):
+        if time.monotonic() > deadline:
+            log.error("sandbox_processes_left", uid=uid, pids=pids)
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def reap_orphans(keep: set[int]) -> None:
+    """Collect exited sandbox processes that were orphaned to us.
+
+    bwrap's monitor can exit before reaping the sandbox's pid 1, which is
+    then re-parented to the nearest subreaper: this process. Reap exactly
+    those zombies, never a child asyncio is still waiting for (``keep``)."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in keep:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] == b"Z" and fields[1].decode() == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
