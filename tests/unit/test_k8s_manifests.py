@@ -23,9 +23,6 @@ KUBECTL = shutil.which("kubectl")
 SERVICE = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "service"}
 SANDBOX = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "sandbox"}
 DATABASE = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "database"}
-# Settings the Kubernetes backend adds (issue 6, in progress in parallel): not
-# yet fields, so tolerated as unknown until they land; remove them then.
-PENDING_SETTINGS = {"k8s_namespace", "pod_ip", "proxy_port", "sandbox_image"}
 PINNED = re.compile(r"^[a-z0-9./_-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
 
 pytestmark = pytest.mark.skipif(
@@ -239,11 +236,15 @@ def test_configuration_names_real_settings(rendered: dict[str, list[Obj]], overl
     )
     assert set(env_of(container)) - {"ANTHROPIC_API_KEY"} <= set(values)
     fields = {name.removeprefix("MOORAGE_").lower(): value for name, value in values.items()}
-    unknown = set(fields) - set(Settings.model_fields) - PENDING_SETTINGS
+    unknown = set(fields) - set(Settings.model_fields)
     assert not unknown, f"not Settings fields (a typo is silently ignored): {sorted(unknown)}"
     settings = Settings.model_validate(fields)
     assert settings.sandbox == "kubernetes"
     assert settings.replica == "moorage-7d9f-abcde"
+    if overlay != "base":  # the options an overlay documents in comments, e.g. the RuntimeClass
+        text = (K8S / overlay / "kustomization.yaml").read_text()
+        documented = {n.removeprefix("MOORAGE_").lower() for n in re.findall(r"#\s*-\s*(MOORAGE_[A-Z0-9_]+)=", text)}
+        assert documented <= set(Settings.model_fields)
 
 
 def test_secrets_are_fake_in_dev_and_absent_elsewhere(rendered: dict[str, list[Obj]]) -> None:
