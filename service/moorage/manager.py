@@ -7,7 +7,8 @@ to a session that is not live here rehydrates it; two connections racing to do
 so share one rehydration (one sandbox). On start, and then every lease
 period, the recovery sweep suspends sessions this replica owned but no longer
 runs (after a crash or kill -9): it reaps their leftover sandboxes and saves
-the workspace they left on disk.
+the workspace they left on disk. At most ``max_starting_sandboxes`` sessions
+start their sandbox at once (``StartGate``); the rest wait their turn.
 """
 
 from __future__ import annotations
@@ -27,6 +28,39 @@ from .workspaces import suspend_record
 log = structlog.get_logger(__name__)
 
 
+class StartGate:
+    """At most ``size`` sandboxes starting at once on this node. Starting is
+    CPU-bound: a burst of N concurrent starts shares the CPU, so every one
+    finishes late (and past the start timeout); in turns, the first are ready
+    in seconds. A start that waits longer than the timeout is refused."""
+
+    def __init__(self, size: int) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._held: set[object] = set()
+
+    async def enter(self, timeout_s: float) -> object:
+        """A slot (a token for ``leave``), waiting at most ``timeout_s`` for one."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout_s)
+        except TimeoutError:
+            raise SessionError(
+                "this node is busy starting sandboxes; retry in a few seconds", code=Code.TOO_MANY_SESSIONS, fatal=True
+            ) from None
+        token = object()
+        self._held.add(token)
+        return token
+
+    def leave(self, token: object) -> None:
+        """Give a slot back (a second call with the same token does nothing)."""
+        if token in self._held:
+            self._held.remove(token)
+            self._slots.release()
+
+    @property
+    def starting(self) -> int:
+        return len(self._held)
+
+
 class SessionManager:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -35,6 +69,8 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_task: asyncio.Task[None] | None = None
+        self.gate = StartGate(self.settings.max_starting_sandboxes)
+        self._starting: dict[Session, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         await self.recover()
@@ -57,18 +93,32 @@ class SessionManager:
                 fatal=True,
             )
 
-    async def create(self, tenant: str) -> Session:
+    async def _admit(self, tenant: str) -> object:
+        """Wait for a start slot; then check the caps again (others started meanwhile)."""
         self.check_capacity(tenant)
+        token = await self.gate.enter(self.settings.sandbox_start_timeout_s)
+        try:
+            self.check_capacity(tenant)
+        except BaseException:
+            self.gate.leave(token)
+            raise
+        return token
+
+    async def create(self, tenant: str) -> Session:
         session_id = str(uuid.uuid4())
+        token = await self._admit(tenant)
         try:
             await self.records.create(session_id, tenant, {"max_turns": self.settings.max_turns})
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
-        except STORE_ERRORS as exc:
-            raise SessionError(
-                f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
-            ) from exc
-        return self._launch(Session(session_id, tenant, self.deps, self._closed))
+        except BaseException as exc:
+            self.gate.leave(token)
+            if isinstance(exc, STORE_ERRORS):
+                raise SessionError(
+                    f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
+                ) from exc
+            raise
+        return self._launch(Session(session_id, tenant, self.deps, self._closed), token)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
@@ -90,7 +140,14 @@ class SessionManager:
         return session, "rehydrated"
 
     async def _rehydrate(self, session_id: str, tenant: str) -> Session:
-        self.check_capacity(tenant)
+        token = await self._admit(tenant)
+        try:
+            return await self._rehydrate_admitted(session_id, tenant, token)
+        except BaseException:
+            self.gate.leave(token)
+            raise
+
+    async def _rehydrate_admitted(self, session_id: str, tenant: str, token: object) -> Session:
         try:
             record = await self.records.get(session_id)
             if record is None or record.tenant != tenant or record.state == "closed":
@@ -112,14 +169,25 @@ class SessionManager:
         session = Session(
             session_id, tenant, self.deps, self._closed, rehydrate=True, resume=resume, prior_cost_usd=record.cost_usd
         )
-        return self._launch(session)
+        return self._launch(session, token)
 
-    def _launch(self, session: Session) -> Session:
+    def _launch(self, session: Session, token: object) -> Session:
+        """Start the session's sandbox; its start slot is given back once it is ready (or failed)."""
         self.sessions[session.id] = session
         session.launch()
+        self._starting[session] = asyncio.create_task(self._started(session, token))
         return session
 
+    async def _started(self, session: Session, token: object) -> None:
+        try:
+            await session.ready.wait()
+        finally:
+            self.gate.leave(token)
+            self._starting.pop(session, None)
+
     def _closed(self, session: Session) -> None:
+        if (waiting := self._starting.pop(session, None)) is not None:
+            waiting.cancel()  # closed before it was ready: the slot goes back now
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
 
@@ -128,12 +196,15 @@ class SessionManager:
         while True:
             await asyncio.sleep(period)
             for session in list(self.sessions.values()):
+                if session.closed:  # ending: it gives its lease back itself
+                    continue
                 try:
                     held = await self.records.renew_lease(session.id, self.deps.replica, self.settings.lease_ttl_s)
                 except STORE_ERRORS as exc:
                     log.warning("lease_renew_failed", session_id=session.id, error=type(exc).__name__)
                     continue
-                if not held:
+                # A session that ended during the renewal released its lease: not lost.
+                if not held and not session.closed:
                     log.error("lease_lost", session_id=session.id)
                     await session.close()
             with contextlib.suppress(*STORE_ERRORS):

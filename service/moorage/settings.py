@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Live sessions (sandboxes) allowed at once, per node and per tenant on it.
     max_sessions_per_node: int = Field(default=64, ge=1)
     max_sessions_per_tenant: int = Field(default=16, ge=1)
+    # Sandboxes starting at once (starting is CPU-bound, ~1-2 CPU-seconds each);
+    # more new sessions wait their turn, at most sandbox_start_timeout_s.
+    max_starting_sandboxes: int = Field(default=4, ge=1)
     # Client frames per second per connection, and user turns per minute per tenant.
     frames_per_s: float = Field(default=20.0, gt=0)
     frames_burst: int = Field(default=40, ge=1)

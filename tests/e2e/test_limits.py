@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 
 import pytest
 import websockets
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, result_of, run_service
+from support import Client, Service, events, result_of, run_service
 
 
 async def test_an_oversize_frame_closes_only_its_connection(service: Service) -> None:
@@ -46,3 +48,24 @@ async def test_a_tenant_past_its_session_limit_is_told_to_retry(model: ScriptedM
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         assert json.loads(json.dumps(first.first))["state"] == "new"
         await first.close()
+
+
+async def test_sandboxes_start_one_after_another_past_the_start_gate(model: ScriptedModelServer) -> None:
+    """With one start slot, a second new session starts its sandbox only once the first is ready; both work."""
+    with run_service(model.url, MOORAGE_MAX_STARTING_SANDBOXES="1", MOORAGE_WARM_SANDBOXES="0") as svc:
+        a, b = await asyncio.gather(Client.connect(svc), Client.connect(svc))
+        assert a.first["state"] == b.first["state"] == "new"
+        for client in (a, b):
+            assert result_of(await client.turn("say ok"))["result"] == "ok"
+        ready = sorted(events(svc, "session_ready"), key=lambda r: str(r["timestamp"]))
+        assert len(ready) == 2
+
+        def began(record: dict[str, object]) -> float:
+            ts = datetime.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp()
+            return ts - float(str(record["start_s"]))
+
+        # The second sandbox began starting after the first was ready (log timestamps are to the microsecond).
+        first_ready = datetime.datetime.fromisoformat(str(ready[0]["timestamp"]).replace("Z", "+00:00")).timestamp()
+        assert began(ready[1]) >= first_ready - 0.05
+        await a.close()
+        await b.close()
