@@ -57,7 +57,13 @@ async def make_backend(settings: Settings) -> SandboxBackend:
         from .sandbox.local import LocalBackend
 
         limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
-        backend = LocalBackend(settings.state_dir, settings.sandbox_uid_base, settings.sandbox_uid_count, limits=limits)
+        backend = LocalBackend(
+            settings.state_dir,
+            settings.sandbox_uid_base,
+            settings.sandbox_uid_count,
+            limits=limits,
+            seccomp=settings.sandbox_seccomp,
+        )
         await backend.check()
         return backend
     if settings.sandbox == "kubernetes":

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     sandbox_memory_bytes: int = Field(default=1024**3, ge=64 * 1024**2)
     sandbox_pids: int = Field(default=256, ge=32)
     sandbox_cpus: float = Field(default=1.0, gt=0)
+    # The system call filter (sandbox/seccomp.py); turn off only to debug.
+    sandbox_seccomp: bool = True
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
     # Kubernetes backend: where sandbox pods go ("" = this pod's own namespace,

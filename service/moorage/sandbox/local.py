@@ -29,6 +29,7 @@ import structlog
 from ..errors import Code, SandboxError
 from .base import SandboxSpec, decode_frame, encode_frame
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
+from .seccomp import open_program, write_program
 from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
 
 log = structlog.get_logger(__name__)
@@ -74,7 +75,9 @@ STAGE = "/run/moorage-stage"
 UID_LOCKS = "/run/moorage-uids"
 
 
-def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Path) -> list[str]:
+def bwrap_argv(
+    spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Path, seccomp_fd: int | None = None
+) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested).
 
     With ``uid`` (the service runs as root) the sandbox runs as that host
@@ -117,6 +120,8 @@ def bwrap_argv(spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Pa
     for source, dest, writable in mounts:
         argv += ["--bind" if writable else "--ro-bind", source, dest]
     argv += ["--chdir", "/workspace"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     env = {
         "HOME": SANDBOX_HOME,
         "USER": "agent",
@@ -295,8 +300,11 @@ class LocalBackend:
         uid_count: int,
         runtime: Runtime | None = None,
         limits: Limits | None = None,
+        seccomp: bool = True,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.seccomp = seccomp
+        self._seccomp_program: Path | None = None
         self.runtime = runtime or Runtime.discover()
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
         # as the service's uid (still in their own user namespace).
@@ -326,38 +334,52 @@ class LocalBackend:
         if self.as_root:
             os.makedirs(STAGE, mode=0o755, exist_ok=True)
         _write_etc(self._etc)
-        probe_dir = self.state_dir / "preflight"
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        probe_dir.mkdir()
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(str(probe_dir / "probe.sock"))
-            spec = SandboxSpec("preflight", "preflight", probe_dir / "workspace", probe_dir / "probe.sock")
-            code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
-            proc, uid, cg = await self._spawn(spec, ["-c", code])
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), 60)
-            except TimeoutError:
-                proc.kill()
-                out, err = await proc.communicate()
-            finally:
-                if uid is not None:
-                    await asyncio.to_thread(kill_uid, uid)
-                    self.uids.give_back(uid)
-                if cg is not None:
-                    await asyncio.to_thread(cg.close)
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        if proc.returncode != 0 or b"sandbox-ok" not in out:
-            detail = err.decode(errors="replace").strip()[-500:]
+        if self.seccomp:
+            self._seccomp_program = write_program(self.state_dir)
+        else:
+            log.warning("sandbox_seccomp_disabled", detail="MOORAGE_SANDBOX_SECCOMP=false: no system call filter")
+        code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
+        returncode, out, err = await self.run_python("preflight", code, 60)
+        if returncode != 0 or "sandbox-ok" not in out:
             raise SandboxError(
-                f"a test sandbox failed (exit {proc.returncode}): {detail or 'no output'}",
+                f"a test sandbox failed (exit {returncode}): {err.strip()[-500:] or 'no output'}",
                 code=Code.SANDBOX_START_FAILED,
             )
+
+    async def run_python(self, name: str, code: str, timeout_s: float) -> tuple[int | None, str, str]:
+        """Run ``python -c code`` in a throw-away sandbox exactly like a
+        session's (same mounts, uid, limits, filter): the preflight check
+        and the tests of what a sandbox may do use it. Returns
+        (exit status, stdout, stderr)."""
+        probe_dir = self.state_dir / f"probe-{name}"
+        shutil.rmtree(probe_dir, ignore_errors=True)
+        probe_dir.mkdir()
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(str(probe_dir / "probe.sock"))
+                spec = SandboxSpec(name, name, probe_dir / "workspace", probe_dir / "probe.sock")
+                proc, uid, cg = await self._spawn(spec, ["-c", code])
+                try:
+                    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+                except TimeoutError:
+                    proc.kill()
+                    out, err = await proc.communicate()
+                finally:
+                    if uid is not None:
+                        await asyncio.to_thread(kill_uid, uid)
+                        self.uids.give_back(uid)
+                    if cg is not None:
+                        await asyncio.to_thread(cg.close)
+        finally:
+            shutil.rmtree(probe_dir, ignore_errors=True)
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def _spawn(
         self, spec: SandboxSpec, python_args: list[str]
     ) -> tuple[asyncio.subprocess.Process, int | None, SandboxCgroup | None]:
         uid = self.uids.take() if self.as_root else None
         cg: SandboxCgroup | None = None
+        seccomp_fd: int | None = None
         try:
             if self.cgroups is not None and self.cgroups.available:
                 cg = self.cgroups.create(spec.sandbox_id)
@@ -365,7 +387,9 @@ class LocalBackend:
             if uid is not None:
                 os.chown(spec.workspace, uid, uid)
             spec.workspace.chmod(0o700)
-            argv = bwrap_argv(spec, self.runtime, uid, self._etc)
+            if self._seccomp_program is not None:
+                seccomp_fd = open_program(self._seccomp_program)
+            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd)
             argv = [*argv[: -len(RUNNER_ARGS)], *python_args]
             if cg is not None:
                 argv = entry_argv(cg, argv)
@@ -377,6 +401,7 @@ class LocalBackend:
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 limit=MAX_FRAME_BYTES,
                 start_new_session=True,
+                pass_fds=() if seccomp_fd is None else (seccomp_fd,),
             )
         except OSError as exc:
             if uid is not None:
@@ -384,6 +409,9 @@ class LocalBackend:
             if cg is not None:
                 cg.close()
             raise SandboxError(f"cannot start sandbox: {exc}", code=Code.SANDBOX_START_FAILED) from exc
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         return proc, uid, cg
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
