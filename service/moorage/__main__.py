@@ -1,4 +1,4 @@
-"""Command line: ``moorage serve | demo | chat``."""
+"""Command line: ``moorage serve | demo | chat | tokens``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import uvicorn
 from pydantic import SecretStr
 
+from . import tokens
 from .logs import configure
 from .settings import Settings
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="a terminal client for a running service")
     chat.add_argument("--url", default=None, help="ws://host:port (default from MOORAGE_HOST/MOORAGE_PORT)")
     chat.add_argument("--session", default=None, help="attach to this session id")
+    tokens.add_parser(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "serve":
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         from .chat import run_chat
 
         return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session)
+    elif args.command == "tokens":
+        return tokens.run(args, settings)
     return 0
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from moorage_session_store import Database, SQLModelSessionStore
+from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, Tokens
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -20,7 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
-from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
+from .auth import Authenticator, credentials, is_loopback, parse_api_keys
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code
 from .limits import TenantBuckets, TokenBucket
@@ -153,11 +153,21 @@ async def _read(services: Services, session: Session, conn: WsConnection) -> Non
 async def session_socket(ws: WebSocket) -> None:
     services: Services = ws.app.state.services
     creds = credentials(ws)
-    tenant = services.auth.tenant(creds.token)
+    try:
+        verdict = await services.auth.verdict(creds.token)
+    except STORE_ERRORS as exc:
+        # Cannot tell who this is: refuse, retryably, and let nobody in by default.
+        services.metrics.errors.labels(str(Code.STORE_UNAVAILABLE)).inc()
+        error = exc.message if isinstance(exc, MoorageStoreError) else type(exc).__name__
+        log.warning("client_refused", reason="store_unavailable", error=error)
+        body = {"type": "error", "code": str(Code.STORE_UNAVAILABLE), "message": "cannot check tokens: try again"}
+        await ws.send_denial_response(JSONResponse(body, status_code=503, headers={"retry-after": "5"}))
+        return
+    tenant = verdict.tenant
     if tenant is None:
         # Refused at the handshake, before any sandbox is touched.
         services.metrics.errors.labels(str(Code.UNAUTHORIZED)).inc()
-        log.info("client_refused", reason="unauthorized")
+        log.info("client_refused", reason="unauthorized", detail=verdict.reason, token_id=verdict.token_id)
         body = {"type": "error", "code": str(Code.UNAUTHORIZED), "message": "a valid bearer token is required"}
         await ws.send_denial_response(JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"}))
         return
@@ -229,20 +239,10 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
-    auth = Authenticator(parse_api_keys(settings.api_keys))
-    if auth.open and not is_loopback(settings.host):
-        raise AuthConfigError(
-            f"refusing to serve {settings.host} without authentication: set MOORAGE_API_KEYS "
-            "(tenant:token,…) or bind to a loopback address"
-        )
+    keys = parse_api_keys(settings.api_keys)  # AuthConfigError before anything starts
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if auth.open:
-            log.warning(
-                "auth_disabled",
-                detail="MOORAGE_API_KEYS is empty: every local client is tenant 'default'. Loopback only.",
-            )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db = await Database.connect(settings.database_url_or_default)
         try:
@@ -255,6 +255,20 @@ def create_app(settings: Settings) -> Starlette:
             proxy.refusal = accounting.refusal
             await proxy.start()
             bind_proxy = getattr(backend, "bind_proxy", None)
+            loopback = is_loopback(settings.host)
+            auth = Authenticator(keys, Tokens(db), allow_open=loopback, cache_ttl_s=settings.auth_cache_ttl_s)
+            if await auth.open():
+                log.warning(
+                    "auth_disabled",
+                    detail="no MOORAGE_API_KEYS and no issued tokens: every local client is tenant 'default'. "
+                    "Loopback only; `moorage tokens create` turns authentication on.",
+                )
+            elif not keys and not await Tokens(db).any():
+                log.warning(
+                    "auth_no_tokens",
+                    detail=f"{settings.host} is not loopback and no token exists: every client is refused "
+                    "until `moorage tokens create --tenant T` issues one",
+                )
             if bind_proxy is not None:  # kubernetes: the proxy's TCP port for pods
                 await bind_proxy(proxy)
             workspaces = settings.state_dir.resolve() / "workspaces"

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     api_keys: str = ""
     # Largest client frame accepted (bigger: close 1009).
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How long a valid table token (moorage tokens) is trusted without a database read:
+    # the most a revocation can lag on a replica.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=60)
     # Largest workspace saved when a session is suspended.
     workspace_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # Who holds a session's lease: stable across restarts of this service

@@ -1,5 +1,5 @@
 """SQLModel implementation of claude-agent-sdk's ``SessionStore`` protocol (SQLite and PostgreSQL),
-plus Moorage's session records (``moorage_session_store.records``).
+plus Moorage's session records (``moorage_session_store.records``) and API tokens (``.tokens``).
 
     db = await Database.connect("sqlite:///var/moorage.db")   # or postgresql://user@host/db
     await db.migrate()
@@ -17,6 +17,7 @@ from .errors import (
 )
 from .records import SessionRecord, SessionRecords, SessionState
 from .store import SQLModelSessionStore
+from .tokens import TokenCheck, TokenRecord, Tokens
 
 __all__ = [
     "Database",
@@ -29,5 +30,8 @@ __all__ = [
     "SessionRecord",
     "SessionRecords",
     "SessionState",
+    "TokenCheck",
+    "TokenRecord",
+    "Tokens",
     "UnsupportedDatabaseURL",
 ]

@@ -1,5 +1,5 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
-service's session records (``sessions``, ``workspaces``).
+service's session records (``sessions``, ``workspaces``) and the API tokens (``api_tokens``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -104,6 +104,21 @@ class WorkspaceRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
+class ApiTokenRow(SQLModel, table=True):
+    """A bearer token issued by ``moorage tokens create``: only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False, index=True))
+    name: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    secret_sha256: str = Field(sa_column=Column(String, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -119,3 +134,4 @@ KEYS = table("session_store_keys")
 ENTRIES = table("session_store_entries")
 SESSIONS = table("sessions")
 WORKSPACES = table("workspaces")
+API_TOKENS = table("api_tokens")

@@ -3,15 +3,10 @@ service as a process."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import websockets
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, events, free_port, result_of, run_service, scaled
+from support import Client, Service, events, result_of, run_service
 
 ACME = "tok-acme-0123456789abcdef"
 GLOBEX = "tok-globex-0123456789abcdef"
@@ -59,21 +54,6 @@ async def test_another_tenants_session_answers_like_an_unknown_one(model: Script
         assert theirs.first == unknown.first
         assert theirs.first["code"] == "session_not_found"
         await acme.close()
-
-
-def test_an_open_service_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
-    """Without MOORAGE_API_KEYS the service will not listen beyond loopback."""
-    env = {
-        **os.environ,
-        "MOORAGE_HOST": "0.0.0.0",
-        "MOORAGE_PORT": str(free_port()),
-        "MOORAGE_STATE_DIR": str(tmp_path),
-    }
-    env.pop("MOORAGE_API_KEYS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "moorage", "serve"], env=env, capture_output=True, text=True, timeout=scaled(60)
-    )
-    assert proc.returncode == 2 and "MOORAGE_API_KEYS" in proc.stderr
 
 
 async def test_an_open_service_says_so_loudly(service: Service) -> None:

@@ -241,7 +241,7 @@ async def test_sdk_store_helpers_read_what_was_appended(db: Database, tmp_path: 
 
 
 async def test_migrate_is_idempotent_and_matches_the_models(db: Database) -> None:
-    """migrate() twice is harmless, stamps revision 0001, and leaves a schema identical to the SQLModel models."""
+    """migrate() twice is harmless, stamps the newest revision, and leaves a schema identical to the SQLModel models."""
     await db.migrate()
     await db.migrate()
 
@@ -252,13 +252,13 @@ async def test_migrate_is_idempotent_and_matches_the_models(db: Database) -> Non
     async with db.engine.connect() as conn:
         version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
         differences = await conn.run_sync(diff)
-    assert version == ["0001"]
+    assert version == ["0002"]
     assert differences == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_concurrent_migrations_of_a_fresh_database_all_succeed(backend: str, tmp_path: Path) -> None:
-    """Three replicas migrating one empty database at once: all succeed, revision 0001 once."""
+    """Three replicas migrating one empty database at once: all succeed, the newest revision once."""
     if backend == "sqlite":
         url, name = f"sqlite:///{tmp_path / 'fresh.db'}", None
     else:
@@ -272,7 +272,7 @@ async def test_concurrent_migrations_of_a_fresh_database_all_succeed(backend: st
         await asyncio.gather(*(db.migrate() for db in dbs))
         async with dbs[0].engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
-        assert version == ["0001"]
+        assert version == ["0002"]
     finally:
         for db in dbs:
             await db.close()
