@@ -12,8 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import yaml
+from moorage.sandbox.base import SandboxSpec
+from moorage.sandbox.kube_objects import PodConfig, make_pod
 from moorage.settings import Settings
 from moorage_session_store.database import async_url
 
@@ -23,6 +26,10 @@ KUBECTL = shutil.which("kubectl")
 SERVICE = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "service"}
 SANDBOX = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "sandbox"}
 DATABASE = {"app.kubernetes.io/name": "moorage", "app.kubernetes.io/component": "database"}
+# Oldest and newest Kubernetes minor versions the manifests are checked against.
+KUBERNETES_VERSIONS = ("1.29.0", "1.32.0")
+# Kinds from CRDs, which have no upstream schema (the Prometheus Operator's).
+CRD_KINDS = {"ServiceMonitor"}
 PINNED = re.compile(r"^[a-z0-9./_-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
 
 pytestmark = pytest.mark.skipif(
@@ -74,6 +81,20 @@ def matches(selector: Obj, labels: dict[str, str]) -> bool:
     assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are used here"
     wanted: dict[str, str] = selector.get("matchLabels", {})
     return all(labels.get(k) == v for k, v in wanted.items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_objects_match_the_kubernetes_schema(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """Every object is valid under the strict Kubernetes schema (no unknown field) of the oldest and newest version."""
+    objs = [o for o in rendered[overlay] if o["kind"] not in CRD_KINDS]
+    if overlay.endswith("prod"):
+        objs.append(yaml.safe_load((K8S / "overlays/prod/hpa.yaml").read_text()))
+    for obj in objs:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{obj['kind']} {obj['metadata']['name']} (Kubernetes {version}): {exc}")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -379,3 +400,41 @@ def test_network_policies_confine_sandboxes_to_the_model_proxy(rendered: dict[st
         assert not allowed(policies, DATABASE, OUTSIDE, 443)
     # Anything else in the namespace is denied by default.
     assert not allowed(policies, other_pod, OUTSIDE, 443)
+
+
+@pytest.mark.parametrize("overlay", ("overlays/dev", "overlays/prod"))
+def test_sandbox_pods_the_backend_builds_fit_these_manifests(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """A sandbox pod as the backend builds it from this config: schema-valid, Pod Security restricted, confined."""
+    objs = rendered[overlay]
+    config = config_data(objs)
+    namespace = one(objs, "Namespace")["metadata"]["name"]
+    pod = make_pod(
+        SandboxSpec("sess-1", "0123abcd4567", Path("/unused"), Path("/unused.sock")),
+        PodConfig(
+            namespace=namespace,
+            image=config["MOORAGE_SANDBOX_IMAGE"],
+            replica="moorage-7d9f-abcde",
+            memory_bytes=int(config["MOORAGE_SANDBOX_MEMORY_BYTES"]),
+            cpus=float(config["MOORAGE_SANDBOX_CPUS"]),
+            workspace_bytes=256 * 1024**2,
+            runtime_class="gvisor",
+        ),
+    )
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    # Pod Security "restricted" (the namespace enforces it): non-root, seccomp, no escalation, drop ALL.
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in spec["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert not container.get("ports"), "nothing connects to a sandbox"
+    assert all(set(volume) <= {"name", "emptyDir"} for volume in spec["volumes"])
+    # The policies written for sandbox pods select this one, and confine it.
+    labels = pod["metadata"]["labels"]
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    assert matches(one(objs, "NetworkPolicy", "moorage-sandbox")["spec"]["podSelector"], labels)
+    assert allowed(policies, labels, SERVICE, 8081)
+    assert not allowed(policies, labels, OUTSIDE, 443)
+    assert not allowed(policies, OUTSIDE, labels, 8080)
