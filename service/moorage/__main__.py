@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="a terminal client for a running service")
     chat.add_argument("--url", default=None, help="ws://host:port (default from MOORAGE_HOST/MOORAGE_PORT)")
     chat.add_argument("--session", default=None, help="attach to this session id")
+    chat.add_argument("--token", default=None, help="bearer token (from MOORAGE_API_KEYS or `moorage tokens create`)")
     tokens.add_parser(sub)
     args = parser.parse_args(argv)
     settings = Settings()
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "chat":
         from .chat import run_chat
 
-        return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session)
+        return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session, args.token)
     elif args.command == "tokens":
         return tokens.run(args, settings)
     return 0

@@ -35,9 +35,10 @@ def render(frame: dict[str, Any]) -> str | None:
     return None
 
 
-async def chat(url: str, session_id: str | None) -> int:
+async def chat(url: str, session_id: str | None, token: str | None = None) -> int:
     path = "/v1/sessions" + (f"/{session_id}" if session_id else "")
-    async with websockets.connect(url + path, max_size=None) as ws:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with websockets.connect(url + path, max_size=None, additional_headers=headers) as ws:
         idle = asyncio.Event()
         idle.set()
 
@@ -66,12 +67,16 @@ async def chat(url: str, session_id: str | None) -> int:
             printer.cancel()
 
 
-def run_chat(url: str, session_id: str | None) -> int:
+def run_chat(url: str, session_id: str | None, token: str | None = None) -> int:
     print("type a prompt and press enter; /interrupt stops a turn; Ctrl-D quits", file=sys.stderr)
     try:
-        return asyncio.run(chat(url, session_id))
+        return asyncio.run(chat(url, session_id, token))
     except (KeyboardInterrupt, websockets.ConnectionClosed):
         return 0
+    except websockets.InvalidStatus as exc:
+        hint = " (pass --token)" if exc.response.status_code == 401 else ""
+        print(f"refused by {url}: HTTP {exc.response.status_code}{hint}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot connect to {url}: {exc}", file=sys.stderr)
         return 1
