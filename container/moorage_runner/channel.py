@@ -5,10 +5,11 @@ stdout; stderr is free-form log text. Every frame is one JSON object with a
 ``kind``. The runner claims the real stdout for the channel and points fd 1
 at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 
-Service -> runner: ``start`` (first, once), ``user``, ``interrupt``.
+Service -> runner: ``start`` (first, once), ``user``, ``interrupt``,
+``snapshot`` (send the workspace back; backends that cannot read it from outside).
 Runner -> service: ``loaded`` (imports done, waiting for ``start``),
 ``ready`` (the SDK client is connected), ``sdk`` (one SDK message, the CLI's own JSON),
-``error`` (the runner cannot go on; it exits next).
+``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz chunks of the workspace).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 from .bridge import ModelBridge
 from .channel import ChannelOut, open_stdin, read_frame
 from .restore import Restore
+from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
 
 # The sandbox never holds the real key; the proxy swaps this one out.
@@ -161,8 +162,19 @@ class Runner:
                 await self.client.query(_one(frame["message"]))
             elif kind == "interrupt":
                 self._spawn(self.client.interrupt())
+            elif kind == "snapshot":
+                self._spawn(self._snapshot(int(frame.get("max_bytes", 0))))
             else:
                 print(f"runner: ignoring channel frame kind={kind!r}", file=sys.stderr)
+
+    async def _snapshot(self, max_bytes: int) -> None:
+        """The workspace, for a backend that cannot read it from outside."""
+        try:
+            frames = await asyncio.to_thread(lambda: list(snapshot_frames(os.getcwd(), max_bytes)))
+        except (OSError, tarfile.TarError) as exc:
+            frames = [{"kind": "snapshot", "ok": False, "message": str(exc)[:500]}]
+        for frame in frames:
+            await self.out.send(frame)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

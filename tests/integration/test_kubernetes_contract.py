@@ -96,7 +96,7 @@ async def until_kind(sandbox: KubernetesSandbox, kind: str) -> dict[str, Any]:
 async def test_turn_over_attach_then_stop_deletes_the_pod(
     backend: KubernetesBackend, api: ContractServer, proxy: ModelProxy, model: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    """Start creates a pod and attaches; the runner answers a turn through the proxy port; stop deletes the pod."""
+    """Start creates and attaches a pod; a turn runs via the proxy port; stop saves the workspace, deletes the pod."""
     spec = await new_spec(proxy, tmp_path)
     sandbox = await backend.start(spec)
     assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == {"kind": "loaded"}
@@ -117,7 +117,17 @@ async def test_turn_over_attach_then_stop_deletes_the_pod(
     assert (api.root / name / "workspace" / "f").read_text() == "hi\n"
     url = backend.proxy_url(spec.sandbox_id)
 
+    # As a session does: a reader keeps draining the channel while stop runs.
+    async def pump() -> list[dict[str, Any]]:
+        frames = []
+        while (frame := await sandbox.recv()) is not None:
+            frames.append(frame)
+        return frames
+
+    reader = asyncio.create_task(pump())
     assert await sandbox.stop(scaled(10)) == 0, "closing the attach ends the runner's input: a clean exit"
+    assert all(f.get("kind") != "snapshot" for f in await asyncio.wait_for(reader, scaled(10)))
+    assert (spec.workspace / "f").read_text() == "hi\n", "stop brought the pod's workspace to the host for suspend"
     assert name not in api.pods
     assert await sandbox.recv() is None
     assert api.seen[0] == "list_pods" and "create_pod" in api.seen and "attach_pod" in api.seen
@@ -127,8 +137,10 @@ async def test_turn_over_attach_then_stop_deletes_the_pod(
         assert response.status == 403, "a stopped sandbox's proxy token is revoked"
 
 
-async def test_handle_names_the_pod(backend: KubernetesBackend, proxy: ModelProxy, tmp_path: Path) -> None:
-    """The handle is plain JSON naming the backend, namespace, pod and sandbox."""
+async def test_handle_names_the_pod(
+    backend: KubernetesBackend, api: ContractServer, proxy: ModelProxy, tmp_path: Path
+) -> None:
+    """The handle is plain JSON naming the backend, namespace, pod and sandbox; kill deletes the pod."""
     spec = await new_spec(proxy, tmp_path)
     sandbox = await backend.start(spec)
     assert sandbox.handle == {
@@ -138,7 +150,7 @@ async def test_handle_names_the_pod(backend: KubernetesBackend, proxy: ModelProx
         "sandbox_id": spec.sandbox_id,
     }
     await sandbox.kill()
-    assert sandbox.returncode is None or sandbox.returncode != 0
+    assert api.pods == {} and backend.live == {}, "kill deletes the pod at once"
 
 
 async def test_restart_reaps_this_replicas_pods_only(api: ContractServer, proxy: ModelProxy) -> None:

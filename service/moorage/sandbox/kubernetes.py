@@ -41,28 +41,23 @@ from ..egress import ModelProxy
 from ..egress_port import ProxyPort
 from ..errors import Code, SandboxError
 from ..settings import Settings
-from .base import SandboxSpec, decode_frame, encode_frame
+from .base import SandboxSpec
 from .kube_objects import (
     CONTAINER,
     PodConfig,
     is_running,
     make_pod,
-    oom_killed,
     replica_selector,
     start_failure,
-    terminated,
     unschedulable,
 )
+from .kube_sandbox import STDIN, KubernetesSandbox, delays
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-STDIN, STDOUT, STDERR, ERROR = 0, 1, 2, 3
-MAX_FRAME_BYTES = 32 * 1024 * 1024
 API_TIMEOUT_S = 10.0  # one API call
 GONE_TIMEOUT_S = 30.0  # a deleted pod's object disappearing
-SETTLE_TIMEOUT_S = 3.0  # the kubelet reporting a finished container
-POLL_S = (0.1, 0.2, 0.5, 1.0)
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -94,149 +89,6 @@ async def load_api_config() -> k8s.Configuration:
 
 async def _bounded(call: Awaitable[T], timeout_s: float = API_TIMEOUT_S) -> T:
     return await asyncio.wait_for(call, timeout_s)
-
-
-class KubernetesSandbox:
-    """One pod; its attach websocket is the runner channel."""
-
-    def __init__(
-        self, backend: KubernetesBackend, spec: SandboxSpec, name: str, ws: aiohttp.ClientWebSocketResponse
-    ) -> None:
-        self._backend = backend
-        self._spec = spec
-        self.name = name
-        self._ws = ws
-        self._buffer = b""
-        self._ended = False
-        self._exit: int | None = None
-        self._oom = False
-        self._released = False
-
-    @property
-    def handle(self) -> dict[str, Any]:
-        return {
-            "backend": "kubernetes",
-            "namespace": self._backend.config.namespace,
-            "pod": self.name,
-            "sandbox_id": self._spec.sandbox_id,
-        }
-
-    @property
-    def returncode(self) -> int | None:
-        return self._exit
-
-    def limit_events(self) -> dict[str, int]:
-        """OOM kills as the kubelet reports them; Kubernetes has no per-pod
-        counter of refused forks (the node's podPidsLimit applies)."""
-        return {"oom_kills": int(self._oom), "pids_refusals": 0}
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        if frame.get("kind") == "start":
-            # A pod cannot reach the service's unix socket: it gets a URL.
-            frame = {k: v for k, v in frame.items() if k != "model_proxy"}
-            frame["model_url"] = self._backend.proxy_url(self._spec.sandbox_id)
-        if self._ws.closed or self._ended:
-            raise SandboxError("sandbox input is closed")
-        try:
-            await self._ws.send_bytes(bytes([STDIN]) + encode_frame(frame))
-        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            raise SandboxError("sandbox input is closed") from exc
-
-    async def recv(self) -> dict[str, Any] | None:
-        while True:
-            line, sep, rest = self._buffer.partition(b"\n")
-            if sep:
-                self._buffer = rest
-                return decode_frame(line)
-            if self._ended:
-                if self._buffer:
-                    line, self._buffer = self._buffer, b""
-                    return decode_frame(line)
-                return None
-            if len(self._buffer) > MAX_FRAME_BYTES:
-                # An over-long line: the runner broke the channel contract.
-                self._buffer = b""
-                await self.kill()
-                return None
-            await self._read_message()
-
-    async def _read_message(self) -> None:
-        try:
-            message = await self._ws.receive()
-        except (ConnectionError, aiohttp.ClientError):
-            message = None
-        if message is None or message.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-            self._ended = True
-            await self._settle()
-            return
-        data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
-        if not data:
-            return
-        channel, payload = data[0], data[1:]
-        if channel == STDOUT:
-            self._buffer += payload
-        elif channel == STDERR:
-            log.debug("sandbox_stderr", line=payload[:2000].decode(errors="replace").rstrip(), pod=self.name)
-        elif channel == ERROR and payload:
-            # A Status object when the stream ends badly (e.g. the container is gone).
-            log.info("sandbox_attach_status", pod=self.name, status=payload[:500].decode(errors="replace"))
-
-    async def _settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
-        """Read the runner's exit code (and whether it was OOM-killed) once
-        the kubelet reports it; bounded, and quiet when the pod is gone."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        for delay in _delays():
-            pod = await self._backend.read_pod(self.name)
-            if pod is None:
-                return
-            ended = terminated(pod)
-            if ended is not None:
-                self._exit = ended[0]
-                self._oom = oom_killed(pod)
-                return
-            if loop.time() + delay > deadline:
-                return
-            await asyncio.sleep(delay)
-
-    async def _close_channel(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(), 5.0)
-
-    async def stop(self, grace_s: float) -> int | None:
-        """Close the attach (the runner reads end of input) -> wait ``grace_s``
-        for it to exit -> delete the pod (the kubelet's SIGTERM, then SIGKILL
-        after the pod's grace period) -> wait until the pod is gone; bounded."""
-        if self._released:
-            return self._exit
-        await self._close_channel()
-        if self._exit is None:
-            await self._settle(grace_s)
-        await self._backend.delete_pod(self.name, self._backend.config.termination_grace_s)
-        await self._release()
-        return self._exit
-
-    async def kill(self) -> None:
-        await self._close_channel()
-        await self._backend.delete_pod(self.name, 0)
-        await self._release()
-
-    async def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._ended = True
-        gone = await self._backend.wait_gone(self.name)
-        if not gone:
-            log.error("sandbox_pod_left", pod=self.name, detail="still present after delete; forcing")
-            await self._backend.delete_pod(self.name, 0)
-        self._backend.release(self._spec.sandbox_id)
-
-
-def _delays() -> Any:
-    yield from POLL_S
-    while True:
-        yield POLL_S[-1]
 
 
 class KubernetesBackend:
@@ -323,7 +175,7 @@ class KubernetesBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout_s
         waiting_for = "no status yet"
-        for delay in _delays():
+        for delay in delays():
             pod = await self.read_pod(name)
             if pod is None:
                 raise SandboxError("the sandbox pod was deleted while starting", code=Code.SANDBOX_START_FAILED)
@@ -389,7 +241,7 @@ class KubernetesBackend:
     async def wait_gone(self, name: str, timeout_s: float = GONE_TIMEOUT_S) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        for delay in _delays():
+        for delay in delays():
             if await self.read_pod(name) is None:
                 return True
             if loop.time() + delay > deadline:
