@@ -69,6 +69,7 @@ bench: deps venv
 	$(PY) bench/bench.py
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_rehydrate.py
+	$(PY) bench/bench_load.py
 
 constraints: venv
 	{ echo "# Versions tested together; regenerate with 'make constraints'."; \

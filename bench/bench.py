@@ -44,28 +44,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import claude_agent_sdk
+import hostprobe
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 from moorage.testing.scripted_model import ScriptedModelServer
 from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import Service, run_service
 
 PROMPT = "say hi"
 COLD_START_TARGET = 1.3
@@ -73,9 +69,7 @@ CONVERSATION_TARGET = 1.10
 
 START_TIMEOUT_S = 60.0  # connect -> init (CLI start, sandbox start)
 TURN_TIMEOUT_S = 30.0  # one instant turn
-HEALTH_TIMEOUT_S = 30.0
 SANDBOX_GONE_TIMEOUT_S = 30.0
-SERVICE_STOP_GRACE_S = 15.0
 # Sessions end this long after their last client leaves; short, so the
 # cold-start runs can wait for each service sandbox to be gone.
 SERVICE_IDLE_TIMEOUT_S = 1.0
@@ -152,54 +146,13 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sandbox_processes() -> list[int]:
-    """Live (not zombie) processes running as one of the bench's sandbox uids."""
-    uids = range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_COUNT)
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            uid = os.stat(f"/proc/{entry}").st_uid
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[-1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if uid in uids and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
 def wait_sandboxes_gone(limit_s: float = 10.0) -> list[int]:
     """Pids of the bench's sandbox processes still alive after ``limit_s``."""
+    uids = range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_COUNT)
     deadline = time.monotonic() + limit_s
-    while (left := sandbox_processes()) and time.monotonic() < deadline:
+    while (left := [p.pid for p in hostprobe.in_uids(uids)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
-
-
-def children(pid: int) -> list[int]:
-    """Direct child pids of ``pid`` (from /proc)."""
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may contain spaces and parentheses.
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 # -- direct SDK ----------------------------------------------------------------
@@ -258,102 +211,27 @@ class DirectSession:
 # -- the service -----------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    proc: subprocess.Popen[bytes]
-    port: int
-    state_dir: Path
-    log_path: Path
-    warm: int
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/sessions"
-
-    def healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    async def wait_healthy(self) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while not await asyncio.to_thread(self.healthy):
-            if self.proc.poll() is not None:
-                raise BenchError(f"the service exited at start (code {self.proc.returncode}); see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"the service did not answer /healthz within {HEALTH_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
-
-    async def wait_no_sandboxes(self) -> None:
-        """Until the service runs only its warm pool again (each sandbox is one
-        child process of the service): the last session's sandbox is gone and
-        the pool is refilled, so the next run starts from the steady state."""
-        deadline = time.monotonic() + SANDBOX_GONE_TIMEOUT_S
-        while len(await asyncio.to_thread(children, self.proc.pid)) != self.warm:
-            if time.monotonic() > deadline:
-                raise BenchError(f"service sandboxes still running after {SANDBOX_GONE_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(SERVICE_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log_events(self, event: str) -> list[dict[str, Any]]:
-        """The service's structured log records of one event, in order."""
-        found: list[dict[str, Any]] = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == event:
-                    found.append(record)
-        return found
-
-    def log_issues(self) -> list[str]:
-        """Service log lines at warning level or above, and tracebacks."""
-        issues: list[str] = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                level = str(json.loads(line).get("level", ""))
-            except (ValueError, AttributeError):
-                level = "error" if "Traceback" in line or " ERROR " in line or " WARNING " in line else ""
-            if level in ("warning", "error", "critical", "exception"):
-                issues.append(line[:500])
-        return issues
-
-
-def make_state_dir() -> Path:
-    state_dir = Path(tempfile.mkdtemp(prefix="moorage-bench-state-"))
-    return state_dir
-
-
-def start_service(model_url: str, state_dir: Path, warm: int) -> Service:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "MOORAGE_HOST": "127.0.0.1",
-        "MOORAGE_PORT": str(port),
-        "MOORAGE_STATE_DIR": str(state_dir),
+def service_env(warm: int) -> dict[str, str]:
+    """``run_service`` overrides: the service's defaults, short idle, own uids."""
+    return {
         "MOORAGE_IDLE_TIMEOUT_S": str(SERVICE_IDLE_TIMEOUT_S),
+        "MOORAGE_MAX_TURNS": str(DIRECT_MAX_TURNS),
+        "MOORAGE_LOG_LEVEL": "info",
         "MOORAGE_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
         "MOORAGE_SANDBOX_UID_COUNT": str(SANDBOX_UID_COUNT),
-        "ANTHROPIC_BASE_URL": model_url,
-        "ANTHROPIC_API_KEY": "sk-bench",
         "MOORAGE_WARM_SANDBOXES": str(warm),
     }
-    log_path = state_dir / "service.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moorage", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    return Service(proc, port, state_dir, log_path, warm)
+
+
+async def wait_no_sandboxes(service: Service, warm: int) -> None:
+    """Until the service runs only its warm pool again (each sandbox is one
+    child process of the service): the last session's sandbox is gone and
+    the pool is refilled, so the next run starts from the steady state."""
+    deadline = time.monotonic() + SANDBOX_GONE_TIMEOUT_S
+    while len(await asyncio.to_thread(hostprobe.children, service.proc.pid)) != warm:
+        if time.monotonic() > deadline:
+            raise BenchError(f"service sandboxes still running after {SANDBOX_GONE_TIMEOUT_S:g}s")
+        await asyncio.sleep(0.05)
 
 
 async def ws_frames(ws: ClientConnection) -> AsyncIterator[Message]:
@@ -372,7 +250,7 @@ class ServiceSession:
         self.frames: AsyncIterator[Message] | None = None
 
     async def connect(self) -> None:
-        self.ws = await connect(self.service.ws_url, max_size=None, open_timeout=START_TIMEOUT_S)
+        self.ws = await connect(self.service.ws_url + "/v1/sessions", max_size=None, open_timeout=START_TIMEOUT_S)
         self.frames = ws_frames(self.ws)
         await self.until(lambda m: m.get("type") == "session", START_TIMEOUT_S, "the session frame")
 
@@ -432,9 +310,9 @@ async def direct_cold_start(model_url: str) -> tuple[float, float]:
         return await cold_start(DirectSession(model_url, scratch))
 
 
-async def service_cold_start(service: Service) -> tuple[float, float]:
+async def service_cold_start(service: Service, warm: int) -> tuple[float, float]:
     figures = await cold_start(ServiceSession(service))
-    await service.wait_no_sandboxes()
+    await wait_no_sandboxes(service, warm)
     return figures
 
 
@@ -443,7 +321,7 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
     for i in range(args.warmup):
         log(f"warm-up {i + 1}/{args.warmup}")
         await direct_cold_start(model_url)
-        await service_cold_start(service)
+        await service_cold_start(service, args.warm)
 
     direct_init: list[float] = []
     direct_result: list[float] = []
@@ -451,7 +329,7 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
     service_result: list[float] = []
     for i in range(args.runs):
         d = await direct_cold_start(model_url)
-        s = await service_cold_start(service)
+        s = await service_cold_start(service, args.warm)
         log(f"cold start {i + 1}/{args.runs}: direct {d[0]:.3f}s  service {s[0]:.3f}s")
         direct_init.append(d[0])
         direct_result.append(d[1])
@@ -464,7 +342,7 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
         with temp_dir("moorage-bench-direct-") as scratch:
             direct_turns.append(await conversation(DirectSession(model_url, scratch), args.turns))
         service_turns.append(await conversation(ServiceSession(service), args.turns))
-        await service.wait_no_sandboxes()
+        await wait_no_sandboxes(service, args.warm)
         log(
             f"conversation {i + 1}/{args.conversations}, {args.turns} turns: "
             f"direct {sum(direct_turns[-1]):.3f}s  service {sum(service_turns[-1]):.3f}s"
@@ -523,19 +401,6 @@ def conversation_report(direct: list[list[float]], service: list[list[float]]) -
 # -- report ----------------------------------------------------------------------
 
 
-def machine(load_at_start: float) -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        # Other work on the host skews every figure; compare with nproc.
-        "loadavg_1m_at_start": round(load_at_start, 2),
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "claude_agent_sdk": claude_agent_sdk.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def row(label: str, direct: float | None, service: float | None, ratio: str = "", digits: int = 0) -> str:
     """One table line; times in seconds, shown in milliseconds."""
 
@@ -555,7 +420,7 @@ def table(results: dict[str, Any]) -> str:
     first = cold["to_first_result"]
     lines = [
         f"Moorage bench: {cold['runs']} cold-start runs, {conv['turns']} turns; "
-        f"{m['nproc']} cpus (load {m['loadavg_1m_at_start']}), Python {m['python']}, "
+        f"{m['nproc']} cpus (load {m['loadavg_at_start'][0]}), Python {m['python']}, "
         f"claude-agent-sdk {m['claude_agent_sdk']}",
         f"{'(ms)':36}{'direct':>10}{'service':>10}{'ratio':>8}  target",
         row(
@@ -591,24 +456,27 @@ def progress(text: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load_at_start = os.getloadavg()[0]
-    if load_at_start > 0.5 * (os.cpu_count() or 1):
-        progress(f"the host is busy (load {load_at_start:.2f}): figures will be noisy")
+    load_at_start = os.getloadavg()
+    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
+        progress(f"the host is busy (load {load_at_start[0]:.2f}): figures will be noisy")
     model = ScriptedModelServer().start()
-    state_dir = make_state_dir()
-    service = start_service(model.url, state_dir, args.warm)
+    state_dir: Path | None = None
     try:
-        await service.wait_healthy()
-        figures = await measure(args, model.url, service)
-    finally:
-        service.stop()
+        with run_service(model.url, **service_env(args.warm)) as service:
+            state_dir = service.state_dir
+            figures = await measure(args, model.url, service)
+        # run_service has stopped the service (SIGTERM, bounded wait).
         leftovers = wait_sandboxes_gone()
-        issues = service.log_issues()
-        ready = [float(r["start_s"]) for r in service.log_events("session_ready") if "start_s" in r]
+        issues = hostprobe.log_issues(service.log_path)
+        records = hostprobe.log_records(service.log_path)
+        ready = [float(r["start_s"]) for r in records if r.get("event") == "session_ready" and "start_s" in r]
+    except AssertionError as exc:  # run_service: the service did not start
+        raise BenchError(str(exc)[:2000]) from exc
+    finally:
         model.stop()
-        if args.keep_state:
+        if state_dir is not None and args.keep_state:
             progress(f"service state and log kept in {state_dir}")
-        else:
+        elif state_dir is not None:
             shutil.rmtree(state_dir, ignore_errors=True)
     if leftovers:
         progress(f"sandbox processes left running after the service stopped: {leftovers}")
@@ -618,7 +486,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["cold_start"]["service_sandbox_ready"] = summary(cold_ready)
     return {
         "schema": 1,
-        "machine": machine(load_at_start),
+        "machine": hostprobe.machine(load_at_start),
         "config": {
             "runs": args.runs,
             "turns": args.turns,
