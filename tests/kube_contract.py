@@ -262,7 +262,9 @@ class ContractServer:
         for path in (pod.root, *volumes.values()):
             path.chmod(0o777)  # emptyDirs are world-writable, as a kubelet makes them
         return await asyncio.create_subprocess_exec(
-            *container["command"],
+            # The image's entrypoint (tini) is not here: run the container's command and args.
+            *container.get("command", []),
+            *container.get("args", []),
             cwd=volumes[container["workingDir"]],
             env={k: str(v) for k, v in env.items()},
             stdin=asyncio.subprocess.PIPE,

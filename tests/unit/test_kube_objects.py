@@ -99,7 +99,8 @@ def test_runner_stdin_is_open_for_one_attach_and_waits_for_it() -> None:
     """stdin is held for exactly one attach, no tty, and the runner starts only after the attach's first line."""
     container = runner(make_pod(SPEC, CONFIG))
     assert container["stdin"] is True and container["stdinOnce"] is True and container["tty"] is False
-    assert container["command"][-1].startswith("read -r _ && exec ")
+    assert container["args"][-1].startswith("read -r _ && exec ")
+    assert "command" not in container, "the image's entrypoint (tini) stays pid 1"
 
 
 def test_runtime_class_is_optional() -> None:

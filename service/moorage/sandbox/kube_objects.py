@@ -32,8 +32,9 @@ SANDBOX_UID = 1000
 HOME = "/home/agent"
 # The runner starts only once the service has attached and sent one line:
 # output written before an attach exists is not delivered to it, so the
-# runner's ``loaded`` frame must not be written earlier.
-RUNNER_COMMAND = ["/bin/sh", "-c", "read -r _ && exec python3 -m moorage_runner"]
+# runner's ``loaded`` frame must not be written earlier. These are the
+# container's args: the image's entrypoint (tini, which reaps orphans) stays.
+RUNNER_ARGS = ["/bin/sh", "-c", "read -r _ && exec python3 -m moorage_runner"]
 SCRATCH_BYTES = 512 * 1024 * 1024  # each of HOME and /tmp
 # Waiting reasons after which a container will not start by waiting longer.
 FATAL_WAITING = {
@@ -103,7 +104,7 @@ def make_pod(spec: SandboxSpec, config: PodConfig) -> dict[str, Any]:
         "name": CONTAINER,
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": RUNNER_COMMAND,
+        "args": RUNNER_ARGS,
         "workingDir": "/workspace",
         "stdin": True,
         "stdinOnce": True,
