@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,3 +342,37 @@ def _fill(template: Any, name: str, ns: str, pod: FakePod | None, extra: dict[st
             .replace("{ip}", "10.244.1.23")
         )
     return template
+
+
+class ContractServerThread:
+    """A ContractServer on an event loop of its own, for tests that block
+    their own loop (the service as a process, ``run_service``)."""
+
+    def __init__(self, namespace: str, root: Path) -> None:
+        self.server = ContractServer(namespace, root)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="kube-contract")
+
+    def start(self) -> ContractServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=10)
+        return self.server
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig that points kubernetes_asyncio at this server."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "contract", "cluster": {"server": self.server.url}}],
+            "users": [{"name": "moorage", "user": {"token": "not-a-real-token"}}],
+            "contexts": [{"name": "contract", "context": {"cluster": "contract", "user": "moorage"}}],
+            "current-context": "contract",
+        }
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
