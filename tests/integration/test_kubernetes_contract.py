@@ -22,7 +22,8 @@ from moorage.egress import ModelProxy
 from moorage.errors import SandboxError
 from moorage.sandbox.base import SandboxSpec
 from moorage.sandbox.kube_objects import REPLICA, PodConfig, label_value, pod_name
-from moorage.sandbox.kubernetes import KubernetesBackend, KubernetesSandbox
+from moorage.sandbox.kube_sandbox import KubernetesSandbox
+from moorage.sandbox.kubernetes import KubernetesBackend
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import scaled
 
