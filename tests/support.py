@@ -333,3 +333,16 @@ def pg_database() -> Iterator[str]:
             ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
             capture_output=True,
         )
+
+
+def metric_value(svc: Service, name: str, **labels: str) -> float:
+    """One sample from the service's /metrics (0 when the series is absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(svc.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -40,7 +40,9 @@ CLI_ENV = {
 }
 
 
-def build_options(start: dict[str, Any], base_url: str, store: SessionStore | None) -> ClaudeAgentOptions:
+def build_options(
+    start: dict[str, Any], base_url: str, store: SessionStore | None, extra_env: dict[str, str] | None = None
+) -> ClaudeAgentOptions:
     """SDK options from the service's ``start`` frame (a fixed allowlist)."""
     opts = start.get("options") or {}
     return ClaudeAgentOptions(
@@ -57,7 +59,7 @@ def build_options(start: dict[str, Any], base_url: str, store: SessionStore | No
         model=opts.get("model"),
         system_prompt=opts.get("system_prompt"),
         include_partial_messages=bool(opts.get("include_partial_messages", False)),
-        env={**CLI_ENV, "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
+        env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
 
 
@@ -72,6 +74,7 @@ class Runner:
         self.rpc = Rpc(out)
         self.client: ClaudeSDKClient | None = None
         self.bridge: ModelBridge | None = None
+        self.tunnel: ModelBridge | None = None
         self.commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -123,7 +126,7 @@ class Runner:
             self.bridge = ModelBridge(str(start["model_proxy"]))
             base_url = f"http://127.0.0.1:{await self.bridge.start()}"
         store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
-        self.client = ClaudeSDKClient(build_options(start, base_url, store))
+        self.client = ClaudeSDKClient(build_options(start, base_url, store, await self._egress_env(start)))
         try:
             await self.client.connect()
         except Exception as exc:  # the CLI failed to start: report, then exit
@@ -176,6 +179,16 @@ class Runner:
         for frame in frames:
             await self.out.send(frame)
 
+    async def _egress_env(self, start: dict[str, Any]) -> dict[str, str]:
+        """With an egress allowlist, the service's tunnel is the HTTPS proxy
+        for the CLI and every tool it runs (the model stays direct)."""
+        if not start.get("egress_proxy"):
+            return {}
+        self.tunnel = ModelBridge(str(start["egress_proxy"]))
+        url = f"http://127.0.0.1:{await self.tunnel.start()}"
+        env = {name: url for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}
+        return {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -188,8 +201,9 @@ class Runner:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
                 await asyncio.wait_for(self.client.disconnect(), DISCONNECT_DEADLINE_S)
             self.client = None
-        if self.bridge is not None:
-            await self.bridge.close()
+        for bridge in (self.bridge, self.tunnel):
+            if bridge is not None:
+                await bridge.close()
 
 
 async def amain() -> int:

@@ -31,6 +31,7 @@ from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session, dumps
 from .settings import Settings
+from .tunnel import Tunnel, parse_allowlist, parse_networks
 
 log = structlog.get_logger(__name__)
 
@@ -63,9 +64,19 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             settings.sandbox_uid_count,
             limits=limits,
             seccomp=settings.sandbox_seccomp,
+            workspace_bytes=settings.workspace_max_bytes,
+            tmp_bytes=settings.sandbox_tmp_bytes,
         )
         await backend.check()
         return backend
+    if settings.sandbox == "docker":
+        from .sandbox.cgroups import Limits
+        from .sandbox.docker import DockerBackend
+
+        limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
+        docker = DockerBackend(settings.docker_url, settings.sandbox_image, limits, settings.replica)
+        await docker.check()
+        return docker
     if settings.sandbox == "kubernetes":
         from .sandbox.kubernetes import from_settings
 
@@ -247,14 +258,6 @@ def create_app(settings: Settings) -> Starlette:
         db = await Database.connect(settings.database_url_or_default)
         try:
             await db.migrate()
-            backend = await make_backend(settings)
-            proxy = ModelProxy(None, settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value())
-            metrics = Metrics(tuple(settings.prices))
-            accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
-            proxy.on_usage = accounting.on_usage
-            proxy.refusal = accounting.refusal
-            await proxy.start()
-            bind_proxy = getattr(backend, "bind_proxy", None)
             loopback = is_loopback(settings.host)
             auth = Authenticator(keys, Tokens(db), allow_open=loopback, cache_ttl_s=settings.auth_cache_ttl_s)
             if await auth.open():
@@ -269,6 +272,22 @@ def create_app(settings: Settings) -> Starlette:
                     detail=f"{settings.host} is not loopback and no token exists: every client is refused "
                     "until `moorage tokens create --tenant T` issues one",
                 )
+            backend = await make_backend(settings)
+            proxy = ModelProxy(None, settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value())
+            metrics = Metrics(tuple(settings.prices))
+            accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
+            proxy.on_usage = accounting.on_usage
+            proxy.refusal = accounting.refusal
+            await proxy.start()
+            if rules := parse_allowlist(settings.egress_allow):
+                proxy.tunnel = Tunnel(
+                    proxy.socket_dir,
+                    rules,
+                    lambda _sandbox, ok: metrics.egress_connections.labels("allowed" if ok else "refused").inc(),
+                    parse_networks(settings.egress_allow_networks),
+                )
+                log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
+            bind_proxy = getattr(backend, "bind_proxy", None)
             if bind_proxy is not None:  # kubernetes: the proxy's TCP port for pods
                 await bind_proxy(proxy)
             workspaces = settings.state_dir.resolve() / "workspaces"

@@ -25,6 +25,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from .tunnel import Tunnel
+
 log = structlog.get_logger(__name__)
 
 ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
@@ -117,6 +119,8 @@ class ModelProxy:
         self.on_usage: Callable[[str, str, dict[str, int]], None] | None = None
         # Asked before each request: a reason to refuse it (a spent budget), or None.
         self.refusal: Callable[[str], str | None] | None = None
+        # Opt-in HTTPS egress to allowlisted hosts (MOORAGE_EGRESS_ALLOW).
+        self.tunnel: Tunnel | None = None
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,8 @@ class ModelProxy:
         return path
 
     async def close_sandbox(self, sandbox_id: str) -> None:
+        if self.tunnel is not None:
+            await self.tunnel.close_sandbox(sandbox_id)
         entry = self._sites.pop(sandbox_id, None)
         if entry is None:
             return

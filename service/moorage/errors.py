@@ -34,6 +34,7 @@ class Code(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
     WORKSPACE_TOO_LARGE = "workspace_too_large"
+    WORKSPACE_FULL = "workspace_full"
     WORKSPACE_NOT_RESTORED = "workspace_not_restored"
     INTERNAL = "internal"
 

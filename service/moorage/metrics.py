@@ -119,6 +119,12 @@ class Metrics:
         self.store_errors = Counter(
             "moorage_transcript_store_errors_total", "Failed transcript writes (retried until they land).", registry=r
         )
+        self.egress_connections = Counter(
+            "moorage_egress_connections_total",
+            "Tunnel connections from sandboxes (MOORAGE_EGRESS_ALLOW), by verdict.",
+            ["verdict"],
+            registry=r,
+        )
         self.sandbox_time = SandboxTime()
         r.register(self.sandbox_time)
         self._zero()
@@ -146,6 +152,8 @@ class Metrics:
             self.errors.labels(str(code))
         for scope in BUDGET_SCOPES:
             self.budget_exceeded.labels(scope)
+        for verdict in ("allowed", "refused"):
+            self.egress_connections.labels(verdict)
 
     def model_label(self, model: str) -> str:
         """A bounded label: the configured model family it belongs to, or 'other'."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .egress import ModelProxy
 from .errors import Code, SandboxError
 from .metrics import Metrics
 from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from .workspaces import remove_workspace
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,10 @@ async def start_loaded(
     sandbox_id = uuid.uuid4().hex[:12]
     workspace = workspaces / sandbox_id
     socket = await proxy.open(sandbox_id)
-    spec = SandboxSpec(session_id=session_id, sandbox_id=sandbox_id, workspace=workspace, model_socket=socket)
+    tunnel = await proxy.tunnel.open(sandbox_id) if proxy.tunnel is not None else None
+    spec = SandboxSpec(
+        session_id=session_id, sandbox_id=sandbox_id, workspace=workspace, model_socket=socket, tunnel_socket=tunnel
+    )
     try:
         sandbox = await backend.start(spec)
     except BaseException:
@@ -69,7 +72,7 @@ async def discard(loaded: Loaded, proxy: ModelProxy, metrics: Metrics) -> None:
     await loaded.sandbox.stop(2.0)
     metrics.sandbox_time.stopped(loaded.sandbox_id)
     await proxy.close_sandbox(loaded.sandbox_id)
-    await asyncio.to_thread(shutil.rmtree, loaded.workspace, True)
+    await asyncio.to_thread(remove_workspace, loaded.workspace)
 
 
 class WarmPool:

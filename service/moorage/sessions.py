@@ -35,15 +35,15 @@ from .metrics import Metrics
 from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
 from .relay import RpcRelay
-from .sandbox.base import Sandbox, SandboxBackend
+from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, Sandbox, SandboxBackend
 from .settings import Settings
 from .transcripts import TranscriptSink
-from .workspaces import restore_frames, suspend_record, workspace_size
+from .workspaces import restore_frames, suspend_record, workspace_full, workspace_size
 
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
-MODEL_PROXY = "unix:/run/moorage/model.sock"  # where every backend mounts the proxy
+MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
 
 
 def budget_error(scope: str) -> ProtocolError:
@@ -130,6 +130,7 @@ class Session:
         self._close_error: MoorageError | None = None
         self._main: asyncio.Task[None] | None = None
         self._too_large = False
+        self._full = False
         self._notices: list[dict[str, object]] = []
         self._watch: asyncio.Task[None] | None = None
         self._idle: asyncio.Task[None] | None = None
@@ -198,6 +199,8 @@ class Session:
         if self.settings.model:
             options["model"] = self.settings.model
         start = {"kind": "start", "options": options, "model_proxy": MODEL_PROXY, "store": True}
+        if self.proxy.tunnel is not None:
+            start["egress_proxy"] = f"unix:{TUNNEL_SOCKET}"
         first = await self._until(start, "ready")
         if first is None or first.get("kind") != "ready":
             detail = (first or {}).get("message", "the runner exited before it was ready")
@@ -278,10 +281,20 @@ class Session:
             )
 
     async def _check_workspace_size(self) -> None:
-        """Tell clients at write time, not at suspend, that the workspace
-        has grown past what a suspension can save."""
+        """Tell clients at write time, not at suspend, that the workspace is
+        full (writes fail) or has grown past what a suspension can save."""
         if self.workspace is None:
             return
+        full = await asyncio.to_thread(workspace_full, self.workspace)
+        if full and not self._full:
+            self._notice(
+                Code.WORKSPACE_FULL,
+                f"the workspace is full ({self.settings.workspace_max_bytes} bytes, MOORAGE_WORKSPACE_MAX_BYTES): "
+                "writes to it fail with 'No space left on device' until files are removed",
+            )
+        if self._full and not full:
+            self._notices = [n for n in self._notices if n["code"] != Code.WORKSPACE_FULL]
+        self._full = full
         size = await asyncio.to_thread(workspace_size, self.workspace)
         over = size > self.settings.workspace_max_bytes
         if over and not self._too_large:

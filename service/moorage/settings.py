@@ -50,8 +50,18 @@ class Settings(BaseSettings):
     sandbox_cpus: float = Field(default=1.0, gt=0)
     # The system call filter (sandbox/seccomp.py); turn off only to debug.
     sandbox_seccomp: bool = True
+    # Opt-in HTTPS egress from sandboxes, through the service's tunnel:
+    # "pypi.org,files.pythonhosted.org,*.github.com,host:8443" (tunnel.py).
+    egress_allow: str = ""
+    # Non-public networks the tunnel may still reach (an internal mirror):
+    # "10.1.0.0/16". Public addresses need no entry; everything else is refused.
+    egress_allow_networks: str = ""
+    # Size of each of the sandbox's tmpfs (/tmp, HOME, /dev/shm, /run).
+    sandbox_tmp_bytes: int = Field(default=256 * 1024**2, ge=16 * 1024**2)
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
+    # Docker backend: the engine's API ("" = DOCKER_HOST or /var/run/docker.sock).
+    docker_url: str = ""
     # Kubernetes backend: where sandbox pods go ("" = this pod's own namespace,
     # else "moorage"), and an optional RuntimeClass (gvisor, kata) for them.
     k8s_namespace: str = ""
@@ -75,12 +85,13 @@ class Settings(BaseSettings):
     turns_per_minute_per_tenant: float = Field(default=120.0, gt=0)
     # tenant:token,… — empty: no authentication (loopback binds only).
     api_keys: str = ""
-    # Largest client frame accepted (bigger: close 1009).
-    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
     # How long a valid table token (moorage tokens) is trusted without a database read:
     # the most a revocation can lag on a replica.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=60)
-    # Largest workspace saved when a session is suspended.
+    # Largest client frame accepted (bigger: close 1009).
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The workspace's size: as root, a sized filesystem of its own (writes
+    # past it fail with ENOSPC); the largest workspace a suspension saves.
     workspace_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # Who holds a session's lease: stable across restarts of this service
     # (default: host name + state dir), unique per replica.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import io
 import os
 import shutil
@@ -19,8 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from .errors import Code, MoorageError
 
+log = structlog.get_logger(__name__)
+
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
 CHUNK_BYTES = 512 * 1024  # raw bytes per restore frame (base64 adds a third)
 
 
@@ -40,6 +47,22 @@ def workspace_size(path: Path) -> int:
             if not os.path.islink(os.path.join(root, name)):
                 total += st.st_size
     return total
+
+
+def remove_workspace(path: Path) -> None:
+    """Delete a workspace directory, unmounting its size-limited filesystem
+    first when the backend gave it one (see ``sandbox.local.mount_workspace``)."""
+    if os.path.ismount(path) and _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        log.error("workspace_unmount_failed", path=str(path), error=os.strerror(ctypes.get_errno()))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def workspace_full(path: Path) -> bool:
+    """True when a size-limited workspace has (almost) no room left."""
+    if not os.path.ismount(path):
+        return False
+    usage = shutil.disk_usage(path)
+    return usage.free < max(1024 * 1024, usage.total // 100)
 
 
 def snapshot(path: Path, max_bytes: int) -> bytes:
@@ -94,6 +117,6 @@ async def suspend_record(deps: Any, session_id: str, workspace: Path | None, log
         log.error("session_not_suspended", reason="database unreachable; the recovery sweep will retry")
         return False
     if workspace is not None:
-        await asyncio.to_thread(shutil.rmtree, workspace, True)
+        await asyncio.to_thread(remove_workspace, workspace)
     log.info("session_suspended", workspace_bytes=len(data) if data is not None else 0)
     return True

@@ -48,3 +48,32 @@ async def test_a_fork_bomb_hits_the_process_limit(model: ScriptedModelServer) ->
         assert result_of(await client.turn("say fine"))["result"] == "fine"
         assert await asyncio.to_thread(svc.healthy)
         await client.close()
+
+
+async def test_a_disk_filler_fills_only_its_own_workspace(model: ScriptedModelServer) -> None:
+    """Past the workspace size, writes fail with ENOSPC, the client gets workspace_full, the rest is unaffected."""
+    with run_service(
+        model.url, MOORAGE_WORKSPACE_MAX_BYTES=str(32 * MIB), MOORAGE_SANDBOX_TMP_BYTES=str(16 * MIB)
+    ) as svc:
+        if events(svc, "workspace_quota_unavailable"):
+            import pytest
+
+            pytest.skip("this host does not let the service mount a sized workspace")
+        filler = await Client.connect(svc)
+        bystander = await Client.connect(svc)
+        await filler.say(
+            "bash head -c 100000000 /dev/zero > /workspace/fill; echo ws=$?; "
+            "head -c 100000000 /dev/zero > /tmp/fill; echo tmp=$?; ls -l /workspace/fill"
+        )
+        calm = result_of(await bystander.turn("bash echo hello > /workspace/note && cat /workspace/note"))
+        assert calm["subtype"] == "success"
+        frames = await filler.until("result", timeout=60)
+        output = tool_output(frames)
+        assert "No space left on device" in output and "ws=1" in output and "tmp=1" in output
+        notice = (await filler.until("error", timeout=10))[-1]
+        assert notice["code"] == "workspace_full" and notice["fatal"] is False
+        # Freeing space makes the workspace usable again; the session never ended.
+        after = await filler.turn("bash rm /workspace/fill && echo small > /workspace/kept && echo freed")
+        assert "freed" in tool_output(after)
+        assert await asyncio.to_thread(svc.healthy)
+        await asyncio.gather(filler.close(), bystander.close())

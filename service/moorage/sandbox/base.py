@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+MODEL_SOCKET = "/run/moorage/model.sock"
+TUNNEL_SOCKET = "/run/moorage/tunnel.sock"
+
 
 @dataclass(frozen=True)
 class SandboxSpec:
@@ -31,6 +34,9 @@ class SandboxSpec:
     workspace: Path
     model_socket: Path
     labels: dict[str, str] = field(default_factory=dict)
+    # The egress tunnel (tunnel.py), only with MOORAGE_EGRESS_ALLOW set;
+    # mounted at TUNNEL_SOCKET like the model socket at MODEL_SOCKET.
+    tunnel_socket: Path | None = None
 
 
 class Sandbox(Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -27,7 +28,8 @@ from typing import Any
 import structlog
 
 from ..errors import Code, SandboxError
-from .base import SandboxSpec, decode_frame, encode_frame
+from ..workspaces import remove_workspace
+from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
 from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
@@ -36,7 +38,6 @@ log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000  # the uid the agent sees inside
 SANDBOX_HOME = "/home/agent"
-MODEL_SOCKET = "/run/moorage/model.sock"
 RUNNER_LIB = "/opt/moorage/lib"
 VENV = "/opt/moorage/venv"
 RUNNER_ARGS = ("-m", "moorage_runner")
@@ -76,7 +77,12 @@ UID_LOCKS = "/run/moorage-uids"
 
 
 def bwrap_argv(
-    spec: SandboxSpec, runtime: Runtime, uid: int | None, etc_dir: Path, seccomp_fd: int | None = None
+    spec: SandboxSpec,
+    runtime: Runtime,
+    uid: int | None,
+    etc_dir: Path,
+    seccomp_fd: int | None = None,
+    tmp_bytes: int = 0,
 ) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested).
 
@@ -92,6 +98,7 @@ def bwrap_argv(
         *((str(etc_dir / name), f"/etc/{name}", False) for name in ("passwd", "group", "hosts", "hostname")),
         (runtime.runner_pkg, f"{RUNNER_LIB}/moorage_runner", False),
         (str(spec.model_socket), MODEL_SOCKET, False),
+        *(((str(spec.tunnel_socket), TUNNEL_SOCKET, False),) if spec.tunnel_socket else ()),
         (str(spec.workspace), "/workspace", True),
     ]
     if not runtime.base_prefix.startswith("/usr"):
@@ -116,7 +123,9 @@ def bwrap_argv(
             argv += ["--symlink", f"usr/{name}", f"/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     for tmpfs in ("/dev/shm", "/tmp", SANDBOX_HOME, "/run"):
-        argv += ["--tmpfs", tmpfs]
+        # Sized, so a filler gets ENOSPC before it eats the memory limit
+        # (tmpfs pages are charged to the sandbox's memory cgroup).
+        argv += [*(("--size", str(tmp_bytes)) if tmp_bytes else ()), "--tmpfs", tmpfs]
     for source, dest, writable in mounts:
         argv += ["--bind" if writable else "--ro-bind", source, dest]
     argv += ["--chdir", "/workspace"]
@@ -288,6 +297,24 @@ class LocalSandbox:
         self._backend.reap_orphans()
 
 
+MS_NOSUID, MS_NODEV = 2, 4
+
+
+def mount_workspace(path: Path, size_bytes: int, uid: int) -> int:
+    """Give a workspace its own size-limited filesystem (a tmpfs, charged to
+    the sandbox's memory cgroup as it fills): a disk filler gets ENOSPC in its
+    own workspace and nobody else's disk fills. Returns ``size_bytes``, or 0
+    when this host does not let the service mount (the workspace then stays
+    a plain directory, checked after each turn)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"size={size_bytes},mode=0700,uid={uid},gid={uid}".encode()
+    if libc.mount(b"moorage-workspace", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        err = ctypes.get_errno()
+        log.warning("workspace_quota_unavailable", error=os.strerror(err), detail="workspaces are not size-limited")
+        return 0
+    return size_bytes
+
+
 class LocalBackend:
     """Starts sandboxes with bubblewrap; see the module docstring."""
 
@@ -301,9 +328,13 @@ class LocalBackend:
         runtime: Runtime | None = None,
         limits: Limits | None = None,
         seccomp: bool = True,
+        workspace_bytes: int = 0,
+        tmp_bytes: int = 0,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.seccomp = seccomp
+        self.workspace_bytes = workspace_bytes  # 0: the workspace is a plain directory
+        self.tmp_bytes = tmp_bytes
         self._seccomp_program: Path | None = None
         self.runtime = runtime or Runtime.discover()
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
@@ -371,8 +402,17 @@ class LocalBackend:
                     if cg is not None:
                         await asyncio.to_thread(cg.close)
         finally:
+            await asyncio.to_thread(remove_workspace, probe_dir / "workspace")
             shutil.rmtree(probe_dir, ignore_errors=True)
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _prepare_workspace(self, path: Path, uid: int | None) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if self.workspace_bytes and uid is not None and not os.path.ismount(path):
+            self.workspace_bytes = mount_workspace(path, self.workspace_bytes, uid)
+        if uid is not None:
+            os.chown(path, uid, uid)
+        path.chmod(0o700)
 
     async def _spawn(
         self, spec: SandboxSpec, python_args: list[str]
@@ -383,13 +423,10 @@ class LocalBackend:
         try:
             if self.cgroups is not None and self.cgroups.available:
                 cg = self.cgroups.create(spec.sandbox_id)
-            spec.workspace.mkdir(parents=True, exist_ok=True)
-            if uid is not None:
-                os.chown(spec.workspace, uid, uid)
-            spec.workspace.chmod(0o700)
+            self._prepare_workspace(spec.workspace, uid)
             if self._seccomp_program is not None:
                 seccomp_fd = open_program(self._seccomp_program)
-            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd)
+            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd, self.tmp_bytes)
             argv = [*argv[: -len(RUNNER_ARGS)], *python_args]
             if cg is not None:
                 argv = entry_argv(cg, argv)

@@ -1,0 +1,231 @@
+"""Opt-in egress beyond the model: an HTTPS tunnel to allowlisted domains.
+
+Sandboxes have no network. With ``MOORAGE_EGRESS_ALLOW`` set (say
+``pypi.org,files.pythonhosted.org``) each sandbox also gets a tunnel socket
+next to its model socket; the runner bridges it to a loopback port and points
+``HTTPS_PROXY`` at it, so ``pip``, ``curl`` or ``git`` reach those hosts and
+nothing else. The tunnel speaks the one thing such clients send a proxy for
+HTTPS, ``CONNECT host:port``, and opens the connection only when
+
+- the host matches the allowlist (``example.com`` exactly, ``*.example.com``
+  for its subdomains) and the port is 443 (or the one the entry names:
+  ``example.com:8443``);
+- every address the name resolves to is a public one (no loopback, private,
+  link-local or metadata address: a name that resolves inward is refused, so
+  DNS cannot be used to reach the host's own services), or lies in a network
+  the operator named in ``MOORAGE_EGRESS_ALLOW_NETWORKS`` (an internal
+  package mirror at 10.1.2.3, say).
+
+TLS stays end to end (the service never sees the content); the tunnel sees
+only host names, which it logs with the session. Anything else gets a short
+HTTP error and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+MAX_HEADER_BYTES = 8192
+CONNECT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    host: str  # "example.com" or "*.example.com"
+    port: int = 443
+
+    def matches(self, host: str, port: int) -> bool:
+        if port != self.port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
+        return host == self.host
+
+
+def parse_allowlist(text: str) -> tuple[Rule, ...]:
+    """``MOORAGE_EGRESS_ALLOW``: comma-separated ``host[:port]`` entries."""
+    rules = []
+    for raw in text.split(","):
+        entry = raw.strip().lower().rstrip(".")
+        if not entry:
+            continue
+        host, _, port = entry.partition(":")
+        if not host or "/" in host or (host.count("*") and not (host.startswith("*.") and host.count("*") == 1)):
+            raise ValueError(f"bad MOORAGE_EGRESS_ALLOW entry {raw.strip()!r}: use host, *.domain or host:port")
+        rules.append(Rule(host, int(port) if port else 443))
+    return tuple(rules)
+
+
+def parse_connect(head: bytes) -> tuple[str, int] | None:
+    """(host, port) of a ``CONNECT host:port HTTP/1.x`` request head, else None."""
+    try:
+        line = head.split(b"\r\n", 1)[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    parts = line.split(" ")
+    if len(parts) != 3 or parts[0] != "CONNECT" or not parts[2].startswith("HTTP/1."):
+        return None
+    host, sep, port = parts[1].rpartition(":")
+    host = host.strip("[]").lower().rstrip(".")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """``MOORAGE_EGRESS_ALLOW_NETWORKS``: comma-separated CIDRs."""
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip())
+
+
+def reachable(addresses: list[str], networks: tuple[Network, ...] = ()) -> bool:
+    """Every address public, or inside a network the operator allowed."""
+    if not addresses:
+        return False
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if not address.is_global and not any(address in net for net in networks):
+            return False
+    return True
+
+
+class Tunnel:
+    """One unix socket per sandbox; see the module docstring."""
+
+    def __init__(
+        self,
+        socket_dir: Path,
+        rules: tuple[Rule, ...],
+        on_verdict: Callable[[str, bool], None] | None = None,
+        networks: tuple[Network, ...] = (),
+    ) -> None:
+        self.socket_dir = socket_dir
+        self.rules = rules
+        self.networks = networks
+        self.on_verdict = on_verdict  # (sandbox_id, allowed), for metrics
+        self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+    def allowed(self, host: str, port: int) -> bool:
+        return any(rule.matches(host, port) for rule in self.rules)
+
+    async def open(self, sandbox_id: str) -> Path:
+        path = self.socket_dir / f"{secrets.token_hex(8)}.tunnel.sock"
+        server = await asyncio.start_unix_server(
+            lambda r, w: self._serve(sandbox_id, r, w), str(path), limit=MAX_HEADER_BYTES
+        )
+        os.chmod(path, 0o666)
+        self._servers[sandbox_id] = (server, path)
+        return path
+
+    async def close_sandbox(self, sandbox_id: str) -> None:
+        entry = self._servers.pop(sandbox_id, None)
+        if entry is None:
+            return
+        server, path = entry
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    async def close(self) -> None:
+        for sandbox_id in list(self._servers):
+            await self.close_sandbox(sandbox_id)
+
+    async def _serve(self, sandbox_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        target = parse_connect(head)
+        if target is None:
+            await _refuse(writer, 405, "only CONNECT host:port is proxied")
+            return
+        host, port = target
+        upstream = await self._connect(sandbox_id, host, port, writer)
+        if upstream is None:
+            return
+        up_r, up_w = upstream
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        try:
+            await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+        finally:
+            for w in (up_w, writer):
+                w.close()
+
+    async def _connect(
+        self, sandbox_id: str, host: str, port: int, writer: asyncio.StreamWriter
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        bound = log.bind(sandbox_id=sandbox_id, host=host, port=port)
+        if not self.allowed(host, port):
+            bound.info("egress_refused", reason="not_allowlisted")
+            self._verdict(sandbox_id, False)
+            await _refuse(writer, 403, f"{host}:{port} is not in MOORAGE_EGRESS_ALLOW")
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = sorted({str(info[4][0]) for info in infos})
+                if not reachable(addresses, self.networks):
+                    bound.warning("egress_refused", reason="non_public_address", addresses=addresses)
+                    self._verdict(sandbox_id, False)
+                    await _refuse(writer, 403, f"{host} resolves to a non-public address")
+                    return None
+                # Connect to an address we checked, not to the name again.
+                upstream = await asyncio.open_connection(addresses[0], port)
+        except (OSError, TimeoutError) as exc:
+            bound.info("egress_failed", error=type(exc).__name__)
+            await _refuse(writer, 502, f"cannot reach {host}:{port}")
+            return None
+        bound.info("egress_opened")
+        self._verdict(sandbox_id, True)
+        return upstream
+
+    def _verdict(self, sandbox_id: str, allowed: bool) -> None:
+        if self.on_verdict is not None:
+            self.on_verdict(sandbox_id, allowed)
+
+
+async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
+    reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}[status]
+    body = f"moorage egress: {why}\n".encode()
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body
+    )
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
