@@ -7,6 +7,8 @@ See docs/protocol.md for the public description.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -46,12 +48,43 @@ def _check_content(content: Any) -> None:
             raise ProtocolError("every content block must be an object with a string 'type'")
 
 
-def parse_client_frame(raw: str | bytes) -> ClientFrame:
-    """Validate one client frame; raise ProtocolError with a stable code."""
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} does not fit a float")
+    return value
+
+
+# An escaped UTF-16 surrogate (\\ud800-\\udfff): unpaired, it cannot be re-encoded.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _decode(raw: str | bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no float overflow, no unpaired surrogates
+    (each would make the frames we send on, or echo back, invalid), and a
+    nesting too deep for the parser is an error, not a crash."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError as exc:
+        raise ProtocolError("frame is nested too deeply", code=Code.INVALID_JSON) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("frame is not valid JSON", code=Code.INVALID_JSON) from exc
+    # bytes may be UTF-16/32, which json decodes with surrogates passed through.
+    if isinstance(raw, bytes) or _SURROGATE_ESCAPE.search(raw) or not raw.isascii():
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError("frame has an unpaired UTF-16 surrogate", code=Code.INVALID_JSON) from exc
+    return data
+
+
+def parse_client_frame(raw: str | bytes) -> ClientFrame:
+    """Validate one client frame; raise ProtocolError with a stable code."""
+    data = _decode(raw)
     if not isinstance(data, dict):
         raise ProtocolError("frame must be a JSON object")
     kind = data.get("type")
