@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubernetes_asyncio import client as k8s
 from moorage.sandbox.base import SandboxSpec
 from moorage.sandbox.kube_objects import (
     COMPONENT,
@@ -174,3 +175,28 @@ def test_oom_killed_and_exit_codes_come_from_the_terminated_state() -> None:
     assert terminated(done) == (0, "Completed") and not oom_killed(done)
     assert "OOMKilled" in (start_failure(oom) or "")
     assert terminated(status("Running", {"running": {}})) is None
+
+
+def unknown_fields(value: Any, type_name: str, path: str = "") -> list[str]:
+    """Keys of ``value`` that the Kubernetes API's schema (as kubernetes_asyncio
+    generates it from the OpenAPI spec) does not define for ``type_name``."""
+    if type_name.startswith("list["):
+        return [bad for i, item in enumerate(value) for bad in unknown_fields(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("dict(") or type_name in ("str", "int", "bool", "float", "object"):
+        return []
+    model = getattr(k8s, type_name)
+    by_json = {json_key: model.openapi_types[attr] for attr, json_key in model.attribute_map.items()}
+    found = []
+    for key, item in value.items():
+        if key not in by_json:
+            found.append(f"{path}.{key}")
+        else:
+            found += unknown_fields(item, by_json[key], f"{path}.{key}")
+    return found
+
+
+def test_every_pod_field_is_in_the_api_schema() -> None:
+    """The built Pod uses only field names the Pod schema defines (a typo would be silently dropped)."""
+    gvisor = PodConfig(**{**CONFIG.__dict__, "runtime_class": "gvisor"})
+    assert unknown_fields(make_pod(SPEC, gvisor), "V1Pod") == []
+    assert unknown_fields({"spec": {"containers": [{"stdinOnc": True}]}}, "V1Pod") == [".spec.containers[0].stdinOnc"]
