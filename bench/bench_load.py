@@ -56,6 +56,7 @@ import hostprobe
 import websockets
 from moorage_session_store import Database
 from moorage_session_store.records import SessionRecords
+from sandbox_watch import Seen, leftovers, sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import Service, free_port, run_service
@@ -68,8 +69,6 @@ OPEN_TIMEOUT_S = 180.0  # the service may queue a new session for its start time
 TURN_TIMEOUT_S = 300.0
 RETRY_FOR_S = 900.0  # a refused client keeps trying this long
 BACKOFF_S = (0.5, 8.0)
-SAMPLE_EVERY_S = 1.0
-PSS_EVERY = 5  # samples
 
 
 def user(text: str) -> str:
@@ -180,55 +179,6 @@ async def client(url: str, run: ClientRun, turns: int, bash: bool, start_at: flo
             await asyncio.wait_for(ws.close(), 10)
 
 
-# -- the sampler ---------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    """What the sampler noticed of the service's sandboxes while they ran."""
-
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    identities: set[tuple[int, int]] = field(default_factory=set)  # (pid, start) of every descendant
-    bwraps: set[tuple[int, int]] = field(default_factory=set)
-    cgroups: set[Path] = field(default_factory=set)
-    socket_dirs: set[Path] = field(default_factory=set)
-
-
-def sample(service_pid: int, uids: range, seen: Seen, with_pss: bool, t: float) -> None:
-    procs = hostprobe.processes()
-    below = hostprobe.descendants(service_pid, procs)
-    sandboxed = hostprobe.in_uids(uids, procs)
-    for p in below:
-        identity = (p.pid, p.start)
-        if identity not in seen.identities and p.comm == "bwrap":
-            seen.bwraps.add(identity)
-            seen.cgroups |= hostprobe.cgroup_dirs(p.pid)
-        seen.identities.add(identity)
-    seen.socket_dirs |= {d for d in hostprobe.unix_socket_dirs(service_pid) if "moorage" in d.name}
-    record: dict[str, Any] = {
-        "t_s": round(t, 2),
-        "service_rss_kb": hostprobe.status_kb(service_pid, "VmRSS"),
-        "sandboxes": len({p.uid for p in sandboxed}),
-        "sandbox_processes": len(below),
-        "sandbox_rss_kb": sum(p.rss_kb for p in below),
-        "mem_available_kb": hostprobe.mem_available_kb(),
-        "load1": round(os.getloadavg()[0], 2),
-    }
-    if with_pss:
-        record["sandbox_pss_kb"] = sum(hostprobe.pss_kb(p.pid) for p in below)
-    seen.samples.append(record)
-
-
-async def sampler(service_pid: int, uids: range, seen: Seen, stop: asyncio.Event) -> None:
-    t0 = time.monotonic()
-    n = 0
-    while not stop.is_set():
-        await asyncio.to_thread(sample, service_pid, uids, seen, n % PSS_EVERY == 0, time.monotonic() - t0)
-        n += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
-
-
 # -- figures -------------------------------------------------------------------
 
 
@@ -336,33 +286,6 @@ async def drive(args: argparse.Namespace, service: Service) -> dict[str, Any]:
         "metrics": await asyncio.to_thread(
             metric_lines, service, ("moorage_errors_total", "moorage_turns_total", "moorage_sandbox_start_seconds_")
         ),
-    }
-
-
-def leftovers(seen: Seen, uids: range, db_states: dict[str, str], limit_s: float = 15.0) -> dict[str, Any]:
-    """What the stopped service left behind (waits ``limit_s`` for dying processes)."""
-    deadline = time.monotonic() + limit_s
-    while (hostprobe.in_uids(uids) or hostprobe.still_alive(seen.identities)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    found = {
-        "processes_of_sandbox_uids": [p.pid for p in hostprobe.in_uids(uids)],
-        "sandbox_processes_alive": hostprobe.still_alive(seen.identities),
-        "bwrap_alive": hostprobe.still_alive(seen.bwraps),
-        "cgroup_dirs": sorted(str(d) for d in seen.cgroups if d.exists()),
-        "egress_socket_dirs": sorted(str(d) for d in seen.socket_dirs if d.exists()),
-        "sessions_not_suspended": {sid: s for sid, s in db_states.items() if s != "suspended"},
-    }
-    clean = not any(found.values())
-    return {
-        **found,
-        "checked": {
-            "sandbox_processes": len(seen.identities),
-            "bwrap": len(seen.bwraps),
-            "cgroup_dirs": len(seen.cgroups),
-            "egress_socket_dirs": len(seen.socket_dirs),
-            "sessions": len(db_states),
-        },
-        "clean": clean,
     }
 
 
