@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from moorage.testing.scripted_model import ScriptedModelServer
 
 FACTOR = float(os.environ.get("MOORAGE_TEST_TIMEOUT_FACTOR", "1"))
 REAL_KEY = "sk-ant-real-key-that-must-never-enter-a-sandbox"
@@ -88,6 +90,8 @@ def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
         "MOORAGE_IDLE_TIMEOUT_S": "60",
         "MOORAGE_MAX_TURNS": "3",
         "MOORAGE_LOG_LEVEL": "debug",
+        # Teardown sends SIGTERM: a turn left running need not hold it up.
+        "MOORAGE_DRAIN_GRACE_S": "5",
         "ANTHROPIC_BASE_URL": model_url,
         "ANTHROPIC_API_KEY": REAL_KEY,
         **overrides,
@@ -335,6 +339,47 @@ def pg_database() -> Iterator[str]:
         )
 
 
+# -- the Docker engine for the Docker backend's tests -----------------------------
+
+DOCKER_URL = os.environ.get("MOORAGE_TEST_DOCKER_URL", "unix:///run/moorage-dockerd/docker.sock")
+_docker_image: tuple[str | None, str] | None = None
+
+
+def docker_engine_problem() -> str | None:
+    """Why no Docker engine answers at ``DOCKER_URL`` (None: one does)."""
+    path = DOCKER_URL.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            if b" 200 " not in s.recv(64):
+                return f"the Docker engine at {DOCKER_URL} does not answer /_ping"
+    except OSError as exc:
+        return f"no Docker engine at {DOCKER_URL} ({exc}); .ci/run starts one (container/dockerd.sh)"
+    return None
+
+
+def docker_sandbox_image() -> tuple[str | None, str]:
+    """(the sandbox image's content-hash tag, "") once container/build-images.sh
+    has made sure it exists (idempotent; quick when it does), or (None, why not)."""
+    global _docker_image
+    if _docker_image is None:
+        problem = docker_engine_problem()
+        if problem is not None:
+            _docker_image = (None, problem)
+        else:
+            script = Path(__file__).parent.parent / "container" / "build-images.sh"
+            env = {**os.environ, "DOCKER_HOST": DOCKER_URL}
+            done = subprocess.run(
+                [str(script), "sandbox"], env=env, capture_output=True, text=True, timeout=scaled(1200), check=False
+            )
+            if done.returncode != 0:
+                raise AssertionError(f"container/build-images.sh failed:\n{done.stderr[-3000:]}")
+            _docker_image = (done.stdout.split()[-1], "")
+    return _docker_image
+
+
 def metric_value(svc: Service, name: str, **labels: str) -> float:
     """One sample from the service's /metrics (0 when the series is absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -346,3 +391,17 @@ def metric_value(svc: Service, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def http_status(url: str) -> tuple[int, dict[str, object]]:
+    """Status and JSON body of a GET (error statuses included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def prompts_seen(model: ScriptedModelServer) -> str:
+    """Everything the model was last sent, as text (the conversation it saw)."""
+    return json.dumps(model.model.requests[-1]["messages"])

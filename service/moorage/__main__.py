@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -40,7 +43,7 @@ def serve(settings: Settings) -> None:
         print(f"moorage: cannot start: the database is unreachable: {exc}", file=sys.stderr)
         sys.exit(2)
 
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -51,6 +54,43 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
+    DrainingServer(config, app).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM/SIGINT starting a drain (``SessionManager.drain``:
+    turns finish, sessions suspend) before the server itself stops; the
+    process then exits 0. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Future[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in _captured_signals: uvicorn would re-raise it after
+        # shutting down, and the process would die of it instead of exit 0.
+        services = getattr(self.app.state, "services", None)
+        if self._drain is not None or self._loop is None or services is None:
+            self.should_exit = True
+            self.force_exit = self._drain is not None
+            return
+        self._drain = asyncio.Future(loop=self._loop)  # a placeholder until the task starts
+        self._loop.call_soon_threadsafe(self._start_drain, services)
+
+    def _start_drain(self, services: Any) -> None:
+        self._drain = asyncio.ensure_future(self._drain_then_exit(services))
+
+    async def _drain_then_exit(self, services: Any) -> None:
+        try:
+            await services.sessions.drain(services.settings.drain_grace_s)
+        finally:
+            self.should_exit = True
 
 
 def demo(settings: Settings) -> None:

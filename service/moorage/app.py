@@ -182,6 +182,10 @@ async def session_socket(ws: WebSocket) -> None:
         body = {"type": "error", "code": str(Code.UNAUTHORIZED), "message": "a valid bearer token is required"}
         await ws.send_denial_response(JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"}))
         return
+    if services.sessions.draining:
+        body = {"type": "error", "code": str(Code.SERVICE_DRAINING), "message": "the service is restarting"}
+        await ws.send_denial_response(JSONResponse(body, status_code=503, headers={"retry-after": "1"}))
+        return
     await ws.accept(subprotocol=creds.subprotocol)
     conn = WsConnection(
         ws, services.metrics, TokenBucket(services.settings.frames_per_s, services.settings.frames_burst)
@@ -231,6 +235,8 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """Ready for new sessions: the database answers and the backend can sandbox."""
     services: Services = request.app.state.services
+    if services.sessions.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     failed: dict[str, str] = {}
     try:
         await services.db.ping(timeout_s=2.0)

@@ -29,6 +29,7 @@ class Code(StrEnum):
     MAX_TURNS_EXCEEDED = "max_turns_exceeded"
     SLOW_CONSUMER = "slow_consumer"
     SESSION_LOCKED = "session_locked"
+    SERVICE_DRAINING = "service_draining"
     TOO_MANY_SESSIONS = "too_many_sessions"
     RATE_LIMITED = "rate_limited"
     BUDGET_EXCEEDED = "budget_exceeded"
@@ -80,6 +81,7 @@ class SandboxError(MoorageError):
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_INTERNAL = 1011
 CLOSE_CODES: dict[Code, int] = {
     Code.SESSION_NOT_FOUND: 4404,
@@ -92,6 +94,7 @@ CLOSE_CODES: dict[Code, int] = {
     Code.SESSION_LOCKED: 1013,
     Code.TOO_MANY_SESSIONS: 1013,
     Code.STORE_UNAVAILABLE: 1013,
+    Code.SERVICE_DRAINING: CLOSE_SERVICE_RESTART,
 }
 
 

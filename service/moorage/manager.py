@@ -71,10 +71,19 @@ class SessionManager:
         self._lease_task: asyncio.Task[None] | None = None
         self.gate = StartGate(self.settings.max_starting_sandboxes)
         self._starting: dict[Session, asyncio.Task[None]] = {}
+        self.draining = False
 
     async def start(self) -> None:
         await self.recover()
         self._lease_task = asyncio.create_task(self._lease_loop())
+
+    def check_draining(self) -> None:
+        if self.draining:
+            raise SessionError(
+                "the service is restarting: connect again (another replica, or this one once it is back)",
+                code=Code.SERVICE_DRAINING,
+                fatal=True,
+            )
 
     def check_capacity(self, tenant: str) -> None:
         """Refuse a new sandbox past the node's or the tenant's limit (1013: retry later)."""
@@ -95,6 +104,7 @@ class SessionManager:
 
     async def _admit(self, tenant: str) -> object:
         """Wait for a start slot; then check the caps again (others started meanwhile)."""
+        self.check_draining()
         self.check_capacity(tenant)
         token = await self.gate.enter(self.settings.sandbox_start_timeout_s)
         try:
@@ -122,6 +132,7 @@ class SessionManager:
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
+        self.check_draining()
         live = self.sessions.get(session_id)
         if live is not None and not live.closed:
             if live.tenant != tenant:
@@ -226,6 +237,30 @@ class SessionManager:
         bound = log.bind(session_id=record.id, tenant=record.tenant)
         bound.info("session_recovering", had_sandbox=bool(handle))
         await suspend_record(self.deps, record.id, workspace, bound)
+
+    async def drain(self, grace_s: float) -> None:
+        """Shut down gently: no new sessions or turns, running turns get up to
+        ``grace_s`` to finish, then every session is suspended and its clients
+        are told to reconnect (close 1012), to this replica's successor."""
+        self.draining = True
+        for session in self.sessions.values():
+            session.draining = True
+        busy = [s for s in self.sessions.values() if s.busy]
+        log.info("service_draining", sessions=len(self.sessions), running_turns=len(busy), grace_s=grace_s)
+        if busy:
+            waits = [asyncio.create_task(s.settled.wait()) for s in busy]
+            await asyncio.wait(waits, timeout=grace_s)
+            for wait in waits:
+                wait.cancel()
+            busy = [s for s in busy if s.busy and not s.closed]
+        if busy:
+            log.warning("drain_grace_expired", unfinished_turns=len(busy))
+        reason = SessionError(
+            "the service is restarting: this session is suspended; reconnect to continue it",
+            code=Code.SERVICE_DRAINING,
+        )
+        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)
+        log.info("service_drained", unfinished_turns=len(busy))
 
     async def close(self) -> None:
         if self._lease_task is not None:

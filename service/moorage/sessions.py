@@ -134,6 +134,9 @@ class Session:
         self._notices: list[dict[str, object]] = []
         self._watch: asyncio.Task[None] | None = None
         self._idle: asyncio.Task[None] | None = None
+        self.draining = False  # the service is shutting down: no new turns
+        self.settled = asyncio.Event()  # set while not ``busy``
+        self.settled.set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -402,6 +405,8 @@ class Session:
         except STORE_ERRORS as exc:
             self.log.warning("usage_write_failed", error=type(exc).__name__)
         await self._check_workspace_size()
+        if not self.busy:
+            self.settled.set()
         self._schedule_idle()
 
     async def _act(self, action: Action) -> None:
@@ -432,6 +437,7 @@ class Session:
     async def _finish(self, error: MoorageError | None) -> None:
         """Stop everything this session holds and suspend it; runs once."""
         self.closed = True
+        self.settled.set()
         for task in (self._watch, self._idle):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -475,11 +481,18 @@ class Session:
         )
         self._on_closed(self)
 
-    async def close(self) -> None:
-        """Stop the session on purpose (idle, shutdown). Bounded."""
+    @property
+    def busy(self) -> bool:
+        """A turn is running, or its result waits for its transcript."""
+        return bool(self.guard.running or self._held)
+
+    async def close(self, reason: MoorageError | None = None) -> None:
+        """Stop the session on purpose (idle, shutdown), telling clients
+        ``reason`` if given; the session is suspended either way. Bounded."""
         if self.closed or self._main is None:
             return
         self._closing = True
+        self._close_error = self._close_error or reason
         if not self.ready.is_set():
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -505,6 +518,11 @@ class Session:
 
     async def submit(self, frame: UserFrame) -> None:
         sandbox = await self._await_ready()
+        if self.draining:
+            raise ProtocolError(
+                "the service is restarting: this session will be suspended; reconnect to continue it",
+                code=Code.SERVICE_DRAINING,
+            )
         if self.guard.running or self._held:
             raise ProtocolError(
                 "a turn is already running: wait for its result or send an interrupt", code=Code.TURN_IN_PROGRESS
@@ -513,6 +531,7 @@ class Session:
             self.metrics.budget_exceeded.labels(scope).inc()
             raise budget_error(scope)
         self.guard.start(time.monotonic())
+        self.settled.clear()
         self._turn_started = time.monotonic()
         self._cancel_idle()
         await sandbox.send({"kind": "user", "message": user_message_line(frame)})

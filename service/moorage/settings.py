@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # How long an interrupted turn may take to wind down before its sandbox
     # is killed (wall-clock guard and max-turns backstop).
     interrupt_grace_s: float = Field(default=10.0, gt=0)
+    # On SIGTERM: how long running turns may take to finish before their
+    # sessions are suspended anyway (keep it under the orchestrator's own
+    # grace period, e.g. Kubernetes' terminationGracePeriodSeconds).
+    drain_grace_s: float = Field(default=30.0, ge=0)
     # Sandboxes kept started and loaded ahead of demand (0: always cold).
     warm_sandboxes: int = Field(default=2, ge=0)
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)

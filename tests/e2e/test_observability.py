@@ -4,7 +4,6 @@ after real turns through real sandboxes."""
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 
@@ -16,6 +15,7 @@ from support import (
     Cuttable,
     Service,
     events,
+    http_status,
     pg_available,
     pg_database,
     result_of,
@@ -40,14 +40,6 @@ def scrape(svc: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-def http_status(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 async def test_metrics_count_tokens_and_cost_as_the_model_reported(model: ScriptedModelServer) -> None:

@@ -5,7 +5,6 @@ real sandboxes, a real database."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -22,17 +21,13 @@ from support import (
     free_port,
     pg_available,
     pg_database,
+    prompts_seen,
     result_of,
     run_service,
     scaled,
     tool_output,
     wait_suspended,
 )
-
-
-def prompts_seen(model: ScriptedModelServer) -> str:
-    """Everything the model was last sent, as text (the conversation it saw)."""
-    return json.dumps(model.model.requests[-1]["messages"])
 
 
 async def test_idle_session_suspends_and_rehydrates_with_history_and_files(model: ScriptedModelServer) -> None:
