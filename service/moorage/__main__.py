@@ -17,11 +17,19 @@ from .logs import configure
 from .settings import Settings
 
 
-async def _check_database(url: str) -> None:
-    from moorage_session_store import Database
+async def _check_database(url: str, need_tokens: bool) -> bool:
+    """Connect once (exit 2 early when the database is unreachable); with
+    ``need_tokens``, also say whether any API token has been issued."""
+    from moorage_session_store import Database, Tokens
 
     db = await Database.connect(url)
-    await db.close()
+    try:
+        if not need_tokens:
+            return True
+        await db.migrate()
+        return await Tokens(db).any()
+    finally:
+        await db.close()
 
 
 def serve(settings: Settings) -> None:
@@ -29,7 +37,7 @@ def serve(settings: Settings) -> None:
     from moorage_session_store import MoorageStoreError
 
     from .app import create_app
-    from .auth import AuthConfigError
+    from .auth import AuthConfigError, is_loopback
 
     try:
         app = create_app(settings)
@@ -37,10 +45,21 @@ def serve(settings: Settings) -> None:
         print(f"moorage: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives here
+    # Never open beyond loopback: with no MOORAGE_API_KEYS, a non-loopback
+    # bind needs at least one issued token, or nobody could ever get in.
+    need_tokens = not settings.api_keys.strip() and not is_loopback(settings.host)
     try:
-        asyncio.run(_check_database(settings.database_url_or_default))
+        has_credentials = asyncio.run(_check_database(settings.database_url_or_default, need_tokens))
     except MoorageStoreError as exc:
         print(f"moorage: cannot start: the database is unreachable: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not has_credentials:
+        print(
+            f"moorage: cannot start: refusing to serve {settings.host} without authentication: set "
+            "MOORAGE_API_KEYS (tenant:token,...), issue a token with `moorage tokens create --tenant T`, "
+            "or bind to a loopback address",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
     config = uvicorn.Config(

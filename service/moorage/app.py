@@ -272,12 +272,6 @@ def create_app(settings: Settings) -> Starlette:
                     detail="no MOORAGE_API_KEYS and no issued tokens: every local client is tenant 'default'. "
                     "Loopback only; `moorage tokens create` turns authentication on.",
                 )
-            elif not keys and not await Tokens(db).any():
-                log.warning(
-                    "auth_no_tokens",
-                    detail=f"{settings.host} is not loopback and no token exists: every client is refused "
-                    "until `moorage tokens create --tenant T` issues one",
-                )
             backend = await make_backend(settings)
             proxy = ModelProxy(None, settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value())
             metrics = Metrics(tuple(settings.prices))

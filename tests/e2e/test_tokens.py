@@ -17,7 +17,18 @@ from typing import Any
 import pytest
 import websockets
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Cuttable, Service, events, pg_available, pg_database, result_of, run_service, scaled
+from support import (
+    Client,
+    Cuttable,
+    Service,
+    events,
+    free_port,
+    pg_available,
+    pg_database,
+    result_of,
+    run_service,
+    scaled,
+)
 
 TOKEN_RE = re.compile(r"^mrg_([0-9a-f]{12})_([0-9a-f]{64})$")
 
@@ -171,14 +182,30 @@ async def test_a_database_outage_at_the_handshake_is_a_503_not_a_crash(model: Sc
             await again.close()
 
 
-async def test_a_non_loopback_service_without_keys_refuses_everyone_until_a_token_exists(
-    model: ScriptedModelServer,
+async def test_a_non_loopback_service_without_credentials_refuses_to_start_until_a_token_exists(
+    model: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    """Bound beyond loopback with no MOORAGE_API_KEYS: never open; 401 until `tokens create`, then that token works."""
-    with run_service(model.url, MOORAGE_HOST="0.0.0.0") as svc:
-        assert events(svc, "auth_no_tokens") and not events(svc, "auth_disabled")
+    """Beyond loopback with no keys and no token: exit 2 naming the fix; once a token exists, only it gets in."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "MOORAGE_HOST": "0.0.0.0",
+        "MOORAGE_PORT": str(free_port()),
+        "MOORAGE_STATE_DIR": str(tmp_path),
+    }
+    refused_start = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "moorage", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert refused_start.returncode == 2
+    assert "without authentication" in refused_start.stderr and "moorage tokens create" in refused_start.stderr
+    _, token = await create({k: v for k, v in env.items() if k.startswith("MOORAGE_")}, "acme")
+    with run_service(model.url, MOORAGE_HOST="0.0.0.0", MOORAGE_STATE_DIR=str(tmp_path)) as svc:
+        assert not events(svc, "auth_disabled")
         assert (await refusal(svc, None))[0] == 401
-        _, token = await create({k: v for k, v in svc.env.items() if k.startswith("MOORAGE_")}, "acme")
         client = await Client.connect(svc, token=token)
         assert client.first["state"] == "new"
         await client.close()
