@@ -1,5 +1,6 @@
-"""Python probes an attacker runs inside a sandbox through the agent's Bash
-tool (tests/e2e/test_attacker*.py).
+"""The attacker tests' tools (tests/e2e/test_attacker*.py): Python probes an
+attacker runs inside a sandbox through the agent's Bash tool, and listeners
+on the host that tell whether anything from a sandbox reached them.
 
 Each probe is a script that reads its arguments from ``ARGS`` and prints one
 line, ``PROBE <json>``. ``run_probe`` ships it in as base64 (no quoting
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
+import select
+import socket
 from typing import Any
 
 from support import Client, tool_output
@@ -35,6 +39,50 @@ async def run_probe(client: Client, body: str, timeout: float = 90, **args: Any)
     assert lines, f"the probe printed no result:\n{output[-3000:]}"
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("PROBE "))
     return result
+
+
+class HostListeners:
+    """A TCP, a UDP and an abstract unix listener on the host that count what reaches them."""
+
+    def __init__(self) -> None:
+        self.tcp = socket.socket()
+        self.tcp.bind(("0.0.0.0", 0))
+        self.tcp.listen(8)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("0.0.0.0", 0))
+        self.abstract = "moorage-attacker-" + secrets.token_hex(4)
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind("\0" + self.abstract)
+        self.unix.listen(8)
+        self.sockets = (self.tcp, self.udp, self.unix)
+
+    @property
+    def tcp_port(self) -> int:
+        return int(self.tcp.getsockname()[1])
+
+    @property
+    def udp_port(self) -> int:
+        return int(self.udp.getsockname()[1])
+
+    def reached(self) -> list[socket.socket]:
+        readable, _, _ = select.select(self.sockets, [], [], 0)
+        return readable
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def host_addresses() -> list[str]:
+    """Loopback and this host's primary address (when it has a route)."""
+    found = ["127.0.0.1"]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            found.append(s.getsockname()[0])
+    except OSError:
+        pass
+    return found
 
 
 # Open (list or read one byte of) each path: "open", or why not.

@@ -12,8 +12,6 @@ import errno
 import json
 import random
 import secrets
-import select
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,7 +21,17 @@ from typing import Any
 
 import pytest
 import websockets
-from attacker_probes import FIND_NEIGHBOUR, FIND_SECRET, KERNEL, NETWORK, OPEN_PATHS, PRIVILEGES, run_probe
+from attacker_probes import (
+    FIND_NEIGHBOUR,
+    FIND_SECRET,
+    KERNEL,
+    NETWORK,
+    OPEN_PATHS,
+    PRIVILEGES,
+    HostListeners,
+    host_addresses,
+    run_probe,
+)
 from moorage.errors import Code, ProtocolError
 from moorage.protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
 from moorage.testing.scripted_model import ScriptedModelServer
@@ -37,6 +45,7 @@ from support import (
     run_service,
     scaled,
     session_pids,
+    tool_output,
     uid_of,
     wait_suspended,
 )
@@ -162,51 +171,33 @@ async def test_another_sessions_workspace_is_out_of_reach(svc: Service) -> None:
     await asyncio.gather(owner.close(), intruder.close())
 
 
+async def test_links_planted_in_the_workspace_bring_no_host_file_back_from_a_suspension(svc: Service) -> None:
+    """Symlinks to host files are saved as links, not contents, when the host snapshots the workspace;
+    hard links out of it cannot be made."""
+    client = await Client.connect(svc, token=ACME)
+    db = svc.state_dir / "moorage.db"
+    plant = (
+        f"ln -s {db} /workspace/db; ln -s /etc/shadow /workspace/shadow; ln -s {svc.state_dir} /workspace/state; "
+        "ln -s / /workspace/root; ln /etc/passwd /workspace/hard; echo planted"
+    )
+    assert "planted" in tool_output(await client.turn("bash " + plant))
+    await client.close()
+    await wait_suspended(svc, client.session_id)
+    back = await Client.connect(svc, client.session_id, token=ACME)
+    assert back.first["state"] == "rehydrated"
+    look = "bash find /workspace -mindepth 1 -printf '%y %p\\n'; cat /workspace/db /workspace/state/service.log; true"
+    out = tool_output(await back.turn(look))
+    assert sorted(line for line in out.splitlines() if line.startswith(("l ", "f ", "d "))) == [
+        "l /workspace/db",
+        "l /workspace/root",
+        "l /workspace/shadow",
+        "l /workspace/state",
+    ]
+    assert "SQLite format" not in out and "service_started" not in out
+    await back.close()
+
+
 # -- from inside: network, kernel, privileges ------------------------------------------------
-
-
-class HostListeners:
-    """A TCP, a UDP and an abstract unix listener on the host that count what reaches them."""
-
-    def __init__(self) -> None:
-        self.tcp = socket.socket()
-        self.tcp.bind(("0.0.0.0", 0))
-        self.tcp.listen(8)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("0.0.0.0", 0))
-        self.abstract = "moorage-attacker-" + secrets.token_hex(4)
-        self.unix = socket.socket(socket.AF_UNIX)
-        self.unix.bind("\0" + self.abstract)
-        self.unix.listen(8)
-        self.sockets = (self.tcp, self.udp, self.unix)
-
-    @property
-    def tcp_port(self) -> int:
-        return int(self.tcp.getsockname()[1])
-
-    @property
-    def udp_port(self) -> int:
-        return int(self.udp.getsockname()[1])
-
-    def reached(self) -> list[socket.socket]:
-        readable, _, _ = select.select(self.sockets, [], [], 0)
-        return readable
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
-
-
-def host_addresses() -> list[str]:
-    """Loopback and this host's primary address (when it has a route)."""
-    found = ["127.0.0.1"]
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            found.append(s.getsockname()[0])
-    except OSError:
-        pass
-    return found
 
 
 async def test_no_network_path_leads_out_of_the_sandbox(svc: Service) -> None:
