@@ -347,8 +347,11 @@ class LocalBackend:
         self.cgroups = Cgroups(limits) if limits is not None and self.as_root else None
         if limits is not None and (self.cgroups is None or not self.cgroups.available):
             log.warning(
-                "sandbox_limits_unavailable", detail="no writable cgroup v1 controllers: sandboxes run unlimited"
+                "sandbox_limits_unavailable",
+                detail="no writable cgroup controllers (v1, or v2 with memory, pids and cpu): sandboxes run unlimited",
             )
+        elif self.cgroups is not None:
+            log.info("sandbox_limits", cgroups="v2" if self.cgroups.v2 is not None else "v1")
         self.live: dict[str, LocalSandbox] = {}
         self._etc = self.state_dir / "sandbox-etc"
 
