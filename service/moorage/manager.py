@@ -133,6 +133,8 @@ class SessionManager:
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
         self.check_draining()
+        if not _is_session_id(session_id):  # answered like an unknown id, without a query
+            raise _not_found()
         live = self.sessions.get(session_id)
         if live is not None and not live.closed:
             if live.tenant != tenant:
@@ -270,6 +272,15 @@ class SessionManager:
 
 def _not_found() -> SessionError:
     return SessionError("no such session", code=Code.SESSION_NOT_FOUND, fatal=True)
+
+
+def _is_session_id(text: str) -> bool:
+    """What ``create`` hands out: a canonical UUID. Anything else (a NUL
+    byte, which PostgreSQL refuses in text) never reaches the database."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _key(tenant: str, session_id: str) -> dict[str, str]:

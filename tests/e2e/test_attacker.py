@@ -41,6 +41,8 @@ from support import (
     Client,
     Service,
     events,
+    pg_available,
+    pg_database,
     result_of,
     run_service,
     scaled,
@@ -53,6 +55,7 @@ from support import (
 ACME = "tok-acme-attacker-0123456789abcdef"
 GLOBEX = "tok-globex-attacker-0123456789abcdef"
 ERRNO_NAMES = set(errno.errorcode.values())
+PG_URL = "postgresql://postgres@127.0.0.1:5432/{}"
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +326,17 @@ async def test_another_tenants_session_cannot_be_reached_in_any_spelling(svc: Se
     back = await Client.connect(svc, sid, token=ACME)
     assert back.first["state"] == "rehydrated"  # control: its owner still gets it
     await back.close()
+
+
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not running on 127.0.0.1:5432")
+async def test_odd_session_ids_answer_like_unknown_ones_on_postgresql(model: ScriptedModelServer) -> None:
+    """A NUL byte, a 5000-character or non-UUID id gets session_not_found, not a database error."""
+    with pg_database() as name, run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name)) as pg_svc:
+        unknown = await first_or_status(pg_svc, "11111111-1111-1111-1111-111111111111", None)
+        assert unknown[0] == "frame" and unknown[1][0]["code"] == "session_not_found"
+        nul = "11111111-1111-1111-1111-11111111111%00"
+        for odd in ("abc%00def", nul, "x" * 5000, "%F0%9F%98%80", "%27%20OR%201%3D1%20--"):
+            assert await first_or_status(pg_svc, odd, None) == unknown, odd
 
 
 MALFORMED: list[tuple[str | bytes, Code]] = [
