@@ -1,0 +1,398 @@
+"""Docker sandbox backend: one container per sandbox on a Docker Engine.
+
+The container runs the sandbox image (``container/Dockerfile``) as uid 1000
+with no network at all (``NetworkMode: none``), a read-only root, private
+tmpfs for /tmp and HOME, the session's workspace bind-mounted read-write at
+/workspace and the model proxy's unix socket at ``MODEL_SOCKET``: its only
+way out. All capabilities are dropped, ``no-new-privileges`` is set, memory
+(no swap), pids and CPU are limited. The image's entrypoint, tini, is pid 1:
+it reaps the agent's orphans and forwards signals to the runner. Container logs are off: the
+channel carries transcripts, which must not land in the engine's log files.
+
+The channel is the container's own stdin/stdout, attached (hijacked HTTP
+stream) before the container starts so no frame is lost; stderr is log text.
+Closing our half of the stream closes the runner's stdin (``StdinOnce``).
+
+Containers carry labels (``LABEL_OWNER`` = this service's replica id, plus the
+session and sandbox ids), so a restarted service finds what it left behind
+and removes it (``reap_orphans``); the persisted handle names the container
+too (``reap``). Sessions are not re-adopted: a session whose service died is
+suspended and rehydrated from the database into a fresh container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import structlog
+from aiodocker.containers import DockerContainer
+from aiodocker.stream import Stream
+
+from ..errors import Code, SandboxError
+from .base import SandboxSpec, decode_frame, encode_frame
+from .cgroups import Limits, own_paths
+
+log = structlog.get_logger(__name__)
+
+SANDBOX_UID = 1000  # the image's "agent" user
+SANDBOX_HOME = "/home/agent"
+MODEL_SOCKET = "/run/moorage/model.sock"
+RUNNER_CMD = ["python", "-m", "moorage_runner"]
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+LINE_QUEUE = 256  # frames read ahead of the consumer
+LABEL_OWNER = "io.moorage.owner"
+LABEL_SESSION = "io.moorage.session-id"
+LABEL_SANDBOX = "io.moorage.sandbox-id"
+TMPFS_BYTES = 256 * 1024 * 1024
+API_TIMEOUT_S = 30.0
+EXIT_WAIT_S = 10.0
+
+
+def container_config(spec: SandboxSpec, image: str, limits: Limits, owner: str) -> dict[str, Any]:
+    """The Engine API body that creates one sandbox container (pure; unit-tested)."""
+    tmpfs_opts = f"rw,nosuid,nodev,size={TMPFS_BYTES}"
+    return {
+        "Image": image,
+        "Cmd": list(RUNNER_CMD),
+        "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "WorkingDir": "/workspace",
+        "Hostname": "moorage-sandbox",
+        "Env": [
+            f"HOME={SANDBOX_HOME}",
+            "USER=agent",
+            "LOGNAME=agent",
+            "LANG=C.UTF-8",
+            "TMPDIR=/tmp",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "PYTHONUNBUFFERED=1",
+        ],
+        "Labels": {
+            **spec.labels,
+            LABEL_OWNER: owner,
+            LABEL_SESSION: spec.session_id,
+            LABEL_SANDBOX: spec.sandbox_id,
+        },
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": True,
+        "StdinOnce": True,
+        "Tty": False,
+        "NetworkDisabled": True,
+        "HostConfig": {
+            "NetworkMode": "none",
+            "ReadonlyRootfs": True,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": limits.memory_bytes,
+            "MemorySwap": limits.memory_bytes,
+            "PidsLimit": limits.pids,
+            "NanoCpus": int(limits.cpus * 1e9),
+            "IpcMode": "private",
+            "Tmpfs": {
+                "/tmp": f"{tmpfs_opts},mode=1777",
+                SANDBOX_HOME: f"{tmpfs_opts},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
+                "/dev/shm": f"{tmpfs_opts},mode=1777",
+            },
+            "Mounts": [
+                {"Type": "bind", "Source": str(spec.workspace), "Target": "/workspace"},
+                {"Type": "bind", "Source": str(spec.model_socket), "Target": MODEL_SOCKET, "ReadOnly": True},
+            ],
+            "LogConfig": {"Type": "none", "Config": {}},
+        },
+    }
+
+
+def container_name(sandbox_id: str) -> str:
+    return f"moorage-{sandbox_id}"
+
+
+def _cgroup_dirs(pid: int) -> dict[str, Path]:
+    """The container's cgroup v1 directories, from its init process (empty
+    when they cannot be seen, e.g. the service itself runs in a container)."""
+    try:
+        proc_cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return {}
+    return {k: v for k, v in own_paths(proc_cgroup, mountinfo).items() if v.is_dir()}
+
+
+def _counter(directory: Path | None, name: str, key: str) -> int | None:
+    if directory is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        for line in (directory / name).read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == key:
+                return int(parts[1])
+    return None
+
+
+class DockerSandbox:
+    """One container; its attached stdio is the runner channel."""
+
+    def __init__(
+        self, backend: DockerBackend, container: DockerContainer, stream: Stream, spec: SandboxSpec, pid: int
+    ) -> None:
+        self._backend = backend
+        self._container = container
+        self._stream = stream
+        self._spec = spec
+        self.pid = pid
+        self._cgroups = _cgroup_dirs(pid) if pid else {}
+        self._events = {"oom_kills": 0, "pids_refusals": 0}
+        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue(LINE_QUEUE)
+        self._eof = False
+        self._input_closed = False
+        self._exit_code: int | None = None
+        self.exited = asyncio.Event()
+        self._released = False
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def container_id(self) -> str:
+        return self._container.id
+
+    @property
+    def handle(self) -> dict[str, Any]:
+        return {
+            "backend": "docker",
+            "container_id": self._container.id,
+            "name": container_name(self._spec.sandbox_id),
+            "pid": self.pid,
+            "sandbox_id": self._spec.sandbox_id,
+        }
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit_code
+
+    def limit_events(self) -> dict[str, int]:
+        """OOM kills and refused forks, from the container's cgroup counters
+        while it runs, and the engine's ``OOMKilled`` once it has exited."""
+        for key, (controller, name, field) in {
+            "oom_kills": ("memory", "memory.oom_control", "oom_kill"),
+            "pids_refusals": ("pids", "pids.events", "max"),
+        }.items():
+            value = _counter(self._cgroups.get(controller), name, field)
+            if value is not None:
+                self._events[key] = max(self._events[key], value)
+        return dict(self._events)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self._input_closed or self._eof:
+            raise SandboxError("sandbox input is closed")
+        try:
+            await self._stream.write_in(encode_frame(frame))
+        except (ConnectionError, RuntimeError, AssertionError, aiohttp.ClientError) as exc:
+            raise SandboxError("sandbox input is closed") from exc
+
+    async def recv(self) -> dict[str, Any] | None:
+        if self._eof:
+            return None
+        line = await self._lines.get()
+        if line is None:
+            self._eof = True
+            return None
+        return decode_frame(line)
+
+    async def _read(self) -> None:
+        """Demultiplex the attached stream: stdout lines to the frame queue,
+        stderr to the log. At its end, record the exit (code, OOM) before
+        the consumer sees end-of-stream."""
+        buf = bytearray()
+        try:
+            while (message := await self._stream.read_out()) is not None:
+                if message.stream == 2:
+                    for raw in message.data.splitlines():
+                        log.debug(
+                            "sandbox_stderr",
+                            line=raw[:2000].decode(errors="replace"),
+                            session_id=self._spec.session_id,
+                        )
+                    continue
+                buf += message.data
+                while (end := buf.find(b"\n")) >= 0:
+                    await self._lines.put(bytes(buf[: end + 1]))
+                    del buf[: end + 1]
+                if len(buf) > MAX_FRAME_BYTES:  # the runner broke the channel contract
+                    log.warning("sandbox_frame_too_long", sandbox_id=self._spec.sandbox_id)
+                    break
+        except (aiohttp.ClientError, ConnectionError, OSError, aiodocker.DockerError) as exc:
+            log.debug("sandbox_stream_failed", sandbox_id=self._spec.sandbox_id, error=type(exc).__name__)
+        if len(buf) > MAX_FRAME_BYTES:
+            await self._kill_container("SIGKILL")
+        await self._record_exit()
+        await self._lines.put(None)
+
+    async def _record_exit(self) -> None:
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError):
+            result = await self._container.wait(timeout=EXIT_WAIT_S)
+            self._exit_code = int(result.get("StatusCode", -1))
+            self.limit_events()
+            info = await self._container.show()
+            if info.get("State", {}).get("OOMKilled") and not self._events["oom_kills"]:
+                self._events["oom_kills"] = 1
+        self.exited.set()
+
+    async def _kill_container(self, signal: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError):
+            await self._container.kill(signal=signal, timeout=API_TIMEOUT_S)
+
+    def _close_input(self) -> None:
+        """Half-close the attached stream: the runner reads end of input."""
+        if self._input_closed:
+            return
+        self._input_closed = True
+        resp = getattr(self._stream, "_resp", None)
+        transport = resp.connection.transport if resp is not None and resp.connection is not None else None
+        if transport is not None and transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+
+    async def stop(self, grace_s: float) -> int | None:
+        """Close input -> wait -> SIGTERM -> wait -> SIGKILL; bounded; then remove."""
+        self._close_input()
+        for signal, wait_s in ((None, grace_s), ("SIGTERM", 2.0), ("SIGKILL", 5.0)):
+            if signal is not None and not self.exited.is_set():
+                await self._kill_container(signal)
+            try:
+                await asyncio.wait_for(self.exited.wait(), wait_s)
+                break
+            except TimeoutError:
+                continue
+        await self._release()
+        return self.returncode
+
+    async def kill(self) -> None:
+        if not self.exited.is_set():
+            await self._kill_container("SIGKILL")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), 5.0)
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        await self._backend.remove(self._container.id)
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            await self._stream.close()
+        self._backend.live.pop(self._spec.sandbox_id, None)
+        if not self._eof and self._lines.empty():
+            self._lines.put_nowait(None)
+
+
+class DockerBackend:
+    """Starts sandboxes as containers; see the module docstring."""
+
+    name = "docker"
+
+    def __init__(self, url: str, image: str, limits: Limits, owner: str) -> None:
+        self.url = url or None
+        self.image = image
+        self.limits = limits
+        self.owner = owner
+        self.live: dict[str, DockerSandbox] = {}
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.url)
+        return self._docker
+
+    async def check(self) -> None:
+        """At service start: the engine answers, the image is there, and what
+        a previous run of this service left behind is removed."""
+        problem = await self.ready()
+        if problem is not None:
+            raise SandboxError(problem, code=Code.SANDBOX_START_FAILED)
+        try:
+            await self.docker.images.inspect(self.image)
+        except aiodocker.DockerError as exc:
+            raise SandboxError(
+                f"sandbox image {self.image} not found on the Docker engine: build it with 'make images' ({exc})",
+                code=Code.SANDBOX_START_FAILED,
+            ) from exc
+        await self.reap_orphans()
+
+    async def start(self, spec: SandboxSpec) -> DockerSandbox:
+        spec.workspace.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(spec.workspace, SANDBOX_UID, SANDBOX_UID)
+        spec.workspace.chmod(0o700)
+        config = container_config(spec, self.image, self.limits, self.owner)
+        container: DockerContainer | None = None
+        stream: Stream | None = None
+        try:
+            container = await self.docker.containers.create(config, name=container_name(spec.sandbox_id))
+            stream = container.attach(stdin=True, stdout=True, stderr=True, logs=False)
+            await stream.__aenter__()  # attached before start: no output is lost
+            await container.start()
+            info = await container.show()
+        except BaseException as exc:  # cancelled too: leave no container behind
+            if stream is not None:
+                await stream.close()
+            if container is not None:
+                await self.remove(container.id)
+            if isinstance(exc, aiodocker.DockerError | aiohttp.ClientError | OSError):
+                raise SandboxError(f"cannot start sandbox container: {exc}", code=Code.SANDBOX_START_FAILED) from exc
+            raise
+        sandbox = DockerSandbox(self, container, stream, spec, int(info.get("State", {}).get("Pid") or 0))
+        self.live[spec.sandbox_id] = sandbox
+        log.info("sandbox_started", sandbox_id=spec.sandbox_id, container=container.id[:12], pid=sandbox.pid)
+        return sandbox
+
+    async def remove(self, container_id: str) -> None:
+        """Force-remove a container (kills it first); a missing one is fine."""
+        try:
+            await self.docker.containers.container(container_id).delete(force=True, v=True, timeout=API_TIMEOUT_S)
+        except aiodocker.DockerError as exc:
+            if exc.status not in (404, 409):  # gone, or removal already in progress
+                log.warning("sandbox_remove_failed", container=container_id[:12], error=str(exc)[:200])
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("sandbox_remove_failed", container=container_id[:12], error=type(exc).__name__)
+
+    async def ready(self) -> str | None:
+        try:
+            await asyncio.wait_for(self.docker.version(), 5.0)
+        except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            return f"the Docker engine at {self.url or 'the default socket'} does not answer: {exc}"
+        return None
+
+    async def reap(self, handle: dict[str, Any]) -> None:
+        """Remove the container a previous run of the service started (from its persisted handle)."""
+        container_id = handle.get("container_id")
+        sandbox_id = handle.get("sandbox_id")
+        if not isinstance(container_id, str) or sandbox_id in self.live:
+            return
+        await self.remove(container_id)
+
+    async def reap_orphans(self) -> int:
+        """Remove every container labelled as ours that this process does not run."""
+        try:
+            found = await self.docker.containers.list(all=True, filters={"label": [f"{LABEL_OWNER}={self.owner}"]})
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            log.warning("sandbox_orphans_unlisted", error=str(exc)[:200])
+            return 0
+        mine = {s.container_id for s in self.live.values()}
+        orphans = [c.id for c in found if c.id not in mine]
+        await asyncio.gather(*(self.remove(cid) for cid in orphans))
+        if orphans:
+            log.info("sandbox_orphans_reaped", count=len(orphans))
+        return len(orphans)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.stop(2.0) for s in list(self.live.values())), return_exceptions=True)
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None

@@ -1,0 +1,142 @@
+"""The service on the Docker backend (``MOORAGE_SANDBOX=docker``): a
+representative subset of the e2e suite, against a real engine, the real CLI
+in the sandbox image, and the scripted model. Skipped, with the reason, where
+no Docker engine runs (see container/dockerd.sh)."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+import aiodocker
+import pytest
+import websockets
+from moorage.sandbox.docker import LABEL_OWNER, LABEL_SESSION
+from moorage.testing.scripted_model import ScriptedModelServer
+from support import (
+    DOCKER_URL,
+    Client,
+    Service,
+    docker_sandbox_image,
+    events,
+    result_of,
+    run_service,
+    scaled,
+    tool_output,
+    wait_suspended,
+)
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    tag, why_not = docker_sandbox_image()
+    if tag is None:
+        pytest.skip(why_not)
+    return tag
+
+
+def docker_service(model: ScriptedModelServer, image: str, **overrides: str) -> AbstractContextManager[Service]:
+    return run_service(
+        model.url,
+        MOORAGE_SANDBOX="docker",
+        MOORAGE_DOCKER_URL=DOCKER_URL,
+        MOORAGE_SANDBOX_IMAGE=image,
+        MOORAGE_WARM_SANDBOXES="0",  # cold starts: each container is labelled with its session
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def docker_svc(model: ScriptedModelServer, image: str) -> Iterator[Service]:
+    with docker_service(model, image) as svc:
+        yield svc
+
+
+async def containers(**labels: str) -> list[dict[str, object]]:
+    async with aiodocker.Docker(url=DOCKER_URL) as docker:
+        found = await docker.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        return [await c.show() for c in found]
+
+
+async def test_a_turn_with_a_tool_call_runs_in_a_confined_container(docker_svc: Service) -> None:
+    """Bash runs in the session's container: uid 1000, no capabilities, no network, read-only root."""
+    client = await Client.connect(docker_svc)
+    script = (
+        "id -u; hostname; pwd; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ls /sys/class/net; "
+        "touch /usr/x 2>/dev/null || echo root-read-only; echo data > out.txt; "
+        "python3 -c 'import pandas, matplotlib, sklearn; print(\"stack-ok\")'"
+    )
+    frames = await client.turn(f"bash {script}", timeout=90)
+    out = tool_output(frames).split()
+    assert out[:3] == ["1000", "moorage-sandbox", "/workspace"]
+    assert out[3:7] == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+    assert out[7:] == ["lo", "root-read-only", "stack-ok"], "only loopback; the data stack imports"
+    assert result_of(frames)["subtype"] == "success"
+    [info] = await containers(**{LABEL_SESSION: client.session_id})
+    state = info["State"]
+    assert isinstance(state, dict) and state["Running"] is True
+    await client.close()
+
+
+async def test_runner_crash_is_fatal_for_its_session_only(docker_svc: Service) -> None:
+    """Killing a session's runner ends its container and gives that client a fatal sandbox_crashed."""
+    victim = await Client.connect(docker_svc)
+    bystander = await Client.connect(docker_svc)
+    await victim.turn("say up")
+    await victim.say("bash kill -9 $(pgrep -f moorage_runner)")
+    error = (await victim.until("error", timeout=30))[-1]
+    assert error["code"] == "sandbox_crashed" and error["fatal"] is True
+    with pytest.raises(websockets.ConnectionClosed):
+        await victim.recv(timeout=10)
+    assert result_of(await bystander.turn("say unharmed"))["result"] == "unharmed"
+    assert await containers(**{LABEL_SESSION: victim.session_id}) == [], "the crashed container is removed"
+    await bystander.close()
+
+
+async def test_idle_session_suspends_and_rehydrates_into_a_new_container(
+    model: ScriptedModelServer, image: str
+) -> None:
+    """After the idle timeout the container goes; reconnecting rehydrates files and history into a fresh one."""
+    with docker_service(model, image, MOORAGE_IDLE_TIMEOUT_S="1") as svc:
+        client = await Client.connect(svc)
+        await client.turn("bash echo kept-across-suspend > notes.txt")
+        await client.close()
+        await wait_suspended(svc, client.session_id)
+        assert await containers(**{LABEL_SESSION: client.session_id}) == []
+        again = await Client.connect(svc, client.session_id)
+        assert again.first["state"] == "rehydrated"
+        assert "kept-across-suspend" in tool_output(await again.turn("bash cat notes.txt"))
+        await again.close()
+
+
+async def test_a_memory_bomb_is_killed_and_the_session_goes_on(model: ScriptedModelServer, image: str) -> None:
+    """Past the container's memory limit the hog is OOM-killed and the client hears sandbox_out_of_memory."""
+    with docker_service(model, image, MOORAGE_SANDBOX_MEMORY_BYTES=str(768 * MIB)) as svc:
+        client = await Client.connect(svc)
+        await client.say("bash python3 -c 'a = bytearray(3 * 1024**3); print(len(a))'; echo exit=$?")
+        frames = await client.until("result", timeout=60)
+        assert "exit=137" in tool_output(frames)
+        notice = (await client.until("error", timeout=10))[-1]
+        assert notice["code"] == "sandbox_out_of_memory" and notice["fatal"] is False
+        assert result_of(await client.turn("say survived"))["result"] == "survived"
+        await client.close()
+
+
+async def test_a_restarted_service_removes_the_containers_it_left(model: ScriptedModelServer, image: str) -> None:
+    """kill -9 of the service leaves its containers running; the next start of that replica removes them."""
+    replica = f"docker-e2e-{uuid.uuid4().hex[:8]}"
+    with docker_service(model, image, MOORAGE_REPLICA_ID=replica) as svc:
+        client = await Client.connect(svc)
+        await client.turn("say hi")
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(scaled(10))
+        left = {str(c["Id"]) for c in await containers(**{LABEL_OWNER: replica})}
+        assert left, "sandboxes outlive a killed service"
+    with docker_service(model, image, MOORAGE_REPLICA_ID=replica) as again:
+        assert events(again, "sandbox_orphans_reaped")
+        now = {str(c["Id"]) for c in await containers(**{LABEL_OWNER: replica})}
+        assert not left & now, "every container of the killed service is removed"

@@ -1,0 +1,57 @@
+"""The Docker backend's container spec (pure): confinement and labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moorage.sandbox.base import SandboxSpec
+from moorage.sandbox.cgroups import Limits
+from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, MODEL_SOCKET, container_config
+
+MIB = 1024 * 1024
+
+
+def config() -> dict[str, object]:
+    spec = SandboxSpec("sess-1", "sbx1", Path("/state/workspaces/sbx1"), Path("/run/egress/a.sock"))
+    return container_config(spec, "moorage-sandbox:0.1.0", Limits(512 * MIB, 128, 1.5), "host:abc")
+
+
+def test_the_container_has_no_network_privileges_or_writable_root() -> None:
+    """No network, all capabilities dropped, no-new-privileges, read-only root, an unprivileged user."""
+    c = config()
+    host = c["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["NetworkMode"] == "none" and c["NetworkDisabled"] is True
+    assert host["CapDrop"] == ["ALL"] and "CapAdd" not in host
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] is True and "Privileged" not in host
+    assert c["User"] == "1000:1000"
+    assert host["LogConfig"] == {"Type": "none", "Config": {}}, "the channel must not be written to engine logs"
+
+
+def test_limits_come_from_the_settings() -> None:
+    """Memory (without swap), pids and CPUs are the configured per-sandbox limits."""
+    host = config()["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["Memory"] == host["MemorySwap"] == 512 * MIB
+    assert host["PidsLimit"] == 128
+    assert host["NanoCpus"] == 1_500_000_000
+
+
+def test_only_the_workspace_and_the_model_socket_come_from_the_host() -> None:
+    """Two bind mounts: the workspace read-write, the proxy socket read-only; everything else is tmpfs."""
+    host = config()["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["Mounts"] == [
+        {"Type": "bind", "Source": "/state/workspaces/sbx1", "Target": "/workspace"},
+        {"Type": "bind", "Source": "/run/egress/a.sock", "Target": MODEL_SOCKET, "ReadOnly": True},
+    ]
+    assert set(host["Tmpfs"]) == {"/tmp", "/home/agent", "/dev/shm"}
+    assert "Binds" not in host and "Volumes" not in config()
+
+
+def test_labels_name_the_owner_session_and_sandbox() -> None:
+    """Labels let a restarted service find its containers; stdin stays open for the channel."""
+    c = config()
+    assert c["Labels"] == {LABEL_OWNER: "host:abc", LABEL_SESSION: "sess-1", LABEL_SANDBOX: "sbx1"}
+    assert c["OpenStdin"] is True and c["StdinOnce"] is True and c["Tty"] is False
