@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +32,7 @@ from moorage.testing.scripted_model import ScriptedModelServer
 from moorage_session_store import Database, SQLModelSessionStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import free_port
+from support import Service, run_service
 
 TENANT = "default"
 
@@ -87,37 +84,36 @@ async def wait_suspended(log: Path, session_id: str, limit_s: float = 60) -> Non
     raise RuntimeError(f"session {session_id} was not suspended within {limit_s}s")
 
 
+SERVICE_ENV = {
+    "MOORAGE_IDLE_TIMEOUT_S": "0.5",
+    "MOORAGE_MAX_TURNS": "50",
+    "MOORAGE_LOG_LEVEL": "info",
+    "MOORAGE_SANDBOX_UID_BASE": "380000",
+    "MOORAGE_SANDBOX_UID_COUNT": "100",
+}
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = ScriptedModelServer().start()
-    state = Path(tempfile.mkdtemp(prefix="moorage-bench-rehydrate-"))
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "MOORAGE_PORT": str(port),
-        "MOORAGE_STATE_DIR": str(state),
-        "MOORAGE_IDLE_TIMEOUT_S": "0.5",
-        "MOORAGE_SANDBOX_UID_BASE": "380000",
-        "MOORAGE_SANDBOX_UID_COUNT": "100",
-        "ANTHROPIC_BASE_URL": model.url,
-        "ANTHROPIC_API_KEY": "sk-bench",
-    }
-    log = state / "service.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moorage", "serve"], env=env, stdout=out, stderr=out)
-    base = f"ws://127.0.0.1:{port}/v1/sessions"
-    db = await Database.connect(f"sqlite:///{state / 'moorage.db'}")
+    state_dir: Path | None = None
+    try:
+        with run_service(model.url, **SERVICE_ENV) as service:
+            state_dir = service.state_dir
+            return await measure_on(args, service)
+    finally:
+        model.stop()
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def measure_on(args: argparse.Namespace, service: Service) -> dict[str, Any]:
+    log = service.log_path
+    base = f"{service.ws_url}/v1/sessions"
+    db = await Database.connect(f"sqlite:///{service.state_dir / 'moorage.db'}")
     store = SQLModelSessionStore(db)
     results: dict[str, Any] = {"cold": [], "rehydrate": {}}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                await first_result(base)
-                break
-            except (OSError, websockets.InvalidHandshake):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        await first_result(base)  # warm-up: page cache, bytecode
         for _ in range(args.runs):
             sid, t_session, t_result = await first_result(base)
             results["cold"].append({"session_s": t_session, "result_s": t_result})
@@ -138,12 +134,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             results["rehydrate"][str(n)] = samples
     finally:
         await db.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        model.stop()
     return results
 
 
