@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat python3-venv util-linux procps
 PACKAGES := -e service -e container -e session-store
 
-.PHONY: help deps venv run demo chat test test-unit lint format bench constraints clean
+.PHONY: help deps venv run demo chat test test-unit lint format bench images constraints clean
 
 help:
 	@echo "make run     the service on 127.0.0.1:8080 (SQLite + local bubblewrap sandboxes)"
@@ -17,6 +17,7 @@ help:
 	@echo "make test    every test (unit, integration, e2e)"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks -> bench/results*.json"
+	@echo "make images  the sandbox and service images (offline; DOCKER_HOST, else a private dockerd)"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -70,6 +71,15 @@ bench: deps venv
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_rehydrate.py
 	$(PY) bench/bench_load.py
+
+# Images need an engine: DOCKER_HOST if set, else a private dockerd
+# (container/dockerd.sh, as root). Built offline; see container/README.md.
+images: venv
+	@if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null; \
+	  else echo "run: sudo apt-get install -y docker.io debootstrap"; exit 1; fi; \
+	fi
+	DOCKER_HOST=$${DOCKER_HOST:-$$(container/dockerd.sh)} container/build-images.sh all
 
 constraints: venv
 	{ echo "# Versions tested together; regenerate with 'make constraints'."; \

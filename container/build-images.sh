@@ -69,12 +69,13 @@ wheelhouse() {
     (cd "${WHEEL_SOURCES:-$ROOT}" && "$PY" -m pip wheel -q --disable-pip-version-check -c "$ROOT/constraints.txt" -w "$dir" "$@") >&2
     touch "$dir/.complete"
   fi
+  find "$CACHE" -maxdepth 1 -name "wheels-$name-*" ! -path "$dir" -exec rm -rf {} + # older pins
   echo "$dir"
 }
 
 # image NAME DOCKERFILE WHEELHOUSE BASE [SOURCE-DIR...]: build NAME:VERSION-<hash> once, tag NAME:VERSION.
 image() {
-  local name=$1 dockerfile=$2 wheels=$3 base=$4 key ctx tag
+  local name=$1 dockerfile=$2 wheels=$3 base=$4 key ctx tag build_tag
   shift 4
   key=$({ echo "$base $(basename "$wheels")"; cat "$dockerfile"; [ $# -eq 0 ] || find "$@" -name '*.py' | sort | xargs cat; } | digest)
   tag="$name:$VERSION-$key"
@@ -90,8 +91,14 @@ image() {
     find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
     cp "$dockerfile" "$ctx/Dockerfile"
     say "docker build $tag"
+    # The build stage (wheels installed into a venv) is tagged too, so it is
+    # not a dangling image: it stays as the cache while only sources change,
+    # and goes with the next change of pins.
+    build_tag="$name-build:$VERSION-$({ echo "$base $(basename "$wheels")"; cat "$dockerfile"; } | digest)"
+    docker build -q --network none --build-arg "BASE_IMAGE=$base" --target build -t "$build_tag" "$ctx" >/dev/null
     docker build -q --network none --build-arg "BASE_IMAGE=$base" -t "$tag" "$ctx" >/dev/null
     rm -rf "$ctx"
+    stale_tags "$name-build" "${build_tag#*:}" | while read -r old; do docker rmi "$old" >/dev/null || true; done
   fi
   docker tag "$tag" "$name:$VERSION"
   # Older builds of this version go (their shared layers stay with the new one).
