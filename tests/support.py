@@ -92,6 +92,8 @@ def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
         "MOORAGE_LOG_LEVEL": "debug",
         # Teardown sends SIGTERM: a turn left running need not hold it up.
         "MOORAGE_DRAIN_GRACE_S": "5",
+        # A loaded machine starts sandboxes slowly (the preflight too).
+        "MOORAGE_SANDBOX_START_TIMEOUT_S": str(scaled(60)),
         "ANTHROPIC_BASE_URL": model_url,
         "ANTHROPIC_API_KEY": REAL_KEY,
         **overrides,

@@ -66,6 +66,7 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             seccomp=settings.sandbox_seccomp,
             workspace_bytes=settings.workspace_max_bytes,
             tmp_bytes=settings.sandbox_tmp_bytes,
+            start_timeout_s=settings.sandbox_start_timeout_s,
         )
         await backend.check()
         return backend

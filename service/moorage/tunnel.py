@@ -192,7 +192,7 @@ class Tunnel:
                     return None
                 # Connect to an address we checked, not to the name again.
                 upstream = await asyncio.open_connection(addresses[0], port)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
             bound.info("egress_failed", error=type(exc).__name__)
             await _refuse(writer, 502, f"cannot reach {host}:{port}")
             return None

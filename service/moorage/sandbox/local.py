@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -330,7 +331,9 @@ class LocalBackend:
         seccomp: bool = True,
         workspace_bytes: int = 0,
         tmp_bytes: int = 0,
+        start_timeout_s: float = 60.0,
     ) -> None:
+        self.start_timeout_s = start_timeout_s
         self.state_dir = state_dir.resolve()
         self.seccomp = seccomp
         self.workspace_bytes = workspace_bytes  # 0: the workspace is a plain directory
@@ -353,6 +356,7 @@ class LocalBackend:
         elif self.cgroups is not None:
             log.info("sandbox_limits", cgroups="v2" if self.cgroups.v2 is not None else "v1")
         self.live: dict[str, LocalSandbox] = {}
+        self._children: list[asyncio.subprocess.Process] = []  # started here, not yet reaped by asyncio
         self._etc = self.state_dir / "sandbox-etc"
 
     async def check(self) -> None:
@@ -373,7 +377,7 @@ class LocalBackend:
         else:
             log.warning("sandbox_seccomp_disabled", detail="MOORAGE_SANDBOX_SECCOMP=false: no system call filter")
         code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
-        returncode, out, err = await self.run_python("preflight", code, 60)
+        returncode, out, err = await self.run_python("preflight", code, self.start_timeout_s)
         if returncode != 0 or "sandbox-ok" not in out:
             raise SandboxError(
                 f"a test sandbox failed (exit {returncode}): {err.strip()[-500:] or 'no output'}",
@@ -385,8 +389,10 @@ class LocalBackend:
         session's (same mounts, uid, limits, filter): the preflight check
         and the tests of what a sandbox may do use it. Returns
         (exit status, stdout, stderr)."""
+        # Unique: services sharing a host (and a cgroup parent) run their
+        # preflights at the same time, and each removes its own cgroup.
+        name = f"{name}-{secrets.token_hex(4)}"
         probe_dir = self.state_dir / f"probe-{name}"
-        shutil.rmtree(probe_dir, ignore_errors=True)
         probe_dir.mkdir()
         try:
             with socket.socket(socket.AF_UNIX) as sock:
@@ -443,6 +449,7 @@ class LocalBackend:
                 start_new_session=True,
                 pass_fds=() if seccomp_fd is None else (seccomp_fd,),
             )
+            self._children.append(proc)
         except OSError as exc:
             if uid is not None:
                 self.uids.give_back(uid)
@@ -490,8 +497,10 @@ class LocalBackend:
                 os.close(lock)
 
     def reap_orphans(self) -> None:
-        """Collect exited sandbox processes that were orphaned to us."""
-        reap_orphans(keep={s.pid for s in self.live.values()})
+        """Collect exited sandbox processes that were orphaned to us, never
+        one asyncio still waits for (it would report exit status 255)."""
+        self._children = [p for p in self._children if p.returncode is None]
+        reap_orphans(keep={p.pid for p in self._children})
 
     async def close(self) -> None:
         await asyncio.gather(*(s.stop(2.0) for s in list(self.live.values())), return_exceptions=True)
