@@ -105,3 +105,10 @@ def close_code(code: Code) -> int:
 # What a database outage looks like from the service: the store's own errors,
 # SQLAlchemy's, and the drivers' connection errors underneath.
 STORE_ERRORS: tuple[type[BaseException], ...] = (MoorageStoreError, SQLAlchemyError, OSError)
+
+
+def store_unavailable(exc: BaseException) -> str:
+    """What a client (and the log) may hear of a database failure: its kind,
+    never the driver's text, which can carry SQL and its parameters."""
+    kind = type(exc.__cause__ or exc).__name__ if isinstance(exc, MoorageStoreError) else type(exc).__name__
+    return f"the session store is unavailable ({kind}); try again"

@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .errors import STORE_ERRORS, Code, SessionError
+from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .sessions import Deps, Session
 from .workspaces import suspend_record
 
 log = structlog.get_logger(__name__)
+
+HANDOVER_POLL_S = 0.5  # how often a waiting replica looks, and an owner checks for requests
 
 
 class StartGate:
@@ -69,6 +72,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_task: asyncio.Task[None] | None = None
+        self._handover_task: asyncio.Task[None] | None = None
         self.gate = StartGate(self.settings.max_starting_sandboxes)
         self._starting: dict[Session, asyncio.Task[None]] = {}
         self.draining = False
@@ -76,6 +80,7 @@ class SessionManager:
     async def start(self) -> None:
         await self.recover()
         self._lease_task = asyncio.create_task(self._lease_loop())
+        self._handover_task = asyncio.create_task(self._handover_loop())
 
     def check_draining(self) -> None:
         if self.draining:
@@ -124,9 +129,7 @@ class SessionManager:
         except BaseException as exc:
             self.gate.leave(token)
             if isinstance(exc, STORE_ERRORS):
-                raise SessionError(
-                    f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
-                ) from exc
+                raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
         return self._launch(Session(session_id, tenant, self.deps, self._closed), token)
 
@@ -147,10 +150,52 @@ class SessionManager:
                 if live.tenant != tenant:
                     raise _not_found()
                 return live, "rehydrated" if live.rehydrate else "attached"
+            await self._before_rehydrate(session_id, tenant)
             session = await self._rehydrate(session_id, tenant)
         if not lock.locked():
             self._locks.pop(session_id, None)
         return session, "rehydrated"
+
+    async def _before_rehydrate(self, session_id: str, tenant: str) -> None:
+        """Before taking a start slot: an unknown (or another tenant's) id is
+        refused at once, so bogus attaches cost no slot and a tenant at its cap
+        still hears ``session_not_found``. If the session runs on another
+        replica, ask for it and wait (bounded) until that replica lets it go:
+        any replica can serve any session, not only its current owner."""
+        try:
+            record = await self.records.get(session_id)
+        except STORE_ERRORS:
+            return  # _rehydrate reports the outage
+        if record is None or record.tenant != tenant or record.state == "closed":
+            raise _not_found()
+        expired = record.lease_expires_at is not None and record.lease_expires_at < datetime.now(UTC)
+        if record.owner in (None, self.deps.replica) or expired:
+            return  # free, ours, or its owner is gone: the lease is ours to take
+        try:
+            if not await self.records.request_handover(session_id, self.deps.replica):
+                return
+            log.info("handover_requested", session_id=session_id, owner=record.owner)
+            for _ in range(max(1, int(self.settings.handover_wait_s / HANDOVER_POLL_S))):
+                await asyncio.sleep(HANDOVER_POLL_S)
+                record = await self.records.get(session_id)
+                if record is None or record.owner is None:
+                    return
+        except STORE_ERRORS:
+            return  # _rehydrate reports the outage
+
+    async def _handover_loop(self) -> None:
+        """Give up sessions another replica asked for, once nobody uses them here."""
+        while True:
+            await asyncio.sleep(HANDOVER_POLL_S)
+            since = datetime.now(UTC) - timedelta(seconds=self.settings.handover_wait_s)
+            try:
+                wanted = await self.records.handover_requests(self.deps.replica, since)
+            except STORE_ERRORS:
+                continue
+            free = [s for i in wanted if (s := self.sessions.get(i)) is not None and not s.closed and not s.in_use]
+            for session in free:
+                log.info("session_handed_over", session_id=session.id)
+            await asyncio.gather(*(s.close() for s in free), return_exceptions=True)
 
     async def _rehydrate(self, session_id: str, tenant: str) -> Session:
         token = await self._admit(tenant)
@@ -175,9 +220,7 @@ class SessionManager:
                 await self._recover_one(record)
             resume = record.turns > 0 or bool(await self.deps.store.load(_key(tenant, session_id)))
         except STORE_ERRORS as exc:
-            raise SessionError(
-                f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE, fatal=True
-            ) from exc
+            raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
         session = Session(
             session_id, tenant, self.deps, self._closed, rehydrate=True, resume=resume, prior_cost_usd=record.cost_usd
@@ -265,8 +308,9 @@ class SessionManager:
         log.info("service_drained", unfinished_turns=len(busy))
 
     async def close(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        for task in (self._lease_task, self._handover_task):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
 
 

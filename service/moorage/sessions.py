@@ -30,7 +30,16 @@ import structlog
 
 from .accounting import Accounting, Ledger
 from .egress import ModelProxy
-from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, SandboxError, SessionError, close_code
+from .errors import (
+    STORE_ERRORS,
+    Code,
+    MoorageError,
+    ProtocolError,
+    SandboxError,
+    SessionError,
+    close_code,
+    store_unavailable,
+)
 from .metrics import Metrics
 from .pool import WarmPool, start_loaded
 from .protocol import Action, TurnGuard, UserFrame, user_message_line
@@ -193,7 +202,7 @@ class Session:
             if self.rehydrate:
                 await self._restore_workspace()
         except STORE_ERRORS as exc:
-            raise SandboxError(f"the session store is unavailable: {exc}", code=Code.STORE_UNAVAILABLE) from exc
+            raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
         options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns, "resume": self.resume}
         if self.settings.max_budget_usd is not None and self.settings.max_budget_usd > self.prior_cost_usd:
             # The budget is per session, not per sandbox: pass what is left
@@ -569,6 +578,10 @@ class Session:
     def detach(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
         self._schedule_idle()
+
+    @property
+    def in_use(self) -> bool:
+        return self._in_use
 
     @property
     def _in_use(self) -> bool:

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # (default: host name + state dir), unique per replica.
     replica_id: str = ""
     lease_ttl_s: float = Field(default=30.0, gt=1)
+    # Attaching to a session another replica runs: ask it to hand the session
+    # over (it does once no client uses it there) and wait this long for it.
+    handover_wait_s: float = Field(default=15.0, ge=0)
     log_level: str = "info"
 
     @property

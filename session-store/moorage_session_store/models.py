@@ -91,6 +91,8 @@ class SessionRow(SQLModel, table=True):
     sandbox: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON_DOC, nullable=True))
     owner: str | None = Field(default=None, sa_column=Column(String, nullable=True, index=True))
     lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    # Another replica wants this session (``SessionRecords.request_handover``).
+    handover_requested_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
 class WorkspaceRow(SQLModel, table=True):

@@ -55,6 +55,7 @@ class SessionRecord:
     sandbox: dict[str, Any] | None
     owner: str | None
     lease_expires_at: datetime | None
+    handover_requested_at: datetime | None = None
 
 
 def _record(row: Any) -> SessionRecord:
@@ -147,8 +148,36 @@ class SessionRecords:
         return await self._set_lease(id, SESSIONS.c.owner == owner, owner, now + timedelta(seconds=ttl_s), now)
 
     async def release_lease(self, id: str, owner: str) -> None:
-        """Give the lease up if we hold it (no-op otherwise)."""
-        await self._set_lease(id, SESSIONS.c.owner == owner, None, None, utcnow())
+        """Give the lease up if we hold it (no-op otherwise); a pending handover request is answered by it."""
+        stmt = (
+            update(SESSIONS)
+            .where(SESSIONS.c.id == id, SESSIONS.c.owner == owner)
+            .values(owner=None, lease_expires_at=None, handover_requested_at=None, updated_at=utcnow())
+        )
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(stmt)
+
+    async def request_handover(self, id: str, requester: str) -> bool:
+        """Ask the replica holding ``id``'s lease to give the session up once nobody uses it there, so
+        ``requester`` can take it. ``False`` when no other replica holds it (nothing to ask)."""
+        now = utcnow()
+        stmt = (
+            update(SESSIONS)
+            .where(SESSIONS.c.id == id, SESSIONS.c.owner.is_not(None), SESSIONS.c.owner != requester)
+            .values(handover_requested_at=now)
+        )
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                result = await conn.execute(stmt)
+        return result.rowcount == 1
+
+    async def handover_requests(self, owner: str, since: datetime) -> builtins.list[str]:
+        """Ids of sessions ``owner`` holds that another replica asked for at or after ``since``."""
+        stmt = select(SESSIONS.c.id).where(SESSIONS.c.owner == owner, SESSIONS.c.handover_requested_at >= since)
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                return [row[0] for row in (await conn.execute(stmt)).all()]
 
     async def _set_lease(
         self, id: str, condition: ColumnElement[bool], owner: str | None, expires: datetime | None, now: datetime

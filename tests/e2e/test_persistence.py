@@ -143,7 +143,7 @@ async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelSe
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     with (
         run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_IDLE_TIMEOUT_S="1") as one,
-        run_service(model.url, MOORAGE_DATABASE_URL=shared) as two,
+        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_HANDOVER_WAIT_S="1") as two,
     ):
         client = await Client.connect(one)
         await client.turn("say on replica one")
@@ -155,4 +155,24 @@ async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelSe
         assert moved.first["state"] == "rehydrated"
         assert result_of(await moved.turn("say on replica two"))["result"] == "on replica two"
         assert "on replica one" in prompts_seen(model)
+        await moved.close()
+
+
+async def test_a_reconnect_to_another_replica_gets_the_session_handed_over(
+    model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """The owner gives up a session nobody uses there as soon as another replica asks: no idle-timeout wait."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    with (
+        run_service(model.url, MOORAGE_DATABASE_URL=shared) as one,
+        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_HANDOVER_WAIT_S="60") as two,
+    ):
+        client = await Client.connect(one)
+        await client.turn("bash echo handed > over.txt")
+        await client.close()  # still live on replica one: its idle timeout is a minute away
+        moved = await Client.connect(two, client.session_id)
+        assert moved.first["state"] == "rehydrated"
+        assert "handed" in tool_output(await moved.turn("bash cat over.txt"))
+        assert events(one, "session_handed_over", client.session_id)
+        assert not events(one, "session_idle_timeout", client.session_id)
         await moved.close()
