@@ -79,6 +79,8 @@ async def test_a_turn_with_a_tool_call_runs_in_a_confined_container(docker_svc: 
     [info] = await containers(**{LABEL_SESSION: client.session_id})
     state = info["State"]
     assert isinstance(state, dict) and state["Running"] is True
+    workspaces = docker_svc.state_dir / "workspaces"
+    assert workspaces.stat().st_mode & 0o077 == 0, "host uid 1000 must not reach the workspaces"
     await client.close()
 
 

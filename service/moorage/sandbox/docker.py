@@ -329,6 +329,10 @@ class DockerBackend:
         spec.workspace.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(spec.workspace, SANDBOX_UID, SANDBOX_UID)
+            # uid 1000 may be a real user of this host: it owns the workspace,
+            # so the directory above it must keep everyone but root out.
+            if spec.workspace.parent.stat().st_uid == 0:
+                spec.workspace.parent.chmod(0o700)
         spec.workspace.chmod(0o700)
         config = container_config(spec, self.image, self.limits, self.owner)
         container: DockerContainer | None = None
