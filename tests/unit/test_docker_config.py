@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moorage.sandbox.base import SandboxSpec
+from moorage.sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec
 from moorage.sandbox.cgroups import Limits
-from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, MODEL_SOCKET, container_config
+from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, container_config
 
 MIB = 1024 * 1024
 
 
-def config() -> dict[str, object]:
-    spec = SandboxSpec("sess-1", "sbx1", Path("/state/workspaces/sbx1"), Path("/run/egress/a.sock"))
+def config(tunnel: Path | None = None) -> dict[str, object]:
+    spec = SandboxSpec(
+        "sess-1", "sbx1", Path("/state/workspaces/sbx1"), Path("/run/egress/a.sock"), tunnel_socket=tunnel
+    )
     return container_config(spec, "moorage-sandbox:0.1.0", Limits(512 * MIB, 128, 1.5), "host:abc")
 
 
@@ -55,3 +57,15 @@ def test_labels_name_the_owner_session_and_sandbox() -> None:
     c = config()
     assert c["Labels"] == {LABEL_OWNER: "host:abc", LABEL_SESSION: "sess-1", LABEL_SANDBOX: "sbx1"}
     assert c["OpenStdin"] is True and c["StdinOnce"] is True and c["Tty"] is False
+
+
+def test_the_egress_tunnel_is_mounted_only_when_configured() -> None:
+    """With an egress allowlist the tunnel's socket is a third, read-only mount."""
+    host = config(Path("/run/egress/t.sock"))["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["Mounts"][-1] == {
+        "Type": "bind",
+        "Source": "/run/egress/t.sock",
+        "Target": TUNNEL_SOCKET,
+        "ReadOnly": True,
+    }

@@ -4,10 +4,12 @@ The container runs the sandbox image (``container/Dockerfile``) as uid 1000
 with no network at all (``NetworkMode: none``), a read-only root, private
 tmpfs for /tmp and HOME, the session's workspace bind-mounted read-write at
 /workspace and the model proxy's unix socket at ``MODEL_SOCKET``: its only
-way out. All capabilities are dropped, ``no-new-privileges`` is set, memory
-(no swap), pids and CPU are limited. The image's entrypoint, tini, is pid 1:
-it reaps the agent's orphans and forwards signals to the runner. Container logs are off: the
-channel carries transcripts, which must not land in the engine's log files.
+way out (plus the egress tunnel's socket, when one is configured). All
+capabilities are dropped, ``no-new-privileges`` is set, memory (no swap),
+pids and CPU are limited. The image's entrypoint, tini, is pid 1: it reaps
+the agent's orphans and forwards signals to the runner. Container logs are
+off: the channel carries transcripts, which must not land in the engine's
+log files.
 
 The channel is the container's own stdin/stdout, attached (hijacked HTTP
 stream) before the container starts so no frame is lost; stderr is log text.
@@ -35,14 +37,13 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..errors import Code, SandboxError
-from .base import SandboxSpec, decode_frame, encode_frame
+from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
 from .cgroups import Limits, own_paths
 
 log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000  # the image's "agent" user
 SANDBOX_HOME = "/home/agent"
-MODEL_SOCKET = "/run/moorage/model.sock"
 RUNNER_CMD = ["python", "-m", "moorage_runner"]
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 LINE_QUEUE = 256  # frames read ahead of the consumer
@@ -57,6 +58,12 @@ EXIT_WAIT_S = 10.0
 def container_config(spec: SandboxSpec, image: str, limits: Limits, owner: str) -> dict[str, Any]:
     """The Engine API body that creates one sandbox container (pure; unit-tested)."""
     tmpfs_opts = f"rw,nosuid,nodev,size={TMPFS_BYTES}"
+    mounts = [
+        {"Type": "bind", "Source": str(spec.workspace), "Target": "/workspace"},
+        {"Type": "bind", "Source": str(spec.model_socket), "Target": MODEL_SOCKET, "ReadOnly": True},
+    ]
+    if spec.tunnel_socket is not None:  # the opt-in egress tunnel (MOORAGE_EGRESS_ALLOW)
+        mounts.append({"Type": "bind", "Source": str(spec.tunnel_socket), "Target": TUNNEL_SOCKET, "ReadOnly": True})
     return {
         "Image": image,
         "Cmd": list(RUNNER_CMD),
@@ -100,10 +107,7 @@ def container_config(spec: SandboxSpec, image: str, limits: Limits, owner: str) 
                 SANDBOX_HOME: f"{tmpfs_opts},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
                 "/dev/shm": f"{tmpfs_opts},mode=1777",
             },
-            "Mounts": [
-                {"Type": "bind", "Source": str(spec.workspace), "Target": "/workspace"},
-                {"Type": "bind", "Source": str(spec.model_socket), "Target": MODEL_SOCKET, "ReadOnly": True},
-            ],
+            "Mounts": mounts,
             "LogConfig": {"Type": "none", "Config": {}},
         },
     }
