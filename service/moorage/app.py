@@ -75,7 +75,9 @@ async def make_backend(settings: Settings) -> SandboxBackend:
         from .sandbox.docker import DockerBackend
 
         limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
-        docker = DockerBackend(settings.docker_url, settings.sandbox_image, limits, settings.replica)
+        docker = DockerBackend(
+            settings.docker_url, settings.sandbox_image, limits, settings.replica, settings.sandbox_tmp_bytes
+        )
         await docker.check()
         return docker
     if settings.sandbox == "kubernetes":

@@ -49,6 +49,7 @@ def test_only_the_workspace_and_the_model_socket_come_from_the_host() -> None:
         {"Type": "bind", "Source": "/run/egress/a.sock", "Target": MODEL_SOCKET, "ReadOnly": True},
     ]
     assert set(host["Tmpfs"]) == {"/tmp", "/home/agent", "/dev/shm"}
+    assert all("size=268435456" in opts for opts in host["Tmpfs"].values()), "tmpfs is sized (memory-charged)"
     assert "Binds" not in host and "Volumes" not in config()
 
 

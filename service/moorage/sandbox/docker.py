@@ -50,14 +50,16 @@ LINE_QUEUE = 256  # frames read ahead of the consumer
 LABEL_OWNER = "io.moorage.owner"
 LABEL_SESSION = "io.moorage.session-id"
 LABEL_SANDBOX = "io.moorage.sandbox-id"
-TMPFS_BYTES = 256 * 1024 * 1024
+TMPFS_BYTES = 256 * 1024 * 1024  # each of /tmp, HOME, /dev/shm (MOORAGE_SANDBOX_TMP_BYTES)
 API_TIMEOUT_S = 30.0
 EXIT_WAIT_S = 10.0
 
 
-def container_config(spec: SandboxSpec, image: str, limits: Limits, owner: str) -> dict[str, Any]:
+def container_config(
+    spec: SandboxSpec, image: str, limits: Limits, owner: str, tmp_bytes: int = TMPFS_BYTES
+) -> dict[str, Any]:
     """The Engine API body that creates one sandbox container (pure; unit-tested)."""
-    tmpfs_opts = f"rw,nosuid,nodev,size={TMPFS_BYTES}"
+    tmpfs_opts = f"rw,nosuid,nodev,size={tmp_bytes}"
     mounts = [
         {"Type": "bind", "Source": str(spec.workspace), "Target": "/workspace"},
         {"Type": "bind", "Source": str(spec.model_socket), "Target": MODEL_SOCKET, "ReadOnly": True},
@@ -300,8 +302,9 @@ class DockerBackend:
 
     name = "docker"
 
-    def __init__(self, url: str, image: str, limits: Limits, owner: str) -> None:
+    def __init__(self, url: str, image: str, limits: Limits, owner: str, tmp_bytes: int = TMPFS_BYTES) -> None:
         self.url = url or None
+        self.tmp_bytes = tmp_bytes
         self.image = image
         self.limits = limits
         self.owner = owner
@@ -338,7 +341,7 @@ class DockerBackend:
             if spec.workspace.parent.stat().st_uid == 0:
                 spec.workspace.parent.chmod(0o700)
         spec.workspace.chmod(0o700)
-        config = container_config(spec, self.image, self.limits, self.owner)
+        config = container_config(spec, self.image, self.limits, self.owner, self.tmp_bytes)
         container: DockerContainer | None = None
         stream: Stream | None = None
         try:
