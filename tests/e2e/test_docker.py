@@ -29,6 +29,22 @@ from support import (
 )
 
 MIB = 1024 * 1024
+FORK_UNTIL_REFUSED = (
+    "import os, signal, time\n"
+    "kids = []\n"
+    "try:\n"
+    "    while len(kids) < 1000:\n"
+    "        pid = os.fork()\n"
+    "        if pid == 0:\n"
+    "            time.sleep(30)\n"
+    "            os._exit(0)\n"
+    "        kids.append(pid)\n"
+    "except OSError:\n"
+    '    print("refused after", len(kids))\n'
+    "for pid in kids:\n"
+    "    os.kill(pid, signal.SIGKILL)\n"
+    "    os.waitpid(pid, 0)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +158,18 @@ async def test_a_restarted_service_removes_the_containers_it_left(model: Scripte
         assert events(again, "sandbox_orphans_reaped")
         now = {str(c["Id"]) for c in await containers(**{LABEL_OWNER: replica})}
         assert not left & now, "every container of the killed service is removed"
+
+
+async def test_a_fork_bomb_hits_the_containers_process_limit(model: ScriptedModelServer, image: str) -> None:
+    """Forks past PidsLimit are refused in the container; the client hears sandbox_pids_exhausted and goes on."""
+    with docker_service(model, image, MOORAGE_SANDBOX_PIDS="128") as svc:
+        client = await Client.connect(svc)
+        # Fork until refused, then let the children go at once: the CLI (its
+        # threads count too) must not be left without a pid for long.
+        await client.say(f"bash python3 -c '{FORK_UNTIL_REFUSED}'")
+        frames = await client.until("result", timeout=60)
+        assert "refused after" in tool_output(frames)
+        notice = (await client.until("error", timeout=10))[-1]
+        assert notice["code"] == "sandbox_pids_exhausted" and notice["fatal"] is False
+        assert result_of(await client.turn("say fine"))["result"] == "fine"
+        await client.close()
