@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
+from .errors import Code, ProtocolError
 from .metrics import Metrics
 
 USAGE_KINDS = {
@@ -40,10 +42,32 @@ class Ledger:
     life_usd: float = 0.0
     turn_usd: float = 0.0
     refused: str | None = None  # the budget scope that refused a request this turn
+    sdk_total_usd: float = 0.0  # the SDK's cumulative figure for this CLI process
 
     @property
     def total_usd(self) -> float:
         return self.prior_usd + self.life_usd
+
+    def settle_turn(self, result: dict[str, Any], metrics: Metrics) -> float:
+        """Close a turn's books at its ``result``: export the SDK's own cost
+        (a per-turn delta of its cumulative figure) beside the proxy's, and
+        the discrepancy; return what the proxy metered for the turn."""
+        total = result.get("total_cost_usd")
+        sdk_delta = 0.0
+        if isinstance(total, (int, float)):
+            sdk_delta = max(0.0, float(total) - self.sdk_total_usd)
+            self.sdk_total_usd = float(total)
+        models = result.get("modelUsage")
+        model = next(iter(models), "") if isinstance(models, dict) and models else ""
+        metrics.cost_usd.labels(metrics.model_label(model), "sdk").inc(sdk_delta)
+        metered, self.turn_usd = self.turn_usd, 0.0
+        metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
+        return metered
+
+
+def budget_error(scope: str) -> ProtocolError:
+    what = "this session's budget (MOORAGE_MAX_BUDGET_USD)" if scope == "session" else "the tenant's daily budget"
+    return ProtocolError(f"{what} is spent: no more model requests", code=Code.BUDGET_EXCEEDED)
 
 
 class Accounting:

@@ -27,9 +27,9 @@ from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
 from .metrics import Metrics
 from .pool import WarmPool
-from .protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
+from .protocol import InterruptFrame, PingFrame, UserFrame, dumps, parse_client_frame
 from .sandbox.base import SandboxBackend
-from .sessions import Deps, Session, dumps
+from .sessions import Deps, Session
 from .settings import Settings
 from .tunnel import Tunnel, parse_allowlist, parse_networks
 

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import Code, ProtocolError
 
@@ -200,3 +200,17 @@ class TurnGuard:
         if self.tripped is Code.MAX_TURNS_EXCEEDED and result.get("subtype") != "error_max_turns":
             return {**result, "subtype": "error_max_turns", "is_error": True}
         return result
+
+
+class Subscriber(Protocol):
+    """An attached client connection, as a session sees it."""
+
+    def offer(self, text: str) -> bool:
+        """Queue one frame without waiting; False when the client is too slow."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Send what is queued, then close."""
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)

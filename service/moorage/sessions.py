@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from .accounting import Accounting, Ledger
+from .accounting import Accounting, Ledger, budget_error
+from .checks import AfterTurn
 from .egress import ModelProxy
 from .errors import (
     STORE_ERRORS,
@@ -42,36 +42,17 @@ from .errors import (
 )
 from .metrics import Metrics
 from .pool import WarmPool, start_loaded
-from .protocol import Action, TurnGuard, UserFrame, user_message_line
+from .protocol import Action, Subscriber, TurnGuard, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, Sandbox, SandboxBackend
 from .settings import Settings
 from .transcripts import TranscriptSink
-from .workspaces import restore_frames, suspend_record, workspace_full, workspace_size
+from .workspaces import restore_frames, suspend_record
 
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
 MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
-
-
-def budget_error(scope: str) -> ProtocolError:
-    what = "this session's budget (MOORAGE_MAX_BUDGET_USD)" if scope == "session" else "the tenant's daily budget"
-    return ProtocolError(f"{what} is spent: no more model requests", code=Code.BUDGET_EXCEEDED)
-
-
-class Subscriber(Protocol):
-    """An attached client connection, as a session sees it."""
-
-    def offer(self, text: str) -> bool:
-        """Queue one frame without waiting; False when the client is too slow."""
-
-    def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then close."""
-
-
-def dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -121,8 +102,7 @@ class Session:
         self._idle_since: float | None = None
         self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
-        self._limit_seen: dict[str, int] = {}
-        self._last_total_cost = 0.0
+        self.checks = AfterTurn(settings)
         self.sandbox: Sandbox | None = None
         self.sandbox_id = ""
         self.workspace: Path | None = None
@@ -138,8 +118,6 @@ class Session:
         self._closing = False
         self._close_error: MoorageError | None = None
         self._main: asyncio.Task[None] | None = None
-        self._too_large = False
-        self._full = False
         self._notices: list[dict[str, object]] = []
         self._watch: asyncio.Task[None] | None = None
         self._idle: asyncio.Task[None] | None = None
@@ -168,11 +146,19 @@ class Session:
             await self._pump()
             if not self._closing:
                 error = SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
-                if self._limits_bit().get("oom_kills"):
+                bit = self.checks.limits_bit(self.sandbox)
+                if bit.get("oom_kills"):
                     error = SandboxError(
                         f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) "
                         "and was killed",
                         code=Code.SANDBOX_OUT_OF_MEMORY,
+                    )
+                elif bit.get("pids_refusals"):
+                    # The agent itself could not start a thread or process.
+                    error = SandboxError(
+                        f"the agent stopped after the sandbox hit its limit of {self.settings.sandbox_pids} "
+                        "processes and threads",
+                        code=Code.SANDBOX_PIDS_EXHAUSTED,
                     )
         except Exception as exc:  # a bug in the pump must not leave the sandbox running
             self.log.exception("session_pump_failed")
@@ -263,59 +249,14 @@ class Session:
         else:
             self.log.info("workspace_restored", files=restored.get("files"), bytes=len(data))
 
-    def _limits_bit(self) -> dict[str, int]:
-        """Limit events since the last look (the sandbox's cgroup counters)."""
-        if self.sandbox is None:
-            return {}
-        events = self.sandbox.limit_events()
-        new = {k: v - self._limit_seen.get(k, 0) for k, v in events.items() if v > self._limit_seen.get(k, 0)}
-        self._limit_seen = events
-        return new
-
-    def _report_limits(self) -> None:
-        """Tell clients when a process in the sandbox hit a limit (not fatal)."""
-        bit = self._limits_bit()
-        if bit.get("oom_kills"):
-            self.broadcast(
-                MoorageError(
-                    f"a process in the sandbox ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) "
-                    "and was killed",
-                    code=Code.SANDBOX_OUT_OF_MEMORY,
-                ).frame()
-            )
-        if bit.get("pids_refusals"):
-            self.broadcast(
-                MoorageError(
-                    f"the sandbox reached its limit of {self.settings.sandbox_pids} processes and threads: "
-                    f"{bit['pids_refusals']} forks were refused",
-                    code=Code.SANDBOX_PIDS_EXHAUSTED,
-                ).frame()
-            )
-
-    async def _check_workspace_size(self) -> None:
-        """Tell clients at write time, not at suspend, that the workspace is
-        full (writes fail) or has grown past what a suspension can save."""
-        if self.workspace is None:
-            return
-        full = await asyncio.to_thread(workspace_full, self.workspace)
-        if full and not self._full:
-            self._notice(
-                Code.WORKSPACE_FULL,
-                f"the workspace is full ({self.settings.workspace_max_bytes} bytes, MOORAGE_WORKSPACE_MAX_BYTES): "
-                "writes to it fail with 'No space left on device' until files are removed",
-            )
-        if self._full and not full:
+    async def _check_workspace(self) -> None:
+        """A workspace that filled up or grew past what a suspension saves:
+        told now (and to clients attaching later), not at suspend."""
+        was_full = self.checks.full
+        for error in await self.checks.workspace_errors(self.workspace):
+            self._notice(error.code, error.message)
+        if was_full and not self.checks.full:  # space was freed: new clients need not hear of it
             self._notices = [n for n in self._notices if n["code"] != Code.WORKSPACE_FULL]
-        self._full = full
-        size = await asyncio.to_thread(workspace_size, self.workspace)
-        over = size > self.settings.workspace_max_bytes
-        if over and not self._too_large:
-            self._notice(
-                Code.WORKSPACE_TOO_LARGE,
-                f"the workspace holds {size} bytes, over the {self.settings.workspace_max_bytes}-byte limit: "
-                "it will not be saved when the session is suspended unless it shrinks",
-            )
-        self._too_large = over
 
     def _notice(self, code: Code, message: str) -> None:
         """A non-fatal error frame for every client, now and on attach."""
@@ -381,19 +322,10 @@ class Session:
         self.metrics.turn_seconds.labels(outcome).observe(time.monotonic() - self._turn_started)
         if message.get("subtype") == "error_max_turns":
             self.metrics.max_turns_exceeded.inc()
-        # The SDK's figure (cumulative per CLI process) beside the proxy's own.
-        total = message.get("total_cost_usd")
-        sdk_delta = 0.0
-        if isinstance(total, (int, float)):
-            sdk_delta = max(0.0, float(total) - self._last_total_cost)
-            self._last_total_cost = float(total)
-        models = message.get("modelUsage")
-        model = next(iter(models), "") if isinstance(models, dict) and models else ""
-        self.metrics.cost_usd.labels(self.metrics.model_label(model), "sdk").inc(sdk_delta)
-        metered, self.ledger.turn_usd = self.ledger.turn_usd, 0.0
-        self.metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
+        metered = self.ledger.settle_turn(message, self.metrics)
         self.broadcast(message)
-        self._report_limits()
+        for error in self.checks.limit_errors(self.sandbox):  # a process in the sandbox hit a limit
+            self.broadcast(error.frame())
         # Spent now (the proxy refused a request, the SDK stopped at its own
         # max_budget_usd, or this turn used the rest): say so once, here.
         scope = self.ledger.refused or self.deps.accounting.exhausted(self.ledger)
@@ -413,7 +345,7 @@ class Session:
             await self.records.add_usage(self.id, 1, metered)
         except STORE_ERRORS as exc:
             self.log.warning("usage_write_failed", error=type(exc).__name__)
-        await self._check_workspace_size()
+        await self._check_workspace()
         if not self.busy:
             self.settled.set()
         self._schedule_idle()
