@@ -135,8 +135,8 @@ async def test_list_filters_by_tenant_and_any_sees_revoked_tokens(db: Database) 
     assert await tokens.any()
 
 
-async def test_migration_0002_upgrades_a_0001_database_keeping_its_rows(tmp_path: Path) -> None:
-    """A database left at 0001 with a session in it gains api_tokens and keeps the session."""
+async def test_migrations_upgrade_a_0001_database_keeping_its_rows(tmp_path: Path) -> None:
+    """A database left at 0001 with a session in it gains api_tokens (and later columns) and keeps the session."""
     db = await Database.connect(f"sqlite:///{tmp_path / 'old.db'}")
     try:
 
@@ -147,7 +147,14 @@ async def test_migration_0002_upgrades_a_0001_database_keeping_its_rows(tmp_path
 
         async with db.engine.begin() as conn:
             await conn.run_sync(to_0001)
-        await SessionRecords(db).create("s1", "acme", {})
+            # A row as the 0001 code wrote it (today's code writes today's columns).
+            await conn.execute(
+                text(
+                    "INSERT INTO sessions (id, tenant, state, created_at, updated_at, last_active_at, turns, "
+                    "cost_usd, options) VALUES ('s1', 'acme', 'suspended', :t, :t, :t, 0, 0.0, '{}')"
+                ),
+                {"t": "2026-11-01 00:00:00.000000"},
+            )
         await db.migrate()
         async with db.engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()

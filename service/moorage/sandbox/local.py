@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,10 +395,12 @@ class LocalBackend:
         name = f"{name}-{secrets.token_hex(4)}"
         probe_dir = self.state_dir / f"probe-{name}"
         probe_dir.mkdir()
+        # A stand-in model socket, somewhere short: AF_UNIX paths end at 108 bytes.
+        socket_dir = Path(tempfile.mkdtemp(prefix="moorage-probe-"))
         try:
             with socket.socket(socket.AF_UNIX) as sock:
-                sock.bind(str(probe_dir / "probe.sock"))
-                spec = SandboxSpec(name, name, probe_dir / "workspace", probe_dir / "probe.sock")
+                sock.bind(str(socket_dir / "m.sock"))
+                spec = SandboxSpec(name, name, probe_dir / "workspace", socket_dir / "m.sock")
                 proc, uid, cg = await self._spawn(spec, ["-c", code])
                 try:
                     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -413,6 +416,7 @@ class LocalBackend:
         finally:
             await asyncio.to_thread(remove_workspace, probe_dir / "workspace")
             shutil.rmtree(probe_dir, ignore_errors=True)
+            shutil.rmtree(socket_dir, ignore_errors=True)
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def _prepare_workspace(self, path: Path, uid: int | None) -> None:
