@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from moorage.errors import SandboxError
-from moorage.sandbox.base import SandboxSpec, decode_frame, encode_frame
-from moorage.sandbox.local import MODEL_SOCKET, Runtime, bwrap_argv
+from moorage.sandbox.base import MODEL_SOCKET, SandboxSpec, decode_frame, encode_frame
+from moorage.sandbox.local import Runtime, bwrap_argv
 from moorage.sandbox.uids import UidPool
 
 
