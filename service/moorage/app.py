@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, Tokens
@@ -73,10 +75,21 @@ async def make_backend(settings: Settings) -> SandboxBackend:
     if settings.sandbox == "docker":
         from .sandbox.cgroups import Limits
         from .sandbox.docker import DockerBackend
+        from .sandbox.uids import UID_LOCKS, UidPool
 
         limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
+        uids = None
+        if os.geteuid() == 0:  # as root: a host uid of its own per container (shared locks with local sandboxes)
+            os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+            uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count, Path(UID_LOCKS))
         docker = DockerBackend(
-            settings.docker_url, settings.sandbox_image, limits, settings.replica, settings.sandbox_tmp_bytes
+            settings.docker_url,
+            settings.sandbox_image,
+            limits,
+            settings.replica,
+            settings.sandbox_tmp_bytes,
+            uids,
+            settings.state_dir,
         )
         await docker.check()
         return docker

@@ -79,18 +79,19 @@ async def containers(**labels: str) -> list[dict[str, object]]:
 
 
 async def test_a_turn_with_a_tool_call_runs_in_a_confined_container(docker_svc: Service) -> None:
-    """Bash runs in the session's container: uid 1000, no capabilities, no network, read-only root."""
+    """Bash runs in the session's container: its own host uid, no capabilities, no network, read-only root."""
     client = await Client.connect(docker_svc)
     script = (
-        "id -u; hostname; pwd; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ls /sys/class/net; "
+        "id -u; id -un; hostname; pwd; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ls /sys/class/net; "
         "touch /usr/x 2>/dev/null || echo root-read-only; echo data > out.txt; "
         "python3 -c 'import pandas, matplotlib, sklearn; print(\"stack-ok\")'"
     )
     frames = await client.turn(f"bash {script}", timeout=90)
     out = tool_output(frames).split()
-    assert out[:3] == ["1000", "moorage-sandbox", "/workspace"]
-    assert out[3:7] == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
-    assert out[7:] == ["lo", "root-read-only", "stack-ok"], "only loopback; the data stack imports"
+    assert 200_000 <= int(out[0]) < 210_000, "a host uid from MOORAGE_SANDBOX_UID_BASE, not the image's 1000"
+    assert out[1:4] == ["agent", "moorage-sandbox", "/workspace"]
+    assert out[4:8] == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+    assert out[8:] == ["lo", "root-read-only", "stack-ok"], "only loopback; the data stack imports"
     assert result_of(frames)["subtype"] == "success"
     [info] = await containers(**{LABEL_SESSION: client.session_id})
     state = info["State"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moorage.sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec
 from moorage.sandbox.cgroups import Limits
-from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, container_config
+from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, container_config, write_etc
 
 MIB = 1024 * 1024
 
@@ -70,3 +70,21 @@ def test_the_egress_tunnel_is_mounted_only_when_configured() -> None:
         "Target": TUNNEL_SOCKET,
         "ReadOnly": True,
     }
+
+
+def test_with_a_pool_uid_the_container_runs_as_it_and_knows_it_as_agent(tmp_path: Path) -> None:
+    """A host uid of its own (no user of this host, no other sandbox shares it), named in passwd/group."""
+    spec = SandboxSpec("sess-1", "sbx1", Path("/state/workspaces/sbx1"), Path("/run/egress/a.sock"))
+    write_etc(tmp_path, 200_007)
+    c = container_config(spec, "img:1", Limits(512 * MIB, 128, 1.0), "host:abc", uid=200_007, etc_dir=tmp_path)
+    host = c["HostConfig"]
+    assert isinstance(host, dict)
+    assert c["User"] == "200007:200007"
+    assert "uid=200007,gid=200007" in host["Tmpfs"]["/home/agent"]
+    etc_mounts = [m for m in host["Mounts"] if m["Target"].startswith("/etc/")]
+    assert etc_mounts == [
+        {"Type": "bind", "Source": str(tmp_path / "passwd"), "Target": "/etc/passwd", "ReadOnly": True},
+        {"Type": "bind", "Source": str(tmp_path / "group"), "Target": "/etc/group", "ReadOnly": True},
+    ]
+    assert "agent:x:200007:200007:" in (tmp_path / "passwd").read_text()
+    assert "agent:x:200007:" in (tmp_path / "group").read_text()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from aiodocker.stream import Stream
 from ..errors import Code, SandboxError
 from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
 from .cgroups import Limits, own_paths
+from .uids import UidPool
 
 log = structlog.get_logger(__name__)
 
@@ -56,20 +58,33 @@ EXIT_WAIT_S = 10.0
 
 
 def container_config(
-    spec: SandboxSpec, image: str, limits: Limits, owner: str, tmp_bytes: int = TMPFS_BYTES
+    spec: SandboxSpec,
+    image: str,
+    limits: Limits,
+    owner: str,
+    tmp_bytes: int = TMPFS_BYTES,
+    uid: int = SANDBOX_UID,
+    etc_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The Engine API body that creates one sandbox container (pure; unit-tested)."""
+    """The Engine API body that creates one sandbox container (pure; unit-tested).
+
+    ``uid``: the host uid the container runs as (no user namespace: it is the
+    same number outside). ``etc_dir`` holds a ``passwd``/``group`` naming it
+    ``agent``, mounted over the image's, so tools that look the user up work."""
     tmpfs_opts = f"rw,nosuid,nodev,size={tmp_bytes}"
     mounts = [
         {"Type": "bind", "Source": str(spec.workspace), "Target": "/workspace"},
         {"Type": "bind", "Source": str(spec.model_socket), "Target": MODEL_SOCKET, "ReadOnly": True},
     ]
+    if etc_dir is not None:
+        for name in ("passwd", "group"):
+            mounts.append({"Type": "bind", "Source": str(etc_dir / name), "Target": f"/etc/{name}", "ReadOnly": True})
     if spec.tunnel_socket is not None:  # the opt-in egress tunnel (MOORAGE_EGRESS_ALLOW)
         mounts.append({"Type": "bind", "Source": str(spec.tunnel_socket), "Target": TUNNEL_SOCKET, "ReadOnly": True})
     return {
         "Image": image,
         "Cmd": list(RUNNER_CMD),
-        "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "User": f"{uid}:{uid}",
         "WorkingDir": "/workspace",
         "Hostname": "moorage-sandbox",
         "Env": [
@@ -106,13 +121,27 @@ def container_config(
             "IpcMode": "private",
             "Tmpfs": {
                 "/tmp": f"{tmpfs_opts},mode=1777",
-                SANDBOX_HOME: f"{tmpfs_opts},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
+                SANDBOX_HOME: f"{tmpfs_opts},uid={uid},gid={uid},mode=0700",
                 "/dev/shm": f"{tmpfs_opts},mode=1777",
             },
             "Mounts": mounts,
             "LogConfig": {"Type": "none", "Config": {}},
         },
     }
+
+
+def write_etc(etc_dir: Path, uid: int) -> None:
+    """``passwd`` and ``group`` naming ``uid`` as the sandbox user ``agent``."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    etc_dir.chmod(0o755)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{uid}:agent:{SANDBOX_HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nagent:x:{uid}:\nnogroup:x:65534:\n",
+    }
+    for name, text in files.items():
+        (etc_dir / name).write_text(text)
+        (etc_dir / name).chmod(0o644)
 
 
 def container_name(sandbox_id: str) -> str:
@@ -145,9 +174,16 @@ class DockerSandbox:
     """One container; its attached stdio is the runner channel."""
 
     def __init__(
-        self, backend: DockerBackend, container: DockerContainer, stream: Stream, spec: SandboxSpec, pid: int
+        self,
+        backend: DockerBackend,
+        container: DockerContainer,
+        stream: Stream,
+        spec: SandboxSpec,
+        pid: int,
+        uid: int = SANDBOX_UID,
     ) -> None:
         self._backend = backend
+        self.uid = uid
         self._container = container
         self._stream = stream
         self._spec = spec
@@ -173,6 +209,7 @@ class DockerSandbox:
             "container_id": self._container.id,
             "name": container_name(self._spec.sandbox_id),
             "pid": self.pid,
+            "uid": self.uid,
             "sandbox_id": self._spec.sandbox_id,
         }
 
@@ -293,6 +330,7 @@ class DockerSandbox:
         with contextlib.suppress(Exception):
             await self._stream.close()
         self._backend.live.pop(self._spec.sandbox_id, None)
+        self._backend._give_back(self._spec.sandbox_id, self.uid)  # the container is gone: nothing runs as it
         if not self._eof and self._lines.empty():
             self._lines.put_nowait(None)
 
@@ -302,7 +340,21 @@ class DockerBackend:
 
     name = "docker"
 
-    def __init__(self, url: str, image: str, limits: Limits, owner: str, tmp_bytes: int = TMPFS_BYTES) -> None:
+    def __init__(
+        self,
+        url: str,
+        image: str,
+        limits: Limits,
+        owner: str,
+        tmp_bytes: int = TMPFS_BYTES,
+        uids: UidPool | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        # With a pool (the service runs as root), each container runs as a
+        # host uid of its own, as local sandboxes do: no two sandboxes, and no
+        # user of this host, share one. Without, the image's uid 1000.
+        self.uids = uids
+        self.etc_root = state_dir.resolve() / "docker-etc" if state_dir is not None else None
         self.url = url or None
         self.tmp_bytes = tmp_bytes
         self.image = image
@@ -333,15 +385,33 @@ class DockerBackend:
         await self.reap_orphans()
 
     async def start(self, spec: SandboxSpec) -> DockerSandbox:
+        uid = self.uids.take() if self.uids is not None else SANDBOX_UID
+        try:
+            return await self._start(spec, uid)
+        except BaseException:
+            self._give_back(spec.sandbox_id, uid)
+            raise
+
+    def _give_back(self, sandbox_id: str, uid: int) -> None:
+        if self.uids is not None:
+            self.uids.give_back(uid)
+        if self.etc_root is not None:
+            shutil.rmtree(self.etc_root / sandbox_id, ignore_errors=True)
+
+    async def _start(self, spec: SandboxSpec, uid: int) -> DockerSandbox:
+        etc_dir = None
+        if self.etc_root is not None:
+            etc_dir = self.etc_root / spec.sandbox_id
+            write_etc(etc_dir, uid)
         spec.workspace.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            os.chown(spec.workspace, SANDBOX_UID, SANDBOX_UID)
+            os.chown(spec.workspace, uid, uid)
             # uid 1000 may be a real user of this host: it owns the workspace,
             # so the directory above it must keep everyone but root out.
             if spec.workspace.parent.stat().st_uid == 0:
                 spec.workspace.parent.chmod(0o700)
         spec.workspace.chmod(0o700)
-        config = container_config(spec, self.image, self.limits, self.owner, self.tmp_bytes)
+        config = container_config(spec, self.image, self.limits, self.owner, self.tmp_bytes, uid, etc_dir)
         container: DockerContainer | None = None
         stream: Stream | None = None
         try:
@@ -358,7 +428,7 @@ class DockerBackend:
             if isinstance(exc, aiodocker.DockerError | aiohttp.ClientError | OSError):
                 raise SandboxError(f"cannot start sandbox container: {exc}", code=Code.SANDBOX_START_FAILED) from exc
             raise
-        sandbox = DockerSandbox(self, container, stream, spec, int(info.get("State", {}).get("Pid") or 0))
+        sandbox = DockerSandbox(self, container, stream, spec, int(info.get("State", {}).get("Pid") or 0), uid)
         self.live[spec.sandbox_id] = sandbox
         log.info("sandbox_started", sandbox_id=spec.sandbox_id, container=container.id[:12], pid=sandbox.pid)
         return sandbox

@@ -34,7 +34,7 @@ from ..workspaces import remove_workspace
 from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
-from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
+from .uids import UID_LOCKS, UidPool, become_subreaper, kill_uid, reap_orphans
 
 log = structlog.get_logger(__name__)
 
@@ -74,8 +74,6 @@ class Runtime:
 
 # Where a root service stages mount sources for the sandbox uid (see below).
 STAGE = "/run/moorage-stage"
-# One lock file per host uid in use by any Moorage service on this host.
-UID_LOCKS = "/run/moorage-uids"
 
 
 def bwrap_argv(

@@ -23,6 +23,9 @@ from ..errors import Code, SandboxError
 log = structlog.get_logger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+# One lock file per host uid in use by any Moorage service on this host
+# (local sandboxes and Docker containers alike).
+UID_LOCKS = "/run/moorage-uids"
 
 
 class UidPool:
