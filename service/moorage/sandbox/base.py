@@ -18,7 +18,10 @@ Contracts (checked by tests/integration/test_sandbox_conformance.py):
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +70,22 @@ class SandboxBackend(Protocol):
         """None when sandboxes can be started now, else what is wrong."""
 
     async def close(self) -> None: ...
+
+
+async def stop_in_stages(
+    exited: asyncio.Event, send: Callable[[signal.Signals], Awaitable[None]], grace_s: float
+) -> None:
+    """The stop every backend does once the runner's input is closed: wait
+    ``grace_s`` for it to exit, then SIGTERM and wait 2 s, then SIGKILL and
+    wait 5 s. Returns as soon as ``exited`` is set; bounded either way."""
+    for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        if sig is not None and not exited.is_set():
+            await send(sig)
+        try:
+            await asyncio.wait_for(exited.wait(), wait_s)
+            return
+        except TimeoutError:
+            continue
 
 
 def encode_frame(frame: dict[str, Any]) -> bytes:

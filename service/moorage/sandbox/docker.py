@@ -38,7 +38,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..errors import Code, SandboxError
-from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
+from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame, stop_in_stages
 from .cgroups import Limits, own_paths
 from .uids import UidPool
 
@@ -303,14 +303,7 @@ class DockerSandbox:
     async def stop(self, grace_s: float) -> int | None:
         """Close input -> wait -> SIGTERM -> wait -> SIGKILL; bounded; then remove."""
         self._close_input()
-        for signal, wait_s in ((None, grace_s), ("SIGTERM", 2.0), ("SIGKILL", 5.0)):
-            if signal is not None and not self.exited.is_set():
-                await self._kill_container(signal)
-            try:
-                await asyncio.wait_for(self.exited.wait(), wait_s)
-                break
-            except TimeoutError:
-                continue
+        await stop_in_stages(self.exited, lambda sig: self._kill_container(sig.name), grace_s)
         await self._release()
         return self.returncode
 

@@ -31,7 +31,7 @@ import structlog
 
 from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
-from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame
+from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame, stop_in_stages
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
 from .uids import UID_LOCKS, UidPool, become_subreaper, kill_uid, reap_orphans
@@ -262,17 +262,13 @@ class LocalSandbox:
         if self._proc.returncode is None and self._proc.stdin is not None:
             with contextlib.suppress(Exception):
                 self._proc.stdin.close()
-        for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            if sig is not None and not self.exited.is_set():
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.exited.wait(), wait_s)
-                break
-            except TimeoutError:
-                continue
+        await stop_in_stages(self.exited, self._signal, grace_s)
         await self._release()
         return self.returncode
+
+    async def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(sig)
 
     async def kill(self) -> None:
         if not self.exited.is_set():
