@@ -11,12 +11,19 @@ tenant per UTC day (``MOORAGE_TENANT_DAILY_BUDGET_USD``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Code, ProtocolError
+import structlog
+
+from .errors import STORE_ERRORS, Code, ProtocolError
 from .metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+SPEND_SYNC_S = 2.0  # how often tenant spend is shared between replicas
 
 USAGE_KINDS = {
     "input_tokens": "input",
@@ -83,7 +90,14 @@ class Accounting:
         self.session_budget_usd = session_budget_usd
         self.tenant_daily_budget_usd = tenant_daily_budget_usd
         self.ledgers: dict[str, Ledger] = {}  # by sandbox id
-        self._tenant_day: dict[str, tuple[dt.date, float]] = {}
+        # Tenant spend per UTC day. The database (``TenantSpend``) holds what
+        # every replica spent; ``sync`` adds ours and reads the totals back.
+        # A budget check sees the last totals read plus what this replica
+        # metered since, so replicas overshoot by at most one sync period.
+        self.spend: Any = None  # moorage_session_store.TenantSpend, set by the app
+        self._pending: dict[tuple[str, str], float] = {}  # (day, tenant): metered here, not yet written
+        self._inflight: dict[tuple[str, str], float] = {}  # being written now
+        self._shared: tuple[str, dict[str, float]] = ("", {})  # (day, totals) as last read
 
     def price(self, model: str, usage: dict[str, int]) -> float:
         family = self.metrics.model_label(model)
@@ -91,8 +105,41 @@ class Accounting:
         return sum(usage.get(key, 0) * table.get(kind, 0.0) for key, kind in USAGE_KINDS.items()) / 1_000_000
 
     def tenant_today(self, tenant: str) -> float:
-        day, spent = self._tenant_day.get(tenant, (dt.datetime.now(dt.UTC).date(), 0.0))
-        return spent if day == dt.datetime.now(dt.UTC).date() else 0.0
+        day = _today()
+        shared_day, totals = self._shared
+        shared = totals.get(tenant, 0.0) if shared_day == day else 0.0
+        return shared + self._inflight.get((day, tenant), 0.0) + self._pending.get((day, tenant), 0.0)
+
+    async def sync(self) -> None:
+        """Write what this replica metered, read every replica's totals for
+        today. Failures keep the amounts for the next try."""
+        if self.spend is None:
+            return
+        self._inflight, self._pending = self._pending, {}
+        try:
+            by_day: dict[str, dict[str, float]] = {}
+            for (day, tenant), usd in self._inflight.items():
+                by_day.setdefault(day, {})[tenant] = usd
+            for day, amounts in by_day.items():
+                await self.spend.add(day, amounts)
+            self._inflight = {}
+            if self.tenant_daily_budget_usd is not None:
+                day = _today()
+                self._shared = (day, await self.spend.day(day))
+        finally:
+            for unwritten, usd in self._inflight.items():  # not written: try again next time
+                self._pending[unwritten] = self._pending.get(unwritten, 0.0) + usd
+            self._inflight = {}
+
+    async def sync_forever(self, period_s: float = SPEND_SYNC_S) -> None:
+        """``sync`` every ``period_s`` while the service runs (a database
+        outage only delays it: the amounts wait in memory)."""
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.sync()
+            except STORE_ERRORS as exc:
+                log.warning("tenant_spend_sync_failed", error=type(exc).__name__)
 
     def on_usage(self, sandbox_id: str, model: str, usage: dict[str, int]) -> None:
         """The proxy read one response's usage."""
@@ -107,8 +154,8 @@ class Accounting:
             return
         ledger.life_usd += cost
         ledger.turn_usd += cost
-        today = dt.datetime.now(dt.UTC).date()
-        self._tenant_day[ledger.tenant] = (today, self.tenant_today(ledger.tenant) + cost)
+        day_tenant = (_today(), ledger.tenant)
+        self._pending[day_tenant] = self._pending.get(day_tenant, 0.0) + cost
 
     def refusal(self, sandbox_id: str) -> str | None:
         """Why the next model request of this sandbox must be refused, if it must."""
@@ -129,3 +176,7 @@ class Accounting:
         ):
             return "tenant"
         return None
+
+
+def _today() -> str:
+    return dt.datetime.now(dt.UTC).date().isoformat()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, Tokens
+from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -294,6 +294,10 @@ def create_app(settings: Settings) -> Starlette:
             accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
             proxy.on_usage = accounting.on_usage
             proxy.refusal = accounting.refusal
+            accounting.spend = TenantSpend(db)
+            with contextlib.suppress(*STORE_ERRORS):
+                await accounting.sync()  # today's tenant totals, before the first request
+            spend_sync = asyncio.create_task(accounting.sync_forever())
             await proxy.start()
             if rules := parse_allowlist(settings.egress_allow):
                 proxy.tunnel = Tunnel(
@@ -331,6 +335,9 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 await pool.close()
                 await sessions.close()
+                spend_sync.cancel()
+                with contextlib.suppress(*STORE_ERRORS):
+                    await accounting.sync()  # what this replica metered last
                 await proxy.close()
                 await backend.close()
                 log.info("service_stopped")

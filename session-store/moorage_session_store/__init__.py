@@ -16,6 +16,7 @@ from .errors import (
     UnsupportedDatabaseURL,
 )
 from .records import SessionRecord, SessionRecords, SessionState
+from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
 
@@ -30,6 +31,7 @@ __all__ = [
     "SessionRecord",
     "SessionRecords",
     "SessionState",
+    "TenantSpend",
     "TokenCheck",
     "TokenRecord",
     "Tokens",

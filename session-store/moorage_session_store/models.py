@@ -121,6 +121,16 @@ class ApiTokenRow(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
+class TenantSpendRow(SQLModel, table=True):
+    """What a tenant spent on the model on one UTC day (every replica adds to it)."""
+
+    __tablename__ = "tenant_spend"
+
+    tenant: str = Field(sa_column=Column(String, primary_key=True))
+    day: str = Field(sa_column=Column(String, primary_key=True))  # ISO date, UTC
+    usd: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -137,3 +147,4 @@ ENTRIES = table("session_store_entries")
 SESSIONS = table("sessions")
 WORKSPACES = table("workspaces")
 API_TOKENS = table("api_tokens")
+TENANT_SPEND = table("tenant_spend")

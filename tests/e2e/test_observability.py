@@ -161,3 +161,24 @@ async def test_readiness_follows_the_database() -> None:
             )
     finally:
         model.stop()
+
+
+async def test_a_tenants_daily_budget_survives_a_restart(model: ScriptedModelServer) -> None:
+    """What a tenant spent today is in the database: after a restart its new sessions are still refused."""
+    budget = {"MOORAGE_TENANT_DAILY_BUDGET_USD": "0.0001"}
+    with run_service(model.url, **budget) as svc:
+        client = await Client.connect(svc)
+        await client.turn("say spend it all")
+        error = (await client.until("error", timeout=10))[-1]
+        assert error["code"] == "budget_exceeded" and "daily" in error["message"]
+        await client.close()
+        state_dir = svc.state_dir
+    with run_service(model.url, MOORAGE_STATE_DIR=str(state_dir), **budget) as again:
+        fresh = await Client.connect(again)
+        requests = len(model.model.requests)
+        await fresh.say("say one more")
+        refused = await fresh.recv()  # refused up front: no turn runs, no model request is made
+        assert refused["type"] == "error" and refused["code"] == "budget_exceeded" and "daily" in refused["message"]
+        assert len(model.model.requests) == requests
+        assert value(scrape(again), "moorage_budget_exceeded_total", scope="tenant") >= 1
+        await fresh.close()
