@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # pod IP (downward API status.podIP) and handed to its sandbox pods.
     proxy_port: int = Field(default=8081, ge=0, le=65535)
     pod_ip: str = ""
+    # Kubernetes backend: this replica's own pod (downward API metadata.name /
+    # metadata.uid). Sandbox pods name it as their owner, so the cluster's
+    # garbage collector deletes them when a replaced replica's pod goes.
+    pod_name: str = ""
+    pod_uid: str = ""
     # Host uids handed to local sandboxes, one per live sandbox.
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_uid_count: int = Field(default=10_000, ge=1)

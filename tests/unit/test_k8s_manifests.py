@@ -230,6 +230,8 @@ def test_replica_identity_comes_from_the_downward_api(rendered: dict[str, list[O
     assert fields == {
         "MOORAGE_REPLICA_ID": "metadata.name",
         "MOORAGE_POD_IP": "status.podIP",
+        "MOORAGE_POD_NAME": "metadata.name",
+        "MOORAGE_POD_UID": "metadata.uid",
         "MOORAGE_K8S_NAMESPACE": "metadata.namespace",
     }
     secrets = {name: ref["secretKeyRef"]["key"] for name, ref in refs.items() if "secretKeyRef" in ref}
@@ -250,6 +252,8 @@ def test_configuration_names_real_settings(rendered: dict[str, list[Obj]], overl
         {
             "MOORAGE_REPLICA_ID": "moorage-7d9f-abcde",
             "MOORAGE_POD_IP": "10.0.0.7",
+            "MOORAGE_POD_NAME": "moorage-7d9f-abcde",
+            "MOORAGE_POD_UID": "5d1c8a2e-0000-4000-8000-000000000001",
             "MOORAGE_K8S_NAMESPACE": "moorage",
             "MOORAGE_DATABASE_URL": "postgresql://moorage@db/moorage",
             "MOORAGE_API_KEYS": "dev:token",

@@ -111,6 +111,24 @@ def test_runtime_class_is_optional() -> None:
     assert make_pod(SPEC, gvisor)["spec"]["runtimeClassName"] == "gvisor"
 
 
+def test_the_owning_service_pod_is_named_so_its_sandboxes_go_with_it() -> None:
+    """With the service pod known, sandbox pods carry an ownerReference to it (garbage-collected on rollout)."""
+    assert "ownerReferences" not in make_pod(SPEC, CONFIG)["metadata"]
+    owner = ("moorage-7f9c-abcde", "5d1c8a2e-0000-4000-8000-000000000001")
+    owned = PodConfig(**{**CONFIG.__dict__, "owner_pod": owner})
+    pod = make_pod(SPEC, owned)
+    assert pod["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "moorage-7f9c-abcde",
+            "uid": "5d1c8a2e-0000-4000-8000-000000000001",
+            "blockOwnerDeletion": False,
+        }
+    ]
+    assert unknown_fields(pod, "V1Pod") == []
+
+
 def test_labels_name_the_sandbox_session_and_replica() -> None:
     """Sandbox pods carry the app, component, session, sandbox and replica labels the NetworkPolicies select."""
     meta = make_pod(SPEC, CONFIG)["metadata"]

@@ -63,6 +63,8 @@ class PodConfig:
     runtime_class: str | None = None
     termination_grace_s: int = 5
     image_pull_policy: str = "IfNotPresent"
+    # The service pod that owns the sandboxes (name, uid), when known.
+    owner_pod: tuple[str, str] | None = None
 
 
 def label_value(text: str) -> str:
@@ -175,9 +177,18 @@ def make_pod(spec: SandboxSpec, config: PodConfig) -> dict[str, Any]:
             "labels": sandbox_labels(spec, config.replica),
             # Labels may have been hashed; the annotations keep the real ids.
             "annotations": {SESSION: spec.session_id, SANDBOX: spec.sandbox_id, REPLICA: config.replica},
+            **({"ownerReferences": [owner_reference(*config.owner_pod)]} if config.owner_pod else {}),
         },
         "spec": pod_spec,
     }
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    """The service pod as a sandbox pod's owner: when a rollout replaces the
+    replica (a new pod, a new replica id, so no restart reaps them), the
+    garbage collector deletes its sandbox pods. Not a controller reference:
+    the service, not a controller, manages them while it lives."""
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
 
 
 # ---- reading a Pod's status -------------------------------------------------

@@ -326,13 +326,18 @@ def from_settings(settings: Settings) -> KubernetesBackend:
             "(set it from the downward API, status.podIP)",
             code=Code.SANDBOX_START_FAILED,
         )
+    namespace = settings.k8s_namespace or default_namespace()
+    # An owner must live in its dependents' namespace: the garbage collector
+    # deletes a pod whose owner it cannot find there.
+    own = (settings.pod_name, settings.pod_uid) if settings.pod_name and settings.pod_uid else None
     config = PodConfig(
-        namespace=settings.k8s_namespace or default_namespace(),
+        namespace=namespace,
         image=settings.sandbox_image,
         replica=settings.replica,
         memory_bytes=settings.sandbox_memory_bytes,
         cpus=settings.sandbox_cpus,
         workspace_bytes=settings.workspace_max_bytes,
         runtime_class=settings.k8s_runtime_class or None,
+        owner_pod=own if own is not None and namespace == default_namespace() else None,
     )
     return KubernetesBackend(config, settings.sandbox_start_timeout_s, address, settings.proxy_port)
