@@ -8,7 +8,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -52,6 +52,30 @@ class Services:
     metrics: Metrics
     auth: Authenticator
     turn_limits: TenantBuckets
+    # Open connections that came in with a database token, by token id.
+    token_conns: dict[WsConnection, str] = field(default_factory=dict)
+
+
+async def cut_revoked(services: Services) -> None:
+    """Every auth-cache period, close the connections whose database token
+    was revoked (or expired) since they came in: a revocation ends access,
+    not only new handshakes. One query for all open connections."""
+    while True:
+        await asyncio.sleep(services.settings.auth_cache_ttl_s)
+        if not services.token_conns:
+            continue
+        try:
+            gone = await Tokens(services.db).no_longer_valid(set(services.token_conns.values()))
+        except STORE_ERRORS:
+            continue  # checked again next period
+        for conn, token_id in list(services.token_conns.items()):
+            if token_id in gone:
+                log.info("client_cut", reason="token_no_longer_valid", token_id=token_id)
+                error = MoorageError("this connection's token was revoked or expired", code=Code.UNAUTHORIZED)
+                error.fatal = True
+                conn.offer(dumps(error.frame()))
+                conn.close(close_code(Code.UNAUTHORIZED), Code.UNAUTHORIZED)
+                services.token_conns.pop(conn, None)
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -207,9 +231,12 @@ async def session_socket(ws: WebSocket) -> None:
         ws, services.metrics, TokenBucket(services.settings.frames_per_s, services.settings.frames_burst)
     )
     services.metrics.ws_connections_active.inc()
+    if verdict.token_id is not None:
+        services.token_conns[conn] = verdict.token_id
     try:
         await _serve(services, conn, tenant)
     finally:
+        services.token_conns.pop(conn, None)
         services.metrics.ws_connections_active.dec()
 
 
@@ -322,7 +349,8 @@ def create_app(settings: Settings) -> Starlette:
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()
             turn_limits = TenantBuckets(settings.turns_per_minute_per_tenant / 60, settings.turns_per_minute_per_tenant)
-            app.state.services = Services(settings, backend, proxy, sessions, db, metrics, auth, turn_limits)
+            app.state.services = services = Services(settings, backend, proxy, sessions, db, metrics, auth, turn_limits)
+            revocations = asyncio.create_task(cut_revoked(services))
             log.info(
                 "service_started",
                 backend=backend.name,
@@ -333,6 +361,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
+                revocations.cancel()
                 await pool.close()
                 await sessions.close()
                 spend_sync.cancel()

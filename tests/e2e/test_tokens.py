@@ -128,6 +128,28 @@ async def test_a_cli_token_runs_a_session_and_forgeries_get_the_same_401(
         assert acme.encode() not in stored and secrets_[0].encode() not in stored
 
 
+async def test_revoking_a_token_closes_the_connections_it_opened(model: ScriptedModelServer, tmp_path: Path) -> None:
+    """An open connection whose token is revoked gets a fatal unauthorized and close 1008; the session lives on."""
+    env = {"MOORAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'moorage.db'}", "MOORAGE_STATE_DIR": str(tmp_path)}
+    revoked_id, doomed = await create(env, "acme")
+    _, kept = await create(env, "acme")
+    with run_service(model.url, **env, MOORAGE_AUTH_CACHE_TTL_S="1") as svc:
+        victim = await Client.connect(svc, token=doomed)
+        other = await Client.connect(svc, token=kept)
+        assert result_of(await victim.turn("say before"))["result"] == "before"
+        assert (await tokens_cli(env, "revoke", revoked_id)).returncode == 0
+        error = (await victim.until("error", timeout=scaled(10)))[-1]
+        assert error["code"] == "unauthorized" and error["fatal"] is True
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await victim.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        # Only that token's connection: the tenant's other client, and the session, go on.
+        assert result_of(await other.turn("say still here"))["result"] == "still here"
+        again = await Client.connect(svc, victim.session_id, token=kept)
+        assert again.first["state"] == "attached"
+        await asyncio.gather(again.close(), other.close())
+
+
 async def test_revoked_and_expired_tokens_are_refused_within_the_cache_bound(
     model: ScriptedModelServer, tmp_path: Path
 ) -> None:
