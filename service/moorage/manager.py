@@ -24,7 +24,7 @@ import structlog
 
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .sessions import Deps, Session
-from .workspaces import suspend_record
+from .workspaces import remove_workspace, suspend_record
 
 log = structlog.get_logger(__name__)
 
@@ -281,6 +281,12 @@ class SessionManager:
         workspace = Path(handle["workspace"]) if handle.get("workspace") else None
         bound = log.bind(session_id=record.id, tenant=record.tenant)
         bound.info("session_recovering", had_sandbox=bool(handle))
+        if workspace is not None and handle.get("workspace_mounted") and not workspace.is_mount():
+            # Its filesystem went with the host: what is left is an empty
+            # mount point, not the session's files. Keep the last checkpoint.
+            bound.warning("workspace_lost_with_host", detail="rehydrating from the last workspace checkpoint")
+            await asyncio.to_thread(remove_workspace, workspace)
+            workspace = None
         await suspend_record(self.deps, record.id, workspace, bound)
 
     async def drain(self, grace_s: float) -> None:

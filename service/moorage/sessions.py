@@ -47,7 +47,7 @@ from .relay import RpcRelay
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, Sandbox, SandboxBackend
 from .settings import Settings
 from .transcripts import TranscriptSink
-from .workspaces import restore_frames, suspend_record
+from .workspaces import Checkpoints, restore_frames, suspend_record
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +103,7 @@ class Session:
         self._active = False
         self._held: list[dict[str, Any]] = []  # results waiting for their transcript
         self.checks = AfterTurn(settings)
+        self.checkpoints = Checkpoints(self.records, session_id, settings, self.log)
         self.sandbox: Sandbox | None = None
         self.sandbox_id = ""
         self.workspace: Path | None = None
@@ -346,6 +347,8 @@ class Session:
         except STORE_ERRORS as exc:
             self.log.warning("usage_write_failed", error=type(exc).__name__)
         await self._check_workspace()
+        if self.workspace is not None:
+            self.checkpoints.after_turn(self.workspace)
         if not self.busy:
             self.settled.set()
         self._schedule_idle()
@@ -405,6 +408,7 @@ class Session:
         self.subscribers.clear()
         if not self.sink.durable:
             self.log.error("transcript_entries_unsaved", batches=len(self.sink.unsaved))
+        await self.checkpoints.stop()  # the suspension's own save is the newer one
         suspended = await suspend_record(self.deps, self.id, self.workspace, self.log)
         usage = self.proxy.usage.pop(self.sandbox_id, None)
         self.log.info(

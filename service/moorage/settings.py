@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     prices: dict[str, dict[str, float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     turn_timeout_s: float = Field(default=600.0, gt=0)
     idle_timeout_s: float = Field(default=600.0, gt=0)
+    # Save a changed workspace to the database after a turn at most this
+    # often (0: after every turn that changed it), so a host crash loses at
+    # most this much of a live session's files; suspension always saves.
+    workspace_checkpoint_s: float = Field(default=60.0, ge=0)
     # How long an interrupted turn may take to wind down before its sandbox
     # is killed (wall-clock guard and max-turns backstop).
     interrupt_grace_s: float = Field(default=10.0, gt=0)

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ctypes
 import io
 import os
 import shutil
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .errors import Code, MoorageError
+from .errors import STORE_ERRORS, Code, MoorageError
 
 log = structlog.get_logger(__name__)
+
+CHECKPOINT_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, MoorageError)
 
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,6 +59,57 @@ def remove_workspace(path: Path) -> None:
     if os.path.ismount(path) and _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
         log.error("workspace_unmount_failed", path=str(path), error=os.strerror(ctypes.get_errno()))
     shutil.rmtree(path, ignore_errors=True)
+
+
+def signature(path: Path) -> tuple[int, int, int]:
+    """(files, bytes, newest mtime): changes when the workspace's files do."""
+    files = size = newest = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            files, size, newest = files + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return files, size, newest
+
+
+class Checkpoints:
+    """Saves a live session's workspace after a turn, in the background, when
+    it changed and the last save is ``workspace_checkpoint_s`` old, so a host
+    crash loses at most that much of it (suspension always saves)."""
+
+    def __init__(self, records: Any, session_id: str, settings: Any, log: Any) -> None:
+        self.records, self.session_id, self.settings, self.log = records, session_id, settings, log
+        self._task: asyncio.Task[None] | None = None
+        self._saved: tuple[int, int, int] | None = None
+        self._saved_at = -1e9
+
+    def after_turn(self, path: Path) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        if time.monotonic() - self._saved_at >= self.settings.workspace_checkpoint_s:
+            self._task = asyncio.create_task(self._save(path))
+
+    async def _save(self, path: Path) -> None:
+        sig = await asyncio.to_thread(signature, path)
+        if sig == self._saved:
+            return
+        try:
+            data = await asyncio.to_thread(snapshot, path, self.settings.workspace_max_bytes)
+            await self.records.save_workspace(self.session_id, data)
+        except CHECKPOINT_ERRORS as exc:  # too large, or no database: suspension tries again
+            self.log.warning("workspace_checkpoint_failed", error=type(exc).__name__)
+            return
+        self._saved, self._saved_at = sig, time.monotonic()
+        self.log.debug("workspace_checkpointed", bytes=len(data))
+
+    async def stop(self) -> None:
+        """Cancel a save in flight (before the suspension's own, newer one)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def workspace_full(path: Path) -> bool:

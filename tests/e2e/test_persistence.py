@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from moorage.testing.scripted_model import ScriptedModelServer
+from moorage.workspaces import remove_workspace
 from moorage_session_store import Database, SQLModelSessionStore
 from support import (
     Client,
@@ -27,6 +28,7 @@ from support import (
     scaled,
     tool_output,
     wait_suspended,
+    wait_until,
 )
 
 
@@ -176,3 +178,34 @@ async def test_a_reconnect_to_another_replica_gets_the_session_handed_over(
         assert events(one, "session_handed_over", client.session_id)
         assert not events(one, "session_idle_timeout", client.session_id)
         await moved.close()
+
+
+async def test_a_host_crash_loses_no_more_of_the_workspace_than_the_last_checkpoint(
+    model: ScriptedModelServer,
+) -> None:
+    """kill -9 with the workspace's tmpfs gone too (a reboot): the session comes back with its checkpointed files."""
+    with run_service(model.url, MOORAGE_WORKSPACE_CHECKPOINT_S="0") as first:
+        client = await Client.connect(first)
+        await client.turn("bash echo survived > crash.txt")
+        await asyncio.to_thread(
+            wait_until,
+            lambda: bool(events(first, "workspace_checkpointed", client.session_id)),
+            10,
+            "the workspace to be checkpointed after the turn",
+        )
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(scaled(10))
+        state_dir = first.state_dir
+    # What a reboot leaves of a tmpfs workspace: an empty mount point.
+    lost = [w for w in (state_dir / "workspaces").iterdir() if w.is_mount()]
+    if not lost:
+        pytest.skip("this host does not give workspaces a filesystem of their own")
+    for workspace in lost:
+        remove_workspace(workspace)
+        workspace.mkdir()
+    with run_service(model.url, MOORAGE_STATE_DIR=str(state_dir)) as second:
+        assert events(second, "workspace_lost_with_host", client.session_id)
+        again = await Client.connect(second, client.session_id)
+        assert again.first["state"] == "rehydrated"
+        assert "survived" in tool_output(await again.turn("bash cat crash.txt"))
+        await again.close()

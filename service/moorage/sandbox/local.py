@@ -179,6 +179,7 @@ class LocalSandbox:
         self._spec = spec
         self.uid = uid
         self._backend = backend
+        self._workspace_mounted = os.path.ismount(spec.workspace)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         # asyncio's Process.wait() also waits for the pipes to close, which a
         # surviving grandchild can hold open; a pidfd says when the top
@@ -202,7 +203,14 @@ class LocalSandbox:
 
     @property
     def handle(self) -> dict[str, Any]:
-        return {"backend": "local", "pid": self._proc.pid, "uid": self.uid, "sandbox_id": self._spec.sandbox_id}
+        return {
+            "backend": "local",
+            "pid": self._proc.pid,
+            "uid": self.uid,
+            "sandbox_id": self._spec.sandbox_id,
+            # A tmpfs: after a host crash it is gone, not empty (recovery keeps the last checkpoint).
+            "workspace_mounted": self._workspace_mounted,
+        }
 
     @property
     def returncode(self) -> int | None:
