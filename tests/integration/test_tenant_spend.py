@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import pytest
 from moorage.accounting import Accounting, Ledger
 from moorage.metrics import Metrics
 from moorage_session_store import Database, TenantSpend
-from moorage_session_store.models import TENANT_SPEND
-from support import pg_available, pg_database
 
 # 10 cents an input token: 6 tokens cost 0.60 USD.
 PRICES = {"claude-opus": {"input": 100_000.0, "output": 0.0, "cache_read": 0.0, "cache_creation": 0.0}}
-
-
-@pytest.fixture(scope="module")
-def pg_name() -> Iterator[str]:
-    if not pg_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    with pg_database() as name:
-        yield name
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated database with an empty ``tenant_spend`` table, per backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'spend.db'}"
-    else:
-        url = f"postgresql://postgres@127.0.0.1:5432/{request.getfixturevalue('pg_name')}"
-    database = await Database.connect(url)
-    try:
-        await database.migrate()
-        async with database.engine.begin() as conn:
-            await conn.execute(TENANT_SPEND.delete())
-        yield database
-    finally:
-        await database.close()
 
 
 async def test_amounts_add_up_per_tenant_and_day(db: Database) -> None:

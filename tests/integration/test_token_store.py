@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,35 +22,9 @@ from moorage_session_store.models import API_TOKENS
 from moorage_session_store.tokens import parse_token
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection
-from support import Cuttable, pg_available, pg_database
+from support import Cuttable, pg_available
 
 TOKEN_RE = re.compile(r"^mrg_[0-9a-f]{12}_[0-9a-f]{64}$")
-
-
-@pytest.fixture(scope="module")
-def pg_name() -> Iterator[str]:
-    """A temp PostgreSQL database for this module, dropped afterwards."""
-    if not pg_available():
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    with pg_database() as name:
-        yield name
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated database with an empty ``api_tokens`` table, per backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tokens.db'}"
-    else:
-        url = f"postgresql://postgres@127.0.0.1:5432/{request.getfixturevalue('pg_name')}"
-    database = await Database.connect(url)
-    try:
-        await database.migrate()
-        async with database.engine.begin() as conn:
-            await conn.execute(API_TOKENS.delete())
-        yield database
-    finally:
-        await database.close()
 
 
 async def raw_rows(db: Database) -> list[dict[str, object]]:
