@@ -161,6 +161,9 @@ class Session:
                         "processes and threads",
                         code=Code.SANDBOX_PIDS_EXHAUSTED,
                     )
+                crashed = self._close_error is not None and self._close_error.code == Code.SANDBOX_CRASHED
+                if crashed and error.code != Code.SANDBOX_CRASHED:
+                    self._close_error = None  # the runner saw its CLI die; the limit that bit says why
         except Exception as exc:  # a bug in the pump must not leave the sandbox running
             self.log.exception("session_pump_failed")
             error = MoorageError(f"internal error: {type(exc).__name__}")
