@@ -92,6 +92,11 @@ class Checkpoints:
             self._task = asyncio.create_task(self._save(path))
 
     async def _save(self, path: Path) -> None:
+        # A full workspace is most likely being filled right now: reading it
+        # would hold deleted files open (their space freed only when the read
+        # ends); the suspension saves it anyway.
+        if await asyncio.to_thread(workspace_full, path):
+            return
         sig = await asyncio.to_thread(signature, path)
         if sig == self._saved:
             return

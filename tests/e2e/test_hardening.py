@@ -67,7 +67,8 @@ async def test_a_disk_filler_fills_only_its_own_workspace(model: ScriptedModelSe
         bystander = await Client.connect(svc)
         await filler.say(
             "bash head -c 100000000 /dev/zero > /workspace/fill; echo ws=$?; "
-            "head -c 100000000 /dev/zero > /tmp/fill; echo tmp=$?; ls -l /workspace/fill"
+            # /tmp is freed again at once: the CLI keeps its tool output there.
+            "head -c 100000000 /dev/zero > /tmp/fill; echo tmp=$?; rm -f /tmp/fill; ls -l /workspace/fill"
         )
         calm = result_of(await bystander.turn("bash echo hello > /workspace/note && cat /workspace/note"))
         assert calm["subtype"] == "success"
