@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
@@ -99,13 +98,11 @@ async def make_backend(settings: Settings) -> SandboxBackend:
     if settings.sandbox == "docker":
         from .sandbox.cgroups import Limits
         from .sandbox.docker import DockerBackend
-        from .sandbox.uids import UID_LOCKS, UidPool
+        from .sandbox.uids import UidPool
 
         limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
-        uids = None
-        if os.geteuid() == 0:  # as root: a host uid of its own per container (shared locks with local sandboxes)
-            os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
-            uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count, Path(UID_LOCKS))
+        # As root, a host uid of its own per container (locks shared with local sandboxes).
+        uids = UidPool.shared(settings.sandbox_uid_base, settings.sandbox_uid_count) if os.geteuid() == 0 else None
         docker = DockerBackend(
             settings.docker_url,
             settings.sandbox_image,

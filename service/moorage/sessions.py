@@ -520,15 +520,11 @@ class Session:
 
     @property
     def in_use(self) -> bool:
-        return self._in_use
-
-    @property
-    def _in_use(self) -> bool:
         """A client, a turn, or a transcript still being written: not idle."""
         return bool(self.subscribers or self.guard.running or self._held or not self.sink.durable)
 
     def _schedule_idle(self) -> None:
-        if self._in_use or self.closed or not self.ready.is_set():
+        if self.in_use or self.closed or not self.ready.is_set():
             return
         if self._idle is None or self._idle.done():
             self._idle_since = time.monotonic()
@@ -547,7 +543,7 @@ class Session:
 
     async def _idle_timeout(self) -> None:
         await asyncio.sleep(self.settings.idle_timeout_s)
-        if self._in_use:
+        if self.in_use:
             return
         self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
         self.metrics.sandbox_idle_timeouts.labels(self.backend.name).inc()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moorage.sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec
+from moorage.sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, write_etc
 from moorage.sandbox.cgroups import Limits
-from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, container_config, write_etc
+from moorage.sandbox.docker import LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION, container_config
 
 MIB = 1024 * 1024
 

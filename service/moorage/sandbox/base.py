@@ -72,6 +72,26 @@ class SandboxBackend(Protocol):
     async def close(self) -> None: ...
 
 
+SANDBOX_HOME = "/home/agent"  # the sandbox user's home, in every backend
+
+
+def write_etc(etc_dir: Path, uid: int) -> None:
+    """``passwd`` and ``group`` naming ``uid`` the sandbox user ``agent``, and
+    ``hosts``/``hostname``, for a backend to mount over the system's."""
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    etc_dir.chmod(0o755)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{uid}:agent:{SANDBOX_HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nagent:x:{uid}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1 localhost moorage-sandbox\n::1 localhost\n",
+        "hostname": "moorage-sandbox\n",
+    }
+    for name, text in files.items():
+        (etc_dir / name).write_text(text)
+        (etc_dir / name).chmod(0o644)
+
+
 async def stop_in_stages(
     exited: asyncio.Event, send: Callable[[signal.Signals], Awaitable[None]], grace_s: float
 ) -> None:

@@ -38,14 +38,22 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..errors import Code, SandboxError
-from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame, stop_in_stages
+from .base import (
+    MODEL_SOCKET,
+    SANDBOX_HOME,
+    TUNNEL_SOCKET,
+    SandboxSpec,
+    decode_frame,
+    encode_frame,
+    stop_in_stages,
+    write_etc,
+)
 from .cgroups import Limits, own_paths
 from .uids import UidPool
 
 log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000  # the image's "agent" user
-SANDBOX_HOME = "/home/agent"
 RUNNER_CMD = ["python", "-m", "moorage_runner"]
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 LINE_QUEUE = 256  # frames read ahead of the consumer
@@ -128,20 +136,6 @@ def container_config(
             "LogConfig": {"Type": "none", "Config": {}},
         },
     }
-
-
-def write_etc(etc_dir: Path, uid: int) -> None:
-    """``passwd`` and ``group`` naming ``uid`` as the sandbox user ``agent``."""
-    etc_dir.mkdir(parents=True, exist_ok=True)
-    etc_dir.chmod(0o755)
-    files = {
-        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nagent:x:{uid}:{uid}:agent:{SANDBOX_HOME}:/bin/bash\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-        "group": f"root:x:0:\nagent:x:{uid}:\nnogroup:x:65534:\n",
-    }
-    for name, text in files.items():
-        (etc_dir / name).write_text(text)
-        (etc_dir / name).chmod(0o644)
 
 
 def container_name(sandbox_id: str) -> str:

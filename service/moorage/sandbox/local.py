@@ -31,15 +31,23 @@ import structlog
 
 from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
-from .base import MODEL_SOCKET, TUNNEL_SOCKET, SandboxSpec, decode_frame, encode_frame, stop_in_stages
+from .base import (
+    MODEL_SOCKET,
+    SANDBOX_HOME,
+    TUNNEL_SOCKET,
+    SandboxSpec,
+    decode_frame,
+    encode_frame,
+    stop_in_stages,
+    write_etc,
+)
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
-from .uids import UID_LOCKS, UidPool, become_subreaper, kill_uid, reap_orphans
+from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
 
 log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000  # the uid the agent sees inside
-SANDBOX_HOME = "/home/agent"
 RUNNER_LIB = "/opt/moorage/lib"
 VENV = "/opt/moorage/venv"
 RUNNER_ARGS = ("-m", "moorage_runner")
@@ -145,22 +153,6 @@ def bwrap_argv(
     for name, value in env.items():
         argv += ["--setenv", name, value]
     return [*argv, "--", runtime.sandbox_python, *RUNNER_ARGS]
-
-
-def _write_etc(etc_dir: Path) -> None:
-    etc_dir.mkdir(parents=True, exist_ok=True)
-    etc_dir.chmod(0o755)
-    files = {
-        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        f"agent:x:{SANDBOX_UID}:{SANDBOX_UID}:agent:{SANDBOX_HOME}:/bin/bash\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-        "group": f"root:x:0:\nagent:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
-        "hosts": "127.0.0.1 localhost moorage-sandbox\n::1 localhost\n",
-        "hostname": "moorage-sandbox\n",
-    }
-    for name, text in files.items():
-        (etc_dir / name).write_text(text)
-        (etc_dir / name).chmod(0o644)
 
 
 class LocalSandbox:
@@ -346,9 +338,7 @@ class LocalBackend:
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
         # as the service's uid (still in their own user namespace).
         self.as_root = os.geteuid() == 0
-        if self.as_root:
-            os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
-        self.uids = UidPool(uid_base, uid_count, Path(UID_LOCKS) if self.as_root else None)
+        self.uids = UidPool.shared(uid_base, uid_count) if self.as_root else UidPool(uid_base, uid_count)
         become_subreaper()
         self.cgroups = Cgroups(limits) if limits is not None and self.as_root else None
         if limits is not None and (self.cgroups is None or not self.cgroups.available):
@@ -374,7 +364,7 @@ class LocalBackend:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.as_root:
             os.makedirs(STAGE, mode=0o755, exist_ok=True)
-        _write_etc(self._etc)
+        write_etc(self._etc, SANDBOX_UID)
         if self.seccomp:
             self._seccomp_program = write_program(self.state_dir)
         else:

@@ -54,6 +54,13 @@ class UidPool:
             self._free.extendleft(reversed(skipped))
         raise SandboxError("no free sandbox uid", code=Code.SANDBOX_START_FAILED)
 
+    @classmethod
+    def shared(cls, base: int, count: int) -> UidPool:
+        """A pool whose uids are flocked under ``UID_LOCKS``, so every Moorage
+        service on this host (local or Docker backend) skips the others' uids."""
+        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        return cls(base, count, Path(UID_LOCKS))
+
     def lock(self, uid: int) -> int | None:
         """An flock on ``uid``'s lock file (-1: no locking), or None if held elsewhere."""
         if self._lock_dir is None:
