@@ -4,6 +4,7 @@ bubblewrap sandboxes; only the model is scripted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -220,7 +221,19 @@ async def test_disconnect_mid_turn_leaks_no_process(model: ScriptedModelServer) 
         await client.close()
         await asyncio.to_thread(wait_until, lambda: not processes_of_uid(uid), 30, "every sandbox process to exit")
         assert "session_idle_timeout" in svc.logs()
-        assert not [d for d in (svc.state_dir / "workspaces").iterdir() if d.stat().st_uid == uid]
+        # The suspension saves the workspace, then removes it: poll, never a single look.
+        await asyncio.to_thread(
+            wait_until, lambda: not workspaces_of_uid(svc.state_dir / "workspaces", uid), 30, "the workspace to go"
+        )
+
+
+def workspaces_of_uid(root: Path, uid: int) -> list[Path]:
+    found = []
+    for path in root.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # removed while we looked
+            if path.stat().st_uid == uid:
+                found.append(path)
+    return found
 
 
 async def test_a_fresh_state_dir_is_created(model: ScriptedModelServer, tmp_path: Path) -> None:
