@@ -268,6 +268,10 @@ class Session:
         self._notices.append(frame)
         self.broadcast(frame)
 
+    def notice(self, error: MoorageError) -> None:
+        """``_notice`` for the manager (storage quota notices on rehydration)."""
+        self._notice(error.code, error.message)
+
     async def _pump(self) -> None:
         assert self.sandbox is not None
         runner_error: str | None = None
