@@ -450,7 +450,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             if not self.closed:
-                await self._finish(None)
+                await self._finish(self._close_error)  # the reason, if given, reaches its clients
             return
         if self.sandbox is not None:
             await self.sandbox.stop(STOP_GRACE_S)
