@@ -33,17 +33,15 @@ def http_delete(svc: Service, session_id: str, token: str | None) -> tuple[int, 
 
 def stored_rows(svc: Service, session_id: str) -> dict[str, int]:
     """What the session has in each table of the service's SQLite database."""
+    queries = {
+        "sessions": "SELECT count(*) FROM sessions WHERE id = ?",
+        "workspaces": "SELECT count(*) FROM workspaces WHERE session_id = ?",
+        "transcripts": "SELECT count(*) FROM session_store_keys WHERE session_id = ?",
+        "entries": "SELECT count(*) FROM session_store_entries e JOIN session_store_keys k ON e.key_id = k.id "
+        "WHERE k.session_id = ?",
+    }
     with sqlite3.connect(svc.state_dir / "moorage.db") as db:
-        count = lambda sql: int(db.execute(sql, (session_id,)).fetchone()[0])  # noqa: E731
-        return {
-            "sessions": count("SELECT count(*) FROM sessions WHERE id = ?"),
-            "workspaces": count("SELECT count(*) FROM workspaces WHERE session_id = ?"),
-            "transcripts": count("SELECT count(*) FROM session_store_keys WHERE session_id = ?"),
-            "entries": count(
-                "SELECT count(*) FROM session_store_entries e JOIN session_store_keys k ON e.key_id = k.id "
-                "WHERE k.session_id = ?"
-            ),
-        }
+        return {name: int(db.execute(sql, (session_id,)).fetchone()[0]) for name, sql in queries.items()}
 
 
 async def close_code_of(client: Client) -> int | None:
