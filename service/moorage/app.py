@@ -111,6 +111,7 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             settings.sandbox_tmp_bytes,
             uids,
             settings.state_dir,
+            settings.workspace_max_bytes,
         )
         await docker.check()
         return docker
