@@ -49,6 +49,8 @@ def snapshot_limit(workspace_bytes: int) -> int:
     """The most archive bytes a snapshot may bring: the workspace cap plus tar and gzip overhead
     (headers, padding, incompressible data). The base64 of the frames is decoded as it arrives."""
     return workspace_bytes + workspace_bytes // 8 + 1024 * 1024
+
+
 POLL_S = (0.1, 0.2, 0.5, 1.0)
 
 
