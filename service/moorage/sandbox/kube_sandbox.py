@@ -42,6 +42,7 @@ STDIN, STDOUT, STDERR, ERROR = 0, 1, 2, 3
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 SETTLE_TIMEOUT_S = 3.0  # the kubelet reporting a finished container
 SNAPSHOT_TIMEOUT_S = 30.0  # the runner packing and sending its workspace
+POLL_S = (0.1, 0.2, 0.5, 1.0)
 MAX_RESTORE_ENTRIES = 100_000  # archive members unpacked onto the host, whatever their size
 
 
@@ -49,9 +50,6 @@ def snapshot_limit(workspace_bytes: int) -> int:
     """The most archive bytes a snapshot may bring: the workspace cap plus tar and gzip overhead
     (headers, padding, incompressible data). The base64 of the frames is decoded as it arrives."""
     return workspace_bytes + workspace_bytes // 8 + 1024 * 1024
-
-
-POLL_S = (0.1, 0.2, 0.5, 1.0)
 
 
 def delays() -> Iterator[float]:
