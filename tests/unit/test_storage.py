@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
 
 from moorage.errors import Code, close_code
+from moorage.manager import SessionManager
+from moorage.metrics import Metrics
+from moorage.settings import Settings
 from moorage.storage import Retention, StorageQuota
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -56,3 +61,38 @@ def test_a_sweep_goes_on_while_batches_come_back_full_and_stops_at_its_bound() -
     assert policy.another_batch(100, 1) and policy.another_batch(100, 2)
     assert not policy.another_batch(100, 3)  # the next sweep goes on
     assert not policy.another_batch(99, 1) and not policy.another_batch(0, 1)
+
+
+class FakeRecords:
+    """Answers reap_suspended with the batches given, recording the cutoffs asked for."""
+
+    def __init__(self, batches: list[int]) -> None:
+        self.batches = batches
+        self.cutoffs: list[datetime] = []
+
+    async def reap_suspended(self, before: datetime, limit: int) -> list[str]:
+        self.cutoffs.append(before)
+        n = self.batches.pop(0) if self.batches else 0
+        return [f"s{i}" for i in range(min(n, limit))]
+
+
+def manager(days: float, records: FakeRecords) -> tuple[SessionManager, Metrics]:
+    metrics = Metrics(())
+    settings = Settings(session_retention_days=days)
+    deps = SimpleNamespace(settings=settings, records=records, metrics=metrics, replica="r1")
+    return SessionManager(cast(Any, deps)), metrics
+
+
+async def test_a_sweep_deletes_in_batches_counts_them_and_stops_at_a_short_batch() -> None:
+    records = FakeRecords([100, 100, 3, 100])
+    reaper, metrics = manager(30, records)
+    assert await reaper.reap_once(NOW) == 203
+    assert records.cutoffs == [NOW - timedelta(days=30)] * 3
+    assert metrics.registry.get_sample_value("moorage_sessions_deleted_total", {"reason": "retention"}) == 203
+    assert metrics.registry.get_sample_value("moorage_sessions_deleted_total", {"reason": "request"}) == 0
+
+
+async def test_no_sweep_when_sessions_are_kept_forever() -> None:
+    records = FakeRecords([5])
+    reaper, _ = manager(0, records)
+    assert await reaper.reap_once(NOW) == 0 and records.cutoffs == []
