@@ -1,4 +1,4 @@
-"""Command line: ``moorage serve | demo | chat | tokens``."""
+"""Command line: ``moorage serve | demo | chat | tokens | sessions``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from . import tokens
+from . import sessions_cli, tokens
 from .logs import configure
 from .settings import Settings
 
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--session", default=None, help="attach to this session id")
     chat.add_argument("--token", default=None, help="bearer token (from MOORAGE_API_KEYS or `moorage tokens create`)")
     tokens.add_parser(sub)
+    sessions_cli.add_parser(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "serve":
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session, args.token)
     elif args.command == "tokens":
         return tokens.run(args, settings)
+    elif args.command == "sessions":
+        return sessions_cli.run(args, settings)
     return 0
 
 

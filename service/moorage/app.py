@@ -111,6 +111,7 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             settings.sandbox_tmp_bytes,
             uids,
             settings.state_dir,
+            settings.workspace_max_bytes,
         )
         await docker.check()
         return docker
@@ -267,6 +268,44 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
         writer.cancel()
 
 
+# DELETE /v1/sessions/{id}: HTTP status and Managed Agents error type per code it can answer.
+_DELETE_ERRORS: dict[Code, tuple[int, str]] = {
+    Code.UNAUTHORIZED: (401, "authentication_error"),
+    Code.SESSION_NOT_FOUND: (404, "not_found_error"),
+    Code.SESSION_LOCKED: (409, "conflict_error"),
+    Code.STORE_UNAVAILABLE: (503, "api_error"),
+}
+
+
+def api_error(code: Code, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error in the Managed Agents envelope; ``details.error_code`` is the stable code."""
+    status, kind = _DELETE_ERRORS.get(code, (500, "api_error"))
+    body = {"type": "error", "error": {"type": kind, "message": message, "details": {"error_code": str(code)}}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def delete_session(request: Request) -> JSONResponse:
+    """``DELETE /v1/sessions/{session_id}``: the session and everything it stored (record,
+    transcripts, workspace); a live one is stopped first. Authenticated like the WebSocket."""
+    services: Services = request.app.state.services
+    try:
+        verdict = await services.auth.verdict(credentials(request).token)
+    except STORE_ERRORS:
+        services.metrics.errors.labels(str(Code.STORE_UNAVAILABLE)).inc()
+        return api_error(Code.STORE_UNAVAILABLE, "cannot check tokens: try again", {"retry-after": "5"})
+    if verdict.tenant is None:
+        services.metrics.errors.labels(str(Code.UNAUTHORIZED)).inc()
+        log.info("client_refused", reason="unauthorized", detail=verdict.reason, token_id=verdict.token_id)
+        return api_error(Code.UNAUTHORIZED, "a valid bearer token is required", {"www-authenticate": "Bearer"})
+    session_id = request.path_params["session_id"]
+    try:
+        await services.sessions.delete(session_id, verdict.tenant)
+    except MoorageError as exc:
+        services.metrics.errors.labels(str(exc.code)).inc()
+        return api_error(exc.code, exc.message)
+    return JSONResponse({"id": session_id, "type": "session_deleted"})
+
+
 async def healthz(request: Request) -> JSONResponse:
     """The process is alive (liveness)."""
     return JSONResponse({"status": "ok"})
@@ -377,6 +416,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics", metrics_endpoint),
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
+            Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
         ],
         lifespan=lifespan,
     )

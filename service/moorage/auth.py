@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from moorage_session_store import DatabaseUnavailable, Tokens
 from moorage_session_store.columns import utcnow
-from starlette.websockets import WebSocket
+from starlette.requests import HTTPConnection
 
 SUBPROTOCOL = "moorage.v1"
 BEARER_SUBPROTOCOL = "bearer."
@@ -84,7 +84,8 @@ class Credentials:
     subprotocol: str | None  # what to accept the socket with
 
 
-def credentials(ws: WebSocket) -> Credentials:
+def credentials(ws: HTTPConnection) -> Credentials:
+    """The token a WebSocket handshake (or an HTTP request) presents."""
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
     header = ws.headers.get("authorization", "")

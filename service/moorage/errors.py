@@ -37,6 +37,8 @@ class Code(StrEnum):
     WORKSPACE_TOO_LARGE = "workspace_too_large"
     WORKSPACE_FULL = "workspace_full"
     WORKSPACE_NOT_RESTORED = "workspace_not_restored"
+    STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
+    SESSION_DELETED = "session_deleted"
     INTERNAL = "internal"
 
 
@@ -97,6 +99,8 @@ CLOSE_CODES: dict[Code, int] = {
     Code.TOO_MANY_SESSIONS: 1013,
     Code.STORE_UNAVAILABLE: 1013,
     Code.SERVICE_DRAINING: CLOSE_SERVICE_RESTART,
+    Code.STORAGE_QUOTA_EXCEEDED: CLOSE_POLICY,  # opening a session: retrying will not help, deleting will
+    Code.SESSION_DELETED: 4410,
 }
 
 

@@ -24,11 +24,13 @@ import structlog
 
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .sessions import Deps, Session
+from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
 from .workspaces import remove_workspace, suspend_record
 
 log = structlog.get_logger(__name__)
 
 HANDOVER_POLL_S = 0.5  # how often a waiting replica looks, and an owner checks for requests
+DELETE_WAIT_S = 30.0  # a deleted session that is already ending: how long to wait for it to finish
 
 
 class StartGate:
@@ -73,6 +75,9 @@ class SessionManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._lease_task: asyncio.Task[None] | None = None
         self._handover_task: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
+        self.quota = StorageQuota(self.settings.tenant_storage_bytes)
+        self.retention = Retention(self.settings.session_retention_days)
         self.gate = StartGate(self.settings.max_starting_sandboxes)
         self._starting: dict[Session, asyncio.Task[None]] = {}
         self.draining = False
@@ -81,6 +86,8 @@ class SessionManager:
         await self.recover()
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
+        if self.retention.enabled:
+            self._reaper_task = asyncio.create_task(self._reaper_loop())
 
     def check_draining(self) -> None:
         if self.draining:
@@ -121,6 +128,8 @@ class SessionManager:
 
     async def create(self, tenant: str) -> Session:
         session_id = str(uuid.uuid4())
+        self.check_draining()
+        await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
         try:
             await self.records.create(session_id, tenant, {"max_turns": self.settings.max_turns})
@@ -225,6 +234,7 @@ class SessionManager:
         session = Session(
             session_id, tenant, self.deps, self._closed, rehydrate=True, resume=resume, prior_cost_usd=record.cost_usd
         )
+        await self._storage_notices(session, record.options)
         return self._launch(session, token)
 
     def _launch(self, session: Session, token: object) -> Session:
@@ -289,6 +299,107 @@ class SessionManager:
             workspace = None
         await suspend_record(self.deps, record.id, workspace, bound)
 
+    # -- storage: quota, deletion, retention ------------------------------------
+
+    async def _check_quota(self, tenant: str) -> None:
+        """Refuse a new session while the tenant stores its quota or more."""
+        if self.quota.limit <= 0:
+            return
+        try:
+            used = await self.records.tenant_storage_bytes(tenant)
+        except STORE_ERRORS as exc:
+            raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
+        if not self.quota.admits_session(used):
+            log.info("session_refused", reason=str(Code.STORAGE_QUOTA_EXCEEDED), tenant=tenant, stored_bytes=used)
+            raise self.quota.session_refused(used)
+
+    async def _storage_notices(self, session: Session, options: dict[str, Any]) -> None:
+        """A rehydrated session's clients hear that its last workspace save was refused (once), and
+        that its tenant is over quota now. Only told: nothing here refuses the session."""
+        if self.quota.limit <= 0 and not options.get(NOT_SAVED_FLAG):
+            return
+        try:
+            if options.get(NOT_SAVED_FLAG):
+                session.notice(self.quota.workspace_not_saved())
+                rest = {k: v for k, v in options.items() if k != NOT_SAVED_FLAG}
+                await self.records.update(session.id, options=rest)
+            if self.quota.limit > 0:
+                used = await self.records.tenant_storage_bytes(session.tenant)
+                if not self.quota.admits_session(used):
+                    session.notice(self.quota.over_quota(used))
+        except STORE_ERRORS as exc:
+            log.warning("storage_count_failed", session_id=session.id, error=type(exc).__name__)
+
+    async def delete(self, session_id: str, tenant: str) -> None:
+        """Delete one of ``tenant``'s sessions and everything it stored. A session live here is
+        stopped first (its clients get a fatal ``session_deleted``); one live on another replica is
+        asked for, as an attach would, and refused with ``session_locked`` if it is not let go. An
+        unknown id, or another tenant's, raises ``session_not_found``."""
+        if not _is_session_id(session_id):
+            raise _not_found()
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:  # no attach rehydrates it meanwhile
+                await self._delete_locked(session_id, tenant)
+        finally:
+            if not lock.locked():
+                self._locks.pop(session_id, None)
+        self.deps.metrics.sessions_deleted.labels("request").inc()
+        log.info("session_deleted", session_id=session_id, tenant=tenant)
+
+    async def _delete_locked(self, session_id: str, tenant: str) -> None:
+        live = self.sessions.get(session_id)
+        if live is not None and live.tenant != tenant:
+            raise _not_found()
+        try:
+            record = await self.records.get(session_id)
+            if record is None or record.tenant != tenant:
+                raise _not_found()
+            if live is not None:
+                await live.close(SessionError("this session was deleted", code=Code.SESSION_DELETED, fatal=True))
+                # Already ending (closed by something else): let it finish writing before it goes.
+                for _ in range(int(DELETE_WAIT_S / 0.05)):
+                    if self.sessions.get(session_id) is not live:
+                        break
+                    await asyncio.sleep(0.05)
+            else:
+                await self._before_rehydrate(session_id, tenant)  # held elsewhere: ask for it, bounded
+            if not await self.records.purge(session_id, owner=self.deps.replica):
+                if await self.records.get(session_id) is None:
+                    raise _not_found()  # a concurrent delete won
+                raise SessionError(
+                    "the session is in use on another replica; try again", code=Code.SESSION_LOCKED, fatal=True
+                )
+        except STORE_ERRORS as exc:
+            raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
+        if live is not None and live.workspace is not None:
+            # Left on disk when its suspension could not reach the database; no sweep would find it now.
+            await asyncio.to_thread(remove_workspace, live.workspace)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention.period_s)
+            try:
+                await self.reap_once(datetime.now(UTC))
+            except STORE_ERRORS as exc:
+                log.warning("sessions_reap_failed", error=type(exc).__name__)
+
+    async def reap_once(self, now: datetime) -> int:
+        """One sweep: delete the sessions due under the retention policy, in batches; one log line."""
+        cutoff = self.retention.cutoff(now)
+        if cutoff is None:
+            return 0
+        deleted = batches = 0
+        while True:
+            ids = await self.records.reap_suspended(cutoff, self.retention.batch)
+            batches += 1
+            deleted += len(ids)
+            self.deps.metrics.sessions_deleted.labels("retention").inc(len(ids))
+            if not self.retention.another_batch(len(ids), batches):
+                break
+        log.info("sessions_reaped", deleted=deleted, batches=batches, suspended_before=cutoff.isoformat())
+        return deleted
+
     async def drain(self, grace_s: float) -> None:
         """Shut down gently: no new sessions or turns, running turns get up to
         ``grace_s`` to finish, then every session is suspended and its clients
@@ -314,7 +425,7 @@ class SessionManager:
         log.info("service_drained", unfinished_turns=len(busy))
 
     async def close(self) -> None:
-        for task in (self._lease_task, self._handover_task):
+        for task in (self._lease_task, self._handover_task, self._reaper_task):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

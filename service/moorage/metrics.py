@@ -24,6 +24,7 @@ COST_SOURCES = ("proxy", "sdk")
 DIRECTIONS = ("in", "out")
 REHYDRATION_OUTCOMES = ("ok", "failed")
 BUDGET_SCOPES = ("session", "tenant")
+DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
 OTHER_MODEL = "other"
 
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
@@ -125,6 +126,12 @@ class Metrics:
             ["verdict"],
             registry=r,
         )
+        self.sessions_deleted = Counter(
+            "moorage_sessions_deleted_total",
+            "Sessions deleted with everything they stored, by reason (retention reaper, client request).",
+            ["reason"],
+            registry=r,
+        )
         self.sandbox_time = SandboxTime()
         r.register(self.sandbox_time)
         self._zero()
@@ -154,6 +161,8 @@ class Metrics:
             self.budget_exceeded.labels(scope)
         for verdict in ("allowed", "refused"):
             self.egress_connections.labels(verdict)
+        for reason in DELETE_REASONS:
+            self.sessions_deleted.labels(reason)
 
     def model_label(self, model: str) -> str:
         """A bounded label: the configured model family it belongs to, or 'other'."""

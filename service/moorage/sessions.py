@@ -268,6 +268,10 @@ class Session:
         self._notices.append(frame)
         self.broadcast(frame)
 
+    def notice(self, error: MoorageError) -> None:
+        """``_notice`` for the manager (storage quota notices on rehydration)."""
+        self._notice(error.code, error.message)
+
     async def _pump(self) -> None:
         assert self.sandbox is not None
         runner_error: str | None = None
@@ -446,7 +450,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             if not self.closed:
-                await self._finish(None)
+                await self._finish(self._close_error)  # the reason, if given, reaches its clients
             return
         if self.sandbox is not None:
             await self.sandbox.stop(STOP_GRACE_S)

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     # Attaching to a session another replica runs: ask it to hand the session
     # over (it does once no client uses it there) and wait this long for it.
     handover_wait_s: float = Field(default=15.0, ge=0)
+    # storage: what a tenant may keep in the database (workspace snapshots +
+    # transcripts; 0 = unlimited). Over it, new sessions are refused and a
+    # workspace save that would grow it is skipped (the last save is kept).
+    tenant_storage_bytes: int = Field(default=10 * 1024**3, ge=0)
+    # storage: sessions suspended longer than this are deleted with all they
+    # stored (0 = keep forever).
+    session_retention_days: float = Field(default=30.0, ge=0)
     log_level: str = "info"
 
     @property

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from .errors import STORE_ERRORS, Code, MoorageError
+from .storage import NOT_SAVED_FLAG, workspace_admitted
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +103,10 @@ class Checkpoints:
             return
         try:
             data = await asyncio.to_thread(snapshot, path, self.settings.workspace_max_bytes)
+            limit = self.settings.tenant_storage_bytes
+            if not await workspace_admitted(self.records, self.session_id, len(data), limit):
+                self.log.info("workspace_checkpoint_skipped", reason=str(Code.STORAGE_QUOTA_EXCEEDED))
+                return
             await self.records.save_workspace(self.session_id, data)
         except CHECKPOINT_ERRORS as exc:  # too large, or no database: suspension tries again
             self.log.warning("workspace_checkpoint_failed", error=type(exc).__name__)
@@ -151,22 +156,29 @@ async def suspend_record(deps: Any, session_id: str, workspace: Path | None, log
     lease. Returns False (leaving the workspace directory and the record
     as they are, for the recovery sweep) when the database cannot be reached."""
     data: bytes | None = None
-    dropped = False
+    dropped = over_quota = False
+    records = deps.records
     if workspace is not None and await asyncio.to_thread(workspace.exists):
         try:
             data = await asyncio.to_thread(snapshot, workspace, deps.settings.workspace_max_bytes)
         except WorkspaceTooLarge as exc:
             dropped = True
             log.error("workspace_not_saved", error=exc.message)
-    records = deps.records
+    if data is not None and not await workspace_admitted(
+        records, session_id, len(data), deps.settings.tenant_storage_bytes
+    ):
+        # Over the tenant's quota: keep the last save; the next client is told (storage.py).
+        log.warning("workspace_not_saved", reason=str(Code.STORAGE_QUOTA_EXCEEDED), bytes=len(data))
+        data, over_quota = None, True
     for attempt in range(3):
         try:
             if data is not None:
                 await records.save_workspace(session_id, data)
             fields: dict[str, Any] = {"state": "suspended", "sandbox": None}
-            if dropped:
+            if dropped or over_quota:
                 record = await records.get(session_id)
-                fields["options"] = {**(record.options if record else {}), "workspace_dropped": True}
+                flag = {"workspace_dropped": True} if dropped else {NOT_SAVED_FLAG: str(Code.STORAGE_QUOTA_EXCEEDED)}
+                fields["options"] = {**(record.options if record else {}), **flag}
             await records.update(session_id, **fields)
             await records.release_lease(session_id, deps.replica)
             break

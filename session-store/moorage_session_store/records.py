@@ -19,14 +19,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Text, cast, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .columns import utcnow
 from .database import Database
 from .errors import InvalidRecord, SessionExists, SessionNotFound
-from .models import SESSIONS, WORKSPACES, SessionRow, WorkspaceRow
+from .models import ENTRIES, KEYS, SESSIONS, WORKSPACES, SessionRow, WorkspaceRow
 
 __all__ = ["SESSION_STATES", "SessionRecord", "SessionRecords", "SessionRow", "SessionState", "WorkspaceRow"]
 
@@ -124,13 +124,17 @@ class SessionRecords:
         if result.rowcount == 0:
             raise SessionNotFound(f"no session {id!r}")
 
-    async def list(self, state: SessionState | None = None, owner: str | None = None) -> builtins.list[SessionRecord]:
-        """Sessions, oldest first, optionally only those in ``state`` and/or held by ``owner``."""
+    async def list(
+        self, state: SessionState | None = None, owner: str | None = None, tenant: str | None = None
+    ) -> builtins.list[SessionRecord]:
+        """Sessions, oldest first, optionally only those in ``state``, held by ``owner``, of ``tenant``."""
         stmt = select(SESSIONS).order_by(SESSIONS.c.created_at, SESSIONS.c.id)
         if state is not None:
             stmt = stmt.where(SESSIONS.c.state == state)
         if owner is not None:
             stmt = stmt.where(SESSIONS.c.owner == owner)
+        if tenant is not None:
+            stmt = stmt.where(SESSIONS.c.tenant == tenant)
         with self._db.translate_errors():
             async with self._db.engine.connect() as conn:
                 rows = (await conn.execute(stmt)).all()
@@ -221,3 +225,92 @@ class SessionRecords:
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))
+
+    # --- storage: what a tenant keeps, and deleting it -----------------------------------------
+
+    async def tenant_storage_bytes(self, tenant: str) -> int:
+        """Bytes ``tenant`` has stored: its sessions' workspace snapshots plus its transcript entries
+        (each entry's JSON text, subagent transcripts included). The one place storage is counted.
+
+        Cost: a sum over the tenant's transcript rows (the ``(project_key, ...)`` and ``(key_id, id)``
+        indexes find them); callers ask once per new session or workspace save, not per entry.
+        """
+        if self._db.dialect == "postgresql":
+            entry_bytes = func.octet_length(cast(ENTRIES.c.entry, Text))  # ``json`` is stored as its text
+        else:
+            entry_bytes = func.length(cast(ENTRIES.c.entry, LargeBinary))  # bytes, not characters
+        workspaces = (
+            select(func.coalesce(func.sum(WORKSPACES.c.size), 0))
+            .select_from(WORKSPACES.join(SESSIONS, WORKSPACES.c.session_id == SESSIONS.c.id))
+            .where(SESSIONS.c.tenant == tenant)
+            .scalar_subquery()
+        )
+        transcripts = (
+            select(func.coalesce(func.sum(entry_bytes), 0))
+            .select_from(ENTRIES.join(KEYS, ENTRIES.c.key_id == KEYS.c.id))
+            .where(KEYS.c.project_key == tenant)  # the service keys transcripts by tenant
+            .scalar_subquery()
+        )
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                total = (await conn.execute(select(workspaces, transcripts))).one()
+        return int(total[0]) + int(total[1])
+
+    async def workspace_bytes(self, id: str) -> int:
+        """Size of the session's saved workspace archive (0 if none)."""
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                size = (
+                    await conn.execute(select(WORKSPACES.c.size).where(WORKSPACES.c.session_id == id))
+                ).scalar_one_or_none()
+        return int(size or 0)
+
+    async def purge(self, id: str, owner: str | None = None) -> bool:
+        """Delete the session and everything it stored (record, workspace, transcripts with their
+        subagent transcripts) in one transaction, unless a replica other than ``owner`` holds an
+        unexpired lease on it. ``False`` when there is no such session or it is held elsewhere.
+
+        The caller makes sure nothing of the session still runs (a live session would write its
+        transcript again). The condition is part of the ``DELETE``, so a replica that takes the
+        lease at the same moment either wins (nothing is deleted) or finds no row.
+        """
+        now = utcnow()
+        free = [SESSIONS.c.owner.is_(None), SESSIONS.c.lease_expires_at < now]
+        if owner is not None:
+            free.append(SESSIONS.c.owner == owner)
+        stmt = delete(SESSIONS).where(SESSIONS.c.id == id, or_(*free)).returning(SESSIONS.c.id, SESSIONS.c.tenant)
+        return bool(await self._delete_with_transcripts(stmt))
+
+    async def reap_suspended(self, before: datetime, limit: int) -> builtins.list[str]:
+        """Delete up to ``limit`` sessions suspended since before ``before`` (their last update) that
+        no replica holds a lease on, with everything they stored; the ids deleted.
+
+        Safe with several replicas on one database: the condition is re-checked by the ``DELETE``
+        itself (on PostgreSQL after the row lock), so a session another replica is leasing right
+        now is never deleted, and two reapers never both count one session.
+        """
+        now = utcnow()
+        expired = [
+            SESSIONS.c.state == "suspended",
+            SESSIONS.c.updated_at < before,
+            or_(SESSIONS.c.owner.is_(None), SESSIONS.c.lease_expires_at < now),
+        ]
+        oldest = select(SESSIONS.c.id).where(*expired).order_by(SESSIONS.c.updated_at, SESSIONS.c.id).limit(limit)
+        stmt = (
+            delete(SESSIONS)
+            .where(SESSIONS.c.id.in_(oldest.scalar_subquery()), *expired)
+            .returning(SESSIONS.c.id, SESSIONS.c.tenant)
+        )
+        return await self._delete_with_transcripts(stmt)
+
+    async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
+        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces go by ON DELETE
+        CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                rows = (await conn.execute(stmt)).all()
+                if rows:
+                    pairs = [(tenant, session_id) for session_id, tenant in rows]
+                    # Entries go with their key rows (ON DELETE CASCADE).
+                    await conn.execute(delete(KEYS).where(tuple_(KEYS.c.project_key, KEYS.c.session_id).in_(pairs)))
+        return [session_id for session_id, _tenant in rows]

@@ -174,3 +174,21 @@ async def test_a_fork_bomb_hits_the_containers_process_limit(model: ScriptedMode
         assert notice["code"] == "sandbox_pids_exhausted" and notice["fatal"] is False
         assert result_of(await client.turn("say fine"))["result"] == "fine"
         await client.close()
+
+
+async def test_a_disk_filler_fills_only_its_own_sized_workspace(model: ScriptedModelServer, image: str) -> None:
+    """The container's /workspace is a filesystem of MOORAGE_WORKSPACE_MAX_BYTES, not the host's disk:
+    past it writes fail with ENOSPC, the client hears workspace_full, the session goes on."""
+    with docker_service(model, image, MOORAGE_WORKSPACE_MAX_BYTES=str(32 * MIB)) as svc:
+        if events(svc, "workspace_quota_unavailable"):
+            pytest.skip("this host does not let the service mount a sized workspace")
+        client = await Client.connect(svc)
+        await client.say("bash head -c 100000000 /dev/zero > /workspace/fill; echo ws=$?; df -k /workspace")
+        frames = await client.until("result", timeout=60)
+        output = tool_output(frames)
+        assert "No space left on device" in output and "ws=1" in output
+        notice = (await client.until("error", timeout=10))[-1]
+        assert notice["code"] == "workspace_full" and notice["fatal"] is False
+        after = await client.turn("bash rm /workspace/fill && echo small > /workspace/kept && echo freed")
+        assert "freed" in tool_output(after)
+        await client.close()

@@ -3,8 +3,9 @@
 The container runs the sandbox image (``container/Dockerfile``) as uid 1000
 with no network at all (``NetworkMode: none``), a read-only root, private
 tmpfs for /tmp and HOME, the session's workspace bind-mounted read-write at
-/workspace and the model proxy's unix socket at ``MODEL_SOCKET``: its only
-way out (plus the egress tunnel's socket, when one is configured). All
+/workspace (as root: a tmpfs of ``MOORAGE_WORKSPACE_MAX_BYTES`` mounted on the
+host first, ``local.mount_workspace``, so a filler gets ENOSPC) and the model
+proxy's unix socket at ``MODEL_SOCKET``: its only way out (plus the egress tunnel's socket, when one is configured). All
 capabilities are dropped, ``no-new-privileges`` is set, memory (no swap),
 pids and CPU are limited. The image's entrypoint, tini, is pid 1: it reaps
 the agent's orphans and forwards signals to the runner. Container logs are
@@ -38,6 +39,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..errors import Code, SandboxError
+from ..workspaces import remove_workspace
 from .base import (
     MODEL_SOCKET,
     SANDBOX_HOME,
@@ -49,6 +51,7 @@ from .base import (
     write_etc,
 )
 from .cgroups import Limits, own_paths
+from .local import mount_workspace
 from .uids import UidPool
 
 log = structlog.get_logger(__name__)
@@ -183,6 +186,7 @@ class DockerSandbox:
         self._spec = spec
         self.pid = pid
         self._cgroups = _cgroup_dirs(pid) if pid else {}
+        self._workspace_mounted = os.path.ismount(spec.workspace)
         self._events = {"oom_kills": 0, "pids_refusals": 0}
         self._lines: asyncio.Queue[bytes | None] = asyncio.Queue(LINE_QUEUE)
         self._eof = False
@@ -205,6 +209,8 @@ class DockerSandbox:
             "pid": self.pid,
             "uid": self.uid,
             "sandbox_id": self._spec.sandbox_id,
+            # A tmpfs: after a host crash it is gone, not empty (recovery keeps the last checkpoint).
+            "workspace_mounted": self._workspace_mounted,
         }
 
     @property
@@ -336,11 +342,15 @@ class DockerBackend:
         tmp_bytes: int = TMPFS_BYTES,
         uids: UidPool | None = None,
         state_dir: Path | None = None,
+        workspace_bytes: int = 0,
     ) -> None:
         # With a pool (the service runs as root), each container runs as a
         # host uid of its own, as local sandboxes do: no two sandboxes, and no
         # user of this host, share one. Without, the image's uid 1000.
         self.uids = uids
+        # As root, each workspace is a tmpfs of this size (0: a plain directory), as on the local
+        # backend: a filler gets ENOSPC, the host's disk never fills.
+        self.workspace_bytes = workspace_bytes
         self.etc_root = state_dir.resolve() / "docker-etc" if state_dir is not None else None
         self.url = url or None
         self.tmp_bytes = tmp_bytes
@@ -377,7 +387,13 @@ class DockerBackend:
             return await self._start(spec, uid)
         except BaseException:
             self._give_back(spec.sandbox_id, uid)
+            # A fresh directory, maybe mounted for it: nobody else would unmount it.
+            await asyncio.to_thread(remove_workspace, spec.workspace)
             raise
+
+    def _size_workspace(self, path: Path, uid: int) -> None:
+        if self.workspace_bytes and not os.path.ismount(path):
+            self.workspace_bytes = mount_workspace(path, self.workspace_bytes, uid)  # 0: cannot mount here
 
     def _give_back(self, sandbox_id: str, uid: int) -> None:
         if self.uids is not None:
@@ -392,6 +408,7 @@ class DockerBackend:
             write_etc(etc_dir, uid)
         spec.workspace.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
+            self._size_workspace(spec.workspace, uid)
             os.chown(spec.workspace, uid, uid)
             # uid 1000 may be a real user of this host: it owns the workspace,
             # so the directory above it must keep everyone but root out.

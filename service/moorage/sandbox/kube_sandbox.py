@@ -43,6 +43,13 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 SETTLE_TIMEOUT_S = 3.0  # the kubelet reporting a finished container
 SNAPSHOT_TIMEOUT_S = 30.0  # the runner packing and sending its workspace
 POLL_S = (0.1, 0.2, 0.5, 1.0)
+MAX_RESTORE_ENTRIES = 100_000  # archive members unpacked onto the host, whatever their size
+
+
+def snapshot_limit(workspace_bytes: int) -> int:
+    """The most archive bytes a snapshot may bring: the workspace cap plus tar and gzip overhead
+    (headers, padding, incompressible data). The base64 of the frames is decoded as it arrives."""
+    return workspace_bytes + workspace_bytes // 8 + 1024 * 1024
 
 
 def delays() -> Iterator[float]:
@@ -52,14 +59,21 @@ def delays() -> Iterator[float]:
         yield POLL_S[-1]
 
 
-def unpack_files(data: bytes, dest: Path, max_bytes: int) -> int:
+def unpack_files(data: bytes, dest: Path, max_bytes: int, max_entries: int = MAX_RESTORE_ENTRIES) -> int:
     """Unpack directories and regular files from a tar.gz into the fresh
     directory ``dest``; anything else, and any name that is absolute or has
-    ``..``, is skipped. Returns the number of files written."""
+    ``..``, is skipped. Stops past ``max_bytes`` of file content or after
+    ``max_entries`` archive members (skipped ones count: reading them costs
+    too). Returns the number of files written."""
     dest.mkdir(parents=True, exist_ok=True)
     written = total = 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for member in tar:
+        for seen, member in enumerate(tar, start=1):
+            if seen > max_entries:
+                log.warning("workspace_entries_capped", max_entries=max_entries)
+                break
+            # Read once, in order: drop tarfile's index of every member read so far (it only grows).
+            tar.members.clear()  # type: ignore[attr-defined]
             parts = member.name.split("/")
             if member.name.startswith("/") or ".." in parts or not (member.isdir() or member.isreg()):
                 continue
@@ -101,6 +115,7 @@ class KubernetesSandbox:
         self._snapshot = bytearray()
         self._snapshot_done = asyncio.Event()
         self._snapshot_ok = False
+        self._snapshot_asked = False  # snapshot frames are taken only while stop() waits for one
 
     @property
     def handle(self) -> dict[str, Any]:
@@ -218,20 +233,42 @@ class KubernetesSandbox:
         self._buffer = b"".join(kept) + tail
 
     def _on_snapshot(self, frame: dict[str, Any]) -> None:
+        """Take one snapshot frame: only while a snapshot was asked for and not yet complete
+        (anything else is dropped unread), and only up to ``snapshot_limit`` bytes."""
+        if not self._snapshot_asked or self._snapshot_done.is_set():
+            log.debug("sandbox_snapshot_unasked", pod=self.name)
+            return
         if not frame.get("ok"):
             log.warning("workspace_not_fetched", pod=self.name, error=str(frame.get("message", ""))[:300])
-            self._snapshot_done.set()
+            self._snapshot_failed()
             return
-        self._snapshot += base64.b64decode(str(frame.get("data", "")))
+        limit = snapshot_limit(self._backend.config.workspace_bytes)
+        data = frame.get("data", "")
+        # base64 decodes to 3/4 of its length: refuse before decoding what cannot fit.
+        if not isinstance(data, str) or len(self._snapshot) + len(data) * 3 // 4 > limit:
+            log.warning("workspace_not_fetched", pod=self.name, error=f"snapshot over {limit} bytes")
+            self._snapshot_failed()
+            return
+        try:
+            self._snapshot += base64.b64decode(data, validate=True)
+        except ValueError:
+            log.warning("workspace_not_fetched", pod=self.name, error="snapshot frame is not base64")
+            self._snapshot_failed()
+            return
         if frame.get("last"):
             self._snapshot_ok = True
             self._snapshot_done.set()
+
+    def _snapshot_failed(self) -> None:
+        self._snapshot = bytearray()
+        self._snapshot_done.set()
 
     async def _fetch_workspace(self) -> None:
         """Bring the pod's /workspace into the session's host directory (see
         the module docstring); bounded, and only logged when it fails."""
         max_bytes = self._backend.config.workspace_bytes
         try:
+            self._snapshot_asked = True
             await self.send({"kind": "snapshot", "max_bytes": max_bytes})
             async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
                 while not self._snapshot_done.is_set() and not self._ended:
