@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # Attaching to a session another replica runs: ask it to hand the session
     # over (it does once no client uses it there) and wait this long for it.
     handover_wait_s: float = Field(default=15.0, ge=0)
+    # snapshots: the longest a workspace snapshot (archive helper + database
+    # writes) may take before it is abandoned and the helper killed.
+    workspace_snapshot_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
 
     @property
