@@ -268,18 +268,25 @@ class SessionRecords:
                 await conn.execute(stmt)
 
     async def load_workspace_stream(self, id: str) -> AsyncGenerator[bytes, None]:
-        """The current archive's chunks in order, fetched one at a time (nothing if none was saved).
-        One statement, so a replace that commits meanwhile cannot cut it short."""
+        """The current archive's chunks in order, fetched one at a time (nothing if none was saved),
+        all from one snapshot of the database, so a replace that commits meanwhile cannot cut it
+        short. PostgreSQL: one REPEATABLE READ transaction, a query per chunk (asyncpg's cursors
+        prefetch 50 rows); SQLite: one statement, stepped row by row."""
+        chunks = WORKSPACE_CHUNKS
         current = select(WORKSPACES.c.generation).where(WORKSPACES.c.session_id == id).scalar_subquery()
-        stmt = (
-            select(WORKSPACE_CHUNKS.c.data)
-            .where(WORKSPACE_CHUNKS.c.session_id == id, WORKSPACE_CHUNKS.c.generation == current)
-            .order_by(WORKSPACE_CHUNKS.c.seq)
-            .execution_options(yield_per=1)
-        )
         with self._db.translate_errors():
             async with self._db.engine.connect() as conn:
-                result = await conn.stream(stmt)
+                if self._db.dialect == "postgresql":
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                    async with conn.begin():
+                        seq = 0
+                        one = select(chunks.c.data).where(chunks.c.session_id == id, chunks.c.generation == current)
+                        while (data := (await conn.execute(one.where(chunks.c.seq == seq))).scalar()) is not None:
+                            yield bytes(data)
+                            seq += 1
+                    return
+                stmt = select(chunks.c.data).where(chunks.c.session_id == id, chunks.c.generation == current)
+                result = await conn.stream(stmt.order_by(chunks.c.seq).execution_options(yield_per=1))
                 async for row in result:
                     yield bytes(row[0])
 

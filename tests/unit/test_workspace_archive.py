@@ -4,6 +4,7 @@ follows a link, whatever a sandbox swaps in while it runs."""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import os
 import socket
@@ -66,7 +67,7 @@ def test_symlinks_are_stored_as_links_and_specials_skipped(tmp_path: Path) -> No
     assert found["to-secret"].issym() and found["to-secret"].linkname == str(secret)
     assert found["to-dir"].issym() and found["to-shadow"].linkname == "/etc/shadow"
     assert contents(data) == {"dir/f": b"data"}
-    assert SECRET not in tarfile.open(fileobj=io.BytesIO(data), mode="r:gz").fileobj.read()  # type: ignore[union-attr]
+    assert SECRET not in gzip.decompress(data)
 
 
 def test_the_size_cap_stops_the_walk(tmp_path: Path) -> None:

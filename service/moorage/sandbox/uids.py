@@ -95,7 +95,6 @@ class UidPool:
             os.close(fd)
         self._free.append(uid)
 
-
     def _unpark(self) -> None:
         for uid, path in list(self._parked.items()):
             if not os.path.lexists(path):
