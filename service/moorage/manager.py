@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
+from .sandbox.uids import reserving
 from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
 from .workspaces import remove_workspace, suspend_record
@@ -297,7 +298,8 @@ class SessionManager:
             bound.warning("workspace_lost_with_host", detail="rehydrating from the last workspace checkpoint")
             await asyncio.to_thread(remove_workspace, workspace)
             workspace = None
-        await suspend_record(self.deps, record.id, workspace, bound)
+        with reserving(handle.get("uid")):  # archived as that uid: nobody else may take it meanwhile
+            await suspend_record(self.deps, record.id, workspace, bound)
 
     # -- storage: quota, deletion, retention ------------------------------------
 

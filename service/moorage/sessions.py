@@ -238,20 +238,30 @@ class Session:
         return None
 
     async def _restore_workspace(self) -> None:
+        """Stream the stored archive from the database into ``restore`` frames."""
         assert self.sandbox is not None
-        data = await self.records.load_workspace(self.id)
-        if not data:
+        last: dict[str, object] | None = None
+        size = 0
+        try:
+            async with asyncio.timeout(self.settings.sandbox_start_timeout_s):
+                async with contextlib.aclosing(self.records.load_workspace_stream(self.id)) as chunks:
+                    async for frame in restore_frames(chunks):
+                        size += len(str(frame["data"])) * 3 // 4
+                        if frame["last"]:
+                            last = frame
+                        else:
+                            await self.sandbox.send(frame)
+        except (TimeoutError, SandboxError) as exc:
+            raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+        if last is None:
             return
-        frames = list(restore_frames(data))
-        for frame in frames[:-1]:
-            await self.sandbox.send(frame)
-        restored = await self._until(frames[-1], "restored")
+        restored = await self._until(last, "restored")
         if restored is None or not restored.get("ok"):
             detail = (restored or {}).get("message", "no answer")
             self.log.error("workspace_restore_failed", error=str(detail)[:300])
             self._notice(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
         else:
-            self.log.info("workspace_restored", files=restored.get("files"), bytes=len(data))
+            self.log.info("workspace_restored", files=restored.get("files"), bytes=size)
 
     async def _check_workspace(self) -> None:
         """A workspace that filled up or grew past what a suspension saves:

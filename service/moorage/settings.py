@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # storage: sessions suspended longer than this are deleted with all they
     # stored (0 = keep forever).
     session_retention_days: float = Field(default=30.0, ge=0)
+    # snapshots: the longest a workspace snapshot (archive helper + database
+    # writes) may take before it is abandoned and the helper killed.
+    workspace_snapshot_timeout_s: float = Field(default=300.0, gt=0)
     log_level: str = "info"
 
     @property

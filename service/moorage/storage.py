@@ -50,11 +50,6 @@ class StorageQuota:
         """A new session may start while the tenant stores less than the quota."""
         return self.limit <= 0 or used < self.limit
 
-    def admits_workspace(self, used: int, old: int, new: int) -> bool:
-        """Replacing a session's saved workspace of ``old`` bytes by ``new`` bytes, while the tenant
-        stores ``used`` (old included): fine if it does not grow, or still fits the quota."""
-        return self.limit <= 0 or new <= old or used - old + new <= self.limit
-
     def session_refused(self, used: int) -> SessionError:
         return SessionError(
             f"this tenant stores {used} bytes, at or over its quota of {self.limit} "
@@ -80,26 +75,39 @@ class StorageQuota:
             code=Code.STORAGE_QUOTA_EXCEEDED,
         )
 
+    def workspace_allowance(self, used: int, old: int) -> int | None:
+        """The largest archive that may replace a saved one of ``old`` bytes while the tenant stores
+        ``used`` (old included); ``None``: unlimited. Never less than ``old``: a save that does not
+        grow is always admitted."""
+        if self.limit <= 0:
+            return None
+        return max(old, self.limit - (used - old))
 
-async def workspace_admitted(records: Any, session_id: str, size: int, limit: int) -> bool:
-    """May ``size`` bytes replace the session's saved workspace under its tenant's quota? When the
-    count cannot be read the save goes ahead (it fails or retries on its own): a database hiccup
-    must never cost a client its files."""
+
+class OverQuota(MoorageError):
+    """A workspace save stopped because it would take its tenant past the quota."""
+
+    code = Code.STORAGE_QUOTA_EXCEEDED
+
+
+async def workspace_allowance(records: Any, session_id: str, limit: int) -> int | None:
+    """How many bytes the session's next workspace archive may have under its tenant's quota
+    (``None``: no limit). Asked before a save streams, so the archive never has to be held to be
+    measured. When the count cannot be read the save goes ahead (it fails or retries on its own):
+    a database hiccup must never cost a client its files."""
     quota = StorageQuota(limit)
     if quota.limit <= 0:
-        return True
+        return None
     try:
         old = await records.workspace_bytes(session_id)
-        if size <= old:
-            return True
         record = await records.get(session_id)
         if record is None:
-            return True
+            return None
         used = await records.tenant_storage_bytes(record.tenant)
     except STORE_ERRORS as exc:
         log.warning("storage_count_failed", session_id=session_id, error=type(exc).__name__)
-        return True
-    return quota.admits_workspace(used, old, size)
+        return None
+    return quota.workspace_allowance(used, old)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
-service's session records (``sessions``, ``workspaces``) and the API tokens (``api_tokens``).
+service's session records (``sessions``, ``workspaces``, ``workspace_chunks``) and the API tokens (``api_tokens``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -96,14 +96,28 @@ class SessionRow(SQLModel, table=True):
 
 
 class WorkspaceRow(SQLModel, table=True):
-    """The latest workspace snapshot of a session (a tar.gz), deleted with its session."""
+    """Which stored generation of a session's workspace snapshot (a tar.gz in ``workspace_chunks``)
+    is current, and its size; deleted with its session."""
 
     __tablename__ = "workspaces"
 
     session_id: str = Field(sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True))
-    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     size: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    generation: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+
+
+class WorkspaceChunkRow(SQLModel, table=True):
+    """One chunk of a stored workspace archive: the archive of ``generation`` is its chunks in
+    ``seq`` order. Chunks of a generation that is not current are a save in flight or abandoned."""
+
+    __tablename__ = "workspace_chunks"
+
+    session_id: str = Field(sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True))
+    generation: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=Column(Integer, nullable=False))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class ApiTokenRow(SQLModel, table=True):
@@ -146,5 +160,6 @@ KEYS = table("session_store_keys")
 ENTRIES = table("session_store_entries")
 SESSIONS = table("sessions")
 WORKSPACES = table("workspaces")
+WORKSPACE_CHUNKS = table("workspace_chunks")
 API_TOKENS = table("api_tokens")
 TENANT_SPEND = table("tenant_spend")

@@ -1,5 +1,6 @@
 """Moorage's session records: one ``sessions`` row per service session (state, usage, options,
-sandbox handle, replica lease) and its latest workspace snapshot in ``workspaces``.
+sandbox handle, replica lease) and its latest workspace snapshot (``workspaces`` names the current
+generation, ``workspace_chunks`` holds it in ordered chunks, streamed in and out).
 
 :class:`SessionRecords` is a small async repository over a :class:`~moorage_session_store.Database`.
 It returns :class:`SessionRecord`, a frozen dataclass (a snapshot: it never changes or lazy-loads
@@ -15,6 +16,9 @@ well above the expected skew.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
@@ -26,9 +30,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .columns import utcnow
 from .database import Database
 from .errors import InvalidRecord, SessionExists, SessionNotFound
-from .models import ENTRIES, KEYS, SESSIONS, WORKSPACES, SessionRow, WorkspaceRow
+from .models import ENTRIES, KEYS, SESSIONS, WORKSPACE_CHUNKS, WORKSPACES, SessionRow, WorkspaceRow
 
 __all__ = ["SESSION_STATES", "SessionRecord", "SessionRecords", "SessionRow", "SessionState", "WorkspaceRow"]
+
+#: Bytes per ``workspace_chunks`` row written by ``save_workspace``.
+WORKSPACE_CHUNK_BYTES = 1024 * 1024
 
 SessionState = Literal["active", "suspended", "closed"]
 SESSION_STATES: frozenset[str] = frozenset(get_args(SessionState))
@@ -67,6 +74,7 @@ class SessionRecords:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._generation = 0
 
     async def create(self, id: str, tenant: str, options: dict[str, Any]) -> SessionRecord:
         """Insert an ``active`` session with zero usage; raise :class:`SessionExists` if ``id`` is taken."""
@@ -196,34 +204,125 @@ class SessionRecords:
                 result = await conn.execute(stmt)
         return result.rowcount == 1
 
-    async def save_workspace(self, id: str, data: bytes) -> None:
-        """Store (replace) the session's workspace archive; :class:`SessionNotFound` if no session."""
-        values = {"session_id": id, "data": data, "size": len(data), "updated_at": utcnow()}
-        upsert = (postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert)(WORKSPACES).values(**values)
-        stmt = upsert.on_conflict_do_update(
-            index_elements=[WORKSPACES.c.session_id],
-            set_={"data": upsert.excluded.data, "size": upsert.excluded.size, "updated_at": upsert.excluded.updated_at},
-        )
+    async def save_workspace_stream(self, id: str, chunks: AsyncIterable[bytes]) -> int:
+        """Store (replace) the session's workspace archive as it streams in; returns its bytes.
+
+        Each chunk becomes one ``workspace_chunks`` row of a new generation, in its own short
+        transaction, so nothing holds the whole archive and no write lock is held while the source
+        is slow. The replace is one transaction: the ``workspaces`` row moves to the new generation
+        (forward only: a save that started earlier and finishes later changes nothing) and every
+        older generation's chunks are deleted. If ``chunks`` raises, or a write fails, this
+        generation's chunks are deleted, the current archive stays, and the error propagates
+        unchanged. :class:`SessionNotFound` if no session.
+        """
+        generation = self._next_generation()
+        seq = size = 0
+        try:
+            async for chunk in chunks:  # outside translate_errors: the source's errors are its own
+                if not chunk:
+                    continue
+                row = {"session_id": id, "generation": generation, "seq": seq, "size": len(chunk), "data": chunk}
+                await self._write(id, insert(WORKSPACE_CHUNKS).values(**row))
+                seq, size = seq + 1, size + len(chunk)
+            values = {"session_id": id, "generation": generation, "size": size, "updated_at": utcnow()}
+            upsert = (postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert)(WORKSPACES).values(
+                **values
+            )
+            stmt = upsert.on_conflict_do_update(
+                index_elements=[WORKSPACES.c.session_id],
+                set_={name: upsert.excluded[name] for name in ("generation", "size", "updated_at")},
+                where=WORKSPACES.c.generation < upsert.excluded.generation,
+            )
+            older = delete(WORKSPACE_CHUNKS).where(
+                WORKSPACE_CHUNKS.c.session_id == id, WORKSPACE_CHUNKS.c.generation < generation
+            )
+            moved = await self._write(id, stmt, older)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._discard(id, generation)
+            raise
+        if not moved:  # a newer save is already current
+            await self._discard(id, generation)
+        return size
+
+    def _next_generation(self) -> int:
+        """Increasing: the caller's clock in ns (one replica saves a session at a time: its lease
+        holder), never repeating within this process."""
+        self._generation = max(time.time_ns(), self._generation + 1)
+        return self._generation
+
+    async def _write(self, id: str, stmt: Any, then: Any = None) -> bool:
+        """Run ``stmt`` (and, if it changed a row, ``then``) in one transaction; True if it did."""
         with self._db.translate_errors():
             try:
                 async with self._db.engine.begin() as conn:
-                    await conn.execute(stmt)
+                    changed = (await conn.execute(stmt)).rowcount > 0
+                    if changed and then is not None:
+                        await conn.execute(then)
             except sa_exc.IntegrityError as err:  # the foreign key: no such session
                 raise SessionNotFound(f"no session {id!r}") from err
+        return changed
 
-    async def load_workspace(self, id: str) -> bytes | None:
-        """The session's workspace archive, or ``None`` if none was saved."""
-        with self._db.translate_errors():
-            async with self._db.engine.connect() as conn:
-                data = (
-                    await conn.execute(select(WORKSPACES.c.data).where(WORKSPACES.c.session_id == id))
-                ).scalar_one_or_none()
-        return None if data is None else bytes(data)
-
-    async def delete(self, id: str) -> None:
-        """Delete the session and its workspace (no-op if absent)."""
+    async def _discard(self, id: str, generation: int) -> None:
+        stmt = delete(WORKSPACE_CHUNKS).where(
+            WORKSPACE_CHUNKS.c.session_id == id, WORKSPACE_CHUNKS.c.generation == generation
+        )
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
+                await conn.execute(stmt)
+
+    async def load_workspace_stream(self, id: str) -> AsyncGenerator[bytes, None]:
+        """The current archive's chunks in order, fetched one at a time (nothing if none was saved),
+        all from one snapshot of the database, so a replace that commits meanwhile cannot cut it
+        short. PostgreSQL: one REPEATABLE READ transaction, a query per chunk (asyncpg's cursors
+        prefetch 50 rows); SQLite: one statement, stepped row by row."""
+        chunks = WORKSPACE_CHUNKS
+        current = select(WORKSPACES.c.generation).where(WORKSPACES.c.session_id == id).scalar_subquery()
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                if self._db.dialect == "postgresql":
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                    async with conn.begin():
+                        seq = 0
+                        one = select(chunks.c.data).where(chunks.c.session_id == id, chunks.c.generation == current)
+                        while (data := (await conn.execute(one.where(chunks.c.seq == seq))).scalar()) is not None:
+                            yield bytes(data)
+                            seq += 1
+                    return
+                stmt = select(chunks.c.data).where(chunks.c.session_id == id, chunks.c.generation == current)
+                result = await conn.stream(stmt.order_by(chunks.c.seq).execution_options(yield_per=1))
+                async for row in result:
+                    yield bytes(row[0])
+
+    async def workspace_bytes(self, id: str) -> int:
+        """Bytes of workspace archive the session holds in the database: every stored chunk,
+        a save in flight included (what it costs, for storage quotas)."""
+        stmt = select(func.coalesce(func.sum(WORKSPACE_CHUNKS.c.size), 0)).where(WORKSPACE_CHUNKS.c.session_id == id)
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                return int((await conn.execute(stmt)).scalar_one())
+
+    async def save_workspace(self, id: str, data: bytes) -> None:
+        """``save_workspace_stream`` of an archive already in memory (tests, small archives)."""
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), WORKSPACE_CHUNK_BYTES):
+                yield data[start : start + WORKSPACE_CHUNK_BYTES]
+
+        await self.save_workspace_stream(id, pieces())
+
+    async def load_workspace(self, id: str) -> bytes | None:
+        """The whole current archive in memory, or ``None`` if none was saved (tests, small archives)."""
+        parts = [chunk async for chunk in self.load_workspace_stream(id)]
+        return b"".join(parts) if parts else None
+
+    async def delete(self, id: str) -> None:
+        """Delete the session and everything it stored here: its workspace archives (every
+        generation) and record (no-op if absent)."""
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(delete(WORKSPACE_CHUNKS).where(WORKSPACE_CHUNKS.c.session_id == id))
+                await conn.execute(delete(WORKSPACES).where(WORKSPACES.c.session_id == id))
                 await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))
 
     # --- storage: what a tenant keeps, and deleting it -----------------------------------------
@@ -239,9 +338,9 @@ class SessionRecords:
             entry_bytes = func.octet_length(cast(ENTRIES.c.entry, Text))  # ``json`` is stored as its text
         else:
             entry_bytes = func.length(cast(ENTRIES.c.entry, LargeBinary))  # bytes, not characters
-        workspaces = (
-            select(func.coalesce(func.sum(WORKSPACES.c.size), 0))
-            .select_from(WORKSPACES.join(SESSIONS, WORKSPACES.c.session_id == SESSIONS.c.id))
+        workspaces = (  # every stored chunk, a save in flight included
+            select(func.coalesce(func.sum(WORKSPACE_CHUNKS.c.size), 0))
+            .select_from(WORKSPACE_CHUNKS.join(SESSIONS, WORKSPACE_CHUNKS.c.session_id == SESSIONS.c.id))
             .where(SESSIONS.c.tenant == tenant)
             .scalar_subquery()
         )
@@ -255,15 +354,6 @@ class SessionRecords:
             async with self._db.engine.connect() as conn:
                 total = (await conn.execute(select(workspaces, transcripts))).one()
         return int(total[0]) + int(total[1])
-
-    async def workspace_bytes(self, id: str) -> int:
-        """Size of the session's saved workspace archive (0 if none)."""
-        with self._db.translate_errors():
-            async with self._db.engine.connect() as conn:
-                size = (
-                    await conn.execute(select(WORKSPACES.c.size).where(WORKSPACES.c.session_id == id))
-                ).scalar_one_or_none()
-        return int(size or 0)
 
     async def purge(self, id: str, owner: str | None = None) -> bool:
         """Delete the session and everything it stored (record, workspace, transcripts with their

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 PG_ADMIN_URL = os.environ.get("MOORAGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("workspaces", "sessions", "session_store_entries", "session_store_keys")
+TABLES = ("workspace_chunks", "workspaces", "sessions", "session_store_entries", "session_store_keys")
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -252,7 +252,7 @@ async def test_migrate_is_idempotent_and_matches_the_models(db: Database) -> Non
     async with db.engine.connect() as conn:
         version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
         differences = await conn.run_sync(diff)
-    assert version == ["0004"]
+    assert version == ["0005"]
     assert differences == []
 
 
@@ -272,7 +272,7 @@ async def test_concurrent_migrations_of_a_fresh_database_all_succeed(backend: st
         await asyncio.gather(*(db.migrate() for db in dbs))
         async with dbs[0].engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
-        assert version == ["0004"]
+        assert version == ["0005"]
     finally:
         for db in dbs:
             await db.close()

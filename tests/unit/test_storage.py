@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from moorage.errors import Code, close_code
 from moorage.manager import SessionManager
 from moorage.metrics import Metrics
 from moorage.settings import Settings
-from moorage.storage import Retention, StorageQuota
+from moorage.storage import OverQuota, Retention, StorageQuota
+from moorage.workspaces import _within
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GIB = 1024**3
@@ -28,13 +31,22 @@ def test_new_sessions_are_refused_at_the_quota_and_never_when_unlimited() -> Non
 
 def test_a_workspace_save_is_refused_only_when_it_grows_past_the_quota() -> None:
     quota = StorageQuota(1000)
-    assert quota.admits_workspace(used=900, old=100, new=200)  # 1000: still fits
-    assert not quota.admits_workspace(used=900, old=100, new=201)
-    assert quota.admits_workspace(used=5000, old=300, new=300)  # over quota, but not growing
-    assert quota.admits_workspace(used=5000, old=300, new=10)  # shrinking always helps
-    assert not quota.admits_workspace(used=5000, old=0, new=1)
-    assert StorageQuota(0).admits_workspace(used=10**15, old=0, new=10**12)
+    assert quota.workspace_allowance(used=900, old=100) == 200  # 1000: still fits; 201 would not
+    assert quota.workspace_allowance(used=5000, old=300) == 300  # over quota: not growing, or shrinking
+    assert quota.workspace_allowance(used=5000, old=0) == 0
+    assert StorageQuota(0).workspace_allowance(used=10**15, old=0) is None
     assert not quota.workspace_not_saved().fatal and not quota.over_quota(2000).fatal
+
+
+async def test_a_save_streaming_past_its_allowance_stops_with_over_quota() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 100
+
+    assert [len(c) async for c in _within(chunks(), 300)] == [100, 100, 100]
+    assert [len(c) async for c in _within(chunks(), None)] == [100, 100, 100]
+    with pytest.raises(OverQuota):
+        [c async for c in _within(chunks(), 299)]
 
 
 def test_retention_cutoff_and_due_follow_the_clock_passed_in() -> None:

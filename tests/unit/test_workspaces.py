@@ -6,26 +6,41 @@ import asyncio
 import base64
 import io
 import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from moorage.metrics import Metrics
 from moorage.transcripts import TranscriptSink
-from moorage.workspaces import WorkspaceTooLarge, restore_frames, snapshot
+from moorage.workspaces import WorkspaceTooLarge, archive, restore_frames
 from moorage_runner.restore import Restore
 
 
-def restore_into(data: bytes, dest: Path) -> int:
+async def frames_of(data: bytes, piece: int = 100_000) -> list[dict[str, object]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), piece):
+            yield data[start : start + piece]
+
+    return [frame async for frame in restore_frames(chunks())]
+
+
+async def restore_into(data: bytes, dest: Path) -> int:
     restore = Restore()
-    frames = list(restore_frames(data))
+    frames = await frames_of(data)
     for frame in frames:
         restore.feed(str(frame["data"]))
     assert frames[-1]["last"] is True and all(not f["last"] for f in frames[:-1])
     return restore.extract(str(dest))
 
 
-def test_snapshot_round_trips_files_dirs_and_links(tmp_path: Path) -> None:
+async def snapshot(path: Path, max_bytes: int) -> bytes:
+    """The service's snapshot (its helper process, as this test's uid), whole."""
+    async with archive(path, max_bytes, 60.0) as chunks:
+        return b"".join([chunk async for chunk in chunks])
+
+
+async def test_snapshot_round_trips_files_dirs_and_links(tmp_path: Path) -> None:
     """What a session wrote comes back byte for byte, symlinks as symlinks."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -34,21 +49,21 @@ def test_snapshot_round_trips_files_dirs_and_links(tmp_path: Path) -> None:
     (src / "link").symlink_to("a.txt")
     dest = tmp_path / "dest"
     dest.mkdir()
-    assert restore_into(snapshot(src, 10**8), dest) == 4
+    assert await restore_into(await snapshot(src, 10**8), dest) == 4
     assert (dest / "a.txt").read_text() == "alpha"
     assert (dest / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 5000
     assert (dest / "link").is_symlink() and (dest / "link").read_text() == "alpha"
 
 
-def test_snapshot_refuses_a_workspace_over_the_cap(tmp_path: Path) -> None:
+async def test_snapshot_refuses_a_workspace_over_the_cap(tmp_path: Path) -> None:
     """Over MOORAGE_WORKSPACE_MAX_BYTES the snapshot fails loudly instead of truncating."""
     (tmp_path / "big").write_bytes(b"x" * 2000)
     with pytest.raises(WorkspaceTooLarge) as info:
-        snapshot(tmp_path, 1000)
+        await snapshot(tmp_path, 1000)
     assert info.value.code == "workspace_too_large"
 
 
-def test_restore_skips_members_that_would_leave_the_workspace(tmp_path: Path) -> None:
+async def test_restore_skips_members_that_would_leave_the_workspace(tmp_path: Path) -> None:
     """Absolute paths, '..' and hard links outside are dropped, the rest restored."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -62,16 +77,19 @@ def test_restore_skips_members_that_would_leave_the_workspace(tmp_path: Path) ->
         tar.addfile(link)
     dest = tmp_path / "ws"
     dest.mkdir()
-    assert restore_into(buffer.getvalue(), dest) == 1
+    assert await restore_into(buffer.getvalue(), dest) == 1
     assert [p.name for p in dest.iterdir()] == ["ok.txt"]
     assert not (tmp_path / "evil").exists()
 
 
-def test_large_snapshots_travel_in_bounded_frames() -> None:
-    """A snapshot is cut into frames of at most 512 KiB before base64."""
-    frames = list(restore_frames(b"z" * (3 * 512 * 1024 + 1)))
-    assert len(frames) == 4
-    assert all(len(base64.b64decode(str(f["data"]))) <= 512 * 1024 for f in frames)
+async def test_large_snapshots_travel_in_bounded_frames() -> None:
+    """A snapshot is cut into frames of at most 512 KiB before base64, whatever the stored chunks."""
+    for piece in (1000, 512 * 1024, 3 * 512 * 1024 + 1):
+        frames = await frames_of(b"z" * (3 * 512 * 1024 + 1), piece)
+        assert len(frames) == 4 and [f["last"] for f in frames] == [False, False, False, True]
+        assert all(len(base64.b64decode(str(f["data"]))) <= 512 * 1024 for f in frames)
+    assert len(await frames_of(b"z" * 512 * 1024)) == 1
+    assert await frames_of(b"") == []  # nothing stored: nothing to restore
 
 
 class FlakyStore:

@@ -323,7 +323,8 @@ class DockerSandbox:
         with contextlib.suppress(Exception):
             await self._stream.close()
         self._backend.live.pop(self._spec.sandbox_id, None)
-        self._backend._give_back(self._spec.sandbox_id, self.uid)  # the container is gone: nothing runs as it
+        # The container is gone; its uid stays taken until the workspace is archived (as it) and removed.
+        self._backend._give_back(self._spec.sandbox_id, self.uid, self._spec.workspace)
         if not self._eof and self._lines.empty():
             self._lines.put_nowait(None)
 
@@ -395,9 +396,9 @@ class DockerBackend:
         if self.workspace_bytes and not os.path.ismount(path):
             self.workspace_bytes = mount_workspace(path, self.workspace_bytes, uid)  # 0: cannot mount here
 
-    def _give_back(self, sandbox_id: str, uid: int) -> None:
+    def _give_back(self, sandbox_id: str, uid: int, workspace: Path | None = None) -> None:
         if self.uids is not None:
-            self.uids.give_back(uid)
+            self.uids.give_back(uid, once_gone=workspace)
         if self.etc_root is not None:
             shutil.rmtree(self.etc_root / sandbox_id, ignore_errors=True)
 

@@ -465,8 +465,9 @@ class LocalBackend:
         return sandbox
 
     def release(self, sandbox: LocalSandbox) -> None:
+        # The uid stays taken until the workspace is archived (as that uid) and removed.
         if self.live.pop(sandbox._spec.sandbox_id, None) is not None and sandbox.uid is not None:
-            self.uids.give_back(sandbox.uid)
+            self.uids.give_back(sandbox.uid, once_gone=sandbox._spec.workspace)
 
     async def ready(self) -> str | None:
         if shutil.which("bwrap") is None:

@@ -14,6 +14,7 @@ import fcntl
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -38,9 +39,11 @@ class UidPool:
         # Least recently used first: a freed uid is not handed out again at once.
         self._free = collections.deque(range(base, base + count))
         self._held: dict[int, int] = {}  # uid -> lock fd
+        self._parked: dict[int, Path] = {}  # held until this workspace is gone
         self._lock_dir = lock_dir
 
     def take(self) -> int:
+        self._unpark()
         skipped = []
         try:
             while self._free:
@@ -65,28 +68,64 @@ class UidPool:
         """An flock on ``uid``'s lock file (-1: no locking), or None if held elsewhere."""
         if self._lock_dir is None:
             return -1
-        fd = os.open(self._lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return _flock(self._lock_dir / f"{uid}.lock")
 
     def available(self) -> bool:
+        self._unpark()
         return bool(self._free) or self._lock_dir is None
 
     @property
     def held(self) -> set[int]:
         return set(self._held)
 
-    def give_back(self, uid: int) -> None:
+    def give_back(self, uid: int, once_gone: Path | None = None) -> None:
+        """Return ``uid`` to the pool. With ``once_gone`` (a stopped sandbox's
+        workspace, which the uid owns and which is archived as that uid), only
+        once that path no longer exists: until the workspace is saved and
+        removed, no other sandbox (of this service or, by the flock, of
+        another) runs as the uid that reads it."""
+        if once_gone is not None and uid in self._held and os.path.lexists(once_gone):
+            self._parked[uid] = once_gone
+            return
+        self._parked.pop(uid, None)
         fd = self._held.pop(uid, None)
         if fd is None:
             return
         if fd >= 0:
             os.close(fd)
         self._free.append(uid)
+
+    def _unpark(self) -> None:
+        for uid, path in list(self._parked.items()):
+            if not os.path.lexists(path):
+                self.give_back(uid)
+
+
+@contextlib.contextmanager
+def reserving(uid: object) -> Iterator[None]:
+    """Hold ``uid``'s host-wide flock while a workspace a previous run left is
+    archived as it and removed (the recovery sweep), so no new sandbox takes
+    the uid meanwhile. When the lock is held elsewhere (this or another
+    service runs a sandbox as it now) the read goes ahead anyway: it is as
+    safe, the helper just shares the uid."""
+    fd = None
+    if isinstance(uid, int) and os.geteuid() == 0 and os.path.isdir(UID_LOCKS):
+        fd = _flock(Path(UID_LOCKS) / f"{uid}.lock")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _flock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def become_subreaper() -> None:
