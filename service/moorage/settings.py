@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     # Attaching to a session another replica runs: ask it to hand the session
     # over (it does once no client uses it there) and wait this long for it.
     handover_wait_s: float = Field(default=15.0, ge=0)
+    # model proxy: the largest request body a sandbox may send the model (a
+    # long conversation is large), open connections per sandbox socket (and
+    # per pod on the Kubernetes proxy port), how long a request's head and
+    # then its body may take to arrive, and how long a response is still read
+    # (and metered) after its sandbox hung up.
+    model_request_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
+    model_proxy_connections_per_sandbox: int = Field(default=32, ge=2)
+    model_proxy_request_timeout_s: float = Field(default=30.0, gt=0)
+    model_proxy_drain_timeout_s: float = Field(default=600.0, gt=0)
     log_level: str = "info"
 
     @property

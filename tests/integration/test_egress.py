@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from moorage.egress import ModelProxy, SseUsageReader
+from moorage.egress import ModelProxy
+from moorage.egress_meter import SseUsageReader
 from support import scaled
 
 REAL = "sk-real"
