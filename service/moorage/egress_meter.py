@@ -55,18 +55,17 @@ class SseUsageReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._scanned = 0  # no event separator before this offset of _buffer
-        self._carry = b""  # a trailing CR that may be half of a CRLF
+        self._after_cr = False  # the last chunk ended in CR, which may be half of a CRLF
         self._skipping = False  # inside an event too large to read: drop it whole
         self.model = ""
         self.usage: dict[str, int] = {}
 
     def feed(self, chunk: bytes) -> None:
-        data = self._carry + chunk
-        self._carry = b""
-        if data.endswith(b"\r"):
-            data, self._carry = data[:-1], b"\r"
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across chunks: already ended the line
+        self._after_cr = chunk.endswith(b"\r")
         # SSE lines end in CRLF, LF or CR; read them all as LF.
-        self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         while (end := self._buffer.find(b"\n\n", self._scanned)) >= 0:
             event = bytes(self._buffer[:end])
             del self._buffer[: end + 2]
