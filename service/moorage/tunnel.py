@@ -14,7 +14,13 @@ HTTPS, ``CONNECT host:port``, and opens the connection only when
   link-local or metadata address: a name that resolves inward is refused, so
   DNS cannot be used to reach the host's own services), or lies in a network
   the operator named in ``MOORAGE_EGRESS_ALLOW_NETWORKS`` (an internal
-  package mirror at 10.1.2.3, say).
+  package mirror at 10.1.2.3, say). An IPv6 address that leads to an IPv4
+  one (NAT64, IPv4-mapped or -compatible, 6to4, Teredo) is judged by that
+  IPv4 address (``address_allowed``).
+
+Each sandbox's socket holds at most ``connections_per_sandbox`` connections
+(tunnels included; one past it is closed unread), and a request head must
+arrive within ``head_timeout_s``.
 
 TLS stays end to end (the service never sees the content); the tunnel sees
 only host names, which it logs with the session. Anything else gets a short
