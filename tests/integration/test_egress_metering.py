@@ -17,7 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from moorage.accounting import DEFAULT_PRICES, Accounting, Ledger
 from moorage.egress import ModelProxy, Usage
+from moorage.metrics import Metrics
 from support import scaled
 
 KINDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -233,3 +235,34 @@ async def test_garbage_and_huge_max_tokens_are_metered_as_reported(
     await until(lambda: metered(proxy.usage["sb-huge"]) == huge.reported, "the huge response to be metered")
     assert huge.reported["output_tokens"] == 6000
     assert metered(proxy.usage["sb-garbage"]) == {}
+
+
+async def test_a_response_drained_after_its_session_ended_is_charged_to_its_tenant(
+    upstream: tuple[Upstream, str], tmp_path: Path
+) -> None:
+    """Hang up mid-stream and end the session at once: the tenant's daily spend still
+    gets the whole response, priced from what the upstream reported."""
+    up, url = upstream
+    accounting = Accounting(Metrics(tuple(DEFAULT_PRICES)), DEFAULT_PRICES, None, None)
+    proxy = ModelProxy(tmp_path / "egress", url, "sk-real")
+    proxy.meter = accounting
+    await proxy.start()
+    try:
+        sock = await proxy.open("sb")
+        accounting.ledgers["sb"] = ledger = Ledger(tenant="acme")
+        script = up.scripts["t"] = Script(pause="before_delta")
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as http:
+            resp = await http.post("http://model/v1/messages", json={"stream": True}, headers={"x-test-id": "t"})
+            await read_until(resp, b"word 3")
+            resp.close()
+        await proxy.close_sandbox("sb")  # what a session's end does, in this order
+        accounting.ledgers.pop("sb")
+        script.go.set()
+        await asyncio.wait_for(script.done.wait(), scaled(10))
+        await until(lambda: proxy.busy("sb") == 0, "the drain to end")
+        expected = accounting.price("claude-sonnet-4", script.reported)
+        assert script.reported["output_tokens"] == 12
+        assert accounting.tenant_today("acme") == pytest.approx(expected)
+        assert ledger.total_usd == pytest.approx(expected)
+    finally:
+        await proxy.close()
