@@ -293,3 +293,23 @@ async def test_the_tcp_front_caps_requests_in_flight_per_token(upstream: tuple[U
     finally:
         await port.close()
         await proxy.close()
+
+
+async def test_a_body_that_never_ends_is_cut_at_the_deadline(upstream: tuple[Upstream, str], tmp_path: Path) -> None:
+    """A complete head with a body that stalls gets a 408 (Messages API shape) once the
+    body deadline passes, and its connection slot comes back."""
+    _, url = upstream
+    proxy = ModelProxy(tmp_path / "egress", url, "sk-real", ProxyLimits(request_timeout_s=scaled(0.5)))
+    await proxy.start()
+    try:
+        sock = await proxy.open("sb")
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: m\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), scaled(10))
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b'"type": "timeout_error"' in answer
+        await until(lambda: not proxy.gate.open, "the slot to be released")
+    finally:
+        await proxy.close()
