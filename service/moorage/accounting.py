@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +144,22 @@ class Accounting:
 
     def on_usage(self, sandbox_id: str, model: str, usage: dict[str, int]) -> None:
         """The proxy read one response's usage."""
+        self._charge(self.ledgers.get(sandbox_id), model, usage)
+
+    def charge(self, sandbox_id: str) -> Callable[[str, dict[str, int]], None]:
+        """Where one model response's usage goes, bound when its request
+        arrives: a response the proxy still drains after its session ended
+        is charged to that session's ledger and tenant all the same."""
+        ledger = self.ledgers.get(sandbox_id)
+        return lambda model, usage: self._charge(ledger, model, usage)
+
+    def _charge(self, ledger: Ledger | None, model: str, usage: dict[str, int]) -> None:
         label = self.metrics.model_label(model)
         for key, kind in USAGE_KINDS.items():
             if usage.get(key):
                 self.metrics.tokens.labels(label, kind).inc(usage[key])
         cost = self.price(model, usage)
         self.metrics.cost_usd.labels(label, "proxy").inc(cost)
-        ledger = self.ledgers.get(sandbox_id)
         if ledger is None:
             return
         ledger.life_usd += cost

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
 from .auth import Authenticator, credentials, is_loopback, parse_api_keys
-from .egress import ModelProxy
+from .egress import ModelProxy, ProxyLimits
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code
 from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
@@ -352,11 +352,15 @@ def create_app(settings: Settings) -> Starlette:
                     "Loopback only; `moorage tokens create` turns authentication on.",
                 )
             backend = await make_backend(settings)
-            proxy = ModelProxy(None, settings.anthropic_base_url, settings.anthropic_api_key.get_secret_value())
+            proxy = ModelProxy(
+                None,
+                settings.anthropic_base_url,
+                settings.anthropic_api_key.get_secret_value(),
+                ProxyLimits.from_settings(settings),
+            )
             metrics = Metrics(tuple(settings.prices))
             accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
-            proxy.on_usage = accounting.on_usage
-            proxy.refusal = accounting.refusal
+            proxy.meter = accounting
             accounting.spend = TenantSpend(db)
             with contextlib.suppress(*STORE_ERRORS):
                 await accounting.sync()  # today's tenant totals, before the first request
@@ -368,6 +372,8 @@ def create_app(settings: Settings) -> Starlette:
                     rules,
                     lambda _sandbox, ok: metrics.egress_connections.labels("allowed" if ok else "refused").inc(),
                     parse_networks(settings.egress_allow_networks),
+                    proxy.limits.connections_per_sandbox,
+                    proxy.limits.request_timeout_s,
                 )
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
             bind_proxy = getattr(backend, "bind_proxy", None)

@@ -3,28 +3,41 @@
 Every sandbox gets its own unix socket; the socket a request arrives on is
 the sandbox's identity (a sandbox cannot claim to be another). Requests to
 the Messages API are forwarded to ``ANTHROPIC_BASE_URL`` with the real API key
-put in place of the sandbox's placeholder; streamed (SSE) responses are passed
-through chunk by chunk, never buffered. Token usage is read from every
-response on the way past and added to that sandbox's ``Usage``.
+put in place of the sandbox's placeholder; request bodies are streamed up (at
+most ``request_max_bytes``) and responses (SSE or not) are passed through
+chunk by chunk, never buffered.
+
+Every upstream response is metered, whatever the sandbox does: usage is read
+from the bytes as they pass (``egress_meter``) and charged from
+``message_start`` on, then once more in a ``finally`` when the response ends.
+If the sandbox hangs up (or stops reading), the proxy keeps reading the
+upstream response to its end in the same handler, bounded by
+``drain_timeout_s``, so the final ``message_delta`` usage is charged too; the
+handler keeps its connection slot meanwhile (``egress_gate``). A response is
+charged to the ledger that was live when its request arrived, so a drain
+that outlives its session still lands on that tenant's daily spend.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from .egress_gate import Gate
+from .egress_meter import ResponseMeter
+from .settings import Settings
 from .tunnel import Tunnel
 
 log = structlog.get_logger(__name__)
@@ -40,11 +53,56 @@ DROP_REQUEST_HEADERS = {
     "connection",
     "transfer-encoding",
     "accept-encoding",
+    "expect",
 }
 DROP_RESPONSE_HEADERS = {"content-length", "connection", "transfer-encoding", "content-encoding", "keep-alive"}
 # Set by a front that has already identified the sandbox (egress_port: a path
 # token); requests on the unix sites never carry it.
 SANDBOX_ID_KEY = web.RequestKey("moorage_sandbox_id", str)
+# A write to the sandbox that blocks this long means it stopped reading:
+# treated as a hang-up (the response is drained, not held).
+WRITE_STALL_S = 60.0
+BODY_CHUNK = 64 * 1024
+
+Charge = Callable[[str, dict[str, int]], None]  # (model, token delta)
+
+
+class Meter(Protocol):
+    """What the proxy asks of accounting (``accounting.Accounting``)."""
+
+    def refusal(self, sandbox_id: str) -> str | None:
+        """A reason to refuse this sandbox's next model request (a spent budget), or None."""
+
+    def charge(self, sandbox_id: str) -> Charge:
+        """Where one response's usage goes, bound now: called when its request arrives."""
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """The model proxy's bounds (``MOORAGE_MODEL_*``, see settings)."""
+
+    request_max_bytes: int = 32 * 1024 * 1024
+    connections_per_sandbox: int = 32
+    request_timeout_s: float = 30.0  # head, then body, each within this
+    drain_timeout_s: float = 600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProxyLimits:
+        return cls(
+            settings.model_request_max_bytes,
+            settings.model_proxy_connections_per_sandbox,
+            settings.model_proxy_request_timeout_s,
+            settings.model_proxy_drain_timeout_s,
+        )
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    """An error in the Messages API's own shape."""
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
 
 
 @dataclass
@@ -67,98 +125,76 @@ class Usage:
                 per_model[kind] = per_model.get(kind, 0) + value
 
 
-class SseUsageReader:
-    """Reads usage out of an SSE byte stream fed in arbitrary chunks."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self.model = ""
-        self.usage: dict[str, int] = {}
-
-    def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        while b"\n\n" in self._buffer:
-            event, self._buffer = self._buffer.split(b"\n\n", 1)
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip())
-        if len(self._buffer) > 1024 * 1024:  # not SSE as we know it; stop reading
-            self._buffer = b""
-
-    def _data(self, raw: bytes) -> None:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(data, dict):
-            return
-        if data.get("type") == "message_start":
-            message = data.get("message") or {}
-            self.model = str(message.get("model", ""))
-            self.usage.update({k: v for k, v in (message.get("usage") or {}).items() if isinstance(v, int)})
-        elif data.get("type") == "message_delta":
-            # message_delta carries the final (cumulative) counts.
-            self.usage.update({k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)})
-
-
 class ModelProxy:
-    """Owns one aiohttp server with one UnixSite per live sandbox."""
+    """Owns one aiohttp server listening on one unix socket per live sandbox."""
 
-    def __init__(self, socket_dir: Path | None, upstream: str, api_key: str) -> None:
+    def __init__(self, socket_dir: Path | None, upstream: str, api_key: str, limits: ProxyLimits | None = None) -> None:
         # A unix socket path must fit in 108 bytes, so by default the sockets
         # live in a short private directory, not under the state dir.
         self._own_dir = socket_dir is None
         self.socket_dir = (socket_dir or Path(tempfile.mkdtemp(prefix="moorage-egress-", dir=_short_base()))).resolve()
         self.upstream = upstream.rstrip("/")
         self._api_key = api_key
+        self.limits = limits or ProxyLimits()
+        self.gate = Gate(self.limits.connections_per_sandbox, self.limits.request_timeout_s)
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._sites: dict[str, tuple[web.UnixSite, str]] = {}
+        self._sites: dict[str, tuple[asyncio.Server, str]] = {}
         self._by_path: dict[str, str] = {}
+        self._handlers: dict[asyncio.Task[Any], str] = {}  # running request handlers, by sandbox
         self.usage: dict[str, Usage] = {}
-        self.on_usage: Callable[[str, str, dict[str, int]], None] | None = None
-        # Asked before each request: a reason to refuse it (a spent budget), or None.
-        self.refusal: Callable[[str], str | None] | None = None
+        # Budgets and charges (accounting.Accounting); None: nothing refused, nothing charged.
+        self.meter: Meter | None = None
         # Opt-in HTTPS egress to allowlisted hosts (MOORAGE_EGRESS_ALLOW).
         self.tunnel: Tunnel | None = None
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.chmod(0o700)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app = web.Application(client_max_size=self.limits.request_max_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._handle_unix)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=self.limits.request_timeout_s
+        )
         await self._runner.setup()
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900))
 
     async def open(self, sandbox_id: str) -> Path:
         """A new socket for one sandbox, in a directory only the service can
         enter; bwrap mounts it into the sandbox from a private stage."""
-        assert self._runner is not None
+        assert self._runner is not None and self._runner.server is not None
         path = self.socket_dir / f"{secrets.token_hex(8)}.sock"
-        site = web.UnixSite(self._runner, str(path))
-        await site.start()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(self.gate.factory(sandbox_id, self._runner.server), str(path))
         os.chmod(path, 0o666)
-        self._sites[sandbox_id] = (site, str(path))
+        self._sites[sandbox_id] = (server, str(path))
         self._by_path[str(path)] = sandbox_id
         self.usage[sandbox_id] = Usage()
         return path
 
     async def close_sandbox(self, sandbox_id: str) -> None:
+        """Stop listening for this sandbox. Responses still draining finish
+        (bounded by ``drain_timeout_s``) and are charged as usual."""
         if self.tunnel is not None:
             await self.tunnel.close_sandbox(sandbox_id)
         entry = self._sites.pop(sandbox_id, None)
         if entry is None:
             return
-        site, path = entry
+        server, path = entry
         self._by_path.pop(path, None)
-        await site.stop()
+        server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
     async def close(self) -> None:
         for sandbox_id in list(self._sites):
             await self.close_sandbox(sandbox_id)
+        # Open responses are charged what they reported so far (their ``finally``).
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5.0)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._client is not None:
@@ -166,9 +202,17 @@ class ModelProxy:
         if self._own_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
+    def busy(self, sandbox_id: str) -> int:
+        """Request handlers running for this sandbox (relaying or draining)."""
+        return sum(1 for owner in self._handlers.values() if owner == sandbox_id)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one request that a front (``egress_port``) accepted."""
-        return await self._handle(request)
+        return await self._serve(request)
+
+    async def _handle_unix(self, request: web.Request) -> web.StreamResponse:
+        with self.gate.in_request(request.transport):
+            return await self._serve(request)
 
     def _sandbox_of(self, request: web.Request) -> str | None:
         claimed = request.get(SANDBOX_ID_KEY)
@@ -178,81 +222,144 @@ class ModelProxy:
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         return self._by_path.get(str(sockname)) if sockname else None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         sandbox_id = self._sandbox_of(request)
         if sandbox_id is None:
-            return web.json_response(
-                {"type": "error", "error": {"type": "forbidden", "message": "unknown sandbox"}}, status=403
-            )
+            return error_response(403, "forbidden", "unknown sandbox")
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
-            return web.json_response(
-                {
-                    "type": "error",
-                    "error": {"type": "not_found_error", "message": "only the Messages API is reachable"},
-                },
-                status=404,
-            )
-        if request.path == "/v1/messages" and self.refusal is not None and (scope := self.refusal(sandbox_id)):
+            return error_response(404, "not_found_error", "only the Messages API is reachable")
+        if request.path == "/v1/messages" and self.meter is not None and (scope := self.meter.refusal(sandbox_id)):
             # 400, not 429: the CLI must give up on this turn, not retry.
-            message = f"budget_exceeded: the {scope} budget is spent"
-            return web.json_response(
-                {"type": "error", "error": {"type": "invalid_request_error", "message": message}}, status=400
-            )
+            return error_response(400, "invalid_request_error", f"budget_exceeded: the {scope} budget is spent")
+        length = request.content_length
+        if length is not None and length > self.limits.request_max_bytes:
+            return self._too_large()
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = sandbox_id
+        try:
+            return await self._forward(request, sandbox_id, length)
+        finally:
+            self._handlers.pop(task, None)
+
+    def _too_large(self) -> web.Response:
+        limit = self.limits.request_max_bytes
+        return error_response(
+            413, "request_too_large", f"request body exceeds {limit} bytes (MOORAGE_MODEL_REQUEST_MAX_BYTES)"
+        )
+
+    async def _forward(self, request: web.Request, sandbox_id: str, length: int | None) -> web.StreamResponse:
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS}
         headers["x-api-key"] = self._api_key
-        body = await request.read()
+        if length is not None:
+            headers["content-length"] = str(length)
+        body_failed: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.request_timeout_s
+
+        async def body() -> AsyncIterator[bytes]:
+            """The request body, streamed: bounded in bytes and in time."""
+            seen = 0
+            try:
+                while True:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await request.content.read(BODY_CHUNK)
+                    if not chunk:
+                        return
+                    seen += len(chunk)
+                    if seen > self.limits.request_max_bytes:
+                        raise RequestTooLarge
+                    yield chunk
+            except (RequestTooLarge, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
+                body_failed.append(exc)
+                raise
+
         try:
             upstream = await self._client.post(
-                self.upstream + request.path_qs, data=body, headers=headers, allow_redirects=False
+                self.upstream + request.path_qs, data=body(), headers=headers, allow_redirects=False
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, RequestTooLarge, TimeoutError, ConnectionError) as exc:
+            if body_failed:
+                return self._body_failed(body_failed[0])
             log.warning("model_upstream_failed", error=type(exc).__name__)
-            return web.json_response(
-                {"type": "error", "error": {"type": "api_error", "message": "model API unreachable"}}, status=502
-            )
+            return error_response(502, "api_error", "model API unreachable")
+        if body_failed:  # the upstream answered a body we cut short
+            upstream.close()
+            return self._body_failed(body_failed[0])
         async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in DROP_RESPONSE_HEADERS:
-                    response.headers[key] = value
-            await response.prepare(request)
-            is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-            sse = SseUsageReader() if is_sse else None
-            whole = bytearray()
-            async for chunk in upstream.content.iter_any():
-                if sse is not None:
-                    sse.feed(chunk)
-                elif len(whole) < 8 * 1024 * 1024:
-                    whole += chunk
-                await response.write(chunk)
-            await response.write_eof()
-        if request.path == "/v1/messages" and upstream.status == 200:
-            model, usage = (sse.model, sse.usage) if sse is not None else _json_usage(bytes(whole))
-            self._record(sandbox_id, model, usage)
+            return await self._relay(request, upstream, sandbox_id)
+
+    def _body_failed(self, exc: BaseException) -> web.Response:
+        if isinstance(exc, RequestTooLarge):
+            return self._too_large()
+        if isinstance(exc, TimeoutError):
+            return error_response(408, "timeout_error", "request body not received in time")
+        return error_response(400, "invalid_request_error", "request body broken off")
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, sandbox_id: str
+    ) -> web.StreamResponse:
+        """Pass the response through and meter it; drain it if the sandbox goes."""
+        metered = request.path == "/v1/messages"
+        charge = self.meter.charge(sandbox_id) if metered and self.meter is not None else None
+        record = self.usage.get(sandbox_id) if metered else None
+        meter = ResponseMeter(streamed=upstream.headers.get("content-type", "").startswith("text/event-stream"))
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for key, value in upstream.headers.items():
+            if key.lower() not in DROP_RESPONSE_HEADERS:
+                response.headers[key] = value
+        loop = asyncio.get_running_loop()
+        relaying = True
+        try:
+            async with asyncio.timeout(None) as draining:
+                try:
+                    async with asyncio.timeout(WRITE_STALL_S):
+                        await response.prepare(request)
+                except (ConnectionError, TimeoutError):
+                    relaying = False
+                    draining.reschedule(loop.time() + self.limits.drain_timeout_s)
+                async for chunk in upstream.content.iter_any():
+                    meter.feed(chunk)
+                    _settle(meter, record, charge)
+                    if not relaying:
+                        continue
+                    try:
+                        async with asyncio.timeout(WRITE_STALL_S):
+                            await response.write(chunk)
+                    except (ConnectionError, TimeoutError):
+                        relaying = False  # the sandbox hung up or stopped reading: drain
+                        draining.reschedule(loop.time() + self.limits.drain_timeout_s)
+                        if request.transport is not None:
+                            request.transport.abort()
+            if relaying:
+                with contextlib.suppress(ConnectionError):
+                    await response.write_eof()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("model_response_cut", error=type(exc).__name__, relaying=relaying)
+            if relaying and request.transport is not None:
+                request.transport.abort()  # a half response must not look whole
+        finally:
+            meter.finish()
+            _settle(meter, record, charge)
+            if record is not None and upstream.status == 200:
+                record.requests += 1
+        if not relaying:
+            log.info("model_response_drained", sandbox_id=sandbox_id, usage=meter.usage)
         return response
 
-    def _record(self, sandbox_id: str, model: str, usage: dict[str, int]) -> None:
-        record = self.usage.get(sandbox_id)
-        if record is None:
-            return
-        record.requests += 1
-        record.add(model, usage)
-        if self.on_usage is not None:
-            self.on_usage(sandbox_id, model, usage)
+
+def _settle(meter: ResponseMeter, record: Usage | None, charge: Charge | None) -> None:
+    """Charge what the response reported since the last time."""
+    delta = meter.take()
+    if not delta:
+        return
+    if record is not None:
+        record.add(meter.model, delta)
+    if charge is not None:
+        charge(meter.model, delta)
 
 
 def _short_base() -> str | None:
     """/run when we may write there (root), else the system temp dir."""
     return "/run" if os.access("/run", os.W_OK) else None
-
-
-def _json_usage(body: bytes) -> tuple[str, dict[str, int]]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return "", {}
-    if not isinstance(data, dict):
-        return "", {}
-    usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
-    return str(data.get("model", "")), usage

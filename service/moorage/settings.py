@@ -123,6 +123,15 @@ class Settings(BaseSettings):
     # snapshots: the longest a workspace snapshot (archive helper + database
     # writes) may take before it is abandoned and the helper killed.
     workspace_snapshot_timeout_s: float = Field(default=300.0, gt=0)
+    # model proxy: the largest request body a sandbox may send the model (a
+    # long conversation is large), open connections per sandbox socket (and
+    # per pod on the Kubernetes proxy port), how long a request's head and
+    # then its body may take to arrive, and how long a response is still read
+    # (and metered) after its sandbox hung up.
+    model_request_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
+    model_proxy_connections_per_sandbox: int = Field(default=32, ge=2)
+    model_proxy_request_timeout_s: float = Field(default=30.0, gt=0)
+    model_proxy_drain_timeout_s: float = Field(default=600.0, gt=0)
     log_level: str = "info"
 
     @property

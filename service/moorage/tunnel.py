@@ -14,7 +14,13 @@ HTTPS, ``CONNECT host:port``, and opens the connection only when
   link-local or metadata address: a name that resolves inward is refused, so
   DNS cannot be used to reach the host's own services), or lies in a network
   the operator named in ``MOORAGE_EGRESS_ALLOW_NETWORKS`` (an internal
-  package mirror at 10.1.2.3, say).
+  package mirror at 10.1.2.3, say). An IPv6 address that leads to an IPv4
+  one (NAT64, IPv4-mapped or -compatible, 6to4, Teredo) is judged by that
+  IPv4 address (``address_allowed``).
+
+Each sandbox's socket holds at most ``connections_per_sandbox`` connections
+(tunnels included; one past it is closed unread), and a request head must
+arrive within ``head_timeout_s``.
 
 TLS stays end to end (the service never sees the content); the tunnel sees
 only host names, which it logs with the session. Anything else gets a short
@@ -92,15 +98,56 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip())
 
 
-def reachable(addresses: list[str], networks: tuple[Network, ...] = ()) -> bool:
-    """Every address public, or inside a network the operator allowed."""
-    if not addresses:
-        return False
-    for text in addresses:
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: where the IPv4 sits is the operator's choice
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 transition address leads to: IPv4-mapped,
+    IPv4-compatible, NAT64 (well-known prefix), 6to4 and Teredo (the client
+    and its server); none for any other address."""
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in NAT64:
+        return (low32,)
+    if address in IPV4_COMPATIBLE and int(address) > 1:  # not :: or ::1, which are themselves
+        return (low32,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        server, client = address.teredo
+        return (client, server)
+    return ()
+
+
+def address_allowed(text: str, networks: tuple[Network, ...] = ()) -> bool:
+    """May the tunnel connect to this address? Yes if it lies in a network
+    the operator allowed; otherwise it must be public, and so must every IPv4
+    address it embeds (64:ff9b::7f00:1 is 127.0.0.1 through NAT64; ::127.0.0.1
+    and ::ffff:127.0.0.1 are 127.0.0.1 too). A local-use NAT64 address
+    (64:ff9b:1::/48) is never public: allow its network explicitly."""
+    try:
         address = ipaddress.ip_address(text.split("%")[0])
-        if not address.is_global and not any(address in net for net in networks):
+    except ValueError:
+        return False
+    if any(address in net for net in networks):
+        return True
+    if address.is_multicast or address.is_unspecified:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64_LOCAL:
             return False
-    return True
+        embedded = embedded_ipv4(address)
+        if embedded:
+            return all(address_allowed(str(v4), networks) for v4 in embedded)
+    return address.is_global
+
+
+def reachable(addresses: list[str], networks: tuple[Network, ...] = ()) -> bool:
+    """Every address allowed (``address_allowed``), and at least one."""
+    return bool(addresses) and all(address_allowed(text, networks) for text in addresses)
 
 
 class Tunnel:
@@ -112,11 +159,16 @@ class Tunnel:
         rules: tuple[Rule, ...],
         on_verdict: Callable[[str, bool], None] | None = None,
         networks: tuple[Network, ...] = (),
+        connections_per_sandbox: int = 32,
+        head_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.socket_dir = socket_dir
         self.rules = rules
         self.networks = networks
         self.on_verdict = on_verdict  # (sandbox_id, allowed), for metrics
+        self.cap = connections_per_sandbox
+        self.head_timeout_s = head_timeout_s
+        self.open_connections: dict[str, int] = {}
         self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
 
     @property
@@ -129,7 +181,7 @@ class Tunnel:
     async def open(self, sandbox_id: str) -> Path:
         path = self.socket_dir / f"{secrets.token_hex(8)}.tunnel.sock"
         server = await asyncio.start_unix_server(
-            lambda r, w: self._serve(sandbox_id, r, w), str(path), limit=MAX_HEADER_BYTES
+            lambda r, w: self._admit(sandbox_id, r, w), str(path), limit=MAX_HEADER_BYTES
         )
         os.chmod(path, 0o666)
         self._servers[sandbox_id] = (server, path)
@@ -148,9 +200,27 @@ class Tunnel:
         for sandbox_id in list(self._servers):
             await self.close_sandbox(sandbox_id)
 
+    async def _admit(self, sandbox_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """At most ``cap`` connections per sandbox, tunnels included; one
+        past it is closed at once, before anything is read."""
+        held = self.open_connections.get(sandbox_id, 0)
+        if held >= self.cap:
+            writer.transport.abort()
+            return
+        self.open_connections[sandbox_id] = held + 1
+        try:
+            await self._serve(sandbox_id, reader, writer)
+        finally:
+            writer.close()  # a no-op if already closed; a refusal written before still goes out
+            left = self.open_connections.get(sandbox_id, 1) - 1
+            if left > 0:
+                self.open_connections[sandbox_id] = left
+            else:
+                self.open_connections.pop(sandbox_id, None)
+
     async def _serve(self, sandbox_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout(self.head_timeout_s):
                 head = await reader.readuntil(b"\r\n\r\n")
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()

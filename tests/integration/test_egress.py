@@ -6,12 +6,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from moorage.egress import ModelProxy, SseUsageReader
+from moorage.egress import ModelProxy
 from support import scaled
 
 REAL = "sk-real"
@@ -123,22 +122,3 @@ async def test_usage_is_attributed_to_the_socket_it_came_through(proxy: ModelPro
     assert proxy.usage["sb-a"].requests == 2 and proxy.usage["sb-b"].requests == 1
     await proxy.close_sandbox("sb-a")
     assert not a.exists()
-
-
-def test_sse_usage_reader_handles_arbitrary_chunking() -> None:
-    """Usage is read correctly however the byte stream is split."""
-    events = [
-        {
-            "type": "message_start",
-            "message": {"model": "m", "usage": {"input_tokens": 3, "cache_read_input_tokens": 4}},
-        },
-        {"type": "content_block_delta", "delta": {"text": "x" * 100}},
-        {"type": "message_delta", "usage": {"output_tokens": 8}},
-    ]
-    stream = b"".join(f"event: e\ndata: {json.dumps(e)}\n\n".encode() for e in events)
-    for size in (1, 7, 64, len(stream)):
-        reader = SseUsageReader()
-        for i in range(0, len(stream), size):
-            reader.feed(stream[i : i + size])
-        expected: dict[str, Any] = {"input_tokens": 3, "cache_read_input_tokens": 4, "output_tokens": 8}
-        assert (reader.model, reader.usage) == ("m", expected)

@@ -56,3 +56,46 @@ def test_names_resolving_inward_are_unreachable_unless_their_network_is_allowed(
     assert not reachable([])
     assert reachable(["10.1.2.3"], parse_networks("10.1.0.0/16, 192.0.2.0/24"))
     assert parse_networks("10.1.0.0/16") == (ipaddress.ip_network("10.1.0.0/16"),)
+
+
+# (address, allowed networks, allowed?) — transition forms are judged by the IPv4 address they lead to.
+ADDRESS_TABLE = [
+    ("151.101.0.223", "", True),
+    ("2a04:4e42::223", "", True),
+    ("64:ff9b::9765:df", "", True),  # NAT64 to a public host: how IPv6-only clusters reach pypi
+    ("64:ff9b::7f00:1", "", False),  # NAT64 to 127.0.0.1
+    ("64:ff9b::a9fe:a9fe", "", False),  # NAT64 to the metadata address 169.254.169.254
+    ("64:ff9b::a01:203", "", False),  # NAT64 to 10.1.2.3 …
+    ("64:ff9b::a01:203", "10.1.0.0/16", True),  # … unless its embedded network is allowed
+    ("64:ff9b:1::7f00:1", "", False),  # local-use NAT64: never public
+    ("64:ff9b:1::9765:df", "", False),
+    ("64:ff9b:1::9765:df", "64:ff9b:1::/48", True),
+    ("::127.0.0.1", "", False),  # IPv4-compatible
+    ("::10.0.0.1", "", False),
+    ("::151.101.0.223", "", True),
+    ("::ffff:127.0.0.1", "", False),  # IPv4-mapped
+    ("::ffff:192.168.1.1", "", False),
+    ("::ffff:192.168.1.1", "192.168.0.0/16", True),
+    ("::ffff:151.101.0.223", "", True),
+    ("2002:7f00:1::1", "", False),  # 6to4 of 127.0.0.1
+    ("2002:a9fe:a9fe::1", "", False),  # 6to4 of 169.254.169.254
+    ("2002:9765:df::1", "", True),  # 6to4 of a public host
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "", False),  # Teredo, client 127.0.0.1
+    ("2001:0:4136:e378:8000:63bf:689a:ff20", "", True),  # Teredo, public server and client (151.101.0.223)
+    ("::1", "", False),
+    ("::", "", False),
+    ("0.0.0.0", "", False),
+    ("224.0.0.1", "", False),  # multicast
+    ("ff02::1", "", False),
+    ("fe80::1%eth0", "", False),
+    ("100.64.0.1", "", False),  # carrier-grade NAT
+    ("not an address", "", False),
+]
+
+
+@pytest.mark.parametrize(("address", "networks", "allowed"), ADDRESS_TABLE)
+def test_transition_addresses_are_judged_by_the_ipv4_address_they_embed(
+    address: str, networks: str, allowed: bool
+) -> None:
+    """NAT64, IPv4-mapped/-compatible, 6to4 and Teredo cannot smuggle an inward IPv4 address."""
+    assert reachable([address], parse_networks(networks)) is allowed
