@@ -15,13 +15,15 @@ from moorage_session_store import Database, MoorageStoreError, SQLModelSessionSt
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
-from .auth import Authenticator, credentials, is_loopback, parse_api_keys
+from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
+from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code
 from .limits import TenantBuckets, TokenBucket
@@ -297,6 +299,10 @@ async def metrics_endpoint(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     keys = parse_api_keys(settings.api_keys)  # AuthConfigError before anything starts
+    try:
+        origins = OriginPolicy.build(settings.allowed_origins, settings.host, settings.port)
+    except ValueError as exc:
+        raise AuthConfigError(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -370,7 +376,12 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await db.close()
 
-    return Starlette(
+    def refused(code: Code) -> None:
+        if (services := app.state.services if hasattr(app.state, "services") else None) is not None:
+            services.metrics.errors.labels(str(code)).inc()
+
+    app = Starlette(
+        middleware=[Middleware(EdgeGuard, policy=origins, metrics_port=settings.metrics_port, on_refused=refused)],
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -380,3 +391,4 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    return app
