@@ -55,7 +55,7 @@ async def test_a_nul_in_runner_fields_neither_jams_the_session_nor_loses_later_e
     main = await store.load({"project_key": "tenant-a", "session_id": sink.session_id})
     assert main is not None
     assert [e["uuid"] for e in main] == ["u-1\ufffd", "u-2"]
-    assert main[0]["message"]["content"] == "a\ufffdb"
+    assert cast(dict[str, Any], main[0])["message"]["content"] == "a\ufffdb"
     sub = await store.load({"project_key": "tenant-a", "session_id": sink.session_id, "subpath": "agent\ufffd-1"})
     assert sub is not None and [e["uuid"] for e in sub] == ["sub-1"]
     # A retried batch (the runner's, after a lost answer) still deduplicates.
@@ -75,7 +75,7 @@ class RefusingStore:
         if any(e.get("poison") for e in entries):
             self.refused += 1
             raise ValueError("the database refuses this entry")
-        await self.store.append(key, entries)
+        await self.store.append(key, cast(Any, entries))
 
 
 async def test_a_batch_the_database_keeps_refusing_is_dropped_and_the_session_goes_on(db: Database) -> None:
