@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from moorage_session_store.errors import DatabaseUnavailable
+from sqlalchemy import exc as sa
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,16 @@ Store = Any
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
 POISON_ATTEMPTS = 3  # refusals (the database up) before a batch is dropped
+# The database is away (keep the batch, retry), as opposed to refusing it.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    sa.OperationalError,
+    sa.InterfaceError,
+    sa.TimeoutError,
+    sa.DisconnectionError,
+)
 
 
 def scrub(value: Any) -> Any:
@@ -133,7 +144,7 @@ class TranscriptSink:
                     error=type(exc).__name__,
                     pending_batches=len(self.unsaved),
                 )
-                if isinstance(exc, DatabaseUnavailable):
+                if isinstance(exc, UNAVAILABLE):
                     return False  # the database is away: keep everything, retry
                 self._refusals += 1
                 if self._refusals < POISON_ATTEMPTS:

@@ -12,6 +12,7 @@ from moorage.relay import RpcRelay
 from moorage.sandbox.base import Sandbox
 from moorage.transcripts import POISON_ATTEMPTS, TranscriptSink
 from moorage_session_store import Database, SQLModelSessionStore
+from moorage_session_store.errors import DatabaseUnavailable
 
 
 class FakeSandbox:
@@ -91,3 +92,28 @@ async def test_a_batch_the_database_keeps_refusing_is_dropped_and_the_session_go
     saved = await store.store.load({"project_key": "tenant-a", "session_id": sink.session_id})
     assert saved is not None and [e["uuid"] for e in saved] == ["good"]
     relay.cancel()
+
+
+class AwayStore:
+    """A store whose database is unreachable until ``back`` is set."""
+
+    def __init__(self, store: SQLModelSessionStore) -> None:
+        self.store = store
+        self.back = False
+
+    async def append(self, key: Any, entries: list[dict[str, Any]]) -> None:
+        if not self.back:
+            raise DatabaseUnavailable("the database is unavailable")
+        await self.store.append(key, cast(Any, entries))
+
+
+async def test_an_outage_never_drops_a_batch_however_long_it_lasts(db: Database) -> None:
+    store = AwayStore(SQLModelSessionStore(db))
+    sink = TranscriptSink(store, "tenant-a", "3b0c9a52-1111-4222-8333-888855556666")
+    await sink.handle("store.append", {"key": {}, "entries": [{"type": "user", "uuid": "kept"}]})
+    for _ in range(POISON_ATTEMPTS * 5):
+        assert await sink.flush() is False
+    store.back = True
+    assert await sink.flush() is True
+    saved = await store.store.load({"project_key": "tenant-a", "session_id": sink.session_id})
+    assert saved is not None and [e["uuid"] for e in saved] == ["kept"]
