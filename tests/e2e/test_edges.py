@@ -71,6 +71,7 @@ class Slowloris:
         self.port = port
         self.count = count
         self.cut: list[int] = []  # generation of each connection the server closed
+        self.lived: list[float] = []  # how long each first-generation connection lasted
         self.opened = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -81,6 +82,7 @@ class Slowloris:
         generation = 0
         while True:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            opened_at = time.monotonic()
             self.opened += 1
             head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
             eof = asyncio.create_task(reader.read(1024))
@@ -98,6 +100,8 @@ class Slowloris:
                 eof.cancel()
                 writer.close()
             self.cut.append(generation)
+            if generation == 0:
+                self.lived.append(time.monotonic() - opened_at)
             generation += 1
 
     async def stop(self) -> None:
@@ -129,6 +133,8 @@ async def test_slowloris_connections_are_cut_while_normal_clients_are_served(edg
         await client.send({"type": "ping", "id": 1})
         assert (await client.until("pong"))[-1]["id"] == 1
         await wait_for(lambda: attack.cut.count(0) == 40, 30, "every first slow connection to be cut")
+        # Connected before the server saw them, so never shorter than the deadline.
+        assert min(attack.lived) >= HEADER_TIMEOUT_S, "cut at the header deadline, not before"
         await client.close()
         status, _ = await asyncio.to_thread(get, edge_service.url + "/healthz")
         assert status == 200
