@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from . import sessions_cli, tokens
 from .logs import configure
+from .server import connection_cap, guarded_protocol, raise_nofile_limit
 from .settings import Settings
 
 
@@ -44,6 +45,9 @@ def serve(settings: Settings) -> None:
     except AuthConfigError as exc:
         print(f"moorage: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
+    if settings.metrics_port and settings.metrics_port == settings.port:
+        print("moorage: cannot start: MOORAGE_METRICS_PORT must differ from MOORAGE_PORT", file=sys.stderr)
+        sys.exit(2)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives here
     # Never open beyond loopback: with no MOORAGE_API_KEYS, a non-loopback
     # bind needs at least one issued token, or nobody could ever get in.
@@ -62,18 +66,32 @@ def serve(settings: Settings) -> None:
         )
         sys.exit(2)
 
+    nofile, _hard = raise_nofile_limit()
+    max_connections = connection_cap(settings.max_connections, nofile)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
+        http=guarded_protocol(max_connections, settings.header_timeout_s),
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         lifespan="on",
         timeout_graceful_shutdown=30,
+        # uvicorn's own 503 for HTTP requests in flight; the guarded protocol
+        # caps connections (WebSockets included) before they cost more.
+        limit_concurrency=max_connections + 1,
+        # asyncio accepts up to `backlog` connections per wakeup before the cap
+        # sees them: descriptors peak at no more than twice the cap.
+        backlog=max_connections,
     )
-    DrainingServer(config, app).run()
+    sockets = [config.bind_socket()]
+    if settings.metrics_port:
+        # /metrics and /readyz on a listener of their own (edge.listener_serves).
+        metrics = uvicorn.Config(app, host=settings.metrics_host, port=settings.metrics_port)
+        sockets.append(metrics.bind_socket())
+    DrainingServer(config, app).run(sockets=sockets)
 
 
 class DrainingServer(uvicorn.Server):

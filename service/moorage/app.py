@@ -15,15 +15,17 @@ from moorage_session_store import Database, MoorageStoreError, SQLModelSessionSt
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
-from .auth import Authenticator, credentials, is_loopback, parse_api_keys
+from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
+from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
-from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status
 from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
 from .metrics import Metrics
@@ -269,17 +271,22 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
 
 
 # DELETE /v1/sessions/{id}: HTTP status and Managed Agents error type per code it can answer.
-_DELETE_ERRORS: dict[Code, tuple[int, str]] = {
-    Code.UNAUTHORIZED: (401, "authentication_error"),
-    Code.SESSION_NOT_FOUND: (404, "not_found_error"),
-    Code.SESSION_LOCKED: (409, "conflict_error"),
-    Code.STORE_UNAVAILABLE: (503, "api_error"),
+# The Managed Agents envelope's error type for each HTTP status we answer with.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
 }
 
 
 def api_error(code: Code, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error in the Managed Agents envelope; ``details.error_code`` is the stable code."""
-    status, kind = _DELETE_ERRORS.get(code, (500, "api_error"))
+    """An error in the Managed Agents envelope; ``details.error_code`` is the stable code and the
+    status comes from the one error table (``errors.CODES``)."""
+    status = http_status(code)
+    kind = _ERROR_TYPES.get(status, "api_error")
     body = {"type": "error", "error": {"type": kind, "message": message, "details": {"error_code": str(code)}}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -336,6 +343,10 @@ async def metrics_endpoint(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     keys = parse_api_keys(settings.api_keys)  # AuthConfigError before anything starts
+    try:
+        origins = OriginPolicy.build(settings.allowed_origins, settings.host, settings.port)
+    except ValueError as exc:
+        raise AuthConfigError(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -415,7 +426,12 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await db.close()
 
-    return Starlette(
+    def refused(code: Code) -> None:
+        if (services := app.state.services if hasattr(app.state, "services") else None) is not None:
+            services.metrics.errors.labels(str(code)).inc()
+
+    app = Starlette(
+        middleware=[Middleware(EdgeGuard, policy=origins, metrics_port=settings.metrics_port, on_refused=refused)],
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -426,3 +442,4 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    return app

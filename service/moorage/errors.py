@@ -3,6 +3,7 @@ see in ``error`` frames; ``fatal`` says whether the session is over."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from moorage_session_store.errors import MoorageStoreError
@@ -39,6 +40,7 @@ class Code(StrEnum):
     WORKSPACE_NOT_RESTORED = "workspace_not_restored"
     STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
     SESSION_DELETED = "session_deleted"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     INTERNAL = "internal"
 
 
@@ -79,33 +81,81 @@ class SandboxError(MoorageError):
     fatal = True
 
 
-# WebSocket close codes, decided in this one place.
+# WebSocket close codes.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN = 1013
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_INTERNAL = 1011
 CLOSE_POLICY = 1008
-CLOSE_CODES: dict[Code, int] = {
-    Code.SESSION_NOT_FOUND: 4404,
-    Code.SESSION_CLOSED: 4410,
-    Code.SANDBOX_START_FAILED: 1011,
-    Code.SANDBOX_CRASHED: 1011,
-    Code.SANDBOX_OUT_OF_MEMORY: 1011,
-    Code.TURN_TIMEOUT: 1011,
-    Code.SLOW_CONSUMER: CLOSE_POLICY,
-    Code.UNAUTHORIZED: CLOSE_POLICY,  # a token revoked while its connection was open
-    Code.SESSION_LOCKED: 1013,
-    Code.TOO_MANY_SESSIONS: 1013,
-    Code.STORE_UNAVAILABLE: 1013,
-    Code.SERVICE_DRAINING: CLOSE_SERVICE_RESTART,
-    Code.STORAGE_QUOTA_EXCEEDED: CLOSE_POLICY,  # opening a session: retrying will not help, deleting will
-    Code.SESSION_DELETED: 4410,
+CLOSE_INTERNAL = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+
+
+class Fatal(StrEnum):
+    """Whether an error with this code ends the session: never, always, or
+    only in some cases (the doc's "no / yes"; not fatal unless raised so)."""
+
+    NO = "no"
+    YES = "yes"
+    SOMETIMES = "no / yes"
+
+
+@dataclass(frozen=True)
+class Spec:
+    fatal: Fatal
+    close: int | None  # WebSocket close code when fatal (None: never fatal)
+    http: int  # HTTP status when an HTTP route or a handshake refuses with it
+
+
+# THE table: every code, its fatality, close code and HTTP status.
+# docs/protocol.md's tables are held to it (tests/unit/test_error_table.py):
+# a new code is one line here plus a row there.
+CODES: dict[Code, Spec] = {
+    Code.UNAUTHORIZED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 401),
+    Code.INVALID_JSON: Spec(Fatal.NO, None, 400),
+    Code.INVALID_FRAME: Spec(Fatal.NO, None, 400),
+    Code.UNKNOWN_FRAME_TYPE: Spec(Fatal.NO, None, 400),
+    Code.UNSUPPORTED: Spec(Fatal.NO, None, 400),
+    Code.TURN_IN_PROGRESS: Spec(Fatal.NO, None, 409),
+    Code.NO_TURN_RUNNING: Spec(Fatal.NO, None, 409),
+    Code.TURN_TIMEOUT: Spec(Fatal.SOMETIMES, CLOSE_INTERNAL, 504),
+    Code.MAX_TURNS_EXCEEDED: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
+    Code.STORE_UNAVAILABLE: Spec(Fatal.SOMETIMES, CLOSE_TRY_AGAIN, 503),
+    Code.WORKSPACE_TOO_LARGE: Spec(Fatal.NO, None, 413),
+    Code.WORKSPACE_FULL: Spec(Fatal.NO, None, 507),
+    Code.SERVICE_DRAINING: Spec(Fatal.SOMETIMES, CLOSE_SERVICE_RESTART, 503),
+    Code.WORKSPACE_NOT_RESTORED: Spec(Fatal.NO, None, 500),
+    Code.BUDGET_EXCEEDED: Spec(Fatal.NO, None, 402),
+    Code.RATE_LIMITED: Spec(Fatal.NO, None, 429),
+    Code.TOO_MANY_SESSIONS: Spec(Fatal.YES, CLOSE_TRY_AGAIN, 429),
+    Code.SESSION_LOCKED: Spec(Fatal.YES, CLOSE_TRY_AGAIN, 409),
+    Code.SESSION_NOT_FOUND: Spec(Fatal.YES, 4404, 404),
+    Code.SESSION_CLOSED: Spec(Fatal.YES, 4410, 410),
+    Code.SANDBOX_START_FAILED: Spec(Fatal.YES, CLOSE_INTERNAL, 503),
+    Code.SANDBOX_CRASHED: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
+    Code.SANDBOX_OUT_OF_MEMORY: Spec(Fatal.SOMETIMES, CLOSE_INTERNAL, 500),
+    Code.SANDBOX_PIDS_EXHAUSTED: Spec(Fatal.SOMETIMES, CLOSE_INTERNAL, 500),
+    Code.SLOW_CONSUMER: Spec(Fatal.YES, CLOSE_POLICY, 429),
+    Code.ORIGIN_NOT_ALLOWED: Spec(Fatal.NO, None, 403),
+    # Opening a session over quota is fatal (retrying will not help, deleting
+    # will); a rehydrated over-quota session is only told.
+    Code.STORAGE_QUOTA_EXCEEDED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
+    Code.SESSION_DELETED: Spec(Fatal.YES, 4410, 410),
+    Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 
 
 def close_code(code: Code) -> int:
-    return CLOSE_CODES.get(code, CLOSE_NORMAL)
+    """The close code of a connection ended by ``code``."""
+    return CODES[code].close or CLOSE_NORMAL
+
+
+def http_status(code: Code) -> int:
+    return CODES[code].http
+
+
+def error_body(code: Code, message: str) -> dict[str, str]:
+    """The JSON body of an HTTP refusal (a handshake's or a route's)."""
+    return {"type": "error", "code": str(code), "message": message}
 
 
 # What a database outage looks like from the service: the store's own errors,

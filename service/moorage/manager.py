@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,43 @@ class StartGate:
         return len(self._held)
 
 
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key, kept only while someone holds or waits
+    for it: an attach to an unknown id (refused, raising) leaves nothing
+    behind, so a stream of bogus ids cannot grow the table."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._entries.get(key, (asyncio.Lock(), 0))
+        self._entries[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._entries[key]
+            if users == 1:
+                del self._entries[key]
+            else:
+                self._entries[key] = (lock, users - 1)
+
+    def __contains__(self, key: str) -> bool:
+        """Someone holds or waits for ``key``'s lock."""
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class SessionManager:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self.settings = deps.settings
         self.records = deps.records
         self.sessions: dict[str, Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # one rehydration per session id at a time
         self._lease_task: asyncio.Task[None] | None = None
         self._handover_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
@@ -153,8 +184,7 @@ class SessionManager:
             if live.tenant != tenant:
                 raise _not_found()
             return live, "attached"
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(session_id):
             live = self.sessions.get(session_id)
             if live is not None and not live.closed:  # a racing attach got here first
                 if live.tenant != tenant:
@@ -162,8 +192,6 @@ class SessionManager:
                 return live, "rehydrated" if live.rehydrate else "attached"
             await self._before_rehydrate(session_id, tenant)
             session = await self._rehydrate(session_id, tenant)
-        if not lock.locked():
-            self._locks.pop(session_id, None)
         return session, "rehydrated"
 
     async def _before_rehydrate(self, session_id: str, tenant: str) -> None:
@@ -280,7 +308,7 @@ class SessionManager:
     async def recover(self) -> None:
         """Suspend sessions this replica owns in the database but does not run."""
         for record in await self.records.list(state="active", owner=self.deps.replica):
-            if record.id in self.sessions or ((lock := self._locks.get(record.id)) is not None and lock.locked()):
+            if record.id in self.sessions or record.id in self._locks:
                 continue
             await self._recover_one(record)
 
@@ -339,13 +367,8 @@ class SessionManager:
         unknown id, or another tenant's, raises ``session_not_found``."""
         if not _is_session_id(session_id):
             raise _not_found()
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        try:
-            async with lock:  # no attach rehydrates it meanwhile
-                await self._delete_locked(session_id, tenant)
-        finally:
-            if not lock.locked():
-                self._locks.pop(session_id, None)
+        async with self._locks.hold(session_id):  # no attach rehydrates it meanwhile
+            await self._delete_locked(session_id, tenant)
         self.deps.metrics.sessions_deleted.labels("request").inc()
         log.info("session_deleted", session_id=session_id, tenant=tenant)
 

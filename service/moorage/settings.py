@@ -132,6 +132,21 @@ class Settings(BaseSettings):
     model_proxy_connections_per_sandbox: int = Field(default=32, ge=2)
     model_proxy_request_timeout_s: float = Field(default=30.0, gt=0)
     model_proxy_drain_timeout_s: float = Field(default=600.0, gt=0)
+    # --- edges: the public listener, browsers, the metrics listener ---
+    # Open client connections at most (HTTP and WebSocket; never more than
+    # half the open-file limit): past it a new connection is closed at once.
+    max_connections: int = Field(default=1024, ge=1)
+    # A client must send a request's complete headers (a WebSocket's whole
+    # handshake request) within this long of connecting, or of its last response.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # Browser origins allowed to open sessions, besides the service's own:
+    # "https://console.example.com,http://localhost:3000". Requests without an
+    # Origin header (non-browser clients) are not affected.
+    allowed_origins: str = ""
+    # A separate listener for /metrics and /readyz (0: none; they stay on the
+    # main port). When set, the main port no longer serves them.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     log_level: str = "info"
 
     @property

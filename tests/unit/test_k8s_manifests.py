@@ -130,7 +130,7 @@ def test_kinds_per_overlay(rendered: dict[str, list[Obj]]) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_deployment_probes_ports_and_replicas(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    """Liveness is /healthz, readiness /readyz, both on 8080; 2+ replicas (3+ in prod), never a surge-less outage."""
+    """Liveness /healthz on 8080, readiness /readyz on the metrics port; 2+ replicas (3+ in prod), no outage."""
     deploy = one(rendered[overlay], "Deployment", "moorage")
     assert deploy["spec"]["replicas"] >= (3 if overlay.endswith("prod") else 2)
     assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -138,12 +138,14 @@ def test_service_deployment_probes_ports_and_replicas(rendered: dict[str, list[O
     assert matches(deploy["spec"]["selector"], deploy["spec"]["template"]["metadata"]["labels"])
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080, "model-proxy": 8081}
+    assert ports == {"http": 8080, "model-proxy": 8081, "metrics": 9090}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     config = config_data(rendered[overlay])
     assert (config["MOORAGE_HOST"], config["MOORAGE_PORT"], config["MOORAGE_PROXY_PORT"]) == ("0.0.0.0", "8080", "8081")
+    # /metrics and /readyz only on their own listener, which the pod IP must serve (probes, scrapes).
+    assert (config["MOORAGE_METRICS_PORT"], config["MOORAGE_METRICS_HOST"]) == ("9090", "0.0.0.0")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -303,19 +305,22 @@ def test_secrets_are_fake_in_dev_and_absent_elsewhere(rendered: dict[str, list[O
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_pdb_and_monitor_select_the_service_pods(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    """The Service (no affinity), the PDB and the ServiceMonitor all reach the service pods on the http port."""
+    """The Service (no affinity), the PDB and the ServiceMonitor reach the service pods; scrapes use the metrics port"""
     objs = rendered[overlay]
     pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     service = one(objs, "Service", "moorage")
     assert service["spec"]["selector"] == SERVICE and matches({"matchLabels": service["spec"]["selector"]}, pod_labels)
     assert service["spec"].get("sessionAffinity", "None") == "None"
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+    ]
     pdb = one(objs, "PodDisruptionBudget")
     assert matches(pdb["spec"]["selector"], pod_labels) and pdb["spec"]["maxUnavailable"] == 1
     if overlay.endswith("prod"):
         monitor = one(objs, "ServiceMonitor")
         assert matches(monitor["spec"]["selector"], service["metadata"]["labels"])
-        assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+        assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
 
 
 def test_prod_spreads_replicas_and_the_optional_hpa_targets_them(rendered: dict[str, list[Obj]]) -> None:
@@ -330,11 +335,15 @@ def test_prod_spreads_replicas_and_the_optional_hpa_targets_them(rendered: dict[
 
 
 # --- NetworkPolicy as a connectivity matrix ---------------------------------
-# A peer is a pod of this namespace (its labels) or an address outside the
-# cluster (None). Enough of the NetworkPolicy semantics for these manifests.
+# A peer is a pod (its labels; NAMESPACE names another namespace than the
+# policies' own) or an address outside the cluster (None). Enough of the
+# NetworkPolicy semantics for these manifests.
 
 Peer = dict[str, str] | None
 OUTSIDE: Peer = None
+NAMESPACE = "@namespace"  # a pseudo-label: the peer pod's namespace, when not the policies' own
+MONITORING: Peer = {NAMESPACE: "monitoring", "app.kubernetes.io/name": "prometheus"}
+ELSEWHERE: Peer = {NAMESPACE: "someone-elses", "app.kubernetes.io/name": "prometheus"}
 
 
 def _peer_matches(entries: list[Obj] | None, peer: Peer) -> bool:
@@ -343,9 +352,15 @@ def _peer_matches(entries: list[Obj] | None, peer: Peer) -> bool:
     for entry in entries:
         if "ipBlock" in entry and peer is None:
             return True
-        if "podSelector" in entry and peer is not None and matches(entry["podSelector"], peer):
-            return True
-        if "namespaceSelector" in entry and "podSelector" not in entry and peer is not None:
+        if peer is None:
+            continue
+        if "namespaceSelector" in entry:
+            # Another namespace, by its automatic name label; a podSelector beside it narrows further.
+            namespace = {"kubernetes.io/metadata.name": peer[NAMESPACE]} if NAMESPACE in peer else None
+            in_namespace = namespace is not None and matches(entry["namespaceSelector"], namespace)
+            if in_namespace and ("podSelector" not in entry or matches(entry["podSelector"], peer)):
+                return True
+        elif "podSelector" in entry and NAMESPACE not in peer and matches(entry["podSelector"], peer):
             return True
     return False
 
@@ -358,7 +373,7 @@ def allowed(policies: list[Obj], src: Peer, dst: Peer, port: int, protocol: str 
     """Whether src may open port on dst under these policies (both directions must allow it)."""
 
     def side(pod: Peer, direction: str, other: Peer) -> bool:
-        if pod is None:
+        if pod is None or NAMESPACE in pod:  # these policies select pods of their own namespace only
             return True
         selecting = [p["spec"] for p in policies if matches(p["spec"]["podSelector"], pod)]
         isolating = [s for s in selecting if direction in s["policyTypes"]]
@@ -390,8 +405,11 @@ def test_network_policies_confine_sandboxes_to_the_model_proxy(rendered: dict[st
     # Nothing opens a connection to a sandbox (the service uses the API server's attach).
     for src in (SERVICE, SANDBOX, OUTSIDE, other_pod):
         assert not allowed(policies, src, SANDBOX, 8080)
-    # Service pods: clients and Prometheus in, the proxy only for sandboxes.
+    # Service pods: clients in, metrics only for the monitoring namespace, the proxy only for sandboxes.
     assert allowed(policies, OUTSIDE, SERVICE, 8080)
+    assert allowed(policies, MONITORING, SERVICE, 9090)
+    for src in (OUTSIDE, ELSEWHERE, other_pod, SANDBOX):
+        assert not allowed(policies, src, SERVICE, 9090)
     assert not allowed(policies, OUTSIDE, SERVICE, 8081)
     assert not allowed(policies, other_pod, SERVICE, 8081)
     for port, protocol in ((53, "UDP"), (443, "TCP"), (6443, "TCP"), (5432, "TCP")):

@@ -33,7 +33,15 @@ class UidPool:
     """Hands out host uids so no two live sandboxes share one, across every
     service on this host: a uid is taken only with an flock on its lock file
     (held until it is given back), so services whose ranges overlap skip each
-    other's uids instead of killing each other's sandboxes."""
+    other's uids instead of killing each other's sandboxes.
+
+    The flock lives as long as the service that took it, but a sandbox can
+    outlive its service: a Docker container keeps running when the service
+    is killed, and so does anything else left running as the uid. The lock
+    is then free while the uid is still in use, and a second service on the
+    host handed out the same uid. So a uid is taken only when, besides its
+    lock, no process runs as it; a busy one is skipped (its own service's
+    recovery, or an operator, reaps it) and tried again later."""
 
     def __init__(self, base: int, count: int, lock_dir: Path | None = None) -> None:
         # Least recently used first: a freed uid is not handed out again at once.
@@ -49,6 +57,10 @@ class UidPool:
             while self._free:
                 uid = self._free.popleft()
                 fd = self.lock(uid)
+                if fd is not None and fd >= 0 and pids_of_uid(uid):
+                    log.warning("sandbox_uid_busy", uid=uid, detail="unlocked, but processes still run as it")
+                    os.close(fd)
+                    fd = None
                 if fd is not None:
                     self._held[uid] = fd
                     return uid
