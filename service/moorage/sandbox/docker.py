@@ -37,6 +37,7 @@ import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
+from ..bounded import ByteQueue
 from ..errors import Code, SandboxError
 from .base import (
     MODEL_SOCKET,
@@ -56,7 +57,10 @@ log = structlog.get_logger(__name__)
 SANDBOX_UID = 1000  # the image's "agent" user
 RUNNER_CMD = ["python", "-m", "moorage_runner"]
 MAX_FRAME_BYTES = 32 * 1024 * 1024
-LINE_QUEUE = 256  # frames read ahead of the consumer
+# Bytes of complete lines read ahead of the consumer; when full the reader
+# stops reading the attached stream (backpressure to the runner). One line
+# longer than this (up to MAX_FRAME_BYTES) still passes, alone.
+READ_AHEAD_BYTES = 4 * 1024 * 1024
 LABEL_OWNER = "io.moorage.owner"
 LABEL_SESSION = "io.moorage.session-id"
 LABEL_SANDBOX = "io.moorage.sandbox-id"
@@ -184,7 +188,7 @@ class DockerSandbox:
         self.pid = pid
         self._cgroups = _cgroup_dirs(pid) if pid else {}
         self._events = {"oom_kills": 0, "pids_refusals": 0}
-        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue(LINE_QUEUE)
+        self._lines: ByteQueue[bytes | None] = ByteQueue(READ_AHEAD_BYTES)
         self._eof = False
         self._input_closed = False
         self._exit_code: int | None = None
@@ -255,10 +259,12 @@ class DockerSandbox:
                             session_id=self._spec.session_id,
                         )
                     continue
+                scan = len(buf)  # only the new bytes can hold the next newline
                 buf += message.data
-                while (end := buf.find(b"\n")) >= 0:
-                    await self._lines.put(bytes(buf[: end + 1]))
+                while (end := buf.find(b"\n", scan)) >= 0:
+                    await self._lines.put(bytes(buf[: end + 1]), end + 1)
                     del buf[: end + 1]
+                    scan = 0
                 if len(buf) > MAX_FRAME_BYTES:  # the runner broke the channel contract
                     log.warning("sandbox_frame_too_long", sandbox_id=self._spec.sandbox_id)
                     break
@@ -267,7 +273,7 @@ class DockerSandbox:
         if len(buf) > MAX_FRAME_BYTES:
             await self._kill_container("SIGKILL")
         await self._record_exit()
-        await self._lines.put(None)
+        self._lines.force(None)
 
     async def _record_exit(self) -> None:
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError):
@@ -318,8 +324,8 @@ class DockerSandbox:
             await self._stream.close()
         self._backend.live.pop(self._spec.sandbox_id, None)
         self._backend._give_back(self._spec.sandbox_id, self.uid)  # the container is gone: nothing runs as it
-        if not self._eof and self._lines.empty():
-            self._lines.put_nowait(None)
+        if not self._eof and not len(self._lines):
+            self._lines.force(None)
 
 
 class DockerBackend:
