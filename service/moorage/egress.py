@@ -125,7 +125,9 @@ class ModelProxy:
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.chmod(0o700)
-        app = web.Application()
+        # aiohttp's default (1 MiB) refuses a conversation holding one large
+        # user message; the Messages API takes 32 MB (issue 10 items 9, 10).
+        app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
