@@ -340,3 +340,59 @@ def test_the_turn_guard_remembers_a_bounded_number_of_short_message_ids() -> Non
         guard.on_message({"type": "assistant", "message": {"id": f"{n}-" + "x" * 10_000}}, 1.0)
     assert guard.tripped is Code.MAX_TURNS_EXCEEDED
     assert len(guard._seen) <= 6 and all(len(i) <= MAX_MESSAGE_ID_CHARS for i in guard._seen)
+
+
+class DownStore:
+    """A transcript sink whose database is down: appends are kept, unsaved."""
+
+    def __init__(self) -> None:
+        self.unsaved: list[Any] = []
+        self.up = False
+
+    @property
+    def durable(self) -> bool:
+        return not self.unsaved
+
+    async def handle(self, method: str, params: dict[str, Any]) -> Any:
+        self.unsaved.append(params)
+        return None
+
+    async def flush(self) -> bool:
+        if self.up:
+            self.unsaved.clear()
+        return self.up
+
+
+class Answers:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        self.sent.append(frame)
+
+
+async def test_appends_acknowledged_while_the_database_is_down_are_bounded() -> None:
+    """With the database down every append is acknowledged and held in
+    memory; past the relay's unsaved budget it answers nothing more (the
+    runner waits) until the database is back and the backlog written."""
+    import structlog
+
+    async def durable() -> None:
+        pass
+
+    store = DownStore()
+    relay = RpcRelay(cast(Any, store), structlog.get_logger(), lambda: None, durable, unsaved_bytes=MiB)
+    sandbox = Answers()
+    frame = {"kind": "rpc", "method": "store.append", "params": {"entries": [{"pad": "x" * 64 * 1024}]}}
+    for n in range(40):
+        await relay.enqueue(cast(Any, sandbox), {**frame, "id": n})
+        await settle()
+    assert 15 <= len(sandbox.sent) <= 18, "appends past the budget must wait"
+    assert len(store.unsaved) == len(sandbox.sent)
+    store.up = True  # the flusher (backoff from 0.2 s) writes the backlog, then the rest is answered
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(sandbox.sent) < 40:
+        assert loop.time() < deadline, "the relay did not resume after the database came back"
+        await asyncio.sleep(0.05)
+    relay.cancel()
