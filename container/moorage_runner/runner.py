@@ -22,7 +22,7 @@ from typing import Any, cast
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
 from .bridge import ModelBridge
-from .channel import ChannelOut, open_stdin, read_frame
+from .channel import MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
 from .restore import Restore
 from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
@@ -59,8 +59,17 @@ def build_options(
         model=opts.get("model"),
         system_prompt=opts.get("system_prompt"),
         include_partial_messages=bool(opts.get("include_partial_messages", False)),
+        # The SDK's limit on one line of the CLI's output (its default, 1 MiB,
+        # is below what a user message the service accepts can grow to).
+        max_buffer_size=_buffer_size(opts.get("max_buffer_size")),
         env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
+
+
+def _buffer_size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, MAX_FRAME_BYTES)
+    return MAX_FRAME_BYTES // 4
 
 
 async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

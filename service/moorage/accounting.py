@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+# The most a runner's cumulative ``total_cost_usd`` may say (for one CLI
+# process); larger is not a real figure and is ignored.
+MAX_RUNNER_USD = 1_000_000.0
 SPEND_SYNC_S = 2.0  # how often tenant spend is shared between replicas
 
 USAGE_KINDS = {
@@ -59,18 +63,38 @@ class Ledger:
     def settle_turn(self, result: dict[str, Any], metrics: Metrics) -> float:
         """Close a turn's books at its ``result``: export the SDK's own cost
         (a per-turn delta of its cumulative figure) beside the proxy's, and
-        the discrepancy; return what the proxy metered for the turn."""
-        total = result.get("total_cost_usd")
+        the discrepancy; return what the proxy metered for the turn.
+
+        ``result`` comes from the runner, which may be hostile: its
+        ``total_cost_usd`` is used only if it is a plausible amount
+        (``runner_amount``), and only as far as it grew; anything else
+        counts as no SDK cost this turn. Counters never see NaN, an
+        infinity or a negative amount."""
+        total = runner_amount(result.get("total_cost_usd"), MAX_RUNNER_USD)
         sdk_delta = 0.0
-        if isinstance(total, (int, float)):
-            sdk_delta = max(0.0, float(total) - self.sdk_total_usd)
-            self.sdk_total_usd = float(total)
+        if total is not None:
+            sdk_delta = max(0.0, total - self.sdk_total_usd)
+            self.sdk_total_usd = max(self.sdk_total_usd, total)
         models = result.get("modelUsage")
         model = next(iter(models), "") if isinstance(models, dict) and models else ""
         metrics.cost_usd.labels(metrics.model_label(model), "sdk").inc(sdk_delta)
         metered, self.turn_usd = self.turn_usd, 0.0
         metrics.cost_discrepancy_usd.inc(abs(sdk_delta - metered))
         return metered
+
+
+def runner_amount(value: object, maximum: float) -> float | None:
+    """A number a runner reported, if it is one we may count: an int or a
+    float (not a bool), finite, between 0 and ``maximum``; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    if not math.isfinite(number) or number < 0 or number > maximum:
+        return None
+    return number
 
 
 def budget_error(scope: str) -> ProtocolError:

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
+from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status
@@ -39,7 +40,8 @@ from .tunnel import Tunnel, parse_allowlist, parse_networks
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = 1
-OUTBOUND_QUEUE_FRAMES = 4096
+# Bytes of frames waiting for one slow client (MOORAGE_CLIENT_QUEUE_BYTES).
+CLIENT_QUEUE_BYTES = 4 * 1024 * 1024
 _CLOSE = object()
 
 
@@ -127,32 +129,36 @@ async def make_backend(settings: Settings) -> SandboxBackend:
 
 
 class WsConnection:
-    """One client socket: a bounded outbound queue drained by one writer."""
+    """One client socket: an outbound queue bounded in bytes (``queue_bytes``,
+    MOORAGE_CLIENT_QUEUE_BYTES), drained by one writer. A frame that does not
+    fit means the client is not keeping up: ``offer`` says so and the session
+    drops it (``slow_consumer``). Broadcast texts are one ``str`` shared by
+    every connection's queue, never copied per client."""
 
-    def __init__(self, ws: WebSocket, metrics: Metrics, bucket: TokenBucket) -> None:
+    def __init__(
+        self, ws: WebSocket, metrics: Metrics, bucket: TokenBucket, queue_bytes: int = CLIENT_QUEUE_BYTES
+    ) -> None:
         self.ws = ws
         self.metrics = metrics
         self.bucket = bucket
-        self.queue: asyncio.Queue[object] = asyncio.Queue(OUTBOUND_QUEUE_FRAMES)
+        self.queue: ByteQueue[object] = ByteQueue(queue_bytes)
         self.close_with: tuple[int, str] | None = None
+        self.overflowed = False  # a frame did not fit: the client is not keeping up
 
     def offer(self, text: str) -> bool:
         if self.close_with is not None:
             return True
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
-            return False
-        return True
+        if not self.queue.offer(text, text_bytes(text)):
+            self.overflowed = True
+        return not self.overflowed
 
     def close(self, code: int, reason: str) -> None:
         if self.close_with is not None:
             return
         self.close_with = (code, reason)
-        if self.queue.full():  # a slow consumer loses its backlog, not its close
-            while not self.queue.empty():
-                self.queue.get_nowait()
-        self.queue.put_nowait(_CLOSE)
+        if self.overflowed:  # a slow consumer loses its backlog, not its close
+            self.queue.clear()
+        self.queue.force(_CLOSE)
 
     async def write(self) -> None:
         while (item := await self.queue.get()) is not _CLOSE:
@@ -228,7 +234,10 @@ async def session_socket(ws: WebSocket) -> None:
         return
     await ws.accept(subprotocol=creds.subprotocol)
     conn = WsConnection(
-        ws, services.metrics, TokenBucket(services.settings.frames_per_s, services.settings.frames_burst)
+        ws,
+        services.metrics,
+        TokenBucket(services.settings.frames_per_s, services.settings.frames_burst),
+        services.settings.client_queue_bytes,
     )
     services.metrics.ws_connections_active.inc()
     if verdict.token_id is not None:

@@ -26,6 +26,7 @@ REHYDRATION_OUTCOMES = ("ok", "failed")
 BUDGET_SCOPES = ("session", "tenant")
 DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
 OTHER_MODEL = "other"
+_CODES = frozenset(str(code) for code in Code)
 
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 IDLE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
@@ -164,8 +165,18 @@ class Metrics:
         for reason in DELETE_REASONS:
             self.sessions_deleted.labels(reason)
 
+    def count_error(self, code: object) -> None:
+        """Count one error frame sent to clients. Only the service's own
+        codes are labels: a frame whose ``code`` is anything else (a runner
+        can put any text there) is not counted, so nothing a sandbox sends
+        can add a series to /metrics."""
+        if isinstance(code, str) and code in _CODES:
+            self.errors.labels(code).inc()
+
     def model_label(self, model: str) -> str:
         """A bounded label: the configured model family it belongs to, or 'other'."""
+        if not isinstance(model, str):
+            return OTHER_MODEL
         for known in self.models:
             if model.startswith(known):
                 return known

@@ -115,6 +115,9 @@ def user_message_line(frame: UserFrame) -> dict[str, Any]:
     return {"type": "user", "message": frame.message, "parent_tool_use_id": None}
 
 
+MAX_MESSAGE_ID_CHARS = 128  # a model message id is ~30; a runner's may be megabytes
+
+
 class Action(Enum):
     NONE = "none"
     INTERRUPT = "interrupt"
@@ -157,7 +160,9 @@ class TurnGuard:
             return Action.NONE
         if kind != "assistant" or not self.running:
             return Action.NONE
-        msg_id = str((message.get("message") or {}).get("id") or len(self._seen))
+        if self.tripped is not None:
+            return Action.NONE  # already stopping: remember no more ids (a runner may send endless ones)
+        msg_id = str((message.get("message") or {}).get("id") or len(self._seen))[:MAX_MESSAGE_ID_CHARS]
         if msg_id not in self._seen:
             self._seen.add(msg_id)
             self.model_turns += 1

@@ -7,6 +7,11 @@ the SDK messages streaming past it (the SDK yields a turn's result only after
 its store calls were answered). While the sink holds unsaved entries the relay
 is *degraded*: a flusher retries with backoff and calls ``on_durable`` once
 everything is written, which is when the session releases held results.
+
+The queue is bounded in bytes (``RELAY_QUEUE_BYTES``): ``enqueue`` waits for
+room, so a runner that sends rpc frames faster than they are answered (or
+never reads its answers) stops being read, rather than growing the
+service's memory; frames are never dropped.
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ from typing import Any
 
 import structlog
 
+from .bounded import ByteQueue, frame_bytes
 from .errors import SandboxError
 from .sandbox.base import Sandbox
 from .transcripts import RpcFailure, TranscriptSink
 
 RPC_CHUNK_ENTRIES = 500  # transcript entries per rpc_result frame
+# Bytes of rpc frames waiting for their answer. A store.append is at most a
+# few entries (eager flush), so this is hundreds of frames; one frame larger
+# than this (up to the 32 MiB line cap) still passes, alone.
+RELAY_QUEUE_BYTES = 8 * 1024 * 1024
+# Bytes of appends acknowledged while the database is down (held in the
+# sink until it returns). Past this the relay answers nothing more until the
+# flusher catches up: the runner's store calls wait, then its channel.
+UNSAVED_BYTES = 16 * 1024 * 1024
 
 
 class RpcRelay:
@@ -32,21 +46,32 @@ class RpcRelay:
         log: structlog.typing.FilteringBoundLogger,
         on_degraded: Callable[[], None],
         on_durable: Callable[[], Awaitable[None]],
+        queue_bytes: int = RELAY_QUEUE_BYTES,
+        unsaved_bytes: int = UNSAVED_BYTES,
     ) -> None:
         self.sink = sink
         self.log = log
         self._on_degraded = on_degraded
         self._on_durable = on_durable
-        self._queue: asyncio.Queue[tuple[Sandbox, dict[str, Any]]] = asyncio.Queue()
+        self._queue: ByteQueue[tuple[Sandbox, dict[str, Any], int]] = ByteQueue(queue_bytes)
+        self._unsaved_limit = unsaved_bytes
+        self._unsaved = 0  # bytes of appends acknowledged since the sink was last durable
+        self._caught_up = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.degraded = False
 
-    def enqueue(self, sandbox: Sandbox, frame: dict[str, Any]) -> None:
-        """Answer ``frame`` later, after every frame queued before it."""
+    async def enqueue(self, sandbox: Sandbox, frame: dict[str, Any]) -> None:
+        """Answer ``frame`` later, after every frame queued before it; waits
+        while the queue is full (the caller stops reading the sandbox)."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._work())
-        self._queue.put_nowait((sandbox, frame))
+        size = frame_bytes(frame, unmeasurable=self._queue.budget.limit)
+        await self._queue.put((sandbox, frame, size), size)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.bytes
 
     async def drain(self, timeout_s: float) -> None:
         """Let queued frames (a runner's last flush) be answered, bounded."""
@@ -58,15 +83,18 @@ class RpcRelay:
 
     async def _work(self) -> None:
         while True:
-            sandbox, frame = await self._queue.get()
+            sandbox, frame, size = await self._queue.get()
             try:
-                await self.answer(sandbox, frame)
+                while self._unsaved > self._unsaved_limit and not self.sink.durable:
+                    self._caught_up.clear()
+                    await self._caught_up.wait()  # set by the flusher
+                await self.answer(sandbox, frame, size)
             except SandboxError:
                 pass  # the sandbox is gone; the session's pump notices
             finally:
                 self._queue.task_done()
 
-    async def answer(self, sandbox: Sandbox, frame: dict[str, Any]) -> None:
+    async def answer(self, sandbox: Sandbox, frame: dict[str, Any], size: int = 0) -> None:
         rpc_id = frame.get("id")
         self.log.debug("rpc_received", method=frame.get("method"), rpc_id=rpc_id)
         try:
@@ -74,6 +102,7 @@ class RpcRelay:
         except RpcFailure as exc:
             await sandbox.send({"kind": "rpc_error", "id": rpc_id, "message": str(exc)})
             return
+        self._unsaved = 0 if self.sink.durable else self._unsaved + size
         if not self.sink.durable and not self.degraded:
             self.degraded = True
             self._on_degraded()
@@ -96,6 +125,8 @@ class RpcRelay:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         self.log.info("transcript_caught_up")
+        self._unsaved = 0
+        self._caught_up.set()
         self.degraded = False
         await self._on_durable()
 

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from .accounting import Accounting, Ledger, budget_error
+from .bounded import sdk_buffer_bytes
 from .checks import AfterTurn
 from .egress import ModelProxy
 from .errors import (
@@ -194,6 +195,8 @@ class Session:
         except STORE_ERRORS as exc:
             raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
         options: dict[str, Any] = {"session_id": self.id, "max_turns": self.settings.max_turns, "resume": self.resume}
+        # The SDK must carry any user message the service lets through (issue 10 item 10).
+        options["max_buffer_size"] = sdk_buffer_bytes(self.settings.max_frame_bytes)
         if self.settings.max_budget_usd is not None and self.settings.max_budget_usd > self.prior_cost_usd:
             # The budget is per session, not per sandbox: pass what is left
             # (none left: the service refuses turns itself, see submit).
@@ -290,7 +293,7 @@ class Session:
             if kind == "sdk" and isinstance(frame.get("message"), dict):
                 await self._on_sdk(frame["message"])
             elif kind == "rpc":
-                self.relay.enqueue(self.sandbox, frame)
+                await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
             elif kind == "error":
                 runner_error = str(frame.get("message", ""))[:500]
         # The runner's last flush (on shutdown) may still be in the queue.
@@ -512,7 +515,7 @@ class Session:
 
     def broadcast(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "error":
-            self.metrics.errors.labels(str(frame.get("code"))).inc()
+            self.metrics.count_error(frame.get("code"))  # never a label the runner chose
         text = dumps(frame)
         for sub in list(self.subscribers):
             if not sub.offer(text):

@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     # How long a valid table token (moorage tokens) is trusted without a database read:
     # the most a revocation can lag on a replica.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=60)
-    # Largest client frame accepted (bigger: close 1009).
-    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Largest client frame accepted (bigger: close 1009). At most 8 MiB: the
+    # SDK's line buffer is sized 4x this, within the channel's 32 MiB lines.
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024, le=8 * 1024 * 1024)
     # The workspace's size: as root, a sized filesystem of its own (writes
     # past it fail with ENOSPC); the largest workspace a suspension saves.
     workspace_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
@@ -147,6 +148,11 @@ class Settings(BaseSettings):
     # main port). When set, the main port no longer serves them.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # -- memory (issue 10 item 4) --
+    # Bytes of outbound frames one client connection may have waiting; a
+    # client further behind is closed (slow_consumer) and may reconnect.
+    # One frame larger than this is still sent, alone.
+    client_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     log_level: str = "info"
 
     @property

@@ -38,6 +38,7 @@ import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
+from ..bounded import ByteQueue
 from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
 from .base import (
@@ -59,7 +60,10 @@ log = structlog.get_logger(__name__)
 SANDBOX_UID = 1000  # the image's "agent" user
 RUNNER_CMD = ["python", "-m", "moorage_runner"]
 MAX_FRAME_BYTES = 32 * 1024 * 1024
-LINE_QUEUE = 256  # frames read ahead of the consumer
+# Bytes of complete lines read ahead of the consumer; when full the reader
+# stops reading the attached stream (backpressure to the runner). One line
+# longer than this (up to MAX_FRAME_BYTES) still passes, alone.
+READ_AHEAD_BYTES = 4 * 1024 * 1024
 LABEL_OWNER = "io.moorage.owner"
 LABEL_SESSION = "io.moorage.session-id"
 LABEL_SANDBOX = "io.moorage.sandbox-id"
@@ -188,7 +192,7 @@ class DockerSandbox:
         self._cgroups = _cgroup_dirs(pid) if pid else {}
         self._workspace_mounted = os.path.ismount(spec.workspace)
         self._events = {"oom_kills": 0, "pids_refusals": 0}
-        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue(LINE_QUEUE)
+        self._lines: ByteQueue[bytes | None] = ByteQueue(READ_AHEAD_BYTES)
         self._eof = False
         self._input_closed = False
         self._exit_code: int | None = None
@@ -261,10 +265,12 @@ class DockerSandbox:
                             session_id=self._spec.session_id,
                         )
                     continue
+                scan = len(buf)  # only the new bytes can hold the next newline
                 buf += message.data
-                while (end := buf.find(b"\n")) >= 0:
-                    await self._lines.put(bytes(buf[: end + 1]))
+                while (end := buf.find(b"\n", scan)) >= 0:
+                    await self._lines.put(bytes(buf[: end + 1]), end + 1)
                     del buf[: end + 1]
+                    scan = 0
                 if len(buf) > MAX_FRAME_BYTES:  # the runner broke the channel contract
                     log.warning("sandbox_frame_too_long", sandbox_id=self._spec.sandbox_id)
                     break
@@ -273,7 +279,7 @@ class DockerSandbox:
         if len(buf) > MAX_FRAME_BYTES:
             await self._kill_container("SIGKILL")
         await self._record_exit()
-        await self._lines.put(None)
+        self._lines.force(None)
 
     async def _record_exit(self) -> None:
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError):
@@ -325,8 +331,8 @@ class DockerSandbox:
         self._backend.live.pop(self._spec.sandbox_id, None)
         # The container is gone; its uid stays taken until the workspace is archived (as it) and removed.
         self._backend._give_back(self._spec.sandbox_id, self.uid, self._spec.workspace)
-        if not self._eof and self._lines.empty():
-            self._lines.put_nowait(None)
+        if not self._eof and not len(self._lines):
+            self._lines.force(None)
 
 
 class DockerBackend:

@@ -52,6 +52,7 @@ RUNNER_LIB = "/opt/moorage/lib"
 VENV = "/opt/moorage/venv"
 RUNNER_ARGS = ("-m", "moorage_runner")
 MAX_FRAME_BYTES = 32 * 1024 * 1024
+STDERR_CHUNK_BYTES = 64 * 1024
 SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/mime.types")
 
@@ -249,13 +250,16 @@ class LocalSandbox:
 
     async def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
+        # In chunks, not lines: a line is up to the reader's 32 MiB limit, and
+        # one longer would end the loop and leave up to 64 MiB buffered.
         with contextlib.suppress(Exception):
-            async for raw in self._proc.stderr:
-                log.debug(
-                    "sandbox_stderr",
-                    line=raw[:2000].decode(errors="replace").rstrip(),
-                    session_id=self._spec.session_id,
-                )
+            while chunk := await self._proc.stderr.read(STDERR_CHUNK_BYTES):
+                for raw in chunk.splitlines():
+                    log.debug(
+                        "sandbox_stderr",
+                        line=raw[:2000].decode(errors="replace").rstrip(),
+                        session_id=self._spec.session_id,
+                    )
 
     async def stop(self, grace_s: float) -> int | None:
         """Close input -> wait -> SIGTERM -> wait -> SIGKILL; bounded."""
