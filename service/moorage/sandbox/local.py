@@ -182,7 +182,7 @@ class LocalSandbox:
         asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
         self._exit_task: asyncio.Task[None] | None = None
         self._exit_code: int | None = None
-        self._released = False
+        self._released: asyncio.Task[None] | None = None
 
     def limit_events(self) -> dict[str, int]:
         """How often the sandbox's limits bit: OOM kills, refused forks."""
@@ -283,13 +283,25 @@ class LocalSandbox:
         await self._release()
 
     async def _release(self) -> None:
-        if self._released or not self.exited.is_set():
+        """Sweep the sandbox's uid and give back what it held; once. Every
+        caller (a stop from ``close`` and the session's own, which cancels
+        the first) waits for the one sweep to finish: the workspace is
+        archived next by a helper running as this very uid, which a sweep
+        still going would kill (the suspension's snapshot lost)."""
+        if not self.exited.is_set():
             return
-        self._released = True
+        if self._released is None:
+            self._released = asyncio.create_task(self._sweep_and_give_back())
+        await asyncio.shield(self._released)
+
+    async def _sweep_and_give_back(self) -> None:
         # The pid namespace dies with bwrap, but its processes are torn down
         # asynchronously; a pool uid must be empty before it is reused.
         if self.uid is not None:
             await asyncio.to_thread(kill_uid, self.uid)
+        if self._exit_task is not None:  # the sweep started on exit, likewise
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._exit_task)
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.close)
         self._stderr_task.cancel()
