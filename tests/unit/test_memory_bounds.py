@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -24,6 +25,7 @@ from moorage.limits import TokenBucket
 from moorage.metrics import Metrics
 from moorage.relay import RpcRelay
 from moorage.sandbox import docker, kube_sandbox, local
+from moorage.sandbox.base import SandboxSpec
 from moorage.settings import Settings
 from prometheus_client import generate_latest
 
@@ -238,7 +240,8 @@ async def test_docker_read_ahead_is_bounded_in_bytes() -> None:
     """256 lines of up to 32 MiB were read ahead; now READ_AHEAD_BYTES."""
     line = b"x" * (256 * 1024 - 1) + b"\n"
     stream = FloodStream(line)
-    sandbox = docker.DockerSandbox(cast(Any, None), cast(Any, None), cast(Any, stream), cast(Any, None), 0)
+    spec = SandboxSpec("s", "b", Path("/nonexistent/workspace"), Path("/nonexistent/model.sock"))
+    sandbox = docker.DockerSandbox(cast(Any, None), cast(Any, None), cast(Any, stream), spec, 0)
     try:
         await settle()
         assert sandbox._lines.bytes <= docker.READ_AHEAD_BYTES
