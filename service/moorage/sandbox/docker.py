@@ -37,6 +37,7 @@ import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
+from ..channel import RunnerFrame
 from ..errors import Code, SandboxError
 from .base import (
     MODEL_SOCKET,
@@ -231,7 +232,7 @@ class DockerSandbox:
         except (ConnectionError, RuntimeError, AssertionError, aiohttp.ClientError) as exc:
             raise SandboxError("sandbox input is closed") from exc
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
         if self._eof:
             return None
         line = await self._lines.get()

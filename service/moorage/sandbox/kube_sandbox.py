@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import io
 import os
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from ..channel import Reason, RunnerFrame, Snapshot, Violation
 from ..errors import SandboxError
 from .base import SandboxSpec, decode_frame, encode_frame
 from .kube_objects import oom_killed, terminated
@@ -133,18 +135,18 @@ class KubernetesSandbox:
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise SandboxError("sandbox input is closed") from exc
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
         self._reading = True
         try:
             while (frame := await self._next()) is not None:
-                if frame.get("kind") != "snapshot":
+                if not isinstance(frame, Snapshot):
                     return frame
                 self._on_snapshot(frame)  # asked for by stop(), not the caller's
             return None
         finally:
             self._reading = False
 
-    async def _next(self) -> dict[str, Any] | None:
+    async def _next(self) -> RunnerFrame | None:
         while True:
             line, sep, rest = self._buffer.partition(b"\n")
             if sep:
@@ -159,7 +161,7 @@ class KubernetesSandbox:
                 # An over-long line: the runner broke the channel contract.
                 self._buffer = b""
                 await self.kill()
-                return None
+                return Violation(Reason.TOO_LARGE)
             await self._read_message()
 
     async def _read_message(self) -> None:
@@ -210,20 +212,24 @@ class KubernetesSandbox:
         *lines, tail = self._buffer.split(b"\n")
         kept = []
         for line in lines:
-            frame = decode_frame(line) if b'"snapshot"' in line else {}
-            if frame.get("kind") == "snapshot":
+            frame = decode_frame(line) if b'"snapshot"' in line else None
+            if isinstance(frame, Snapshot):
                 self._on_snapshot(frame)
             else:
                 kept.append(line + b"\n")
         self._buffer = b"".join(kept) + tail
 
-    def _on_snapshot(self, frame: dict[str, Any]) -> None:
-        if not frame.get("ok"):
-            log.warning("workspace_not_fetched", pod=self.name, error=str(frame.get("message", ""))[:300])
+    def _on_snapshot(self, frame: Snapshot) -> None:
+        try:
+            chunk = base64.b64decode(frame.data, validate=True) if frame.ok else b""
+        except binascii.Error:
+            frame = Snapshot(False, "", True, "a snapshot chunk is not base64")
+        if not frame.ok:
+            log.warning("workspace_not_fetched", pod=self.name, error=frame.message[:300])
             self._snapshot_done.set()
             return
-        self._snapshot += base64.b64decode(str(frame.get("data", "")))
-        if frame.get("last"):
+        self._snapshot += chunk
+        if frame.last:
             self._snapshot_ok = True
             self._snapshot_done.set()
 
