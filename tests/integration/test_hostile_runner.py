@@ -39,6 +39,7 @@ from moorage.sandbox.local import LocalBackend, Runtime
 from moorage.sessions import Deps, Session
 from moorage.settings import Settings
 from moorage.testing.scripted_model import ScriptedModelServer
+from moorage.transcripts import TranscriptSink
 from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.records import SessionRecords
 from prometheus_client import generate_latest
@@ -305,4 +306,58 @@ async def test_hostile_runner_ends_only_its_session(harness: Harness, behaviour:
     gc.collect()
     grown = rss_bytes() - harness.baseline_rss
     assert grown < MEMORY_SLACK_BYTES, f"the service grew by {grown} bytes"
+    await normal_session(harness)
+
+
+class Boom(RuntimeError):
+    """A bug, injected: not a MoorageError, not a store error."""
+
+
+def boom(*args: Any, **kwargs: Any) -> Any:
+    raise Boom("injected")
+
+
+async def aboom(*args: Any, **kwargs: Any) -> Any:
+    raise Boom("injected")
+
+
+@pytest.mark.parametrize("stage", ["start", "restore", "pump", "relay"])
+async def test_a_bug_at_any_stage_releases_every_slot(
+    harness: Harness, stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception while starting, restoring, pumping or relaying
+    (the real runner, a normal turn) ends at most that session and gives
+    every slot back."""
+    harness.play("real")
+    records = harness.manager.records
+    tenant = "tenant-bug"
+    session_id = ""
+    if stage == "restore":  # a suspended session to rehydrate
+        first = await harness.manager.create(tenant)
+        await asyncio.wait_for(first.ready.wait(), scaled(60))
+        await first.close()
+        await all_released(harness)
+        session_id = first.id
+        monkeypatch.setattr(records, "load_workspace", aboom)
+    elif stage == "start":
+        monkeypatch.setattr(records, "update", aboom)
+    elif stage == "pump":
+        monkeypatch.setattr(Session, "_on_sdk", aboom)
+    else:
+        monkeypatch.setattr(TranscriptSink, "handle", aboom)
+    if session_id:
+        session, _ = await harness.manager.attach(session_id, tenant)
+    else:
+        session = await harness.manager.create(tenant)
+    client = Recorder()
+    session.attach(client)
+    await asyncio.wait_for(session.ready.wait(), scaled(60))
+    if not session.closed and session.start_error is None:
+        await session.submit(UserFrame({"role": "user", "content": "say hi"}))
+        await eventually(lambda: client.result() is not None or session.closed, 60, "the turn to end")
+    await session.close()
+    monkeypatch.undo()
+    await all_released(harness)
+    if stage in ("start", "restore", "pump"):
+        assert [e["code"] for e in client.errors()] == ["internal"], client.errors()
     await normal_session(harness)
