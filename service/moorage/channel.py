@@ -38,6 +38,11 @@ SERVICE_KINDS = frozenset({"start", "user", "interrupt", "restore", "snapshot", 
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 
+# JSON values in one frame (roughly: commas and brackets outside strings).
+# Parsed, a value costs up to ~30x its bytes (``[[],[],…]``): this keeps a
+# 32 MiB line of tiny values from becoming ~1 GB of Python objects. A real
+# frame's bulk is strings (a file the agent read), which count once.
+MAX_VALUES = 1_000_000
 MAX_RPC_ID_CHARS = 64
 MAX_TEXT_CHARS = 64 * 1024  # error / restore / snapshot messages (the session keeps less)
 
@@ -254,6 +259,15 @@ def _constant(token: str) -> Any:
     raise _NotFinite(token[:0])
 
 
+# One JSON string (unrolled, so linear on long strings).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _values(text: str) -> int:
+    """An upper bound of the values in ``text``, counting brackets and commas."""
+    return text.count(",") + text.count("[") + text.count("{")
+
+
 # An escaped UTF-16 surrogate (\\ud800-\\udfff): unpaired, it cannot be re-encoded.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -296,6 +310,8 @@ def _decode(line: bytes) -> dict[str, Any]:
         raise ChannelViolation(Reason.NOT_UTF8) from None
     # Cheap bound first: a line with fewer brackets than the limit cannot nest deeper.
     shallow = text.count("[") + text.count("{") <= MAX_DEPTH
+    if _values(text) > MAX_VALUES and _values(_STRING.sub("", text)) > MAX_VALUES:
+        raise ChannelViolation(Reason.TOO_LARGE, "too many values")
     try:
         data = json.loads(text, parse_constant=_constant, parse_float=_finite)
     except RecursionError:

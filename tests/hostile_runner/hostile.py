@@ -65,6 +65,16 @@ def huge_line() -> None:
     hang()
 
 
+def many_tiny_values() -> None:
+    """A line just under the cap, of values that cost ~30x their bytes parsed."""
+    write(LOADED)
+    read_start()
+    write(READY)
+    count = (BIG - 2 * 1024 * 1024) // 3
+    write(b'{"kind":"sdk","message":{"type":"assistant","v":[' + b"[]," * count + b"[]]}}\n")
+    hang()
+
+
 def flood() -> None:
     """Many valid frames, then a clean exit."""
     write(LOADED)
@@ -123,6 +133,7 @@ BEHAVIOURS: dict[str, Callable[[], None]] = {
     "malformed_json": started(b'{"kind":"ready",\n'),
     "non_object_in_braces": started(b'{"kind":"ready"} trailing\n'),
     "huge_line": huge_line,
+    "many_tiny_values": many_tiny_values,
     "deep_nesting": started(deep(100_000)),
     "deep_nesting_under_parser_limit": ready_then(deep(150)),
     "sdk_before_ready": started(b'{"kind":"sdk","message":{"type":"assistant"}}\n'),

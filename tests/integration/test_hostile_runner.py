@@ -85,6 +85,7 @@ OUTCOMES: dict[str, Outcome] = {
     "malformed_json": Outcome("sandbox_crashed"),
     "non_object_in_braces": Outcome("sandbox_crashed"),
     "huge_line": Outcome("sandbox_crashed"),
+    "many_tiny_values": Outcome("sandbox_crashed"),
     "deep_nesting": Outcome("sandbox_crashed"),
     "deep_nesting_under_parser_limit": Outcome("sandbox_crashed"),
     "sdk_before_ready": Outcome("sandbox_crashed"),

@@ -12,6 +12,7 @@ from moorage import channel
 from moorage.channel import (
     MAX_DEPTH,
     MAX_FRAME_BYTES,
+    MAX_VALUES,
     ChannelViolation,
     Garbage,
     Interrupt,
@@ -27,6 +28,7 @@ from moorage.channel import (
     RunnerChannel,
     RunnerError,
     Sdk,
+    ServiceFrame,
     Snapshot,
     SnapshotRequest,
     Start,
@@ -114,6 +116,18 @@ def test_violations_have_a_stable_reason_and_never_echo_the_bytes(raw: bytes, re
     assert raw.decode(errors="replace")[:20] not in message
 
 
+def test_values_are_bounded_but_strings_count_once() -> None:
+    """A line of tiny values would cost ~30x its size parsed; text does not."""
+    many = b'{"kind":"sdk","message":{"type":"x","v":[' + b"[]," * MAX_VALUES + b"[]]}}"
+    with pytest.raises(ChannelViolation, match="too many values"):
+        parse_runner_line(many)
+    text = b'{"kind":"sdk","message":{"type":"x","v":"' + b",{[" * MAX_VALUES + b'"}}'
+    assert isinstance(parse_runner_line(text), Sdk)
+    quoted = b'{"kind":"sdk","message":{"type":"x","v":[' + b'"a,\\",b",' * MAX_VALUES + b'"z"]}}'
+    with pytest.raises(ChannelViolation, match="too many values"):
+        parse_runner_line(quoted)
+
+
 def test_depth_is_bounded_exactly_and_size_at_the_cap() -> None:
     assert isinstance(parse_runner_line(nested(MAX_DEPTH)), Sdk)
     with pytest.raises(ChannelViolation, match=str(Reason.TOO_LARGE)):
@@ -136,7 +150,7 @@ def test_order_follows_the_real_runner() -> None:
     ch.sent(Restore("", last=True))
     ch.received(Restored(True, 1, ""))
     ch.sent(Start({}, "unix:/x"))
-    assert ch.phase is Phase.STARTING
+    assert ch.phase.name == "STARTING"  # (mypy narrowed phase above)
     ch.received(Rpc(1, "store.load", {}))  # resume loads the transcript before ready
     with pytest.raises(ChannelViolation, match="out_of_order"):
         ch.received(Sdk({"type": "system"}))
@@ -159,7 +173,7 @@ def test_another_channel_version_is_refused() -> None:
 
 
 def test_service_frames_are_what_the_runner_reads() -> None:
-    frames = [
+    frames: list[ServiceFrame] = [
         Start({"max_turns": 2}, "unix:/run/moorage/model.sock", egress_proxy="unix:/t"),
         User({"type": "user", "message": {"role": "user", "content": "hi"}}),
         Interrupt(),
