@@ -5,23 +5,86 @@ stdout; stderr is free-form log text. Every frame is one JSON object with a
 ``kind``. The runner claims the real stdout for the channel and points fd 1
 at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 
-Service -> runner: ``start`` (first, once), ``user``, ``interrupt``,
-``snapshot`` (send the workspace back; backends that cannot read it from outside).
-Runner -> service: ``loaded`` (imports done, waiting for ``start``),
-``ready`` (the SDK client is connected), ``sdk`` (one SDK message, the CLI's own JSON),
-``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz chunks of the workspace).
+Service -> runner: ``restore`` (workspace chunks, before ``start``), ``start``
+(first, once), ``user``, ``interrupt``, ``snapshot`` (send the workspace back;
+backends that cannot read it from outside), ``rpc_result``/``rpc_error``.
+Runner -> service: ``loaded`` (imports done, waiting for ``start``; carries
+the channel ``version``), ``restored``, ``ready`` (the SDK client is connected),
+``sdk`` (one SDK message, the CLI's own JSON), ``rpc`` (a SessionStore call),
+``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz
+chunks of the workspace). The service parses what we send strictly
+(service/moorage/channel.py) and ends the session on any frame it cannot
+accept: the constants below are its, copied (this package depends on
+nothing of the service's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 from typing import Any
 
+# -- shared with service/moorage/channel.py (kept equal by a test) --
+CHANNEL_VERSION = 1
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
+# Objects and arrays inside one another, counting the frame itself. The real
+# runner's deepest frame (an rpc append of a tool call's input) is ~10 plus
+# the tool input's own depth; Python's parser fails near 1000.
+MAX_DEPTH = 100
+RUNNER_KINDS = frozenset({"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot"})
+SERVICE_KINDS = frozenset({"start", "user", "interrupt", "restore", "snapshot", "rpc_result", "rpc_error"})
+RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
+# -- end of the shared constants --
+
+
+class ChannelError(ValueError):
+    """A service frame this runner cannot read (a version mismatch or a bug)."""
+
+
+def _constant(token: str) -> Any:
+    raise ChannelError("NaN and Infinity are not JSON")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ChannelError("a number does not fit a float")
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_service_line(line: bytes) -> dict[str, Any]:
+    """One frame from the service, strictly: bounded, strict JSON, an object
+    with a known ``kind`` (and ``start`` of this channel version)."""
+    if len(line) > MAX_FRAME_BYTES:
+        raise ChannelError("frame too large")
+    try:
+        frame = json.loads(line.decode("utf-8"), parse_constant=_constant, parse_float=_finite)
+    except RecursionError:
+        raise ChannelError("frame nested too deeply") from None
+    except ValueError as exc:
+        raise ChannelError(f"frame is not JSON: {type(exc).__name__}") from None
+    if not isinstance(frame, dict) or _too_deep(frame):
+        raise ChannelError("channel frame is not an object, or nested too deeply")
+    if frame.get("kind") not in SERVICE_KINDS:
+        raise ChannelError("unknown channel frame kind")
+    if frame["kind"] == "start" and frame.get("version", CHANNEL_VERSION) != CHANNEL_VERSION:
+        raise ChannelError("the service speaks another channel version")
+    return frame
 
 
 class ChannelOut:
@@ -71,7 +134,4 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     line = await reader.readline()
     if not line:
         return None
-    frame = json.loads(line)
-    if not isinstance(frame, dict):
-        raise ValueError("channel frame is not an object")
-    return frame
+    return parse_service_line(line)

@@ -22,7 +22,7 @@ from typing import Any, cast
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
 from .bridge import ModelBridge
-from .channel import MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
+from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
 from .restore import Restore
 from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
@@ -119,7 +119,7 @@ class Runner:
 
     async def run(self) -> int:
         # Imports are done: say so, so a warm pool can hold us until needed.
-        await self.out.send({"kind": "loaded"})
+        await self.out.send({"kind": "loaded", "version": CHANNEL_VERSION})
         start = await self._before_start()
         if start is None:
             return 0

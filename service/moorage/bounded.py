@@ -25,7 +25,7 @@ import asyncio
 import json
 import sys
 from collections import deque
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -132,10 +132,10 @@ def text_bytes(text: str) -> int:
     return sys.getsizeof(text)
 
 
-def frame_bytes(frame: dict[str, Any], unmeasurable: int) -> int:
-    """A decoded channel frame's size, as its compact JSON encoding (what
-    the runner sent, give or take whitespace); ``unmeasurable`` for a frame
-    that cannot be re-encoded (too deep)."""
+def frame_bytes(frame: object, unmeasurable: int) -> int:
+    """A decoded channel frame's (or its payload's) size, as its compact JSON
+    encoding (what the runner sent, give or take whitespace); ``unmeasurable``
+    for one that cannot be re-encoded (too deep)."""
     try:
         return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
     except (ValueError, TypeError, RecursionError):

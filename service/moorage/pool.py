@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from . import channel
+from .channel import ChannelViolation, Garbage, Reason, RunnerChannel, RunnerError, RunnerFrame
 from .egress import ModelProxy
 from .errors import Code, SandboxError
 from .metrics import Metrics
@@ -57,15 +59,35 @@ async def start_loaded(
         await proxy.close_sandbox(sandbox_id)
         raise
     metrics.sandbox_time.started(sandbox_id, backend.name)
+    loaded = Loaded(sandbox, sandbox_id, workspace)
     try:
-        first = await asyncio.wait_for(sandbox.recv(), timeout_s)
+        first = await asyncio.wait_for(_first_frame(sandbox), timeout_s)
+        if first is None:
+            raise SandboxError("sandbox did not start: the runner exited while loading", code=Code.SANDBOX_START_FAILED)
+        if isinstance(first, RunnerError):
+            raise SandboxError(f"sandbox did not start: {first.message[:500]}", code=Code.SANDBOX_START_FAILED)
+        RunnerChannel().received(first)
+        if not isinstance(first, channel.Loaded):
+            raise ChannelViolation(Reason.OUT_OF_ORDER, "a frame before loaded")
+    except ChannelViolation as exc:
+        await discard(loaded, proxy, metrics)
+        raise SandboxError(exc.message, code=Code.SANDBOX_CRASHED) from None
     except TimeoutError:
-        first = {"message": f"the runner did not load within {timeout_s:g}s"}
-    if first is None or first.get("kind") != "loaded":
-        await discard(Loaded(sandbox, sandbox_id, workspace), proxy, metrics)
-        detail = (first or {}).get("message", "the runner exited while loading")
-        raise SandboxError(f"sandbox did not start: {detail}", code=Code.SANDBOX_START_FAILED)
-    return Loaded(sandbox, sandbox_id, workspace)
+        await discard(loaded, proxy, metrics)
+        raise SandboxError(
+            f"sandbox did not start: the runner did not load within {timeout_s:g}s", code=Code.SANDBOX_START_FAILED
+        ) from None
+    except BaseException:  # SandboxError above, a cancelled start, a bug: nothing may be left running
+        await asyncio.shield(discard(loaded, proxy, metrics))
+        raise
+    return loaded
+
+
+async def _first_frame(sandbox: Sandbox) -> RunnerFrame | None:
+    """The runner's first frame, past stray prints."""
+    while isinstance(frame := await sandbox.recv(), Garbage):
+        pass
+    return frame
 
 
 async def discard(loaded: Loaded, proxy: ModelProxy, metrics: Metrics) -> None:

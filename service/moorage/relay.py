@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 
 from .bounded import ByteQueue, frame_bytes
+from .channel import Rpc, RpcError, RpcResult
 from .errors import SandboxError
 from .sandbox.base import Sandbox
 from .transcripts import RpcFailure, TranscriptSink
@@ -53,7 +53,7 @@ class RpcRelay:
         self.log = log
         self._on_degraded = on_degraded
         self._on_durable = on_durable
-        self._queue: ByteQueue[tuple[Sandbox, dict[str, Any], int]] = ByteQueue(queue_bytes)
+        self._queue: ByteQueue[tuple[Sandbox, Rpc, int]] = ByteQueue(queue_bytes)
         self._unsaved_limit = unsaved_bytes
         self._unsaved = 0  # bytes of appends acknowledged since the sink was last durable
         self._caught_up = asyncio.Event()
@@ -61,12 +61,12 @@ class RpcRelay:
         self._flusher: asyncio.Task[None] | None = None
         self.degraded = False
 
-    async def enqueue(self, sandbox: Sandbox, frame: dict[str, Any]) -> None:
+    async def enqueue(self, sandbox: Sandbox, frame: Rpc) -> None:
         """Answer ``frame`` later, after every frame queued before it; waits
         while the queue is full (the caller stops reading the sandbox)."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._work())
-        size = frame_bytes(frame, unmeasurable=self._queue.budget.limit)
+        size = frame_bytes(frame.params, unmeasurable=self._queue.budget.limit)
         await self._queue.put((sandbox, frame, size), size)
 
     @property
@@ -94,13 +94,20 @@ class RpcRelay:
             finally:
                 self._queue.task_done()
 
-    async def answer(self, sandbox: Sandbox, frame: dict[str, Any], size: int = 0) -> None:
-        rpc_id = frame.get("id")
-        self.log.debug("rpc_received", method=frame.get("method"), rpc_id=rpc_id)
+    async def answer(self, sandbox: Sandbox, frame: Rpc, size: int = 0) -> None:
+        """Answer one store call (parsed and typed by ``channel``; ``size``
+        its bytes, counted while the database is down); raises only
+        ``SandboxError`` (the sandbox is gone)."""
+        rpc_id = frame.id
+        self.log.debug("rpc_received", method=frame.method)
         try:
-            result = await self.sink.handle(str(frame.get("method", "")), frame.get("params") or {})
+            result = await self.sink.handle(frame.method, frame.params)
         except RpcFailure as exc:
-            await sandbox.send({"kind": "rpc_error", "id": rpc_id, "message": str(exc)})
+            await sandbox.send(RpcError(rpc_id, str(exc)).wire())
+            return
+        except Exception:  # a bug here must not end the session or leave the runner waiting
+            self.log.exception("rpc_failed", method=frame.method)
+            await sandbox.send(RpcError(rpc_id, "internal error").wire())
             return
         self._unsaved = 0 if self.sink.durable else self._unsaved + size
         if not self.sink.durable and not self.degraded:
@@ -111,9 +118,9 @@ class RpcRelay:
             for n in range(0, len(result), RPC_CHUNK_ENTRIES):
                 chunk = result[n : n + RPC_CHUNK_ENTRIES]
                 more = n + RPC_CHUNK_ENTRIES < len(result)
-                await sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": chunk, "more": more})
+                await sandbox.send(RpcResult(rpc_id, chunk, more).wire())
             return
-        await sandbox.send({"kind": "rpc_result", "id": rpc_id, "result": result})
+        await sandbox.send(RpcResult(rpc_id, result).wire())
 
     def start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():

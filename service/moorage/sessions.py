@@ -20,15 +20,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from .accounting import Accounting, Ledger, budget_error
 from .bounded import sdk_buffer_bytes
+from .channel import (
+    ChannelViolation,
+    Garbage,
+    Interrupt,
+    Phase,
+    Ready,
+    Reason,
+    Restore,
+    Restored,
+    Rpc,
+    RunnerChannel,
+    RunnerError,
+    Sdk,
+    ServiceFrame,
+    Start,
+    User,
+)
 from .checks import AfterTurn
 from .egress import ModelProxy
 from .errors import (
@@ -53,6 +70,7 @@ from .workspaces import Checkpoints, restore_frames, suspend_record
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
+_Want = TypeVar("_Want", Ready, Restored)
 MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
 
 
@@ -106,6 +124,8 @@ class Session:
         self.checks = AfterTurn(settings)
         self.checkpoints = Checkpoints(self.records, session_id, settings, self.log)
         self.sandbox: Sandbox | None = None
+        self.channel = RunnerChannel(Phase.LOADED)  # the pool's start consumed ``loaded``
+        self._violation: ChannelViolation | None = None
         self.sandbox_id = ""
         self.workspace: Path | None = None
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
@@ -133,43 +153,59 @@ class Session:
         self._main = asyncio.create_task(self._run(), name=f"session-{self.id}")
 
     async def _run(self) -> None:
-        try:
-            await self._start_sandbox()
-        except MoorageError as exc:
-            self.start_error = exc
-            self.ready.set()
-            self.log.warning("sandbox_start_failed", code=str(exc.code), error=exc.message)
-            await self._finish(exc)
-            return
-        self.ready.set()
-        self._schedule_idle()
+        """Start, serve, finish. Whatever fails at any stage (start, restore,
+        ready, pump, relay), ``ready`` is set and ``_finish`` runs: the start
+        slot, the session counts, the uid, the cgroup and the proxy socket
+        are always given back."""
         error: MoorageError | None = None
         try:
-            await self._pump()
-            if not self._closing:
-                error = SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
-                bit = self.checks.limits_bit(self.sandbox)
-                if bit.get("oom_kills"):
-                    error = SandboxError(
-                        f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) "
-                        "and was killed",
-                        code=Code.SANDBOX_OUT_OF_MEMORY,
-                    )
-                elif bit.get("pids_refusals"):
-                    # The agent itself could not start a thread or process.
-                    error = SandboxError(
-                        f"the agent stopped after the sandbox hit its limit of {self.settings.sandbox_pids} "
-                        "processes and threads",
-                        code=Code.SANDBOX_PIDS_EXHAUSTED,
-                    )
-                crashed = self._close_error is not None and self._close_error.code == Code.SANDBOX_CRASHED
-                if crashed and error.code != Code.SANDBOX_CRASHED:
-                    self._close_error = None  # the runner saw its CLI die; the limit that bit says why
-        except Exception as exc:  # a bug in the pump must not leave the sandbox running
-            self.log.exception("session_pump_failed")
-            error = MoorageError(f"internal error: {type(exc).__name__}")
-            error.fatal = True
-        await self._finish(self._close_error or error)
+            try:
+                await self._start_sandbox()
+            except MoorageError as exc:
+                self.start_error = error = exc
+                self.log.warning("sandbox_start_failed", code=str(exc.code), error=exc.message)
+                return
+            self.ready.set()
+            self._schedule_idle()
+            error = await self._serve()
+        except Exception as exc:  # a bug must not leave the sandbox running or a slot taken
+            self.log.exception("session_failed", started=self.ready.is_set())
+            error = MoorageError(f"internal error: {type(exc).__name__}", fatal=True)
+            if not self.ready.is_set():
+                self.start_error = error
+        finally:
+            self.ready.set()
+            if not self.closed:
+                await self._finish(self._violation_error() or self._close_error or error)
+
+    def _violation_error(self) -> SandboxError | None:
+        if self._violation is None:
+            return None
+        return SandboxError(self._violation.message, code=Code.SANDBOX_CRASHED)
+
+    async def _serve(self) -> MoorageError | None:
+        """Relay runner frames until the sandbox ends; why it ended."""
+        await self._pump()
+        if self._closing or self._violation is not None:
+            return None
+        error = SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
+        bit = self.checks.limits_bit(self.sandbox)
+        if bit.get("oom_kills"):
+            error = SandboxError(
+                f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) and was killed",
+                code=Code.SANDBOX_OUT_OF_MEMORY,
+            )
+        elif bit.get("pids_refusals"):
+            # The agent itself could not start a thread or process.
+            error = SandboxError(
+                f"the agent stopped after the sandbox hit its limit of {self.settings.sandbox_pids} "
+                "processes and threads",
+                code=Code.SANDBOX_PIDS_EXHAUSTED,
+            )
+        crashed = self._close_error is not None and self._close_error.code == Code.SANDBOX_CRASHED
+        if crashed and error.code != Code.SANDBOX_CRASHED:
+            self._close_error = None  # the runner saw its CLI die; the limit that bit says why
+        return error
 
     async def _start_sandbox(self) -> None:
         loop = asyncio.get_running_loop()
@@ -203,13 +239,11 @@ class Session:
             options["max_budget_usd"] = self.settings.max_budget_usd - self.prior_cost_usd
         if self.settings.model:
             options["model"] = self.settings.model
-        start = {"kind": "start", "options": options, "model_proxy": MODEL_PROXY, "store": True}
-        if self.proxy.tunnel is not None:
-            start["egress_proxy"] = f"unix:{TUNNEL_SOCKET}"
-        first = await self._until(start, "ready")
-        if first is None or first.get("kind") != "ready":
-            detail = (first or {}).get("message", "the runner exited before it was ready")
-            raise SandboxError(f"sandbox did not start: {str(detail)[:500]}", code=Code.SANDBOX_START_FAILED)
+        tunnel = f"unix:{TUNNEL_SOCKET}" if self.proxy.tunnel is not None else None
+        first = await self._until(Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel), Ready)
+        if not isinstance(first, Ready):
+            detail = first.message if first is not None else "the runner exited before it was ready"
+            raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
         self.started_s = loop.time() - t0
         self.metrics.sandbox_start_seconds.labels(self.backend.name, "warm" if warm else "cold").observe(self.started_s)
         self.metrics.sessions_active.labels(self.backend.name).inc()
@@ -224,47 +258,73 @@ class Session:
             rehydrated=self.rehydrate,
         )
 
-    async def _until(self, frame: dict[str, Any], kind: str) -> dict[str, Any] | None:
-        """Send ``frame``, then answer rpc frames until one of ``kind`` (or
-        an error, or the end) arrives; bounded by the start timeout."""
+    async def _send(self, frame: ServiceFrame) -> None:
+        assert self.sandbox is not None
+        self.channel.sent(frame)
+        await self.sandbox.send(frame.wire())
+
+    async def _send_bounded(self, frame: ServiceFrame) -> None:
+        """Send, giving up after the interrupt grace: a runner that stops
+        reading its input must not hold the guard (which kills it next)."""
+        with contextlib.suppress(SandboxError, TimeoutError):
+            async with asyncio.timeout(self.settings.interrupt_grace_s):
+                await self._send(frame)
+
+    async def _until(self, frame: ServiceFrame, want: type[_Want]) -> _Want | RunnerError | None:
+        """Send ``frame``, then answer rpc frames until a ``want`` frame (or
+        an error, or the end) arrives; bounded by the start timeout. A frame
+        that breaks the channel protocol ends the session (``sandbox_crashed``)."""
         assert self.sandbox is not None
         try:
             async with asyncio.timeout(self.settings.sandbox_start_timeout_s):
-                await self.sandbox.send(frame)
+                await self._send(frame)
                 while (reply := await self.sandbox.recv()) is not None:
-                    if reply.get("kind") == "rpc":
+                    reply = self.channel.received(reply, self.guard.running)
+                    if isinstance(reply, Rpc):
                         await self.relay.answer(self.sandbox, reply)
-                    elif reply.get("kind") in (kind, "error"):
+                    elif isinstance(reply, (want, RunnerError)):
                         return reply
+                    elif not isinstance(reply, Garbage):  # the channel's order allows nothing else
+                        raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(reply).__name__.lower()} while starting")
+        except ChannelViolation as exc:
+            self._violated(exc)
+            raise SandboxError(exc.message, code=Code.SANDBOX_CRASHED) from None
         except (TimeoutError, SandboxError) as exc:
             raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
         return None
 
+    def _violated(self, exc: ChannelViolation) -> None:
+        """The runner broke the channel protocol: the session ends. Logged
+        with our own words only (reason and detail), never the runner's bytes."""
+        if self._violation is None:
+            self._violation = exc
+            self.log.warning("channel_violation", reason=str(exc.reason), detail=exc.detail)
+
     async def _restore_workspace(self) -> None:
         """Stream the stored archive from the database into ``restore`` frames."""
         assert self.sandbox is not None
-        last: dict[str, object] | None = None
+        last: Restore | None = None
         size = 0
         try:
             async with asyncio.timeout(self.settings.sandbox_start_timeout_s):
                 async with contextlib.aclosing(self.records.load_workspace_stream(self.id)) as chunks:
                     async for frame in restore_frames(chunks):
-                        size += len(str(frame["data"])) * 3 // 4
-                        if frame["last"]:
+                        size += len(frame.data) * 3 // 4
+                        if frame.last:
                             last = frame
                         else:
-                            await self.sandbox.send(frame)
+                            await self._send(frame)
         except (TimeoutError, SandboxError) as exc:
             raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
         if last is None:
             return
-        restored = await self._until(last, "restored")
-        if restored is None or not restored.get("ok"):
-            detail = (restored or {}).get("message", "no answer")
+        restored = await self._until(last, Restored)
+        if not isinstance(restored, Restored) or not restored.ok:
+            detail = restored.message if restored is not None else "no answer"
             self.log.error("workspace_restore_failed", error=str(detail)[:300])
             self._notice(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
         else:
-            self.log.info("workspace_restored", files=restored.get("files"), bytes=size)
+            self.log.info("workspace_restored", files=restored.files, bytes=size)
 
     async def _check_workspace(self) -> None:
         """A workspace that filled up or grew past what a suspension saves:
@@ -289,13 +349,18 @@ class Session:
         assert self.sandbox is not None
         runner_error: str | None = None
         while (frame := await self.sandbox.recv()) is not None:
-            kind = frame.get("kind")
-            if kind == "sdk" and isinstance(frame.get("message"), dict):
-                await self._on_sdk(frame["message"])
-            elif kind == "rpc":
+            try:
+                frame = self.channel.received(frame, self.guard.running)
+            except ChannelViolation as exc:
+                self._violated(exc)
+                await self.sandbox.kill()  # a hostile runner gets no grace period
+                return
+            if isinstance(frame, Sdk):
+                await self._on_sdk(frame.message)
+            elif isinstance(frame, Rpc):
                 await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
-            elif kind == "error":
-                runner_error = str(frame.get("message", ""))[:500]
+            elif isinstance(frame, RunnerError):
+                runner_error = frame.message[:500]
         # The runner's last flush (on shutdown) may still be in the queue.
         await self.relay.drain(STOP_GRACE_S)
         if runner_error and not self._closing and self._close_error is None:
@@ -377,8 +442,7 @@ class Session:
         assert self.sandbox is not None
         if action is Action.INTERRUPT:
             self.log.warning("turn_interrupted", reason=str(self.guard.tripped), model_turns=self.guard.model_turns)
-            with contextlib.suppress(SandboxError):
-                await self.sandbox.send({"kind": "interrupt"})
+            await self._send_bounded(Interrupt())
             self._guard_changed.set()
         elif action is Action.KILL:
             why = self.guard.tripped or Code.TURN_TIMEOUT
@@ -399,26 +463,51 @@ class Session:
             await self._act(self.guard.tick(time.monotonic()))
 
     async def _finish(self, error: MoorageError | None) -> None:
-        """Stop everything this session holds and suspend it; runs once."""
+        """Stop everything this session holds and suspend it; runs once.
+        A failing step is logged and the rest still run; the manager always
+        hears of the end (``on_closed``: slots and session counts)."""
         self.closed = True
         self.settled.set()
+        try:
+            await self._wind_down(error)
+        finally:
+            self._on_closed(self)
+
+    async def _step(self, what: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except Exception:
+            self.log.exception("session_cleanup_failed", step=what)
+
+    async def _stop_sandbox(self, sandbox: Sandbox) -> None:
+        t0 = time.monotonic()
+        try:
+            await sandbox.stop(STOP_GRACE_S)
+        except Exception:
+            self.log.exception("session_cleanup_failed", step="sandbox_stop")
+            await sandbox.kill()
+        self.metrics.sandbox_stop_seconds.labels(self.backend.name).observe(time.monotonic() - t0)
+        self.metrics.sandbox_time.stopped(self.sandbox_id)
+
+    async def _flush_held(self) -> None:
+        if await self.sink.flush():
+            await self._release_held()
+
+    async def _wind_down(self, error: MoorageError | None) -> None:
         for task in (self._watch, self._idle):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         if self.sandbox is not None:
-            t0 = time.monotonic()
-            await self.sandbox.stop(STOP_GRACE_S)
-            self.metrics.sandbox_stop_seconds.labels(self.backend.name).observe(time.monotonic() - t0)
-            self.metrics.sandbox_time.stopped(self.sandbox_id)
+            await self._step("sandbox_stop", self._stop_sandbox(self.sandbox))
         if self._active:
             self.metrics.sessions_active.labels(self.backend.name).dec()
         elif self.rehydrate:
             self.metrics.rehydrations.labels("failed").inc()
         if self.sandbox_id:
-            await self.proxy.close_sandbox(self.sandbox_id)
+            await self._step("proxy_close", self.proxy.close_sandbox(self.sandbox_id))
             self.deps.accounting.ledgers.pop(self.sandbox_id, None)
-        if self._held and await self.sink.flush():
-            await self._release_held()
+        if self._held:
+            await self._step("held_results", self._flush_held())
         self.relay.cancel()
         if error is not None:
             error.fatal = True
@@ -428,8 +517,12 @@ class Session:
         self.subscribers.clear()
         if not self.sink.durable:
             self.log.error("transcript_entries_unsaved", batches=len(self.sink.unsaved))
-        await self.checkpoints.stop()  # the suspension's own save is the newer one
-        suspended = await suspend_record(self.deps, self.id, self.workspace, self.log)
+        await self._step("checkpoints_stop", self.checkpoints.stop())  # the suspension's own save is the newer one
+        suspended = False
+        try:
+            suspended = await suspend_record(self.deps, self.id, self.workspace, self.log)
+        except Exception:
+            self.log.exception("session_cleanup_failed", step="suspend")
         usage = self.proxy.usage.pop(self.sandbox_id, None)
         self.log.info(
             "session_ended",
@@ -444,7 +537,6 @@ class Session:
             lifetime_s=round(time.monotonic() - self.created_at, 3),
             start_s=round(self.started_s, 3) if self.started_s is not None else None,
         )
-        self._on_closed(self)
 
     @property
     def busy(self) -> bool:
@@ -482,7 +574,7 @@ class Session:
         return self.sandbox
 
     async def submit(self, frame: UserFrame) -> None:
-        sandbox = await self._await_ready()
+        await self._await_ready()
         if self.draining:
             raise ProtocolError(
                 "the service is restarting: this session will be suspended; reconnect to continue it",
@@ -499,17 +591,19 @@ class Session:
         self.settled.clear()
         self._turn_started = time.monotonic()
         self._cancel_idle()
-        await sandbox.send({"kind": "user", "message": user_message_line(frame)})
+        # The guard watches from now: a runner that stops reading its input
+        # blocks the send below, and the turn's deadline must still kill it.
         if self._watch is None or self._watch.done():
             self._watch = asyncio.create_task(self._watch_turn())
+        await self._send(User(user_message_line(frame)))
 
     async def interrupt(self) -> None:
-        sandbox = await self._await_ready()
+        await self._await_ready()
         if not self.guard.running:
             raise ProtocolError("no turn is running", code=Code.NO_TURN_RUNNING)
         self.guard.user_interrupt(time.monotonic())
         self._guard_changed.set()
-        await sandbox.send({"kind": "interrupt"})
+        await self._send_bounded(Interrupt())
 
     # -- fan-out and idleness ------------------------------------------------
 

@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from . import workspace_archive
+from .channel import Restore
 from .errors import STORE_ERRORS, Code, MoorageError
 from .storage import NOT_SAVED_FLAG, OverQuota, workspace_allowance
 
@@ -278,7 +279,7 @@ def workspace_full(path: Path) -> bool:
     return usage.free < max(1024 * 1024, usage.total // 100)
 
 
-async def restore_frames(chunks: AsyncIterable[bytes]) -> AsyncIterator[dict[str, object]]:
+async def restore_frames(chunks: AsyncIterable[bytes]) -> AsyncIterator[Restore]:
     """The ``restore`` frames that carry one stored snapshot to a runner, cut
     as its chunks arrive; nothing at all when none was stored."""
     pending = bytearray()
@@ -293,8 +294,8 @@ async def restore_frames(chunks: AsyncIterable[bytes]) -> AsyncIterator[dict[str
         yield _restore_frame(bytes(pending), last=True)
 
 
-def _restore_frame(chunk: bytes, last: bool) -> dict[str, object]:
-    return {"kind": "restore", "data": base64.b64encode(chunk).decode(), "last": last}
+def _restore_frame(chunk: bytes, last: bool) -> Restore:
+    return Restore(base64.b64encode(chunk).decode(), last)
 
 
 async def suspend_record(deps: Any, session_id: str, workspace: Path | None, log: Any) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
+from moorage.channel import Loaded
 from moorage.egress import ModelProxy
 from moorage.sandbox.base import SandboxSpec
 from moorage.sandbox.cgroups import Limits
@@ -40,7 +41,7 @@ async def loaded(backend: DockerBackend, proxy: ModelProxy, tmp_path: Path) -> D
     sid = uuid.uuid4().hex[:12]
     spec = SandboxSpec(str(uuid.uuid4()), sid, tmp_path / sid, await proxy.open(sid))
     sandbox = await backend.start(spec)
-    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == {"kind": "loaded"}
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Loaded()
     return sandbox
 
 

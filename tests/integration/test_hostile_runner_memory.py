@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import math
 import os
 import socket
@@ -30,7 +31,8 @@ import pytest
 import uvicorn
 import websockets
 from moorage import app as app_module
-from moorage.sandbox.base import Sandbox, SandboxSpec
+from moorage.channel import RunnerFrame
+from moorage.sandbox.base import Sandbox, SandboxSpec, decode_frame, encode_frame
 from moorage.sessions import Session
 from moorage.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,6 +62,7 @@ class FakeSandbox:
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
         self._handshake = [{"kind": "loaded"}]
+        self.turns: asyncio.Queue[None] = asyncio.Queue()  # one item per user frame received
 
     @property
     def handle(self) -> dict[str, Any]:
@@ -77,12 +80,15 @@ class FakeSandbox:
         if frame.get("kind") == "start":
             self._handshake.append({"kind": "ready"})
             return
+        if frame.get("kind") == "user":
+            self.turns.put_nowait(None)
         if not self.reads_input:
             await self._stopped.wait()  # the pipe is full until the sandbox is gone
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
+        """The next frame, through the strict channel parser every backend uses."""
         if self._handshake:
-            return self._handshake.pop(0)
+            return decode_frame(encode_frame(self._handshake.pop(0)))
         if self._stopped.is_set():
             return None
         await asyncio.sleep(0)  # a pipe read: other tasks run between frames
@@ -92,7 +98,7 @@ class FakeSandbox:
             await self._stopped.wait()
             return None
         self.produced += 1
-        return frame
+        return decode_frame(encode_frame(frame))
 
     async def stop(self, grace_s: float) -> int | None:
         self._stopped.set()
@@ -211,7 +217,7 @@ async def endless_rpc(sandbox: FakeSandbox) -> AsyncIterator[dict[str, Any]]:
     n = 0
     while True:
         n += 1
-        yield {"kind": "rpc", "id": n, "method": "store.nothing", "params": {"pad": CHUNK + str(n)}}
+        yield {"kind": "rpc", "id": n, "method": "store.append", "params": {"pad": CHUNK + str(n)}}
 
 
 async def endless_sdk(sandbox: FakeSandbox) -> AsyncIterator[dict[str, Any]]:
@@ -242,7 +248,8 @@ async def test_a_runner_flooding_rpc_frames_it_never_reads_answers_to_is_not_buf
             # Backpressure: the pump waits, nothing more is read from the sandbox.
             for _ in range(200):
                 await asyncio.sleep(0)
-            assert service.backend.sandboxes[-1].produced <= produced + 1
+            # At most the frame the pump holds and the one the worker took after the check.
+            assert service.backend.sandboxes[-1].produced <= produced + 2
             assert tracemalloc.get_traced_memory()[1] - baseline < MEMORY_LIMIT
 
 
@@ -314,19 +321,27 @@ async def test_error_frames_with_runner_chosen_codes_add_no_metric_series(servic
 async def test_result_frames_with_hostile_numbers_leave_counters_finite(service: Running, cost: object) -> None:
     """``total_cost_usd`` that is not a plausible amount is ignored: every
     /metrics sample stays finite, the SDK cost counter does not move on it,
-    and a valid figure after it still counts (only its growth)."""
+    and a valid figure after it still counts (only its growth). Numbers the
+    channel cannot carry as JSON (NaN, Infinity) end the session instead
+    (a protocol violation); the counters stay finite either way."""
 
     async def results(sandbox: FakeSandbox) -> AsyncIterator[dict[str, Any]]:
         hostile = {"type": "result", "subtype": "success", "total_cost_usd": cost, "modelUsage": {"evil": {}}}
-        yield {"kind": "sdk", "message": hostile}
-        yield {"kind": "sdk", "message": {"type": "result", "subtype": "success", "total_cost_usd": 0.25}}
-        yield {"kind": "sdk", "message": hostile}
+        for message in (hostile, {"type": "result", "subtype": "success", "total_cost_usd": 0.25}, hostile):
+            await sandbox.turns.get()  # a result answers a turn: the channel refuses one outside a turn
+            yield {"kind": "sdk", "message": message}
 
     service.backend.script = results
+    survived = True
     async with websockets.connect(service.ws_url, max_size=None) as ws:
         await ws.recv()
-        sandbox = service.backend.sandboxes[-1]
-        await wait_bounded(lambda: sandbox.produced == 3 and service.session().turns == 3, "3 results", 0)
+        for _ in range(3):
+            await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "go"}}))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+            if frame["type"] != "result":
+                assert frame["type"] == "error" and frame["code"] == "sandbox_crashed" and frame["fatal"], frame
+                survived = False
+                break
     text = await service.metrics_text()
     sdk_cost = 0.0
     for family in text_string_to_metric_families(text):
@@ -335,4 +350,33 @@ async def test_result_frames_with_hostile_numbers_leave_counters_finite(service:
             assert sample.value >= 0 or family.name.endswith("_active"), sample
             if sample.name == "moorage_cost_usd_total" and sample.labels.get("source") == "sdk":
                 sdk_cost += sample.value
-    assert sdk_cost == pytest.approx(0.25)
+    if survived:
+        assert sdk_cost == pytest.approx(0.25)
+    else:  # only what JSON cannot carry is a violation
+        assert isinstance(cost, float) and not math.isfinite(cost) and sdk_cost == 0
+
+
+async def test_a_runner_that_stops_reading_its_input_is_still_killed_at_the_turn_deadline(service: Running) -> None:
+    """A runner that never reads its input blocks the service's writes to it
+    (the user frame, the interrupt): the turn's wall clock must still end the
+    turn, with a fatal turn_timeout, rather than leave the session busy and
+    its slot held forever."""
+
+    async def silent(sandbox: FakeSandbox) -> AsyncIterator[dict[str, Any]]:
+        await sandbox._stopped.wait()  # says nothing and reads nothing until it is killed
+        return
+        yield {}
+
+    service.backend.script = silent
+    service.backend.reads_input = False
+    settings = service.app.state.services.settings
+    settings.turn_timeout_s, settings.interrupt_grace_s = 0.5, 0.5
+    async with websockets.connect(service.ws_url, max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "session"
+        await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "hello"}}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+        assert error["type"] == "error" and error["code"] == "turn_timeout" and error["fatal"] is True
+        await asyncio.wait_for(ws.wait_closed(), scaled(30))
+        assert ws.close_code == 1011
+    sessions = service.app.state.services.sessions
+    await wait_bounded(lambda: not sessions.sessions, "the session to end", tracemalloc.get_traced_memory()[0])

@@ -12,12 +12,13 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import aiohttp
 import pytest
 from kube_contract import ContractServer
 from kubernetes_asyncio import client as k8s
+from moorage.channel import Loaded, Ready, RunnerFrame, Sdk, Snapshot
 from moorage.egress import ModelProxy
 from moorage.errors import SandboxError
 from moorage.sandbox.base import SandboxSpec
@@ -86,11 +87,14 @@ async def new_spec(proxy: ModelProxy, tmp_path: Path) -> SandboxSpec:
     return SandboxSpec(str(uuid.uuid4()), sid, tmp_path / "unused" / sid, await proxy.open(sid))
 
 
-async def until_kind(sandbox: KubernetesSandbox, kind: str) -> dict[str, Any]:
+_F = TypeVar("_F", Ready, Sdk)
+
+
+async def until_kind(sandbox: KubernetesSandbox, kind: type[_F]) -> _F:
     while True:
         frame = await asyncio.wait_for(sandbox.recv(), scaled(60))
-        assert frame is not None, f"the channel ended before a {kind!r} frame"
-        if frame.get("kind") == kind:
+        assert frame is not None, f"the channel ended before a {kind.__name__} frame"
+        if isinstance(frame, kind):
             return frame
 
 
@@ -100,18 +104,18 @@ async def test_turn_over_attach_then_stop_deletes_the_pod(
     """Start creates and attaches a pod; a turn runs via the proxy port; stop saves the workspace, deletes the pod."""
     spec = await new_spec(proxy, tmp_path)
     sandbox = await backend.start(spec)
-    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == {"kind": "loaded"}
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Loaded()
     # What sessions.py sends: the backend swaps the unix socket for the proxy port URL.
     await sandbox.send({"kind": "start", "options": {"max_turns": 2}, "model_proxy": "unix:/run/moorage/model.sock"})
-    assert await until_kind(sandbox, "ready") == {"kind": "ready"}
+    assert await until_kind(sandbox, Ready) == Ready()
     keys_before = len(model.model.api_keys)
     prompt = {"role": "user", "content": "bash echo hi > f; cat f"}
     await sandbox.send({"kind": "user", "message": {"type": "user", "message": prompt}})
     while True:
-        frame = await until_kind(sandbox, "sdk")
-        if frame["message"].get("type") == "result":
+        frame = await until_kind(sandbox, Sdk)
+        if frame.type == "result":
             break
-    assert frame["message"]["subtype"] == "success"
+    assert frame.message["subtype"] == "success"
     assert model.model.api_keys[keys_before:] and set(model.model.api_keys[keys_before:]) == {REAL_KEY}
     assert proxy.usage[spec.sandbox_id].requests >= 2, "the proxy metered this sandbox's requests"
     name = pod_name(spec.sandbox_id)
@@ -119,7 +123,7 @@ async def test_turn_over_attach_then_stop_deletes_the_pod(
     url = backend.proxy_url(spec.sandbox_id)
 
     # As a session does: a reader keeps draining the channel while stop runs.
-    async def pump() -> list[dict[str, Any]]:
+    async def pump() -> list[RunnerFrame]:
         frames = []
         while (frame := await sandbox.recv()) is not None:
             frames.append(frame)
@@ -127,7 +131,7 @@ async def test_turn_over_attach_then_stop_deletes_the_pod(
 
     reader = asyncio.create_task(pump())
     assert await sandbox.stop(scaled(10)) == 0, "closing the attach ends the runner's input: a clean exit"
-    assert all(f.get("kind") != "snapshot" for f in await asyncio.wait_for(reader, scaled(10)))
+    assert all(not isinstance(f, Snapshot) for f in await asyncio.wait_for(reader, scaled(10)))
     assert (spec.workspace / "f").read_text() == "hi\n", "stop brought the pod's workspace to the host for suspend"
     assert name not in api.pods
     assert await sandbox.recv() is None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moorage.channel import Loaded, Ready, Sdk
 from moorage.egress import ModelProxy
 from moorage.sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from moorage.sandbox.cgroups import Limits
@@ -67,21 +68,22 @@ async def start(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path) -> t
     sid = uuid.uuid4().hex[:12]
     spec = SandboxSpec(str(uuid.uuid4()), sid, tmp_path / "workspaces" / sid, await proxy.open(sid))
     sandbox = await backend.start(spec)
-    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == {"kind": "loaded"}
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Loaded()
     await sandbox.send({"kind": "start", "options": {"max_turns": 2}, "model_proxy": "unix:/run/moorage/model.sock"})
     ready = await asyncio.wait_for(sandbox.recv(), scaled(60))
-    assert ready == {"kind": "ready"}
+    assert ready == Ready()
     return sandbox, spec
 
 
-async def until_result(sandbox: Sandbox) -> list[dict[str, Any]]:
+async def until_result(sandbox: Sandbox) -> list[Sdk]:
     frames = []
     while True:
         frame = await asyncio.wait_for(sandbox.recv(), scaled(30))
         assert frame is not None, "the runner ended before the result"
-        frames.append(frame)
-        if frame.get("kind") == "sdk" and frame["message"].get("type") == "result":
-            return frames
+        if isinstance(frame, Sdk):
+            frames.append(frame)
+            if frame.type == "result":
+                return frames
 
 
 async def test_runner_answers_a_turn_and_stop_leaves_no_process(
@@ -93,7 +95,7 @@ async def test_runner_answers_a_turn_and_stop_leaves_no_process(
         {"kind": "user", "message": {"type": "user", "message": {"role": "user", "content": "bash echo ok > f; cat f"}}}
     )
     frames = await until_result(sandbox)
-    assert frames[-1]["message"]["subtype"] == "success"
+    assert frames[-1].message["subtype"] == "success"
     assert (spec.workspace / "f").read_text() == "ok\n"
     handle = sandbox.handle
     assert leftovers(handle)

@@ -33,7 +33,7 @@ async def test_a_64_mib_workspace_saves_and_restores_in_bounded_memory(db: Datab
         tracemalloc.reset_peak()
         restored = 0
         async for frame in restore_frames(records.load_workspace_stream(sid)):
-            restored += len(str(frame["data"]))
+            restored += len(frame.data)
         _, restore_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, cast
 
 import structlog
+from moorage.channel import Rpc
 from moorage.relay import RpcRelay
 from moorage.sandbox.base import Sandbox
 from moorage.transcripts import POISON_ATTEMPTS, TranscriptSink
@@ -34,11 +35,11 @@ def relay_for(sink: TranscriptSink) -> tuple[RpcRelay, asyncio.Event]:
     return RpcRelay(sink, structlog.get_logger(), lambda: None, on_durable), durable
 
 
-def append(rpc_id: int, entries: list[dict[str, Any]], subpath: str | None = None) -> dict[str, Any]:
+def append(rpc_id: int, entries: list[dict[str, Any]], subpath: str | None = None) -> Rpc:
     key: dict[str, Any] = {"project_key": "whatever", "session_id": "whatever"}
     if subpath is not None:
         key["subpath"] = subpath
-    return {"kind": "rpc", "id": rpc_id, "method": "store.append", "params": {"key": key, "entries": entries}}
+    return Rpc(rpc_id, "store.append", {"key": key, "entries": entries})
 
 
 async def test_a_nul_in_runner_fields_neither_jams_the_session_nor_loses_later_entries(db: Database) -> None:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
+from moorage.channel import Sdk
 from moorage.sandbox.base import SandboxSpec
 from moorage.sandbox.kube_sandbox import STDOUT, KubernetesSandbox, unpack_files
 
@@ -166,7 +167,7 @@ async def test_unasked_snapshot_frames_are_dropped_not_buffered(tmp_path: Path) 
     )
     sandbox = await started_sandbox(tmp_path, attach, 1 << 20)
     frame = await sandbox.recv()
-    assert frame is not None and frame["kind"] == "sdk"
+    assert isinstance(frame, Sdk)
     assert max(attach.held) == 0
     await sandbox.stop(0.1)
     assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["real.txt"]

@@ -20,6 +20,7 @@ from moorage.bounded import (
     sdk_buffer_bytes,
     text_bytes,
 )
+from moorage.channel import Garbage, Rpc
 from moorage.errors import Code
 from moorage.limits import TokenBucket
 from moorage.metrics import Metrics
@@ -144,10 +145,10 @@ async def test_the_relay_makes_a_flooding_runner_wait_instead_of_queueing_withou
 
     relay = RpcRelay(cast(Any, NoStore()), structlog.get_logger(), lambda: None, durable, queue_bytes=MiB)
     sandbox = NeverReads()
-    frame = {"kind": "rpc", "id": 1, "method": "store.append", "params": {"pad": "x" * 64 * 1024}}
     waited = None
     for n in range(100):
-        attempt = asyncio.create_task(relay.enqueue(cast(Any, sandbox), {**frame, "id": n}))
+        frame = Rpc(n, "store.append", {"pad": "x" * 64 * 1024})
+        attempt = asyncio.create_task(relay.enqueue(cast(Any, sandbox), frame))
         await settle()
         if not attempt.done():
             waited = n
@@ -247,7 +248,7 @@ async def test_docker_read_ahead_is_bounded_in_bytes() -> None:
         assert sandbox._lines.bytes <= docker.READ_AHEAD_BYTES
         assert stream.read * len(line) <= docker.READ_AHEAD_BYTES + 2 * len(line)
         frame = await sandbox.recv()  # the consumer takes one: the reader reads on
-        assert frame == {"kind": "garbage", "bytes": len(line)}
+        assert frame == Garbage(len(line))
     finally:
         sandbox._reader.cancel()
 
@@ -386,9 +387,8 @@ async def test_appends_acknowledged_while_the_database_is_down_are_bounded() -> 
     store = DownStore()
     relay = RpcRelay(cast(Any, store), structlog.get_logger(), lambda: None, durable, unsaved_bytes=MiB)
     sandbox = Answers()
-    frame = {"kind": "rpc", "method": "store.append", "params": {"entries": [{"pad": "x" * 64 * 1024}]}}
     for n in range(40):
-        await relay.enqueue(cast(Any, sandbox), {**frame, "id": n})
+        await relay.enqueue(cast(Any, sandbox), Rpc(n, "store.append", {"entries": [{"pad": "x" * 64 * 1024}]}))
         await settle()
     assert 15 <= len(sandbox.sent) <= 18, "appends past the budget must wait"
     assert len(store.unsaved) == len(sandbox.sent)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from moorage.channel import Garbage, Sdk
 from moorage.errors import SandboxError
 from moorage.sandbox.base import MODEL_SOCKET, SandboxSpec, decode_frame, encode_frame
 from moorage.sandbox.local import Runtime, bwrap_argv
@@ -116,8 +118,8 @@ def test_uid_pools_of_two_services_never_share_a_uid(tmp_path: Path) -> None:
 
 
 def test_channel_frames_round_trip_and_garbage_is_contained() -> None:
-    """A line that is not a JSON object becomes a harmless 'garbage' frame."""
-    frame = {"kind": "sdk", "message": {"type": "assistant", "text": "é"}}
-    assert decode_frame(encode_frame(frame)) == frame
-    assert decode_frame(b"Traceback (most recent call last):\n")["kind"] == "garbage"
-    assert decode_frame(b"[1]\n")["kind"] == "garbage"
+    """A line not meant as a frame (a stray print) becomes a harmless Garbage frame."""
+    message: dict[str, Any] = {"type": "assistant", "text": "é"}
+    assert decode_frame(encode_frame({"kind": "sdk", "message": message})) == Sdk(message)
+    assert decode_frame(b"Traceback (most recent call last):\n") == Garbage(35)
+    assert decode_frame(b"[1]\n") == Garbage(4)

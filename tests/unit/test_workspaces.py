@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moorage.channel import Restore as RestoreFrame
 from moorage.metrics import Metrics
 from moorage.transcripts import TranscriptSink
 from moorage.workspaces import WorkspaceTooLarge, archive, restore_frames
 from moorage_runner.restore import Restore
 
 
-async def frames_of(data: bytes, piece: int = 100_000) -> list[dict[str, object]]:
+async def frames_of(data: bytes, piece: int = 100_000) -> list[RestoreFrame]:
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(data), piece):
             yield data[start : start + piece]
@@ -29,8 +30,8 @@ async def restore_into(data: bytes, dest: Path) -> int:
     restore = Restore()
     frames = await frames_of(data)
     for frame in frames:
-        restore.feed(str(frame["data"]))
-    assert frames[-1]["last"] is True and all(not f["last"] for f in frames[:-1])
+        restore.feed(frame.data)
+    assert frames[-1].last is True and all(not f.last for f in frames[:-1])
     return restore.extract(str(dest))
 
 
@@ -86,8 +87,8 @@ async def test_large_snapshots_travel_in_bounded_frames() -> None:
     """A snapshot is cut into frames of at most 512 KiB before base64, whatever the stored chunks."""
     for piece in (1000, 512 * 1024, 3 * 512 * 1024 + 1):
         frames = await frames_of(b"z" * (3 * 512 * 1024 + 1), piece)
-        assert len(frames) == 4 and [f["last"] for f in frames] == [False, False, False, True]
-        assert all(len(base64.b64decode(str(f["data"]))) <= 512 * 1024 for f in frames)
+        assert len(frames) == 4 and [f.last for f in frames] == [False, False, False, True]
+        assert all(len(base64.b64decode(f.data)) <= 512 * 1024 for f in frames)
     assert len(await frames_of(b"z" * 512 * 1024)) == 1
     assert await frames_of(b"") == []  # nothing stored: nothing to restore
 

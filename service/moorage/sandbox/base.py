@@ -9,8 +9,10 @@ JSON that a restarted service can use to find and reap what it left behind.
 Contracts (checked by tests/integration/test_sandbox_conformance.py):
 - ``start`` returns once the process exists; readiness is the runner's
   ``ready`` frame, which the caller awaits with its own deadline.
-- ``recv`` yields frames in order and returns None exactly once the runner's
-  output ended; it never raises for a dead sandbox.
+- ``recv`` yields frames in order, each parsed strictly by
+  ``channel.decode_frame`` (a line that breaks the protocol is a
+  ``Violation`` frame), and returns None exactly once the runner's output
+  ended; it never raises for a dead sandbox or for anything the runner sent.
 - ``stop`` is staged and bounded: close the input, wait ``grace_s``, then
   terminate and kill. It is idempotent and safe after a crash.
 - After ``stop`` returns, no process of the sandbox is left.
@@ -19,12 +21,16 @@ Contracts (checked by tests/integration/test_sandbox_conformance.py):
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+# The channel's codec, re-exported for every backend.
+from ..channel import RunnerFrame
+from ..channel import decode_frame as decode_frame
+from ..channel import encode_frame as encode_frame
 
 MODEL_SOCKET = "/run/moorage/model.sock"
 TUNNEL_SOCKET = "/run/moorage/tunnel.sock"
@@ -51,7 +57,7 @@ class Sandbox(Protocol):
 
     async def send(self, frame: dict[str, Any]) -> None: ...
 
-    async def recv(self) -> dict[str, Any] | None: ...
+    async def recv(self) -> RunnerFrame | None: ...
 
     async def stop(self, grace_s: float) -> int | None: ...
 
@@ -106,19 +112,3 @@ async def stop_in_stages(
             return
         except TimeoutError:
             continue
-
-
-def encode_frame(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-
-
-def decode_frame(line: bytes) -> dict[str, Any]:
-    """One runner frame. A line that is not a JSON object becomes a ``log``
-    frame: a sandbox may print anything, and that must not break the channel."""
-    try:
-        frame = json.loads(line)
-    except ValueError:
-        return {"kind": "garbage", "bytes": len(line)}
-    if not isinstance(frame, dict):
-        return {"kind": "garbage", "bytes": len(line)}
-    return frame

@@ -39,6 +39,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..bounded import ByteQueue
+from ..channel import RunnerFrame
 from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
 from .base import (
@@ -241,7 +242,7 @@ class DockerSandbox:
         except (ConnectionError, RuntimeError, AssertionError, aiohttp.ClientError) as exc:
             raise SandboxError("sandbox input is closed") from exc
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
         if self._eof:
             return None
         line = await self._lines.get()

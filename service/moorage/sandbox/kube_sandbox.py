@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import io
 import os
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from ..channel import Reason, RunnerFrame, Snapshot, Violation
 from ..errors import SandboxError
 from .base import SandboxSpec, decode_frame, encode_frame
 from .kube_objects import oom_killed, terminated
@@ -148,18 +150,18 @@ class KubernetesSandbox:
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise SandboxError("sandbox input is closed") from exc
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
         self._reading = True
         try:
             while (frame := await self._next()) is not None:
-                if frame.get("kind") != "snapshot":
+                if not isinstance(frame, Snapshot):
                     return frame
                 self._on_snapshot(frame)  # asked for by stop(), not the caller's
             return None
         finally:
             self._reading = False
 
-    async def _next(self) -> dict[str, Any] | None:
+    async def _next(self) -> RunnerFrame | None:
         while True:
             line, sep, rest = self._buffer.partition(b"\n")
             if sep:
@@ -174,7 +176,7 @@ class KubernetesSandbox:
                 # An over-long line: the runner broke the channel contract.
                 self._buffer = b""
                 await self.kill()
-                return None
+                return Violation(Reason.TOO_LARGE)
             await self._read_message()
 
     async def _read_message(self) -> None:
@@ -225,37 +227,36 @@ class KubernetesSandbox:
         *lines, tail = self._buffer.split(b"\n")
         kept = []
         for line in lines:
-            frame = decode_frame(line) if b'"snapshot"' in line else {}
-            if frame.get("kind") == "snapshot":
+            frame = decode_frame(line) if b'"snapshot"' in line else None
+            if isinstance(frame, Snapshot):
                 self._on_snapshot(frame)
             else:
                 kept.append(line + b"\n")
         self._buffer = b"".join(kept) + tail
 
-    def _on_snapshot(self, frame: dict[str, Any]) -> None:
+    def _on_snapshot(self, frame: Snapshot) -> None:
         """Take one snapshot frame: only while a snapshot was asked for and not yet complete
         (anything else is dropped unread), and only up to ``snapshot_limit`` bytes."""
         if not self._snapshot_asked or self._snapshot_done.is_set():
             log.debug("sandbox_snapshot_unasked", pod=self.name)
             return
-        if not frame.get("ok"):
-            log.warning("workspace_not_fetched", pod=self.name, error=str(frame.get("message", ""))[:300])
+        if not frame.ok:
+            log.warning("workspace_not_fetched", pod=self.name, error=frame.message[:300])
             self._snapshot_failed()
             return
         limit = snapshot_limit(self._backend.config.workspace_bytes)
-        data = frame.get("data", "")
         # base64 decodes to 3/4 of its length: refuse before decoding what cannot fit.
-        if not isinstance(data, str) or len(self._snapshot) + len(data) * 3 // 4 > limit:
+        if len(self._snapshot) + len(frame.data) * 3 // 4 > limit:
             log.warning("workspace_not_fetched", pod=self.name, error=f"snapshot over {limit} bytes")
             self._snapshot_failed()
             return
         try:
-            self._snapshot += base64.b64decode(data, validate=True)
-        except ValueError:
+            self._snapshot += base64.b64decode(frame.data, validate=True)
+        except binascii.Error:
             log.warning("workspace_not_fetched", pod=self.name, error="snapshot frame is not base64")
             self._snapshot_failed()
             return
-        if frame.get("last"):
+        if frame.last:
             self._snapshot_ok = True
             self._snapshot_done.set()
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from ..channel import Reason, RunnerFrame, Violation
 from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
 from .base import (
@@ -219,14 +220,14 @@ class LocalSandbox:
         except (ConnectionError, RuntimeError) as exc:
             raise SandboxError("sandbox input is closed") from exc
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> RunnerFrame | None:
         assert self._proc.stdout is not None
         try:
             line = await self._proc.stdout.readline()
         except (ValueError, asyncio.LimitOverrunError):
             # An over-long line: the runner broke the channel contract.
             await self.kill()
-            return None
+            return Violation(Reason.TOO_LARGE)
         except ConnectionError:
             return None
         if not line:

@@ -1,0 +1,470 @@
+"""The runner channel, without I/O: one typed, versioned definition of the
+frames that cross a sandbox's stdio, and a strict parser for what the runner
+sends.
+
+Everything a runner writes is untrusted: the agent runs as the runner's own
+uid inside the sandbox and can replace it. So a runner line is parsed into a
+typed frame with a bounded size and nesting depth, strict JSON (no
+NaN/Infinity, no unpaired surrogates), a kind from a fixed set and checked
+field types, and ``RunnerChannel`` checks that frames come in an order the
+real runner can produce. Anything else is a ``ChannelViolation`` with a
+stable ``Reason``; the session ends (``sandbox_crashed``) and never echoes the
+offending bytes. A line that is not meant as a frame at all (it does not
+start with ``{``: a stray print) is ``Garbage`` and ignored.
+
+The runner (``container/moorage_runner/channel.py``) carries its own copy of
+the constants below; tests/unit/test_channel.py keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, Literal
+
+# -- shared with container/moorage_runner/channel.py (kept equal by a test) --
+CHANNEL_VERSION = 1
+# A frame carries one SDK message; a Read of a large file can be big.
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+# Objects and arrays inside one another, counting the frame itself. The real
+# runner's deepest frame (an rpc append of a tool call's input) is ~10 plus
+# the tool input's own depth; Python's parser fails near 1000.
+MAX_DEPTH = 100
+RUNNER_KINDS = frozenset({"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot"})
+SERVICE_KINDS = frozenset({"start", "user", "interrupt", "restore", "snapshot", "rpc_result", "rpc_error"})
+RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
+# -- end of the shared constants --
+
+# JSON values in one frame (roughly: commas and brackets outside strings).
+# Parsed, a value costs up to ~30x its bytes (``[[],[],…]``): this keeps a
+# 32 MiB line of tiny values from becoming ~1 GB of Python objects. A real
+# frame's bulk is strings (a file the agent read), which count once.
+MAX_VALUES = 1_000_000
+MAX_RPC_ID_CHARS = 64
+MAX_TEXT_CHARS = 64 * 1024  # error / restore / snapshot messages (the session keeps less)
+
+RpcMethod = Literal["store.append", "store.load", "store.list_subkeys"]
+
+
+class Reason(StrEnum):
+    """Why a runner line was refused: stable, safe to log and to show."""
+
+    TOO_LARGE = "frame_too_large"
+    TOO_DEEP = "frame_too_deep"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_FINITE = "not_finite"
+    NOT_OBJECT = "not_an_object"
+    UNKNOWN_KIND = "unknown_kind"
+    BAD_FIELD = "bad_field"
+    OUT_OF_ORDER = "out_of_order"
+
+
+class ChannelViolation(Exception):
+    """The runner broke the channel protocol. ``detail`` is ours (a field
+    name, a phase), never text the runner sent."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason}{': ' + detail if detail else ''}")
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """What a client is told."""
+        return f"the sandbox broke the channel protocol ({self}); the session was stopped"
+
+
+# -- runner -> service ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Imports done; waiting for ``start`` (a warm pool may hold it here)."""
+
+    version: int = CHANNEL_VERSION
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The SDK client is connected."""
+
+
+@dataclass(frozen=True)
+class Sdk:
+    """One SDK message, the CLI's own stream-json object."""
+
+    message: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.message["type"])
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """A SessionStore call, answered with ``RpcResult`` or ``RpcError``."""
+
+    id: int | str
+    method: RpcMethod
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunnerError:
+    """The runner cannot go on; it exits next. ``message`` is runner text:
+    shown to clients (bounded), never a metric label."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The answer to the last ``restore`` frame."""
+
+    ok: bool
+    files: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One chunk of a workspace snapshot the service asked for."""
+
+    ok: bool
+    data: str
+    last: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """A line that is not meant as a frame (a stray print); ignored."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Violation:
+    """What a backend's ``recv`` yields for a line that broke the protocol
+    (``decode_frame`` never raises); the session ends on it."""
+
+    reason: Reason
+    detail: str = ""
+
+    def error(self) -> ChannelViolation:
+        return ChannelViolation(self.reason, self.detail)
+
+
+RunnerFrame = Loaded | Ready | Sdk | Rpc | RunnerError | Restored | Snapshot | Garbage | Violation
+
+
+# -- service -> runner ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    options: dict[str, Any]
+    model_proxy: str
+    store: bool = True
+    egress_proxy: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {
+            "kind": "start",
+            "version": CHANNEL_VERSION,
+            "options": self.options,
+            "model_proxy": self.model_proxy,
+            "store": self.store,
+        }
+        if self.egress_proxy is not None:
+            frame["egress_proxy"] = self.egress_proxy
+        return frame
+
+
+@dataclass(frozen=True)
+class User:
+    message: dict[str, Any]  # a stream-json user line
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "user", "message": self.message}
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "interrupt"}
+
+
+@dataclass(frozen=True)
+class Restore:
+    data: str  # base64
+    last: bool
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "restore", "data": self.data, "last": self.last}
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    max_bytes: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "snapshot", "max_bytes": self.max_bytes}
+
+
+@dataclass(frozen=True)
+class RpcResult:
+    id: int | str
+    result: Any
+    more: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {"kind": "rpc_result", "id": self.id, "result": self.result}
+        if self.more:
+            frame["more"] = True
+        return frame
+
+
+@dataclass(frozen=True)
+class RpcError:
+    id: int | str
+    message: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "rpc_error", "id": self.id, "message": self.message}
+
+
+ServiceFrame = Start | User | Interrupt | Restore | SnapshotRequest | RpcResult | RpcError
+
+
+# -- the strict parser ------------------------------------------------------
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _NotFinite(token[:0])
+    return value
+
+
+def _constant(token: str) -> Any:
+    raise _NotFinite(token[:0])
+
+
+# One JSON string (unrolled, so linear on long strings).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _values(text: str) -> int:
+    """An upper bound of the values in ``text``, counting brackets and commas."""
+    return text.count(",") + text.count("[") + text.count("{")
+
+
+# An escaped UTF-16 surrogate (\\ud800-\\udfff): unpaired, it cannot be re-encoded.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_FRAME_BYTES:
+        raise ChannelViolation(Reason.TOO_LARGE)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ChannelViolation(Reason.NOT_UTF8) from None
+    # Cheap bound first: a line with fewer brackets than the limit cannot nest deeper.
+    shallow = text.count("[") + text.count("{") <= MAX_DEPTH
+    if _values(text) > MAX_VALUES and _values(_STRING.sub("", text)) > MAX_VALUES:
+        raise ChannelViolation(Reason.TOO_LARGE, "too many values")
+    try:
+        data = json.loads(text, parse_constant=_constant, parse_float=_finite)
+    except RecursionError:
+        raise ChannelViolation(Reason.TOO_DEEP) from None
+    except _NotFinite:
+        raise ChannelViolation(Reason.NOT_FINITE) from None
+    except ValueError:  # also: an integer too long to convert
+        raise ChannelViolation(Reason.NOT_JSON) from None
+    if not isinstance(data, dict):
+        raise ChannelViolation(Reason.NOT_OBJECT)
+    if not shallow and _depth_exceeds(data, MAX_DEPTH):
+        raise ChannelViolation(Reason.TOO_DEEP)
+    if _SURROGATE_ESCAPE.search(text) and _has_surrogate(data):
+        raise ChannelViolation(Reason.NOT_UTF8, "unpaired surrogate")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+    """``data[name]`` if it has one of ``kinds`` (bool is not an int here);
+    ``default`` when absent and a default is given."""
+    if name not in data:
+        if default is not None:
+            return default
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} is missing")
+    value = data[name]
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} has the wrong type")
+    if not isinstance(value, kinds):
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} has the wrong type")
+    return value
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value: str = _field(data, name, str, "")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} is too long")
+    return value
+
+
+def _rpc_id(data: dict[str, Any]) -> int | str:
+    value: int | str = _field(data, "id", (int, str))
+    if isinstance(value, str) and not 0 < len(value) <= MAX_RPC_ID_CHARS:
+        raise ChannelViolation(Reason.BAD_FIELD, "rpc.id is empty or too long")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ChannelViolation(Reason.BAD_FIELD, "rpc.id is out of range")
+    return value
+
+
+def parse_runner_line(line: bytes) -> RunnerFrame:
+    """One line from a runner as a typed frame; ``ChannelViolation`` if it
+    breaks the protocol. Never returns ``Violation`` (``decode_frame`` does)."""
+    if not line.lstrip().startswith(b"{"):
+        if len(line) > MAX_FRAME_BYTES:
+            raise ChannelViolation(Reason.TOO_LARGE)
+        return Garbage(len(line))
+    data = _decode(line)
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in RUNNER_KINDS:
+        raise ChannelViolation(Reason.UNKNOWN_KIND)
+    if kind == "loaded":
+        version: int = _field(data, "version", int, CHANNEL_VERSION)
+        return Loaded(version)
+    if kind == "ready":
+        return Ready()
+    if kind == "sdk":
+        message: dict[str, Any] = _field(data, "message", dict)
+        if not isinstance(message.get("type"), str):
+            raise ChannelViolation(Reason.BAD_FIELD, "sdk.message.type is not a string")
+        return Sdk(message)
+    if kind == "rpc":
+        rpc_id = _rpc_id(data)
+        method = _field(data, "method", str)
+        if method not in RPC_METHODS:
+            raise ChannelViolation(Reason.BAD_FIELD, "rpc.method is not a store method")
+        params: dict[str, Any] = _field(data, "params", dict)
+        return Rpc(rpc_id, method, params)
+    if kind == "error":
+        return RunnerError(_text(data, "message"))
+    if kind == "restored":
+        ok: bool = _field(data, "ok", bool)
+        files: int = _field(data, "files", int, 0)
+        return Restored(ok, files, _text(data, "message"))
+    # snapshot
+    ok = _field(data, "ok", bool)
+    data_b64: str = _field(data, "data", str, "")
+    if len(data_b64) > MAX_FRAME_BYTES:
+        raise ChannelViolation(Reason.TOO_LARGE)
+    last: bool = _field(data, "last", bool, False)
+    return Snapshot(ok, data_b64, last, _text(data, "message"))
+
+
+def decode_frame(line: bytes) -> RunnerFrame:
+    """``parse_runner_line`` for a backend's ``recv``: a violation becomes a
+    ``Violation`` frame instead of an exception."""
+    try:
+        return parse_runner_line(line)
+    except ChannelViolation as exc:
+        return Violation(exc.reason, exc.detail)
+
+
+def encode_frame(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+# -- order ------------------------------------------------------------------
+
+
+class Phase(Enum):
+    LOADING = "loading"  # started, before ``loaded``
+    LOADED = "loaded"  # waiting for ``start`` (restore frames may come first)
+    RESTORING = "restoring"  # the last ``restore`` frame went out: ``restored`` next
+    STARTING = "starting"  # ``start`` went out: store calls, then ``ready``
+    READY = "ready"
+
+
+class RunnerChannel:
+    """Which runner frame may come next, given what the service sent. Pure:
+    feed it every frame both ways; ``received`` raises ``ChannelViolation``
+    (``OUT_OF_ORDER``) for a frame the real runner never sends at that point."""
+
+    def __init__(self, phase: Phase = Phase.LOADING) -> None:
+        self.phase = phase
+
+    def sent(self, frame: ServiceFrame) -> None:
+        if isinstance(frame, Restore) and frame.last and self.phase is Phase.LOADED:
+            self.phase = Phase.RESTORING
+        elif isinstance(frame, Start) and self.phase is Phase.LOADED:
+            self.phase = Phase.STARTING
+
+    def received(self, frame: RunnerFrame, turn_running: bool = False) -> RunnerFrame:
+        """``frame``, if it may come now. ``turn_running``: a user turn is
+        under way (a ``result`` outside one is out of order)."""
+        if isinstance(frame, Violation):
+            raise frame.error()
+        if isinstance(frame, (Garbage, RunnerError)):
+            return frame
+        expected = {
+            Loaded: (Phase.LOADING,),
+            Restored: (Phase.RESTORING,),
+            Ready: (Phase.STARTING,),
+            Rpc: (Phase.STARTING, Phase.READY),
+            Sdk: (Phase.READY,),
+        }.get(type(frame), ())  # Snapshot: never unasked (backends take the ones they asked for)
+        if self.phase not in expected:
+            raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(frame).__name__.lower()} while {self.phase.value}")
+        if isinstance(frame, Sdk) and frame.type == "result" and not turn_running:
+            raise ChannelViolation(Reason.OUT_OF_ORDER, "result outside a turn")
+        if isinstance(frame, Loaded):
+            if frame.version != CHANNEL_VERSION:
+                raise ChannelViolation(Reason.BAD_FIELD, "unsupported channel version")
+            self.phase = Phase.LOADED
+        elif isinstance(frame, Restored):
+            self.phase = Phase.LOADED
+        elif isinstance(frame, Ready):
+            self.phase = Phase.READY
+        return frame
