@@ -139,5 +139,6 @@ def audit_stopped(services: Iterable[Service] | None = None) -> None:
             audit(group)
         except AssertionError as exc:
             failures.append(str(exc))
+            sweep_after_kill(group[-1].state_dir)  # reported; not left to pile up on the host
     if failures:
         raise AssertionError("\n".join(failures))
