@@ -61,6 +61,11 @@ async def start_loaded(
         first = await asyncio.wait_for(sandbox.recv(), timeout_s)
     except TimeoutError:
         first = {"message": f"the runner did not load within {timeout_s:g}s"}
+    except BaseException:
+        # Cancelled while loading (the pool closing at shutdown): the sandbox,
+        # its socket and its workspace (a tmpfs mount) must not outlive us.
+        await asyncio.shield(discard(Loaded(sandbox, sandbox_id, workspace), proxy, metrics))
+        raise
     if first is None or first.get("kind") != "loaded":
         await discard(Loaded(sandbox, sandbox_id, workspace), proxy, metrics)
         detail = (first or {}).get("message", "the runner exited while loading")
