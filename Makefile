@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat python3-venv util-linux procps
 PACKAGES := -e service -e container -e session-store
 
-.PHONY: help deps venv run demo chat test test-unit lint format bench images constraints clean
+.PHONY: help deps venv run demo chat test test-repeat test-unit lint format bench images constraints clean
 
 help:
 	@echo "make run     the service on 127.0.0.1:8080 (SQLite + local bubblewrap sandboxes)"
 	@echo "make demo    the same, against the scripted model (no API key needed)"
 	@echo "make chat    a terminal client for a running service"
 	@echo "make test    every test (unit, integration, e2e)"
+	@echo "make test-repeat [N=5] [ONE_CORE=1]   the whole suite N times in a row (on one core), stop at the first failure"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks -> bench/results*.json"
 	@echo "make images  the sandbox and service images (offline; DOCKER_HOST, else a private dockerd)"
@@ -53,6 +54,20 @@ chat: venv
 
 test: deps venv
 	$(PY) -m pytest
+
+# The whole suite N times in a row, stopping at the first failing run (a flake
+# hunt). ONE_CORE=1 pins it (and every process it starts) to CPU 0 to shake timing.
+N ?= 5
+ONE_CORE ?=
+test-repeat: deps venv
+	@pin=""; if [ -n "$(ONE_CORE)" ]; then pin="taskset -c 0"; fi; \
+	for i in $$(seq 1 $(N)); do \
+	  echo "== test-repeat: run $$i of $(N)$${pin:+ (on one core: $$pin)}"; \
+	  if ! $$pin $(PY) -m pytest; then \
+	    echo "== test-repeat: run $$i of $(N) FAILED"; exit 1; \
+	  fi; \
+	done; \
+	echo "== test-repeat: all $(N) runs passed$${pin:+ (on one core)}"
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

@@ -57,6 +57,9 @@ class Service:
     log_path: Path
     proc: subprocess.Popen[bytes]
     env: dict[str, str] = field(default_factory=dict)
+    started_by: str = ""  # the test that started it (PYTEST_CURRENT_TEST)
+    started_at: float = 0.0  # CLOCK_BOOTTIME seconds
+    stopped_at: float | None = None  # CLOCK_BOOTTIME seconds, once its process is gone
 
     @property
     def url(self) -> str:
@@ -75,6 +78,9 @@ class Service:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+
+STARTED: list[Service] = []  # every service run_service started, in order
 
 
 @contextmanager
@@ -99,11 +105,15 @@ def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
         **overrides,
     }
     log_path = state / "service.log"
+    started_at = time.clock_gettime(time.CLOCK_BOOTTIME)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moorage", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    service = Service(port, state, log_path, proc, env)
+    # A restart on an earlier service's state dir (MOORAGE_STATE_DIR): its own log, the shared state.
+    state_dir = Path(overrides.get("MOORAGE_STATE_DIR") or state)
+    service = Service(port, state_dir, log_path, proc, env, os.environ.get("PYTEST_CURRENT_TEST", ""), started_at)
+    STARTED.append(service)  # for the leak audit (tests/leaks.py)
     try:
         wait_until(lambda: service.healthy() or proc.poll() is not None, 30, "the service to answer /healthz")
         if proc.poll() is not None:
@@ -117,6 +127,7 @@ def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        service.stopped_at = time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class Client:

@@ -35,6 +35,7 @@ from .protocol import InterruptFrame, PingFrame, UserFrame, dumps, parse_client_
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
 from .settings import Settings
+from .sweep import socket_prefix
 from .tunnel import Tunnel, parse_allowlist, parse_networks
 
 log = structlog.get_logger(__name__)
@@ -377,6 +378,7 @@ def create_app(settings: Settings) -> Starlette:
                 settings.anthropic_base_url,
                 settings.anthropic_api_key.get_secret_value(),
                 ProxyLimits.from_settings(settings),
+                prefix=socket_prefix(settings.state_dir),  # found again by the next start's sweep
             )
             metrics = Metrics(tuple(settings.prices))
             accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)

@@ -128,11 +128,20 @@ class Usage:
 class ModelProxy:
     """Owns one aiohttp server listening on one unix socket per live sandbox."""
 
-    def __init__(self, socket_dir: Path | None, upstream: str, api_key: str, limits: ProxyLimits | None = None) -> None:
+    def __init__(
+        self,
+        socket_dir: Path | None,
+        upstream: str,
+        api_key: str,
+        limits: ProxyLimits | None = None,
+        prefix: str = "moorage-egress-",
+    ) -> None:
         # A unix socket path must fit in 108 bytes, so by default the sockets
-        # live in a short private directory, not under the state dir.
+        # live in a short private directory, not under the state dir, named
+        # with ``prefix`` (the replica's: a restart after a crash finds and
+        # removes the one its predecessor left, see sweep.py).
         self._own_dir = socket_dir is None
-        self.socket_dir = (socket_dir or Path(tempfile.mkdtemp(prefix="moorage-egress-", dir=_short_base()))).resolve()
+        self.socket_dir = (socket_dir or Path(tempfile.mkdtemp(prefix=prefix, dir=socket_base()))).resolve()
         self.upstream = upstream.rstrip("/")
         self._api_key = api_key
         self.limits = limits or ProxyLimits()
@@ -360,6 +369,6 @@ def _settle(meter: ResponseMeter, record: Usage | None, charge: Charge | None) -
         charge(meter.model, delta)
 
 
-def _short_base() -> str | None:
+def socket_base() -> str:
     """/run when we may write there (root), else the system temp dir."""
-    return "/run" if os.access("/run", os.W_OK) else None
+    return "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,10 +24,13 @@ from typing import Any
 
 import structlog
 
+from .egress import socket_base
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
+from .metrics import SWEPT_KINDS
 from .sandbox.uids import reserving
 from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
+from .sweep import carry_out, decide, look, socket_prefix
 from .workspaces import remove_workspace, suspend_record
 
 log = structlog.get_logger(__name__)
@@ -116,6 +120,7 @@ class SessionManager:
 
     async def start(self) -> None:
         await self.recover()
+        await self.sweep()  # what the previous run left that no session owns: before the pool fills
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
         if self.retention.enabled:
@@ -311,6 +316,24 @@ class SessionManager:
             if record.id in self.sessions or record.id in self._locks:
                 continue
             await self._recover_one(record)
+
+    async def sweep(self) -> None:
+        """Remove what a crashed run left under the state dir that no session
+        of this replica still owns (see sweep.py); one log line, a counter."""
+        try:  # a session the recovery could not suspend keeps its workspace
+            left = await self.records.list(state="active", owner=self.deps.replica)
+        except STORE_ERRORS as exc:
+            log.warning("state_sweep_skipped", error=type(exc).__name__)
+            return
+        keep = {Path(str(h["workspace"])).name for r in left if (h := r.sandbox or {}).get("workspace")}
+        keep |= {s.workspace.name for s in self.sessions.values() if s.workspace is not None}
+        state_dir = self.settings.state_dir
+        found = await asyncio.to_thread(look, state_dir, Path(socket_base()), socket_prefix(state_dir))
+        plan = decide(found, keep, self.deps.proxy.socket_dir, os.geteuid())
+        removed = await asyncio.to_thread(carry_out, plan) if plan else dict.fromkeys(SWEPT_KINDS, 0)
+        for kind, count in removed.items():
+            self.deps.metrics.state_swept.labels(kind).inc(count)
+        log.info("state_swept", kept=len(keep), **removed)
 
     async def _recover_one(self, record: Any) -> None:
         handle = record.sandbox or {}

@@ -25,6 +25,8 @@ DIRECTIONS = ("in", "out")
 REHYDRATION_OUTCOMES = ("ok", "failed")
 BUDGET_SCOPES = ("session", "tenant")
 DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
+# What the start-up sweep removes (sweep.KINDS).
+SWEPT_KINDS = ("workspace", "probe", "mount", "cgroup", "socket_dir", "uid_lock")
 OTHER_MODEL = "other"
 _CODES = frozenset(str(code) for code in Code)
 
@@ -133,6 +135,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.state_swept = Counter(
+            "moorage_state_swept_total",
+            "What the start-up sweep removed from the state dir that a crashed run left, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.sandbox_time = SandboxTime()
         r.register(self.sandbox_time)
         self._zero()
@@ -164,6 +172,8 @@ class Metrics:
             self.egress_connections.labels(verdict)
         for reason in DELETE_REASONS:
             self.sessions_deleted.labels(reason)
+        for kind in SWEPT_KINDS:
+            self.state_swept.labels(kind)
 
     def count_error(self, code: object) -> None:
         """Count one error frame sent to clients. Only the service's own

@@ -77,7 +77,8 @@ async def start_loaded(
         raise SandboxError(
             f"sandbox did not start: the runner did not load within {timeout_s:g}s", code=Code.SANDBOX_START_FAILED
         ) from None
-    except BaseException:  # SandboxError above, a cancelled start, a bug: nothing may be left running
+    except BaseException:  # SandboxError above, a cancelled start (the pool closing), a bug: the
+        # sandbox, its socket and its workspace (a tmpfs mount) must not outlive us
         await asyncio.shield(discard(loaded, proxy, metrics))
         raise
     return loaded

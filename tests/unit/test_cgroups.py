@@ -102,3 +102,18 @@ def test_a_v2_host_without_the_controllers_means_no_limits(tmp_path: Path) -> No
     cgroups = Cgroups(Limits(512 * 1024**2, 64, 1.0), base={}, v2_base=base, pid=1)
     assert cgroups.v2 is None and cgroups.available == []
     assert not (base / "moorage-service").exists()
+
+
+def test_a_crashed_runs_sandbox_cgroups_are_found_by_sandbox_id_and_removed(tmp_path: Path) -> None:
+    """v1: one directory per controller; ``of`` finds those a sandbox left, ``close`` removes them."""
+    base = {c: tmp_path / c for c in ("memory", "pids")}
+    for parent in base.values():
+        (parent / "moorage-abc123").mkdir(parents=True)
+        (parent / "moorage-other").mkdir()
+    cgroups = Cgroups(Limits(512 * 1024**2, 64, 0.5), base=base)
+    left = cgroups.of("abc123")
+    assert set(left.dirs) == {"memory", "pids"}
+    left.close()
+    assert not any((p / "moorage-abc123").exists() for p in base.values())
+    assert all((p / "moorage-other").exists() for p in base.values())
+    assert cgroups.of("gone").dirs == {}

@@ -180,6 +180,11 @@ class Cgroups:
             raise
         return cg
 
+    def of(self, sandbox_id: str) -> SandboxCgroup:
+        """The cgroups a sandbox of this id left, if any (a crashed run's: to remove)."""
+        parents = {V2: self.v2} if self.v2 is not None else self.base
+        return SandboxCgroup({k: d for k, p in parents.items() if (d := p / f"moorage-{sandbox_id}").is_dir()})
+
     def _create_v2(self, sandbox_id: str) -> SandboxCgroup:
         assert self.v2 is not None
         d = self.v2 / f"moorage-{sandbox_id}"

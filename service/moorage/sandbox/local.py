@@ -497,7 +497,12 @@ class LocalBackend:
 
     async def reap(self, handle: dict[str, Any]) -> None:
         """Kill what is left of a sandbox a previous run of the service
-        started (from its persisted handle), unless its uid is in use now."""
+        started (from its persisted handle), unless its uid is in use now,
+        and remove its cgroups (named by its sandbox id: its own whoever
+        holds the uid now)."""
+        sandbox_id = handle.get("sandbox_id")
+        if self.cgroups is not None and isinstance(sandbox_id, str) and sandbox_id.isalnum():
+            await asyncio.to_thread(self.cgroups.of(sandbox_id).close)
         uid = handle.get("uid")
         if not isinstance(uid, int) or uid in self.uids.held:
             return

@@ -131,13 +131,41 @@ def reserving(uid: object) -> Iterator[None]:
 
 
 def _flock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An flock on ``path`` (created if need be), or None if held elsewhere.
+    A start-up sweep may unlink a stale lock file while holding its lock
+    (``release_stale``): a lock taken on a file unlinked meanwhile guards
+    nothing, so it is taken again on the file the path names now."""
+    for _ in range(3):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
         os.close(fd)
-        return None
-    return fd
+    return None
+
+
+def release_stale(uid: int, lock_dir: Path = Path(UID_LOCKS)) -> bool:
+    """Remove ``uid``'s lock file if nobody holds it and no process runs as
+    the uid (the caller has proved the uid was its own: a workspace it left
+    is owned by it). Unlinked while locked, so no one locks the old file."""
+    path = lock_dir / f"{uid}.lock"
+    if not path.exists():
+        return False
+    fd = _flock(path)
+    if fd is None:
+        return False
+    try:
+        if pids_of_uid(uid):
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def become_subreaper() -> None:

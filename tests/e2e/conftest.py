@@ -1,0 +1,24 @@
+"""The leak audit, for every e2e test (see tests/leaks.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from leaks import audit_stopped
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_audit_at_the_end() -> Iterator[None]:
+    """Services that outlive a test (the shared ``service``, module-scoped
+    ones) are audited once they stop: at the latest, here."""
+    yield
+    audit_stopped()
+
+
+@pytest.fixture(autouse=True)
+def leak_audit(leak_audit_at_the_end: None) -> Iterator[None]:
+    """After each test: every service that has stopped by now (the test's
+    own, and any module-scoped one torn down before it) left nothing."""
+    yield
+    audit_stopped()
