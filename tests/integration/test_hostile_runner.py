@@ -321,6 +321,11 @@ async def aboom(*args: Any, **kwargs: Any) -> Any:
     raise Boom("injected")
 
 
+async def aboom_stream(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+    raise Boom("injected")
+    yield b""  # an async generator, like the store's chunk streams
+
+
 @pytest.mark.parametrize("stage", ["start", "restore", "pump", "relay"])
 async def test_a_bug_at_any_stage_releases_every_slot(
     harness: Harness, stage: str, monkeypatch: pytest.MonkeyPatch
@@ -338,7 +343,7 @@ async def test_a_bug_at_any_stage_releases_every_slot(
         await first.close()
         await all_released(harness)
         session_id = first.id
-        monkeypatch.setattr(records, "load_workspace", aboom)
+        monkeypatch.setattr(records, "load_workspace_stream", aboom_stream)
     elif stage == "start":
         monkeypatch.setattr(records, "update", aboom)
     elif stage == "pump":

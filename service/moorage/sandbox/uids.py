@@ -88,6 +88,9 @@ class UidPool:
 
     @property
     def held(self) -> set[int]:
+        """Uids in use: taken, or parked while their workspace still exists
+        (a parked uid whose workspace is gone comes back first)."""
+        self._unpark()
         return set(self._held)
 
     def give_back(self, uid: int, once_gone: Path | None = None) -> None:
