@@ -21,7 +21,7 @@ from pathlib import Path
 
 from moorage.egress import socket_base
 from moorage.sweep import carry_out, cgroup_parents, decide, look, mount_points, socket_prefix
-from support import STARTED, Service, events, scaled
+from support import STARTED, Service, events, processes_of_uid, scaled
 
 AUDIT_TIMEOUT_S = 15.0  # for asynchronous teardown (processes exiting): a bounded poll, not a sleep
 _audited: set[int] = set()  # ids of services already audited
@@ -37,18 +37,6 @@ def _started_at(pid: int) -> float | None:
     if fields[0] in (b"Z", b"X"):
         return None  # a zombie holds nothing
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def _pids_of(uid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
 
 
 def _cgroups_of(pid: int) -> set[str]:
@@ -70,7 +58,7 @@ def _processes_left(service: Service) -> list[str]:
     stopped_at = service.stopped_at or time.clock_gettime(time.CLOCK_BOOTTIME)
     found = []
     for uid in sorted({e["uid"] for e in started if isinstance(e.get("uid"), int)}):
-        for pid in _pids_of(uid):
+        for pid in processes_of_uid(uid):
             at, cgroups = _started_at(pid), _cgroups_of(pid)
             if at is None:
                 continue

@@ -18,13 +18,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import websockets
+from aiohttp import web
 from moorage.testing.scripted_model import ScriptedModelServer
 
 FACTOR = float(os.environ.get("MOORAGE_TEST_TIMEOUT_FACTOR", "1"))
@@ -418,3 +419,23 @@ def http_status(url: str) -> tuple[int, dict[str, object]]:
 def prompts_seen(model: ScriptedModelServer) -> str:
     """Everything the model was last sent, as text (the conversation it saw)."""
     return json.dumps(model.model.requests[-1]["messages"])
+
+
+@contextlib.asynccontextmanager
+async def serve_messages(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], max_body: int = 1024**2
+) -> AsyncIterator[str]:
+    """A stand-in Messages API upstream on a free loopback port: ``handler``
+    answers ``POST /v1/messages`` (bodies up to ``max_body``, aiohttp's
+    default); yields the base URL."""
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/v1/messages", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

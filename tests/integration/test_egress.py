@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from moorage.egress import ModelProxy
-from support import scaled
+from support import scaled, serve_messages
 
 REAL = "sk-real"
 
@@ -45,15 +45,8 @@ class Upstream:
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
     up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/messages", up.messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield up, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_messages(up.messages) as url:
+        yield up, url
 
 
 @pytest.fixture

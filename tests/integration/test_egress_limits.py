@@ -20,7 +20,7 @@ from aiohttp import web
 from moorage.egress import ModelProxy, ProxyLimits
 from moorage.egress_port import ProxyPort
 from moorage.tunnel import Tunnel, parse_allowlist
-from support import scaled
+from support import scaled, serve_messages
 
 MiB = 1024 * 1024
 
@@ -41,15 +41,8 @@ class Upstream:
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
     up = Upstream()
-    app = web.Application(client_max_size=1024 * MiB)
-    app.router.add_post("/v1/messages", up.messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield up, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_messages(up.messages, max_body=1024 * MiB) as url:
+        yield up, url
 
 
 def unix(sock: Path) -> aiohttp.ClientSession:

@@ -20,7 +20,7 @@ from aiohttp import web
 from moorage.accounting import DEFAULT_PRICES, Accounting, Ledger
 from moorage.egress import ModelProxy, Usage
 from moorage.metrics import Metrics
-from support import scaled
+from support import scaled, serve_messages
 
 KINDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
@@ -102,15 +102,8 @@ class Upstream:
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
     up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/messages", up.messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield up, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_messages(up.messages) as url:
+        yield up, url
 
 
 @pytest.fixture
