@@ -311,15 +311,7 @@ class CustomToolResult:
 
 
 ServiceFrame = (
-    Start
-    | User
-    | Interrupt
-    | Restore
-    | SnapshotRequest
-    | RpcResult
-    | RpcError
-    | PermissionResponse
-    | CustomToolResult
+    Start | User | Interrupt | Restore | SnapshotRequest | RpcResult | RpcError | PermissionResponse | CustomToolResult
 )
 
 

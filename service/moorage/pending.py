@@ -16,7 +16,7 @@ client that attaches (``replay``), so a pending request survives a
 disconnect. An answer for an id that is not pending (answered already, timed
 out, never asked, or of the other kind) is refused with ``request_not_pending``.
 
-Field names map onto the Managed Agents events (MANAGED_AGENTS.md §6.2–6.4):
+Field names map onto the Managed Agents events (MANAGED_AGENTS.md §6.2-6.4):
 ``permission_request`` is ``agent.tool_use`` with ``evaluated_permission:
 "ask"`` (its ``id`` the CLI's tool_use id), ``permission_response`` is
 ``user.tool_confirmation`` (``behavior`` -> ``result``, ``message`` ->
