@@ -170,6 +170,7 @@ class Pending:
     passed in; the caller executes the ``Resolution``s it returns."""
 
     timeout_s: float
+    tools: AgentTools = field(default_factory=AgentTools)  # what the runner may ask about
     limit: int = MAX_PENDING
     _requests: dict[str, Request] = field(default_factory=dict)
 
@@ -177,9 +178,14 @@ class Pending:
         return len(self._requests)
 
     def open(self, frame: PermissionRequest | CustomToolUse, now: float) -> dict[str, Any]:
-        """Remember a runner's request; the frame to broadcast. A duplicate id
-        or too many at once breaks the channel protocol (the real runner
-        never does either)."""
+        """Remember a runner's request; the frame to broadcast. A duplicate id,
+        too many at once, or a tool the agent does not ask about (clients
+        would run a custom tool they never offered) breaks the channel
+        protocol: the real runner does none of these."""
+        if isinstance(frame, PermissionRequest) and frame.tool not in self.tools.ask_tools:
+            raise ChannelViolation(Reason.BAD_FIELD, "a permission request for a tool that is not always_ask")
+        if isinstance(frame, CustomToolUse) and frame.name not in {t.name for t in self.tools.custom_tools}:
+            raise ChannelViolation(Reason.BAD_FIELD, "a call of a custom tool the agent does not have")
         if frame.id in self._requests:
             raise ChannelViolation(Reason.BAD_FIELD, "a request id that is already pending")
         if len(self._requests) >= self.limit:

@@ -134,7 +134,7 @@ class Session:
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
         # Approvals and custom tools: requests waiting for a client (pending.py).
         self.agent_tools = AgentTools.parse(settings.default_agent)
-        self.pending = Pending(settings.permission_timeout_s)
+        self.pending = Pending(settings.permission_timeout_s, self.agent_tools)
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()
         self.start_error: MoorageError | None = None

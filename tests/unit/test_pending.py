@@ -22,10 +22,11 @@ from moorage.protocol import CustomToolResultFrame, PermissionResponseFrame
 ASK = PermissionRequest("toolu_01", "Bash", {"command": "touch /workspace/x"})
 CALL = CustomToolUse("call_01", "weather", {"city": "Oslo"})
 SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}}}
+TOOLS = AgentTools(("Bash",), (CustomTool("weather", "", SCHEMA),))
 
 
 def test_a_request_becomes_a_client_frame_and_an_answer_goes_to_the_runner_and_every_client() -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     assert pending.open(ASK, now=0) == {
         "type": "permission_request",
         "id": "toolu_01",
@@ -56,7 +57,7 @@ def test_a_request_becomes_a_client_frame_and_an_answer_goes_to_the_runner_and_e
 
 
 def test_a_denial_carries_its_message() -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     pending.open(ASK, now=0)
     denied = pending.answer(PermissionResponseFrame("toolu_01", "deny", "not in prod"))
     assert denied.to_runner == PermissionResponse("toolu_01", "deny", "not in prod")
@@ -72,7 +73,7 @@ def test_a_denial_carries_its_message() -> None:
 def test_unknown_and_foreign_answers_are_refused_and_change_nothing(
     answer: PermissionResponseFrame | CustomToolResultFrame,
 ) -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     pending.open(ASK, now=0)
     with pytest.raises(ProtocolError) as caught:
         pending.answer(answer)
@@ -81,7 +82,7 @@ def test_unknown_and_foreign_answers_are_refused_and_change_nothing(
 
 
 def test_the_first_answer_wins_and_a_second_is_stale() -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     pending.open(ASK, now=0)
     pending.answer(PermissionResponseFrame("toolu_01", "deny"))
     with pytest.raises(ProtocolError, match="answered already") as caught:
@@ -90,7 +91,7 @@ def test_the_first_answer_wins_and_a_second_is_stale() -> None:
 
 
 def test_past_the_deadline_a_request_is_denied_with_a_reason_and_its_answer_is_stale() -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     pending.open(ASK, now=0)
     pending.open(CALL, now=10)
     assert pending.next_deadline() == 30
@@ -107,7 +108,7 @@ def test_past_the_deadline_a_request_is_denied_with_a_reason_and_its_answer_is_s
 
 
 def test_interrupt_denies_everything_pending() -> None:
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     pending.open(ASK, now=0)
     pending.open(CALL, now=0)
     resolutions = pending.interrupt()
@@ -119,7 +120,7 @@ def test_interrupt_denies_everything_pending() -> None:
 
 def test_replay_is_every_waiting_request_oldest_first() -> None:
     """A client that attaches (or comes back) is asked again."""
-    pending = Pending(timeout_s=30)
+    pending = Pending(30, TOOLS)
     assert pending.replay() == []
     pending.open(ASK, now=0)
     pending.open(CALL, now=1)
@@ -131,14 +132,28 @@ def test_replay_is_every_waiting_request_oldest_first() -> None:
 
 
 def test_a_runner_that_repeats_an_id_or_floods_breaks_the_channel() -> None:
-    pending = Pending(timeout_s=30, limit=2)
+    pending = Pending(30, TOOLS, limit=2)
     pending.open(ASK, now=0)
     with pytest.raises(ChannelViolation) as caught:
-        pending.open(PermissionRequest("toolu_01", "Write", {}), now=0)
+        pending.open(PermissionRequest("toolu_01", "Bash", {}), now=0)
     assert caught.value.reason is Reason.BAD_FIELD
     pending.open(CALL, now=0)
     with pytest.raises(ChannelViolation, match="more than 2"):
         pending.open(CustomToolUse("call_02", "weather", {}), now=0)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [PermissionRequest("toolu_02", "Write", {}), CustomToolUse("call_02", "rm_everything", {})],
+)
+def test_a_runner_asking_about_a_tool_the_agent_does_not_ask_about_breaks_the_channel(
+    frame: PermissionRequest | CustomToolUse,
+) -> None:
+    """Clients must never be asked to run a custom tool they did not offer."""
+    pending = Pending(30, TOOLS)
+    with pytest.raises(ChannelViolation, match=r"agent|always_ask"):
+        pending.open(frame, now=0)
+    assert len(pending) == 0
 
 
 def test_agent_tools_parse_and_wire() -> None:
