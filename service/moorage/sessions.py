@@ -394,7 +394,9 @@ class Session:
         now = time.monotonic()
         action = self.guard.on_message(message, now)
         if message.get("type") == "result":
-            self.pending.clear()  # the turn is over: nothing it asked can be answered now
+            # The turn is over (a request that came after an interrupt is
+            # left): denied, so the runner's waiting hook or tool call ends too.
+            await self._settle(self.pending.interrupt())
             tripped = self.guard.tripped
             message = self.guard.finish_result(message)
             if tripped is Code.TURN_TIMEOUT:

@@ -18,6 +18,8 @@ from moorage.channel import (
 from moorage.errors import Code, ProtocolError
 from moorage.pending import AgentTools, CustomTool, Pending
 from moorage.protocol import CustomToolResultFrame, PermissionResponseFrame
+from moorage.settings import Settings
+from pydantic import ValidationError
 
 ASK = PermissionRequest("toolu_01", "Bash", {"command": "touch /workspace/x"})
 CALL = CustomToolUse("call_01", "weather", {"city": "Oslo"})
@@ -184,3 +186,12 @@ def test_agent_tools_parse_and_wire() -> None:
 def test_malformed_agent_tools_are_refused(spec: object) -> None:
     with pytest.raises(ValueError):
         AgentTools.parse(spec)
+
+
+def test_a_malformed_default_agent_stops_the_service_at_start() -> None:
+    with pytest.raises(ValidationError, match="ask_tools"):
+        Settings(default_agent={"ask_tools": "Bash"})
+    assert Settings(default_agent=AGENT_SPEC).default_agent == AGENT_SPEC
+
+
+AGENT_SPEC = {"ask_tools": ["Bash"], "custom_tools": [{"name": "w", "input_schema": {"type": "object"}}]}
