@@ -31,8 +31,10 @@ from .accounting import Accounting, Ledger, budget_error
 from .bounded import sdk_buffer_bytes
 from .channel import (
     ChannelViolation,
+    CustomToolUse,
     Garbage,
     Interrupt,
+    PermissionRequest,
     Phase,
     Ready,
     Reason,
@@ -59,8 +61,9 @@ from .errors import (
     store_unavailable,
 )
 from .metrics import Metrics
+from .pending import AgentTools, Pending, Resolution
 from .pool import WarmPool, start_loaded
-from .protocol import Action, Subscriber, TurnGuard, UserFrame, dumps, user_message_line
+from .protocol import Action, Answer, Subscriber, TurnGuard, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET, Sandbox, SandboxBackend
 from .settings import Settings
@@ -129,6 +132,9 @@ class Session:
         self.sandbox_id = ""
         self.workspace: Path | None = None
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
+        # Approvals and custom tools: requests waiting for a client (pending.py).
+        self.agent_tools = AgentTools.parse(settings.default_agent)
+        self.pending = Pending(settings.permission_timeout_s, self.agent_tools)
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()
         self.start_error: MoorageError | None = None
@@ -240,7 +246,8 @@ class Session:
         if self.settings.model:
             options["model"] = self.settings.model
         tunnel = f"unix:{TUNNEL_SOCKET}" if self.proxy.tunnel is not None else None
-        first = await self._until(Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel), Ready)
+        start = Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=self.agent_tools.wire())
+        first = await self._until(start, Ready)
         if not isinstance(first, Ready):
             detail = first.message if first is not None else "the runner exited before it was ready"
             raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
@@ -351,6 +358,10 @@ class Session:
         while (frame := await self.sandbox.recv()) is not None:
             try:
                 frame = self.channel.received(frame, self.guard.running)
+                if isinstance(frame, (PermissionRequest, CustomToolUse)):
+                    self.broadcast(self.pending.open(frame, time.monotonic()))
+                    self._guard_changed.set()  # its deadline
+                    continue
             except ChannelViolation as exc:
                 self._violated(exc)
                 await self.sandbox.kill()  # a hostile runner gets no grace period
@@ -383,6 +394,9 @@ class Session:
         now = time.monotonic()
         action = self.guard.on_message(message, now)
         if message.get("type") == "result":
+            # The turn is over (a request that came after an interrupt is
+            # left): denied, so the runner's waiting hook or tool call ends too.
+            await self._settle(self.pending.interrupt())
             tripped = self.guard.tripped
             message = self.guard.finish_result(message)
             if tripped is Code.TURN_TIMEOUT:
@@ -442,6 +456,7 @@ class Session:
         assert self.sandbox is not None
         if action is Action.INTERRUPT:
             self.log.warning("turn_interrupted", reason=str(self.guard.tripped), model_turns=self.guard.model_turns)
+            await self._settle(self.pending.interrupt())
             await self._send_bounded(Interrupt())
             self._guard_changed.set()
         elif action is Action.KILL:
@@ -456,11 +471,25 @@ class Session:
             await self.sandbox.kill()
 
     async def _watch_turn(self) -> None:
-        while (deadline := self.guard.next_deadline()) is not None:
+        while (deadline := self._next_deadline()) is not None:
             self._guard_changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._guard_changed.wait(), max(0.0, deadline - time.monotonic()))
-            await self._act(self.guard.tick(time.monotonic()))
+            now = time.monotonic()
+            await self._settle(self.pending.expire(now))
+            await self._act(self.guard.tick(now))
+
+    def _next_deadline(self) -> float | None:
+        """The turn's guard, or the first pending request's deadline."""
+        deadlines = [d for d in (self.guard.next_deadline(), self.pending.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
+
+    async def _settle(self, resolutions: list[Resolution]) -> None:
+        """Tell the runner and every client how pending requests were settled."""
+        for resolution in resolutions:
+            self.log.info("request_settled", kind=resolution.frame["type"], source=resolution.frame["source"])
+            self.broadcast(resolution.frame)
+            await self._send_bounded(resolution.to_runner)
 
     async def _finish(self, error: MoorageError | None) -> None:
         """Stop everything this session holds and suspend it; runs once.
@@ -509,6 +538,7 @@ class Session:
         if self._held:
             await self._step("held_results", self._flush_held())
         self.relay.cancel()
+        self.pending.clear()
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())
@@ -603,7 +633,14 @@ class Session:
             raise ProtocolError("no turn is running", code=Code.NO_TURN_RUNNING)
         self.guard.user_interrupt(time.monotonic())
         self._guard_changed.set()
+        await self._settle(self.pending.interrupt())  # denied, reason "interrupted"
         await self._send_bounded(Interrupt())
+
+    async def answer(self, frame: Answer) -> None:
+        """A client's ``permission_response`` / ``custom_tool_result``: the
+        first answer settles the request (``request_not_pending`` after)."""
+        await self._await_ready()
+        await self._settle([self.pending.answer(frame)])
 
     # -- fan-out and idleness ------------------------------------------------
 
@@ -624,6 +661,8 @@ class Session:
         self._cancel_idle()
         for notice in self._notices:
             sub.offer(dumps(notice))
+        for request in self.pending.replay():  # still waiting for an answer: asked again
+            sub.offer(dumps(request))
 
     def detach(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
