@@ -172,7 +172,9 @@ def _configs(value: object, where: str, default: dict[str, Any], builtin: bool) 
         if builtin:
             if name not in BUILTIN_TOOLS:
                 raise _fail(f"{here}.name {name!r} is not a built-in tool ({', '.join(BUILTIN_TOOLS)})")
-            allowed |= _WEB_FETCH_EXTRAS if name == "web_fetch" else _WEB_SEARCH_EXTRAS if name == "web_search" else set()
+            allowed |= (
+                _WEB_FETCH_EXTRAS if name == "web_fetch" else _WEB_SEARCH_EXTRAS if name == "web_search" else set()
+            )
         elif not _NAME_RE.match(name):
             raise _fail(f"{here}.name must be 1-64 letters, digits, '_' or '-'")
         _only(config, allowed, here)
@@ -231,7 +233,9 @@ def _tools(value: object) -> list[dict[str, Any]]:
             mcp_names.add(server)
             default = _default_config(tool.get("default_config"), f"{where}.default_config", "always_ask")
             configs = _configs(tool.get("configs"), f"{where}.configs", default, builtin=False)
-            tools.append({"type": "mcp_toolset", "mcp_server_name": server, "default_config": default, "configs": configs})
+            tools.append(
+                {"type": "mcp_toolset", "mcp_server_name": server, "default_config": default, "configs": configs}
+            )
             count += max(1, len(configs))
         elif kind == "custom":
             custom = _custom(tool, where)
