@@ -22,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
+from .agents_api import routes as agents_routes
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
@@ -450,6 +451,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
             Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+            *agents_routes(),
         ],
         lifespan=lifespan,
     )
