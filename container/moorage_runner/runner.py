@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -21,8 +22,9 @@ from typing import Any, cast
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
+from .agent import agent_options
 from .bridge import ModelBridge
-from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
+from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame, start_agent
 from .restore import Restore
 from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
@@ -43,9 +45,11 @@ CLI_ENV = {
 def build_options(
     start: dict[str, Any], base_url: str, store: SessionStore | None, extra_env: dict[str, str] | None = None
 ) -> ClaudeAgentOptions:
-    """SDK options from the service's ``start`` frame (a fixed allowlist)."""
+    """SDK options from the service's ``start`` frame (a fixed allowlist), then the
+    session's agent over them (``agent.agent_options``)."""
     opts = start.get("options") or {}
-    return ClaudeAgentOptions(
+    agent = start_agent(start)
+    options = ClaudeAgentOptions(
         session_store=store,
         # Eager: entries reach the service's database as they happen, not
         # only at the end of a turn, so a crash mid-turn loses little.
@@ -64,6 +68,7 @@ def build_options(
         max_buffer_size=_buffer_size(opts.get("max_buffer_size")),
         env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
+    return options if agent is None else dataclasses.replace(options, **agent_options(agent))
 
 
 def _buffer_size(value: object) -> int:

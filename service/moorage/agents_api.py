@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .agents import AgentError, agent_object, create_spec, update_spec, update_version
+from .agents import AgentError, agent_object, create_spec, runner_agent, update_spec, update_version
 from .auth import credentials
 from .errors import STORE_ERRORS, Code, MoorageError, http_status, store_unavailable
 
@@ -323,6 +323,36 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
         return response
 
     return endpoint
+
+
+async def session_agent(
+    agents: Agents, tenant: str, agent_id: str | None, version: str | None
+) -> dict[str, Any] | None:
+    """The agent a new session runs (``WS /v1/sessions?agent=ID[&version=N]``): its current version
+    or version ``N`` as the runner's ``start`` frame carries it; ``None`` without ``agent`` (the
+    operator's default). Raises ``MoorageError`` (fatal): unknown or another tenant's agent
+    (``agent_not_found``), archived (``agent_archived``), a malformed query (``invalid_request``),
+    the database down (``store_unavailable``)."""
+    if agent_id is None:
+        if version is not None:
+            raise MoorageError("version= needs agent=", code=Code.INVALID_REQUEST, fatal=True)
+        return None
+    try:
+        number = _positive(version, "version")
+    except ApiError as exc:
+        raise MoorageError(exc.message, code=Code.INVALID_REQUEST, fatal=True) from None
+    try:
+        record = await agents.get(tenant, agent_id, number)
+    except STORE_ERRORS as exc:
+        raise MoorageError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
+    if record is None:
+        what = f"agent {agent_id}" + (f" version {number}" if number is not None else "")
+        raise MoorageError(f"{what} not found", code=Code.AGENT_NOT_FOUND, fatal=True)
+    if record.archived_at is not None:
+        raise MoorageError(
+            f"agent {agent_id} is archived: new sessions cannot use it", code=Code.AGENT_ARCHIVED, fatal=True
+        )
+    return runner_agent(record.id, record.version, record.spec)
 
 
 def routes() -> list[Route]:

@@ -171,6 +171,9 @@ class Start:
     model_proxy: str
     store: bool = True
     egress_proxy: str | None = None
+    # The session's agent (``agents.runner_agent``: id, version and the stored spec,
+    # docs/protocol.md "The agent in the start frame"); None: the operator's default.
+    agent: dict[str, Any] | None = None
 
     def wire(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -182,6 +185,8 @@ class Start:
         }
         if self.egress_proxy is not None:
             frame["egress_proxy"] = self.egress_proxy
+        if self.agent is not None:
+            frame["agent"] = self.agent
         return frame
 
 

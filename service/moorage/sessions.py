@@ -99,8 +99,10 @@ class Session:
         rehydrate: bool = False,
         resume: bool = False,
         prior_cost_usd: float = 0.0,
+        agent: dict[str, Any] | None = None,
     ) -> None:
         self.id = session_id
+        self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.tenant = tenant
         self.deps = deps
         self.settings = settings = deps.settings
@@ -239,8 +241,11 @@ class Session:
             options["max_budget_usd"] = self.settings.max_budget_usd - self.prior_cost_usd
         if self.settings.model:
             options["model"] = self.settings.model
+        if self.agent is not None and self.agent.get("max_turns"):
+            options["max_turns"] = min(self.settings.max_turns, int(self.agent["max_turns"]))
         tunnel = f"unix:{TUNNEL_SOCKET}" if self.proxy.tunnel is not None else None
-        first = await self._until(Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel), Ready)
+        start = Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=self.agent)
+        first = await self._until(start, Ready)
         if not isinstance(first, Ready):
             detail = first.message if first is not None else "the runner exited before it was ready"
             raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
