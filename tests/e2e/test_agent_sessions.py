@@ -21,7 +21,7 @@ def request_with(model: ScriptedModelServer, marker: str) -> dict[str, Any]:
     """The last model request (with tools: the main loop, not a side query) whose messages hold ``marker``."""
     for body in reversed(model.model.requests):
         if marker in str(body.get("messages")) and body.get("tools"):
-            return body
+            return dict(body)
     raise AssertionError(f"no model request carried {marker!r}")
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
+from anthropic.types.beta import BetaManagedAgentsAgentToolset20260401Params
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
 
@@ -29,8 +30,8 @@ def client(svc: Service, token: str = ACME) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=svc.url, api_key=token, max_retries=2)
 
 
-def toolset(**config: object) -> dict[str, object]:
-    return {"type": "agent_toolset_20260401", **config}
+def toolset() -> BetaManagedAgentsAgentToolset20260401Params:
+    return {"type": "agent_toolset_20260401"}
 
 
 def test_create_retrieve_update_versions_archive(svc: Service) -> None:
