@@ -146,7 +146,7 @@ CODES: dict[Code, Spec] = {
     Code.STORAGE_QUOTA_EXCEEDED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.SESSION_DELETED: Spec(Fatal.YES, 4410, 410),
     # The agents API (HTTP); an agent that cannot be used ends a session's handshake.
-    Code.INVALID_REQUEST: Spec(Fatal.NO, None, 400),
+    Code.INVALID_REQUEST: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.REQUEST_TOO_LARGE: Spec(Fatal.NO, None, 413),
     Code.AGENT_NOT_FOUND: Spec(Fatal.SOMETIMES, 4404, 404),
     Code.AGENT_ARCHIVED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
