@@ -164,7 +164,6 @@ class SessionManager:
         return token
 
     async def create(self, tenant: str, agent: dict[str, Any] | None = None) -> Session:
-        """A new session, of ``agent`` (pinned in its record's options) or the operator's default."""
         session_id = str(uuid.uuid4())
         self.check_draining()
         await self._check_quota(tenant)  # before a start slot: refused at once
@@ -269,16 +268,8 @@ class SessionManager:
         except STORE_ERRORS as exc:
             raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
-        session = Session(
-            session_id,
-            tenant,
-            self.deps,
-            self._closed,
-            rehydrate=True,
-            resume=resume,
-            prior_cost_usd=record.cost_usd,
-            agent=record.options.get("agent"),  # the version it started with
-        )
+        pinned = record.options.get("agent")  # the agent version it started with
+        session = Session(session_id, tenant, self.deps, self._closed, True, resume, record.cost_usd, agent=pinned)
         await self._storage_notices(session, record.options)
         return self._launch(session, token)
 
