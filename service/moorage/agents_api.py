@@ -132,8 +132,8 @@ def encode_page(key: list[Any]) -> str:
     return "page_" + base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_page(request: Request) -> list[Any] | None:
-    raw = request.query_params.get("page")
+def decode_page(raw: str | None) -> list[Any] | None:
+    """The sort key in a cursor from ``encode_page``; ``invalid_request`` for anything else."""
     if not raw:
         return None
     try:
@@ -190,7 +190,7 @@ async def _create(request: Request, tenant: str, agents: Agents) -> JSONResponse
 async def _list(request: Request, tenant: str, agents: Agents) -> JSONResponse:
     limit = _limit(request)
     after = None
-    if (key := decode_page(request)) is not None:
+    if (key := decode_page(request.query_params.get("page"))) is not None:
         if len(key) != 2 or not all(isinstance(k, str) for k in key):
             raise _invalid("page is not a cursor this server gave out")
         try:
@@ -279,7 +279,7 @@ async def _versions(request: Request, tenant: str, agents: Agents) -> JSONRespon
     agent_id = request.path_params["agent_id"]
     limit = _limit(request)
     before = None
-    if (key := decode_page(request)) is not None:
+    if (key := decode_page(request.query_params.get("page"))) is not None:
         if len(key) != 1 or isinstance(key[0], bool) or not isinstance(key[0], int):
             raise _invalid("page is not a cursor this server gave out")
         before = key[0]
