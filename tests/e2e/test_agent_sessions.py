@@ -46,13 +46,13 @@ async def test_an_agents_prompt_model_and_tool_limits_reach_the_cli_and_stay_pin
     """v1's system prompt is in ``system``, its disabled Bash is absent from ``tools``; after an
     update to v2, a kill -9 and a restart, the session still runs v1 while a new one runs v2."""
     with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_DATABASE_URL="") as first:
-        api = anthropic.Anthropic(base_url=first.url, api_key=ACME)
-        agent = api.beta.agents.create(
-            name="Walrus",
-            model="claude-opus-5",
-            system="You are the walrus agent, version one.",
-            tools=[{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "enabled": False}]}],
-        )
+        with anthropic.Anthropic(base_url=first.url, api_key=ACME) as api:
+            agent = api.beta.agents.create(
+                name="Walrus",
+                model="claude-opus-5",
+                system="You are the walrus agent, version one.",
+                tools=[{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "enabled": False}]}],
+            )
         client = await Client.connect(first, token=ACME, query=f"?agent={agent.id}")
         assert client.first["type"] == "session" and client.first["agent"] == {"id": agent.id, "version": 1}
         # (Without Bash the scripted model takes it for a side request and answers "ok".)
@@ -62,7 +62,8 @@ async def test_an_agents_prompt_model_and_tool_limits_reach_the_cli_and_stay_pin
         assert "Bash" not in tool_names(body) and "Read" in tool_names(body)
         assert body["model"] == "claude-opus-5"
 
-        api.beta.agents.update(agent.id, version=1, system="You are the walrus agent, version two.")
+        with anthropic.Anthropic(base_url=first.url, api_key=ACME) as api:
+            api.beta.agents.update(agent.id, version=1, system="You are the walrus agent, version two.")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(scaled(10))
         state_dir = first.state_dir
@@ -90,8 +91,8 @@ async def test_an_agents_prompt_model_and_tool_limits_reach_the_cli_and_stay_pin
 async def test_unknown_foreign_and_archived_agents_are_refused(model: ScriptedModelServer) -> None:
     """Each gets an error frame with a stable code and the socket closes; no session is made."""
     with run_service(model.url, MOORAGE_API_KEYS=KEYS) as svc:
-        api = anthropic.Anthropic(base_url=svc.url, api_key=ACME)
-        agent = api.beta.agents.create(name="Gone", model="claude-opus-5")
+        with anthropic.Anthropic(base_url=svc.url, api_key=ACME) as api:
+            agent = api.beta.agents.create(name="Gone", model="claude-opus-5")
         unknown = await open_refused(svc, "?agent=agent_000000000000000000000000")
         assert unknown["type"] == "error" and unknown["code"] == "agent_not_found" and unknown["fatal"]
         foreign = await open_refused(svc, f"?agent={agent.id}", token=GLOBEX)
@@ -100,6 +101,7 @@ async def test_unknown_foreign_and_archived_agents_are_refused(model: ScriptedMo
         assert missing_version["code"] == "agent_not_found"
         bad_version = await open_refused(svc, f"?agent={agent.id}&version=x")
         assert bad_version["code"] == "invalid_request"
-        api.beta.agents.archive(agent.id)
+        with anthropic.Anthropic(base_url=svc.url, api_key=ACME) as api:
+            api.beta.agents.archive(agent.id)
         archived = await open_refused(svc, f"?agent={agent.id}")
         assert archived["code"] == "agent_archived" and "archived" in archived["message"]

@@ -26,8 +26,20 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         yield service
 
 
+OPEN: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def client(svc: Service, token: str = ACME) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=svc.url, api_key=token, max_retries=2)
+    api = anthropic.Anthropic(base_url=svc.url, api_key=token, max_retries=2)
+    OPEN.append(api)
+    return api
 
 
 def toolset() -> BetaManagedAgentsAgentToolset20260401Params:
