@@ -102,8 +102,10 @@ class Session:
         rehydrate: bool = False,
         resume: bool = False,
         prior_cost_usd: float = 0.0,
+        agent: dict[str, Any] | None = None,
     ) -> None:
         self.id = session_id
+        self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.tenant = tenant
         self.deps = deps
         self.settings = settings = deps.settings
@@ -133,7 +135,8 @@ class Session:
         self.workspace: Path | None = None
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
         # Approvals and custom tools: requests waiting for a client (pending.py).
-        self.agent_tools = AgentTools.parse(settings.default_agent)
+        # The pinned agent carries its tool policy (agents.tool_policy); else the operator's default.
+        self.agent_tools = AgentTools.parse(agent if agent is not None else settings.default_agent)
         self.pending = Pending(settings.permission_timeout_s, self.agent_tools)
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()
@@ -245,8 +248,12 @@ class Session:
             options["max_budget_usd"] = self.settings.max_budget_usd - self.prior_cost_usd
         if self.settings.model:
             options["model"] = self.settings.model
+        if self.agent is not None and self.agent.get("max_turns"):
+            options["max_turns"] = min(self.settings.max_turns, int(self.agent["max_turns"]))
         tunnel = f"unix:{TUNNEL_SOCKET}" if self.proxy.tunnel is not None else None
-        start = Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=self.agent_tools.wire())
+        start = Start(
+            options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=self.agent or self.agent_tools.wire()
+        )
         first = await self._until(start, Ready)
         if not isinstance(first, Ready):
             detail = first.message if first is not None else "the runner exited before it was ready"
