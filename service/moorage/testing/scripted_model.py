@@ -102,7 +102,7 @@ def decide(body: dict[str, Any]) -> Reply:
     prompt = _last_prompt(messages)
     command, _, arg = prompt.partition(" ")
     # The CLI may end with a system-role note (e.g. a token count for some models): the turn's last word is before it.
-    last = next((m for m in reversed(messages) if m.get("role") != "system"), {})
+    last: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") != "system"), {})
     fresh_prompt = last.get("role") == "user" and bool(_text_of(last.get("content", "")))
     result = _tool_result(last.get("content")) if last.get("role") == "user" else None
     if command == "loop":
