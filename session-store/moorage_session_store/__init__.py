@@ -15,6 +15,7 @@ from .errors import (
     SessionNotFound,
     UnsupportedDatabaseURL,
 )
+from .events import EventConflict, NewEvent, SessionEvents, StoredEvent
 from .records import SessionRecord, SessionRecords, SessionState
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
@@ -23,14 +24,18 @@ from .tokens import TokenCheck, TokenRecord, Tokens
 __all__ = [
     "Database",
     "DatabaseUnavailable",
+    "EventConflict",
     "InvalidRecord",
     "MoorageStoreError",
+    "NewEvent",
     "SQLModelSessionStore",
+    "SessionEvents",
     "SessionExists",
     "SessionNotFound",
     "SessionRecord",
     "SessionRecords",
     "SessionState",
+    "StoredEvent",
     "TenantSpend",
     "TokenCheck",
     "TokenRecord",
