@@ -41,6 +41,7 @@ class Code(StrEnum):
     STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
     SESSION_DELETED = "session_deleted"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    INVALID_AFTER = "invalid_after"
     INTERNAL = "internal"
 
 
@@ -140,6 +141,7 @@ CODES: dict[Code, Spec] = {
     # will); a rehydrated over-quota session is only told.
     Code.STORAGE_QUOTA_EXCEEDED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.SESSION_DELETED: Spec(Fatal.YES, 4410, 410),
+    Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from moorage_session_store.events import SessionEvents
 
 from .accounting import Accounting, Ledger, budget_error
 from .bounded import sdk_buffer_bytes
@@ -58,6 +59,7 @@ from .errors import (
     close_code,
     store_unavailable,
 )
+from .eventlog import EventLog, EventStore
 from .metrics import Metrics
 from .pool import WarmPool, start_loaded
 from .protocol import Action, Subscriber, TurnGuard, UserFrame, dumps, user_message_line
@@ -87,6 +89,7 @@ class Deps:
     replica: str
     metrics: Metrics
     accounting: Accounting
+    events: EventStore | None = None  # the event log's table (default: SessionEvents on the store's database)
 
 
 class Session:
@@ -130,6 +133,10 @@ class Session:
         self.workspace: Path | None = None
         self.guard = TurnGuard(settings.max_turns, settings.turn_timeout_s, settings.interrupt_grace_s)
         self.subscribers: set[Subscriber] = set()
+        # Every client-visible frame goes through the event log (eventlog.py): seq, durable, then fan-out.
+        events = deps.events if deps.events is not None else SessionEvents(deps.store.db)
+        self.events = EventLog(events, session_id, self._fanout, self._on_log_broken, self._on_degraded)
+        self._log_broken: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.start_error: MoorageError | None = None
         self.closed = False
@@ -512,6 +519,8 @@ class Session:
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())
+        await self._step("event_log", self.events.drain(STOP_GRACE_S))  # clients get what is durable
+        self.events.close()
         for sub in list(self.subscribers):
             sub.close(close_code(error.code) if error else 1000, error.code if error else "session suspended")
         self.subscribers.clear()
@@ -587,6 +596,7 @@ class Session:
         if (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
             self.metrics.budget_exceeded.labels(scope).inc()
             raise budget_error(scope)
+        self.broadcast({"type": "user_message", "message": frame.message})  # logged when accepted
         self.guard.start(time.monotonic())
         self.settled.clear()
         self._turn_started = time.monotonic()
@@ -608,6 +618,14 @@ class Session:
     # -- fan-out and idleness ------------------------------------------------
 
     def broadcast(self, frame: dict[str, Any]) -> None:
+        """Every client-visible frame: logged (seq, durable) first, fanned out by the log."""
+        self.events.publish(frame)
+
+    def _on_log_broken(self, error: MoorageError) -> None:
+        if self._log_broken is None and not self.closed:
+            self._log_broken = asyncio.create_task(self.close(error))
+
+    def _fanout(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "error":
             self.metrics.count_error(frame.get("code"))  # never a label the runner chose
         text = dumps(frame)
