@@ -47,6 +47,7 @@ from moorage_session_store.errors import SessionNotFound
 from moorage_session_store.events import EventConflict, NewEvent, StoredEvent
 
 from .errors import STORE_ERRORS, Code, MoorageError, store_unavailable
+from .protocol import dumps
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ Frame = dict[str, Any]
 EPHEMERAL_TYPES = frozenset({"stream_event", "pong"})
 #: Most frames one write carries.
 MAX_BATCH = 256
+#: Bytes of frames published but not yet broadcast past which the session stops reading its runner.
+MAX_PENDING_BYTES = 8 * 1024 * 1024
 
 
 class Kind(enum.Enum):
@@ -99,6 +102,7 @@ class _Item:
     frame: Frame
     at: datetime
     durable: bool
+    size: int
     seq: int | None = None
 
 
@@ -113,6 +117,8 @@ class LogCore:
     durable: int = 0
     broken: bool = False
     in_flight: Write | None = None
+    #: Bytes of the frames published and not yet broadcast (as the caller measured them).
+    pending_bytes: int = 0
     _queue: deque[_Item] = field(default_factory=deque)  # published, not yet broadcast
 
     @property
@@ -130,7 +136,7 @@ class LogCore:
             self.assigned = self.durable = last_seq
         return self._step()
 
-    def publish(self, frame: Frame, now: datetime) -> list[Effect]:
+    def publish(self, frame: Frame, now: datetime, size: int = 0) -> list[Effect]:
         kind = kind_of(frame)
         if kind is Kind.OUT_OF_BAND:
             return [Broadcast((frame,))]
@@ -138,7 +144,8 @@ class LogCore:
             return []  # the session is ending: what cannot be logged is not sent
         if kind is Kind.EPHEMERAL and not self._queue:
             return [Broadcast((frame,))]
-        self._queue.append(_Item(frame, now, kind is Kind.DURABLE))
+        self._queue.append(_Item(frame, now, kind is Kind.DURABLE, size))
+        self.pending_bytes += size
         return self._step()
 
     def written(self) -> list[Effect]:
@@ -153,6 +160,7 @@ class LogCore:
         self.broken = True
         dropped = len(self._queue)
         self._queue.clear()
+        self.pending_bytes = 0
         self.in_flight = None
         return dropped
 
@@ -162,6 +170,7 @@ class LogCore:
         queue = self._queue
         while queue and (not queue[0].durable or (queue[0].seq is not None and queue[0].seq <= self.durable)):
             item = queue.popleft()
+            self.pending_bytes -= item.size
             out.append(item.frame if item.seq is None else {**item.frame, "seq": item.seq})
         if out:
             effects.append(Broadcast(tuple(out)))
@@ -226,6 +235,7 @@ class EventLog:
         on_degraded: Callable[[], None] | None = None,
         retry: Retry | None = None,
         max_batch: int = MAX_BATCH,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.store = store
@@ -240,6 +250,9 @@ class EventLog:
         self._writer: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
         self._settled.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.max_pending_bytes = max_pending_bytes
         self._degraded = False
         self.log = log.bind(session_id=session_id)
         self.writes = 0  # transactions, for the bench and the session summary
@@ -251,7 +264,8 @@ class EventLog:
 
     def publish(self, frame: Frame) -> None:
         """Log and broadcast ``frame`` (or broadcast it at once, if it is not durable). Never waits."""
-        self._run(self.core.publish(frame, self._clock()))
+        size = len(dumps(frame)) if kind_of(frame) is not Kind.OUT_OF_BAND else 0
+        self._run(self.core.publish(frame, self._clock(), size))
         if not self.core.opened and self.core.pending:
             self._start_open()
 
@@ -266,6 +280,12 @@ class EventLog:
                 "the session's event log cannot be read; try again", code=Code.STORE_UNAVAILABLE, fatal=True
             )
         return self.core.durable
+
+    async def room(self) -> None:
+        """Wait while more than ``max_pending_bytes`` of frames wait to be written (a slow or
+        unreachable database, a flooding runner): the session stops reading its runner meanwhile,
+        so memory stays bounded. Returns at once when the log is broken."""
+        await self._room.wait()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every frame published so far is durable and broadcast (or dropped); bounded."""
@@ -304,6 +324,10 @@ class EventLog:
             self._settled.clear()
         else:
             self._settled.set()
+        if self.core.pending_bytes > self.max_pending_bytes:
+            self._room.clear()
+        else:
+            self._room.set()
 
     async def _write(self, write: Write) -> None:
         async def append() -> int:
@@ -340,5 +364,6 @@ class EventLog:
     def _break(self, exc: BaseException, *, retried: bool) -> None:
         dropped = self.core.give_up()
         self._settled.set()
+        self._room.set()
         self.log.error("event_log_broken", error=type(exc).__name__, retried=retried, dropped=dropped)
         self._on_broken(MoorageError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True))

@@ -364,6 +364,7 @@ class Session:
                 return
             if isinstance(frame, Sdk):
                 await self._on_sdk(frame.message)
+                await self.events.room()  # the event log is behind: stop reading the runner
             elif isinstance(frame, Rpc):
                 await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
             elif isinstance(frame, RunnerError):

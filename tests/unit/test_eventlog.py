@@ -1,12 +1,17 @@
 """The event log's decisions (``eventlog.LogCore``), without I/O: which frames get a seq, what
-goes into each write (group commit), what may be broadcast when, and what a broken log sends."""
+goes into each write (group commit), what may be broadcast when, and what a broken log sends;
+then the driver (``EventLog``) over an in-memory store: outages, giving up, backpressure."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from moorage.eventlog import Broadcast, Kind, LogCore, Retry, Write, kind_of
+from moorage.errors import Code, MoorageError
+from moorage.eventlog import Broadcast, EventLog, Kind, LogCore, Retry, Write, kind_of
+from moorage_session_store import DatabaseUnavailable, NewEvent, StoredEvent
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
@@ -137,3 +142,114 @@ def test_retry_backoff_is_bounded_by_the_give_up_time() -> None:
     assert delays[:3] == [0.05, 0.1, 0.2] and max(delays) == 2.0
     assert abs(sum(delays) - 10.0) < 1e-9
     assert Retry(give_up_s=0).delays() == []
+
+
+def test_pending_bytes_count_what_waits_and_fall_as_it_is_broadcast_or_dropped() -> None:
+    core = LogCore()
+    core.publish(frame("assistant"), NOW, size=100)  # not open yet: waits
+    core.publish(frame("stream_event"), NOW, size=10)
+    assert core.pending_bytes == 110
+    core.open(0)
+    core.publish(frame("result"), NOW, size=5)
+    assert core.pending_bytes == 115
+    core.written()
+    assert core.pending_bytes == 5  # the assistant frame and the delta behind it went out
+    core.give_up()
+    assert core.pending_bytes == 0
+
+
+class FlakyStore:
+    """An in-memory ``EventStore`` whose writes fail while ``down``."""
+
+    def __init__(self, last: int = 0) -> None:
+        self.rows: list[NewEvent] = []
+        self.last = last
+        self.down = False
+        self.appends = 0
+        self.gate: asyncio.Event | None = None
+
+    async def append(self, session_id: str, events: Sequence[NewEvent]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise DatabaseUnavailable("down")
+        assert events[0].seq == self.last + 1
+        self.appends += 1
+        self.rows += events
+        self.last = events[-1].seq
+
+    async def last_seq(self, session_id: str) -> int:
+        if self.down:
+            raise DatabaseUnavailable("down")
+        return self.last
+
+    async def bounds(self, session_id: str) -> tuple[int, int]:
+        return (self.rows[0].seq if self.rows else 0), self.last
+
+    async def read(self, session_id: str, after: int, limit: int = 1000) -> list[StoredEvent]:
+        return [StoredEvent(e.seq, e.type, e.body, e.created_at) for e in self.rows if e.seq > after][:limit]
+
+
+FAST = Retry(first_s=0.001, max_s=0.01, give_up_s=0.2)
+
+
+def driver(store: FlakyStore, **kw: Any) -> tuple[EventLog, list[dict[str, Any]], list[MoorageError]]:
+    out: list[dict[str, Any]] = []
+    broken: list[MoorageError] = []
+    return EventLog(store, "s1", out.append, broken.append, retry=FAST, **kw), out, broken
+
+
+async def test_the_driver_continues_the_stored_seqs_and_broadcasts_after_the_write() -> None:
+    store = FlakyStore(last=7)
+    log, out, _ = driver(store)
+    for kind in ("user_message", "system", "stream_event", "result"):
+        log.publish(frame(kind))
+    assert out == []  # nothing before the store has it
+    assert await log.drain(1)
+    assert [(f["type"], f.get("seq")) for f in out] == [
+        ("user_message", 8),
+        ("system", 9),
+        ("stream_event", None),
+        ("result", 10),
+    ]
+    assert [e.seq for e in store.rows] == [8, 9, 10] and log.last_seq == 10 and store.appends <= 3
+
+
+async def test_a_short_outage_delays_frames_and_loses_none() -> None:
+    store = FlakyStore()
+    degraded: list[bool] = []
+    log, out, broken = driver(store, on_degraded=lambda: degraded.append(True))
+    await log.open()
+    store.down = True
+    log.publish(frame("assistant"))
+    await asyncio.sleep(0.02)
+    assert out == [] and degraded == [True]
+    store.down = False
+    assert await log.drain(1)
+    assert [f["seq"] for f in out] == [1] and broken == []
+
+
+async def test_a_long_outage_breaks_the_log_drops_what_is_not_durable_and_ends_the_session() -> None:
+    store = FlakyStore()
+    log, out, broken = driver(store)
+    await log.open()
+    store.down = True
+    log.publish(frame("assistant"))
+    assert await log.drain(2)  # settled: dropped, not sent
+    assert out == [] and [e.code for e in broken] == [Code.STORE_UNAVAILABLE] and broken[0].fatal
+    log.publish(frame("error", code="store_unavailable"))
+    assert out == [frame("error", code="store_unavailable")]
+
+
+async def test_room_waits_while_too_much_is_unwritten() -> None:
+    store = FlakyStore()
+    store.gate = asyncio.Event()
+    log, out, _ = driver(store, max_pending_bytes=100)
+    await log.open()
+    log.publish(frame("assistant", text="x" * 200))
+    waiting = asyncio.create_task(log.room())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    store.gate.set()
+    await asyncio.wait_for(waiting, 1)
+    assert await log.drain(1) and len(out) == 1
