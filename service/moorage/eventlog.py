@@ -130,6 +130,10 @@ class LogCore:
         """Frames published but not yet broadcast (or a write not yet acknowledged)."""
         return bool(self._queue) or self.in_flight is not None
 
+    def holds(self, frame: Frame) -> bool:
+        """``frame`` (this very object) is published and not yet broadcast."""
+        return any(item.frame is frame for item in self._queue)
+
     def open(self, last_seq: int) -> list[Effect]:
         """The store's last seq is known: numbering starts after it."""
         if self.assigned is None:

@@ -253,3 +253,13 @@ async def test_room_waits_while_too_much_is_unwritten() -> None:
     store.gate.set()
     await asyncio.wait_for(waiting, 1)
     assert await log.drain(1) and len(out) == 1
+
+
+def test_the_core_tells_whether_a_frame_still_waits_for_its_write() -> None:
+    core = LogCore()
+    core.open(0)
+    notice = frame("error", code="workspace_full")
+    core.publish(notice, NOW)
+    assert core.holds(notice) and not core.holds(dict(notice))  # this object, not an equal one
+    core.written()
+    assert not core.holds(notice)
