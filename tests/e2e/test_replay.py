@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from typing import Any
 
 import pytest
@@ -111,3 +112,23 @@ async def test_after_a_kill_9_and_restart_after_0_replays_the_whole_conversation
         frames = await again.turn("say after the restart")
         assert seqs(frames)[0] == last + 1
         await again.close()
+
+
+async def test_a_replay_from_pruned_events_says_truncated_and_never_skips_silently(
+    model: ScriptedModelServer,
+) -> None:
+    with run_service(model.url, MOORAGE_DATABASE_URL="") as svc:
+        client = await Client.connect(svc)
+        seen = await client.turn("say one")
+        seen += await client.turn("say two")
+        last = seqs(seen)[-1]
+        with sqlite3.connect(svc.state_dir / "moorage.db") as db:  # what a retention of old events does
+            db.execute("DELETE FROM session_events WHERE session_id = ? AND seq <= 3", (client.session_id,))
+        back = await Client.connect(svc, client.session_id, query="?after=1")
+        assert back.first["truncated"] is True and back.first["last_seq"] == last
+        replayed = await until_seq(back, last)
+        assert seqs(replayed) == list(range(4, last + 1))
+        caught_up = await Client.connect(svc, client.session_id, query="?after=3")
+        assert caught_up.first["truncated"] is False
+        for c in (client, back, caught_up):
+            await c.close()
