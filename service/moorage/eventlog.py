@@ -6,7 +6,7 @@ exactly what it missed (``replay.py``).
 Two parts, as in the rest of the service:
 
 - :class:`LogCore` decides, without I/O: which frames are durable, which seq each gets, what goes
-  into the next write, and what may be broadcast now. Frames in, effects (:class:`Write`,
+  into the next write, and what may be broadcast now. Frames in, effects (:class:`Flush`,
   :class:`Broadcast`) out; unit-tested in ``tests/unit/test_eventlog.py``.
 - :class:`EventLog` executes its effects: one writer task per session, bounded retries, and the
   fan-out callback the session gives it.
@@ -18,8 +18,10 @@ Decisions (docs/architecture.md, "The event log"):
   waits for it (a delta never overtakes the message it belongs to); with nothing pending it goes at
   once. A ``store_unavailable`` error frame is *out of band*: it is about the log itself (which may
   be the thing that cannot write), so it is sent at once, without seq, and not stored.
-- **Group commit.** At most one write is in flight per session. Durable frames published while it
-  is in flight wait and form the next batch (up to ``max_batch``), so a turn's frames cost a few
+- **Group commit.** At most one write is in flight per session. A batch is formed when the writer
+  starts (``next_batch``), not when the first frame arrives, so frames published in the same
+  event-loop step (a burst the runner wrote at once) go in one write; durable frames published
+  while a write is in flight form the next batch (up to ``max_batch``). A turn's frames cost a few
   transactions, not one each, and a slow database batches more instead of queueing writes.
 - **Seqs are given when a batch is formed**, from the store's last seq read once when the log
   opens (``open``), so nothing is numbered before that is known and a restarted service continues
@@ -94,7 +96,12 @@ class Broadcast:
     frames: tuple[Frame, ...]
 
 
-Effect = Write | Broadcast
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Start the writer: it takes its batch with ``LogCore.next_batch`` when it runs."""
+
+
+Effect = Flush | Broadcast
 
 
 @dataclass(slots=True)
@@ -117,6 +124,8 @@ class LogCore:
     durable: int = 0
     broken: bool = False
     in_flight: Write | None = None
+    flushing: bool = False  # a Flush was asked for and its batch not taken yet
+    unnumbered: int = 0  # durable frames published and not yet in a batch
     #: Bytes of the frames published and not yet broadcast (as the caller measured them).
     pending_bytes: int = 0
     _queue: deque[_Item] = field(default_factory=deque)  # published, not yet broadcast
@@ -150,6 +159,7 @@ class LogCore:
             return [Broadcast((frame,))]
         self._queue.append(_Item(frame, now, kind is Kind.DURABLE, size))
         self.pending_bytes += size
+        self.unnumbered += kind is Kind.DURABLE
         return self._step()
 
     def written(self) -> list[Effect]:
@@ -166,7 +176,27 @@ class LogCore:
         self._queue.clear()
         self.pending_bytes = 0
         self.in_flight = None
+        self.flushing = False
+        self.unnumbered = 0
         return dropped
+
+    def next_batch(self) -> Write | None:
+        """The writer runs: number the durable frames not yet written (up to ``max_batch``) and
+        make them the write in flight (``None``: nothing to write, or the log is broken)."""
+        self.flushing = False
+        if self.in_flight is not None or self.assigned is None or self.broken or not self.unnumbered:
+            return None
+        batch: list[NewEvent] = []
+        for item in self._queue:
+            if len(batch) == min(self.max_batch, self.unnumbered):
+                break
+            if item.durable and item.seq is None:
+                self.assigned += 1
+                item.seq = self.assigned
+                batch.append(NewEvent(item.seq, str(item.frame.get("type")), item.frame, item.at))
+        self.unnumbered -= len(batch)
+        self.in_flight = Write(tuple(batch))
+        return self.in_flight
 
     def _step(self) -> list[Effect]:
         effects: list[Effect] = []
@@ -178,18 +208,10 @@ class LogCore:
             out.append(item.frame if item.seq is None else {**item.frame, "seq": item.seq})
         if out:
             effects.append(Broadcast(tuple(out)))
-        if self.in_flight is None and self.assigned is not None and not self.broken:
-            batch: list[NewEvent] = []
-            for item in queue:
-                if len(batch) == self.max_batch:
-                    break
-                if item.durable and item.seq is None:
-                    self.assigned += 1
-                    item.seq = self.assigned
-                    batch.append(NewEvent(item.seq, str(item.frame.get("type")), item.frame, item.at))
-            if batch:
-                self.in_flight = Write(tuple(batch))
-                effects.append(self.in_flight)
+        idle = self.in_flight is None and not self.flushing and self.assigned is not None and not self.broken
+        if idle and self.unnumbered:
+            self.flushing = True
+            effects.append(Flush())
         return effects
 
 
@@ -323,7 +345,7 @@ class EventLog:
                 for frame in effect.frames:
                     self._fanout(frame)
             else:
-                self._writer = asyncio.create_task(self._write(effect), name=f"eventlog-write-{self.session_id}")
+                self._writer = asyncio.create_task(self._write(), name=f"eventlog-write-{self.session_id}")
         if self.core.pending:
             self._settled.clear()
         else:
@@ -333,7 +355,12 @@ class EventLog:
         else:
             self._room.set()
 
-    async def _write(self, write: Write) -> None:
+    async def _write(self) -> None:
+        write = self.core.next_batch()
+        if write is None:
+            self._run([])
+            return
+
         async def append() -> int:
             await self.store.append(self.session_id, write.events)
             return write.last

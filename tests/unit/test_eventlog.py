@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moorage.errors import Code, MoorageError
-from moorage.eventlog import Broadcast, EventLog, Kind, LogCore, Retry, Write, kind_of
+from moorage.eventlog import Broadcast, EventLog, Flush, Kind, LogCore, Retry, kind_of
 from moorage_session_store import DatabaseUnavailable, NewEvent, StoredEvent
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
@@ -24,8 +24,12 @@ def sent(effects: list[Any]) -> list[tuple[str, int | None]]:
     return [(f["type"], f.get("seq")) for e in effects if isinstance(e, Broadcast) for f in e.frames]
 
 
-def writes(effects: list[Any]) -> list[list[int]]:
-    return [[ev.seq for ev in e.events] for e in effects if isinstance(e, Write)]
+def writes(core: LogCore, effects: list[Any]) -> list[list[int]]:
+    """The batch a writer started by ``effects`` takes when it runs right away."""
+    if not any(isinstance(e, Flush) for e in effects):
+        return []
+    write = core.next_batch()
+    return [] if write is None else [[ev.seq for ev in write.events]]
 
 
 def test_kinds_stream_events_and_pongs_are_ephemeral_store_outages_out_of_band() -> None:
@@ -43,51 +47,62 @@ def test_nothing_is_numbered_or_written_before_the_store_says_where_the_log_is()
     assert core.publish(frame("system"), NOW) == []
     assert core.pending and not core.opened
     effects = core.open(41)  # a restarted service continues after the stored seqs
-    assert writes(effects) == [[42, 43]] and sent(effects) == []
+    assert writes(core, effects) == [[42, 43]] and sent(effects) == []
 
 
 def test_a_frame_is_broadcast_only_once_written_and_with_its_seq() -> None:
     core = LogCore()
     core.open(0)
     first = core.publish(frame("assistant"), NOW)
-    assert writes(first) == [[1]] and sent(first) == []
+    assert writes(core, first) == [[1]] and sent(first) == []
     done = core.written()
-    assert sent(done) == [("assistant", 1)] and writes(done) == []
+    assert sent(done) == [("assistant", 1)] and writes(core, done) == []
     assert core.durable == 1 and not core.pending
 
 
 def test_frames_published_during_a_write_form_the_next_batch() -> None:
     core = LogCore()
     core.open(0)
-    assert writes(core.publish(frame("user_message"), NOW)) == [[1]]
+    assert writes(core, core.publish(frame("user_message"), NOW)) == [[1]]
     for kind in ("system", "assistant", "user", "assistant"):
         assert core.publish(frame(kind), NOW) == []  # one write in flight at a time
     after_first = core.written()
     assert sent(after_first) == [("user_message", 1)]
-    assert writes(after_first) == [[2, 3, 4, 5]]  # group commit
+    assert writes(core, after_first) == [[2, 3, 4, 5]]  # group commit
     assert core.publish(frame("result"), NOW) == []
     after_second = core.written()
     assert sent(after_second) == [("system", 2), ("assistant", 3), ("user", 4), ("assistant", 5)]
-    assert writes(after_second) == [[6]]
+    assert writes(core, after_second) == [[6]]
     assert sent(core.written()) == [("result", 6)]
+
+
+def test_frames_published_before_the_writer_runs_go_in_its_batch() -> None:
+    core = LogCore()
+    core.open(0)
+    assert [type(e) for e in core.publish(frame("assistant"), NOW)] == [Flush]
+    assert core.publish(frame("user"), NOW) == []  # the writer is asked for once
+    assert core.publish(frame("assistant"), NOW) == []
+    write = core.next_batch()
+    assert write is not None and [e.seq for e in write.events] == [1, 2, 3]
+    assert core.next_batch() is None  # one write in flight at a time
 
 
 def test_a_batch_is_bounded() -> None:
     core = LogCore(max_batch=3)
     core.open(0)
-    core.publish(frame("a"), NOW)
+    assert writes(core, core.publish(frame("a"), NOW)) == [[1]]
     for _ in range(7):
         core.publish(frame("b"), NOW)
-    assert writes(core.written()) == [[2, 3, 4]]
-    assert writes(core.written()) == [[5, 6, 7]]
-    assert writes(core.written()) == [[8]]
+    assert writes(core, core.written()) == [[2, 3, 4]]
+    assert writes(core, core.written()) == [[5, 6, 7]]
+    assert writes(core, core.written()) == [[8]]
 
 
 def test_an_ephemeral_frame_goes_at_once_when_nothing_is_pending_else_keeps_its_place() -> None:
     core = LogCore()
     core.open(0)
     assert sent(core.publish(frame("stream_event", n=1), NOW)) == [("stream_event", None)]
-    core.publish(frame("assistant"), NOW)
+    assert writes(core, core.publish(frame("assistant"), NOW)) == [[1]]
     assert core.publish(frame("stream_event", n=2), NOW) == []  # never overtakes the assistant frame
     assert sent(core.written()) == [("assistant", 1), ("stream_event", None)]
 
@@ -95,18 +110,18 @@ def test_an_ephemeral_frame_goes_at_once_when_nothing_is_pending_else_keeps_its_
 def test_an_ephemeral_frame_between_two_batches_waits_only_for_the_first() -> None:
     core = LogCore()
     core.open(0)
-    core.publish(frame("assistant"), NOW)  # in flight
+    assert writes(core, core.publish(frame("assistant"), NOW)) == [[1]]  # in flight
     core.publish(frame("system"), NOW)  # next batch
     core.publish(frame("stream_event"), NOW)
     core.publish(frame("result"), NOW)  # next batch too
-    assert sent(e := core.written()) == [("assistant", 1)] and writes(e) == [[2, 3]]
+    assert sent(e := core.written()) == [("assistant", 1)] and writes(core, e) == [[2, 3]]
     assert sent(core.written()) == [("system", 2), ("stream_event", None), ("result", 3)]
 
 
 def test_a_store_outage_notice_overtakes_everything_pending() -> None:
     core = LogCore()
     core.open(0)
-    core.publish(frame("assistant"), NOW)
+    assert writes(core, core.publish(frame("assistant"), NOW)) == [[1]]
     notice = core.publish(frame("error", code="store_unavailable"), NOW)
     assert sent(notice) == [("error", None)]
     assert sent(core.written()) == [("assistant", 1)]
@@ -128,7 +143,9 @@ def test_the_stored_body_is_the_frame_without_seq_and_keeps_its_type_and_time() 
     core = LogCore()
     core.open(0)
     original = frame("assistant", message={"content": "hi"})
-    (write,) = [e for e in core.publish(original, NOW) if isinstance(e, Write)]
+    assert [type(e) for e in core.publish(original, NOW)] == [Flush]
+    write = core.next_batch()
+    assert write is not None
     (event,) = write.events
     assert event.body == original and "seq" not in event.body
     assert event.type == "assistant" and event.created_at == NOW
@@ -149,7 +166,7 @@ def test_pending_bytes_count_what_waits_and_fall_as_it_is_broadcast_or_dropped()
     core.publish(frame("assistant"), NOW, size=100)  # not open yet: waits
     core.publish(frame("stream_event"), NOW, size=10)
     assert core.pending_bytes == 110
-    core.open(0)
+    assert writes(core, core.open(0)) == [[1]]
     core.publish(frame("result"), NOW, size=5)
     assert core.pending_bytes == 115
     core.written()
@@ -212,7 +229,7 @@ async def test_the_driver_continues_the_stored_seqs_and_broadcasts_after_the_wri
         ("stream_event", None),
         ("result", 10),
     ]
-    assert [e.seq for e in store.rows] == [8, 9, 10] and log.last_seq == 10 and store.appends <= 3
+    assert [e.seq for e in store.rows] == [8, 9, 10] and log.last_seq == 10 and store.appends == 1
 
 
 async def test_a_short_outage_delays_frames_and_loses_none() -> None:
@@ -259,7 +276,7 @@ def test_the_core_tells_whether_a_frame_still_waits_for_its_write() -> None:
     core = LogCore()
     core.open(0)
     notice = frame("error", code="workspace_full")
-    core.publish(notice, NOW)
+    assert writes(core, core.publish(notice, NOW)) == [[1]]
     assert core.holds(notice) and not core.holds(dict(notice))  # this object, not an equal one
     core.written()
     assert not core.holds(notice)
