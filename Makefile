@@ -84,6 +84,7 @@ format: venv
 bench: deps venv
 	$(PY) bench/bench.py
 	$(PY) bench/bench_store.py
+	$(PY) bench/bench_eventlog.py
 	$(PY) bench/bench_rehydrate.py
 	$(PY) bench/bench_load.py
 

@@ -105,9 +105,10 @@ def parse_service_line(line: bytes) -> dict[str, Any]:
 
 def start_agent(start: dict[str, Any]) -> dict[str, Any] | None:
     """The ``agent`` of a ``start`` frame (the session's agent version; docs/protocol.md, "The
-    agent in the start frame"), or None for the operator's default agent."""
+    agent in the start frame"), or None for the operator's default agent — which may still carry
+    a tool policy (``ask_tools``/``custom_tools``, no ``id``) for the approvals, but no spec."""
     agent = start.get("agent")
-    if agent is None:
+    if agent is None or (isinstance(agent, dict) and "id" not in agent):
         return None
     if not isinstance(agent, dict) or not isinstance(agent.get("tools", []), list):
         raise ChannelError("start.agent is not an agent")

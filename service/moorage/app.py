@@ -28,7 +28,7 @@ from .auth import AuthConfigError, Authenticator, credentials, is_loopback, pars
 from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
-from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status, store_unavailable
 from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
 from .metrics import Metrics
@@ -38,10 +38,12 @@ from .protocol import (
     InterruptFrame,
     PermissionResponseFrame,
     PingFrame,
+    Subscriber,
     UserFrame,
     dumps,
     parse_client_frame,
 )
+from .replay import Plan, ReplayGate, parse_after, plan, replay
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
 from .settings import Settings
@@ -163,6 +165,11 @@ class WsConnection:
             self.overflowed = True
         return not self.overflowed
 
+    async def put(self, text: str) -> None:
+        """Queue ``text``, waiting for room (a replay: backpressure instead of ``slow_consumer``)."""
+        if self.close_with is None:
+            await self.queue.put(text, text_bytes(text))
+
     def close(self, code: int, reason: str) -> None:
         if self.close_with is not None:
             return
@@ -266,13 +273,17 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
     ws = conn.ws
     writer = asyncio.create_task(conn.write())
     session_id = ws.path_params.get("session_id")
+    sub: Subscriber = conn
+    replaying: asyncio.Task[None] | None = None
     try:
+        after = parse_after(ws.query_params.get("after"))  # before any session is touched
         if session_id is None:
             query = ws.query_params
             agent = await session_agent(Agents(services.db), tenant, query.get("agent"), query.get("version"))
             session, state = await services.sessions.create(tenant, agent), "new"
         else:
             session, state = await services.sessions.attach(session_id, tenant)
+        sub, p = await _attach(session, conn, state, after)
     except MoorageError as exc:
         services.metrics.errors.labels(str(exc.code)).inc()
         conn.offer(dumps(exc.frame()))
@@ -280,26 +291,63 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
         return
-    first: dict[str, object] = {
-        "type": "session",
-        "session_id": session.id,
-        "state": state,
-        "protocol": PROTOCOL_VERSION,
-    }
-    if session.agent is not None:
-        first["agent"] = {"id": session.agent["id"], "version": session.agent["version"]}
-    conn.offer(dumps(first))
-    session.attach(conn)
+    if p is not None and isinstance(sub, ReplayGate):
+        replaying = asyncio.create_task(_replay(session, conn, sub, p))
     reader = asyncio.create_task(_read(services, session, conn))
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        session.detach(conn)
+        session.detach(sub)
+        if replaying is not None:
+            replaying.cancel()
         reader.cancel()
         conn.close(1000, "")
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(writer, 5)
         writer.cancel()
+
+
+async def _attach(
+    session: Session, conn: WsConnection, state: str, after: int | None
+) -> tuple[Subscriber, Plan | None]:
+    """Send the ``session`` frame (with ``last_seq``) and attach the connection: directly (live
+    only), or behind a ``ReplayGate`` when it asked to replay from ``after``. The ``last_seq`` is
+    read in the same step as the attach, so the replay and the live frames meet exactly there."""
+    try:
+        await session.events.open()  # the log's last seq, from the store (after a restart too)
+        first = (await session.events.store.bounds(session.id))[0] if after is not None else 0
+    except STORE_ERRORS as exc:
+        raise MoorageError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
+    # No await from here on: nothing is broadcast between reading last_seq and attaching.
+    upto = session.events.last_seq
+    p = plan(after, first, upto) if after is not None else None
+    frame: dict[str, object] = {
+        "type": "session",
+        "session_id": session.id,
+        "state": state,
+        "protocol": PROTOCOL_VERSION,
+        "last_seq": upto,
+    }
+    if p is not None:
+        frame["truncated"] = p.truncated
+    if session.agent is not None:
+        frame["agent"] = {"id": session.agent["id"], "version": session.agent["version"]}
+    conn.offer(dumps(frame))
+    sub: Subscriber = conn if p is None else ReplayGate(conn, conn.queue.budget.limit)
+    session.attach(sub, replaying=p is not None)
+    return sub, p
+
+
+async def _replay(session: Session, conn: WsConnection, gate: ReplayGate, p: Plan) -> None:
+    """Send the frames the client missed from the store, then let the live ones through."""
+    try:
+        last = await replay(session.events.store, session.id, p, conn.put)
+    except STORE_ERRORS as exc:
+        error = MoorageError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True)
+        conn.offer(dumps(error.frame()))
+        conn.close(close_code(error.code), error.code)
+        return
+    gate.release(last)
 
 
 # DELETE /v1/sessions/{id}: HTTP status and Managed Agents error type per code it can answer.

@@ -47,6 +47,7 @@ class Code(StrEnum):
     AGENT_NOT_FOUND = "agent_not_found"
     AGENT_ARCHIVED = "agent_archived"
     VERSION_CONFLICT = "version_conflict"
+    INVALID_AFTER = "invalid_after"
     INTERNAL = "internal"
 
 
@@ -153,6 +154,7 @@ CODES: dict[Code, Spec] = {
     Code.AGENT_NOT_FOUND: Spec(Fatal.SOMETIMES, 4404, 404),
     Code.AGENT_ARCHIVED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.VERSION_CONFLICT: Spec(Fatal.NO, None, 409),
+    Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

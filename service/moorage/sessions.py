@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from moorage_session_store.events import SessionEvents
 
 from .accounting import Accounting, Ledger, budget_error
 from .bounded import sdk_buffer_bytes
@@ -60,6 +61,7 @@ from .errors import (
     close_code,
     store_unavailable,
 )
+from .eventlog import EventLog, EventStore
 from .metrics import Metrics
 from .pending import AgentTools, Pending, Resolution
 from .pool import WarmPool, start_loaded
@@ -90,6 +92,7 @@ class Deps:
     replica: str
     metrics: Metrics
     accounting: Accounting
+    events: EventStore | None = None  # the event log's table (default: SessionEvents on the store's database)
 
 
 class Session:
@@ -139,6 +142,10 @@ class Session:
         self.agent_tools = AgentTools.parse(agent if agent is not None else settings.default_agent)
         self.pending = Pending(settings.permission_timeout_s, self.agent_tools)
         self.subscribers: set[Subscriber] = set()
+        # Every client-visible frame goes through the event log (eventlog.py): seq, durable, then fan-out.
+        events = deps.events if deps.events is not None else SessionEvents(deps.store.db)
+        self.events = EventLog(events, session_id, self._fanout, self._on_log_broken, self._on_degraded)
+        self._log_broken: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.start_error: MoorageError | None = None
         self.closed = False
@@ -375,6 +382,7 @@ class Session:
                 return
             if isinstance(frame, Sdk):
                 await self._on_sdk(frame.message)
+                await self.events.room()  # the event log is behind: stop reading the runner
             elif isinstance(frame, Rpc):
                 await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
             elif isinstance(frame, RunnerError):
@@ -549,6 +557,8 @@ class Session:
         if error is not None:
             error.fatal = True
             self.broadcast(error.frame())
+        await self._step("event_log", self.events.drain(STOP_GRACE_S))  # clients get what is durable
+        self.events.close()
         for sub in list(self.subscribers):
             sub.close(close_code(error.code) if error else 1000, error.code if error else "session suspended")
         self.subscribers.clear()
@@ -624,6 +634,7 @@ class Session:
         if (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
             self.metrics.budget_exceeded.labels(scope).inc()
             raise budget_error(scope)
+        self.broadcast({"type": "user_message", "message": frame.message})  # logged when accepted
         self.guard.start(time.monotonic())
         self.settled.clear()
         self._turn_started = time.monotonic()
@@ -652,6 +663,14 @@ class Session:
     # -- fan-out and idleness ------------------------------------------------
 
     def broadcast(self, frame: dict[str, Any]) -> None:
+        """Every client-visible frame: logged (seq, durable) first, fanned out by the log."""
+        self.events.publish(frame)
+
+    def _on_log_broken(self, error: MoorageError) -> None:
+        if self._log_broken is None and not self.closed:
+            self._log_broken = asyncio.create_task(self.close(error))
+
+    def _fanout(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "error":
             self.metrics.count_error(frame.get("code"))  # never a label the runner chose
         text = dumps(frame)
@@ -663,12 +682,15 @@ class Session:
         if not self.subscribers:
             self._schedule_idle()
 
-    def attach(self, sub: Subscriber) -> None:
+    def attach(self, sub: Subscriber, replaying: bool = False) -> None:
+        """``replaying``: the client replays the log from a seq it has seen (``?after=``), which
+        holds every request it has not seen yet; a live-only client is asked again."""
         self.subscribers.add(sub)
         self._cancel_idle()
         for notice in self._notices:
-            sub.offer(dumps(notice))
-        for request in self.pending.replay():  # still waiting for an answer: asked again
+            if not self.events.core.holds(notice):  # else it reaches the client from the log, with its seq
+                sub.offer(dumps(notice))
+        for request in [] if replaying else self.pending.replay():  # still waiting for an answer: asked again
             sub.offer(dumps(request))
 
     def detach(self, sub: Subscriber) -> None:

@@ -19,6 +19,7 @@ from .errors import (
     UnsupportedDatabaseURL,
     VersionConflict,
 )
+from .events import EventConflict, NewEvent, SessionEvents, StoredEvent
 from .records import SessionRecord, SessionRecords, SessionState
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
@@ -31,14 +32,18 @@ __all__ = [
     "Agents",
     "Database",
     "DatabaseUnavailable",
+    "EventConflict",
     "InvalidRecord",
     "MoorageStoreError",
+    "NewEvent",
     "SQLModelSessionStore",
+    "SessionEvents",
     "SessionExists",
     "SessionNotFound",
     "SessionRecord",
     "SessionRecords",
     "SessionState",
+    "StoredEvent",
     "TenantSpend",
     "TokenCheck",
     "TokenRecord",

@@ -1,6 +1,7 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
-service's session records (``sessions``, ``workspaces``, ``workspace_chunks``) the API tokens (``api_tokens``)
-and the agents (``agents``, ``agent_versions``).
+service's session records (``sessions``, ``workspaces``, ``workspace_chunks``), each session's event log
+(``session_events``), the API tokens (``api_tokens``), the tenants' spend (``tenant_spend``) and the
+agents (``agents``, ``agent_versions``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -136,6 +137,20 @@ class ApiTokenRow(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
+class SessionEventRow(SQLModel, table=True):
+    """One client-visible event of a session, in its per-session order ``seq`` (1, 2, 3 … no gaps):
+    ``type`` is the frame's type, ``body`` the frame as sent (without ``seq``), ``created_at`` when
+    it was written (the Managed Agents ``processed_at``). Deleted with its session."""
+
+    __tablename__ = "session_events"
+
+    session_id: str = Field(sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    type: str = Field(sa_column=Column(String, nullable=False))
+    body: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 class TenantSpendRow(SQLModel, table=True):
     """What a tenant spent on the model on one UTC day (every replica adds to it)."""
 
@@ -192,3 +207,4 @@ API_TOKENS = table("api_tokens")
 TENANT_SPEND = table("tenant_spend")
 AGENTS = table("agents")
 AGENT_VERSIONS = table("agent_versions")
+SESSION_EVENTS = table("session_events")

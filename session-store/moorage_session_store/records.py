@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .columns import utcnow
 from .database import Database
 from .errors import InvalidRecord, SessionExists, SessionNotFound
-from .models import ENTRIES, KEYS, SESSIONS, WORKSPACE_CHUNKS, WORKSPACES, SessionRow, WorkspaceRow
+from .models import ENTRIES, KEYS, SESSION_EVENTS, SESSIONS, WORKSPACE_CHUNKS, WORKSPACES, SessionRow, WorkspaceRow
 
 __all__ = ["SESSION_STATES", "SessionRecord", "SessionRecords", "SessionRow", "SessionState", "WorkspaceRow"]
 
@@ -318,9 +318,10 @@ class SessionRecords:
 
     async def delete(self, id: str) -> None:
         """Delete the session and everything it stored here: its workspace archives (every
-        generation) and record (no-op if absent)."""
+        generation), its event log and record (no-op if absent)."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
+                await conn.execute(delete(SESSION_EVENTS).where(SESSION_EVENTS.c.session_id == id))
                 await conn.execute(delete(WORKSPACE_CHUNKS).where(WORKSPACE_CHUNKS.c.session_id == id))
                 await conn.execute(delete(WORKSPACES).where(WORKSPACES.c.session_id == id))
                 await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))
@@ -328,16 +329,19 @@ class SessionRecords:
     # --- storage: what a tenant keeps, and deleting it -----------------------------------------
 
     async def tenant_storage_bytes(self, tenant: str) -> int:
-        """Bytes ``tenant`` has stored: its sessions' workspace snapshots plus its transcript entries
-        (each entry's JSON text, subagent transcripts included). The one place storage is counted.
+        """Bytes ``tenant`` has stored: its sessions' workspace snapshots, its transcript entries
+        (each entry's JSON text, subagent transcripts included) and its sessions' event logs (each
+        event's JSON body). The one place storage is counted.
 
         Cost: a sum over the tenant's transcript rows (the ``(project_key, ...)`` and ``(key_id, id)``
         indexes find them); callers ask once per new session or workspace save, not per entry.
         """
         if self._db.dialect == "postgresql":
             entry_bytes = func.octet_length(cast(ENTRIES.c.entry, Text))  # ``json`` is stored as its text
+            event_bytes = func.octet_length(cast(SESSION_EVENTS.c.body, Text))
         else:
             entry_bytes = func.length(cast(ENTRIES.c.entry, LargeBinary))  # bytes, not characters
+            event_bytes = func.length(cast(SESSION_EVENTS.c.body, LargeBinary))
         workspaces = (  # every stored chunk, a save in flight included
             select(func.coalesce(func.sum(WORKSPACE_CHUNKS.c.size), 0))
             .select_from(WORKSPACE_CHUNKS.join(SESSIONS, WORKSPACE_CHUNKS.c.session_id == SESSIONS.c.id))
@@ -350,10 +354,16 @@ class SessionRecords:
             .where(KEYS.c.project_key == tenant)  # the service keys transcripts by tenant
             .scalar_subquery()
         )
+        events = (
+            select(func.coalesce(func.sum(event_bytes), 0))
+            .select_from(SESSION_EVENTS.join(SESSIONS, SESSION_EVENTS.c.session_id == SESSIONS.c.id))
+            .where(SESSIONS.c.tenant == tenant)
+            .scalar_subquery()
+        )
         with self._db.translate_errors():
             async with self._db.engine.connect() as conn:
-                total = (await conn.execute(select(workspaces, transcripts))).one()
-        return int(total[0]) + int(total[1])
+                total = (await conn.execute(select(workspaces, transcripts, events))).one()
+        return int(total[0]) + int(total[1]) + int(total[2])
 
     async def purge(self, id: str, owner: str | None = None) -> bool:
         """Delete the session and everything it stored (record, workspace, transcripts with their
@@ -394,8 +404,8 @@ class SessionRecords:
         return await self._delete_with_transcripts(stmt)
 
     async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
-        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces go by ON DELETE
-        CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
+        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces and event logs go
+        by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()

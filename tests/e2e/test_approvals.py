@@ -36,6 +36,10 @@ def of_type(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [f for f in frames if f.get("type") == kind]
 
 
+def unsequenced(frame: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in frame.items() if k != "seq"}
+
+
 async def ask(client: Client, command: str) -> dict[str, Any]:
     """Send a Bash turn; the permission request it waits on (no result before it)."""
     await client.say(f"bash {command}")
@@ -60,7 +64,8 @@ async def test_always_ask_bash_runs_only_when_allowed(asking: Service) -> None:
     await client.send({"type": "permission_response", "id": allowed["id"], "behavior": "allow"})
     frames = await client.until("result")
     (answer,) = of_type(frames, "permission_response")
-    assert answer == {
+    assert answer["seq"] > allowed["seq"]  # logged, like the request
+    assert unsequenced(answer) == {
         "type": "permission_response",
         "id": allowed["id"],
         "behavior": "allow",
@@ -91,11 +96,30 @@ async def test_a_pending_request_survives_a_disconnect_and_any_client_may_answer
     await first.close()
     second = await Client.connect(asking, first.session_id)
     assert second.first["state"] == "attached"
-    replayed = (await second.until("permission_request"))[-1]
-    assert replayed == request
+    reminder = (await second.until("permission_request"))[-1]
+    assert reminder == unsequenced(request)  # asked again (the original, with its seq, is in the log)
     await second.send({"type": "permission_response", "id": request["id"], "behavior": "allow"})
     assert result_of(await second.until("result"))["result"] == "tool said: answered-later"
     await second.close()
+
+
+async def test_a_client_replaying_the_log_gets_a_pending_request_once(asking: Service) -> None:
+    """With ``?after=`` the pending request comes from the log, with its seq, and is not
+    also re-sent as a reminder; a live-only client gets the reminder."""
+    first = await Client.connect(asking)
+    request = await ask(first, "echo replayed-once")
+    await first.close()
+    again = await Client.connect(asking, first.session_id, query=f"?after={request['seq'] - 1}")
+    assert (await again.until("permission_request"))[-1] == request
+    await again.send({"type": "ping", "id": 9})  # the replay is over (last_seq reached): no reminder follows
+    assert await again.recv() == {"type": "pong", "id": 9}
+    await again.close()
+    live = await Client.connect(asking, first.session_id)
+    (reminder,) = of_type(await live.until("permission_request"), "permission_request")
+    assert reminder == unsequenced(request)
+    await live.send({"type": "permission_response", "id": request["id"], "behavior": "allow"})
+    assert result_of(await live.until("result"))["result"] == "tool said: replayed-once"
+    await live.close()
 
 
 async def test_an_unanswered_request_is_denied_after_the_timeout(asking: Service) -> None:

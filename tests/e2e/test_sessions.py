@@ -27,12 +27,16 @@ from support import (
 
 
 async def test_new_session_streams_sdk_messages_and_a_result(service: Service) -> None:
-    """A new session answers with a session frame, then the SDK's init, assistant and result frames."""
+    """A new session answers with a session frame, then the echo of the user's message, the SDK's
+    init, assistant and result frames, each with the next seq."""
     client = await Client.connect(service)
     assert client.first["type"] == "session" and client.first["state"] == "new"
+    assert client.first["last_seq"] == 0
     frames = await client.turn("say hello there")
     types = [f["type"] for f in frames]
-    assert types[0] == "system" and frames[0]["subtype"] == "init"
+    assert types[0] == "user_message" and frames[0]["message"]["content"] == "say hello there"
+    assert types[1] == "system" and frames[1]["subtype"] == "init"
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
     assert "assistant" in types
     result = result_of(frames)
     assert result["subtype"] == "success" and result["result"] == "hello there"
@@ -163,7 +167,9 @@ async def test_second_connection_attaches_and_sees_the_same_stream(service: Serv
     first = await Client.connect(service)
     await first.turn("say warm")
     second = await Client.connect(service, first.session_id)
+    last_seq = second.first.pop("last_seq")
     assert second.first == {"type": "session", "session_id": first.session_id, "state": "attached", "protocol": 1}
+    assert last_seq > 0
     await second.say("say from the second")
     a = result_of(await first.until("result"))
     b = result_of(await second.until("result"))

@@ -338,6 +338,8 @@ async def test_result_frames_with_hostile_numbers_leave_counters_finite(service:
         for _ in range(3):
             await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "go"}}))
             frame = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+            if frame["type"] == "user_message":  # the echo of the accepted message (the event log)
+                frame = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
             if frame["type"] != "result":
                 assert frame["type"] == "error" and frame["code"] == "sandbox_crashed" and frame["fatal"], frame
                 survived = False
@@ -374,6 +376,8 @@ async def test_a_runner_that_stops_reading_its_input_is_still_killed_at_the_turn
     async with websockets.connect(service.ws_url, max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "session"
         await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "hello"}}))
+        echo = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+        assert echo["type"] == "user_message"  # the accepted message, from the event log
         error = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
         assert error["type"] == "error" and error["code"] == "turn_timeout" and error["fatal"] is True
         await asyncio.wait_for(ws.wait_closed(), scaled(30))

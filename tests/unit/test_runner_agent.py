@@ -85,6 +85,15 @@ def test_without_an_agent_the_options_are_todays() -> None:
     assert options.tools is None and options.disallowed_tools == [] and options.system_prompt is None
 
 
+def test_the_default_agents_tool_policy_keeps_todays_tools() -> None:
+    """The operator's default agent (MOORAGE_DEFAULT_AGENT) carries only a tool policy: the
+    built-in tools stay, and the policy's hook and client-tools server are added."""
+    start = channel.Start({"session_id": "s"}, "unix:/m", agent={"ask_tools": ["Bash"], "custom_tools": []}).wire()
+    assert runner_channel.start_agent(start) is None
+    options = runner.build_options(start, "http://x", None)
+    assert options.tools is None and options.disallowed_tools == []
+
+
 def test_a_malformed_agent_is_a_channel_error() -> None:
     with pytest.raises(runner_channel.ChannelError):
         runner_channel.start_agent({"kind": "start", "agent": ["not", "an", "agent"]})

@@ -2,7 +2,7 @@
 ``agent_versions`` (one immutable spec per version).
 
 Revision ID: 0007
-Revises: 0005 (re-chained onto 0006 when the branches merge)
+Revises: 0006
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from moorage_session_store.columns import JSON_DOC, UTCDateTime
 
 revision = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | None = None
 depends_on: str | None = None
 
