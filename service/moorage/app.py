@@ -398,9 +398,7 @@ def create_app(settings: Settings) -> Starlette:
                     proxy.limits.request_timeout_s,
                 )
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
-            bind_proxy = getattr(backend, "bind_proxy", None)
-            if bind_proxy is not None:  # kubernetes: the proxy's TCP port for pods
-                await bind_proxy(proxy)
+            await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods
             workspaces = settings.state_dir.resolve() / "workspaces"
             pool = WarmPool(
                 backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics

@@ -41,6 +41,7 @@ import structlog
 from . import workspace_archive
 from .channel import Restore
 from .errors import STORE_ERRORS, Code, MoorageError
+from .seams import RecordStore
 from .storage import NOT_SAVED_FLAG, OverQuota, workspace_allowance
 
 log = structlog.get_logger(__name__)
@@ -206,7 +207,7 @@ async def _chunks(proc: asyncio.subprocess.Process, deadline: float, max_bytes: 
         yield bytes(pending)
 
 
-async def save_workspace(records: Any, session_id: str, path: Path, settings: Any) -> int:
+async def save_workspace(records: RecordStore, session_id: str, path: Path, settings: Any) -> int:
     """Archive the workspace into the database, streaming; returns its bytes. ``OverQuota`` (and
     the last save kept) when the archive would take its tenant past its storage quota."""
     allowance = await workspace_allowance(records, session_id, settings.tenant_storage_bytes)
@@ -231,7 +232,7 @@ class Checkpoints:
     it changed and the last save is ``workspace_checkpoint_s`` old, so a host
     crash loses at most that much of it (suspension always saves)."""
 
-    def __init__(self, records: Any, session_id: str, settings: Any, log: Any) -> None:
+    def __init__(self, records: RecordStore, session_id: str, settings: Any, log: Any) -> None:
         self.records, self.session_id, self.settings, self.log = records, session_id, settings, log
         self._task: asyncio.Task[None] | None = None
         self._saved: tuple[int, int, int] | None = None
