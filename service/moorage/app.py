@@ -183,7 +183,7 @@ async def _dispatch(services: Services, session: Session, conn: WsConnection, ra
     elif isinstance(frame, InterruptFrame):
         await session.interrupt()
     elif isinstance(frame, PingFrame):
-        conn.offer(dumps({"type": "pong", "id": frame.id}))
+        session.emit({"type": "pong", "id": frame.id}, durable=False, to=conn)
 
 
 async def _read(services: Services, session: Session, conn: WsConnection) -> None:
@@ -198,14 +198,13 @@ async def _read(services: Services, session: Session, conn: WsConnection) -> Non
         try:
             await _dispatch(services, session, conn, raw)
         except MoorageError as exc:
-            conn.metrics.errors.labels(str(exc.code)).inc()
-            conn.offer(dumps(exc.frame()))
+            session.emit(exc.frame(), durable=False, to=conn)  # a reply to this connection only
             if exc.fatal:
                 conn.close(close_code(exc.code), exc.code)
                 return
         except TimeoutError:
             error = MoorageError("the sandbox did not become ready in time", code=Code.SANDBOX_START_FAILED, fatal=True)
-            conn.offer(dumps(error.frame()))
+            session.emit(error.frame(), durable=False, to=conn)
 
 
 async def session_socket(ws: WebSocket) -> None:
