@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 from .errors import MoorageError, close_code
 from .sandbox.base import Sandbox
-from .session_core import TranscriptDurable
+from .session_events import (
+    TranscriptDurable,
+)
 from .workspaces import suspend_record
 
 if TYPE_CHECKING:

@@ -42,6 +42,11 @@ from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
 from .seams import RecordStore, TranscriptStore
 from .session_core import (
+    Limits,
+    SessionCore,
+)
+from .session_end import STOP_GRACE_S, wind_down
+from .session_events import (
     Aborted,
     Attached,
     ChannelBroken,
@@ -56,14 +61,12 @@ from .session_core import (
     Input,
     InterruptRequested,
     KillSandbox,
-    Limits,
     Ready,
     RunnerFailed,
     SandboxEnded,
     SdkMessage,
     SendInterrupt,
     SendUser,
-    SessionCore,
     StopSandbox,
     Tick,
     TranscriptDurable,
@@ -73,7 +76,6 @@ from .session_core import (
     UserMessage,
     WindDown,
 )
-from .session_end import STOP_GRACE_S, wind_down
 from .session_start import start_sandbox
 from .settings import Settings
 from .transcripts import TranscriptSink
@@ -156,6 +158,7 @@ class Session:
         self._main: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[ServiceFrame] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []  # the writer and the clock
+        self._stopping: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the core's next deadline may have changed
         self.settled = asyncio.Event()  # set while not ``busy``
         self.settled.set()
@@ -312,8 +315,11 @@ class Session:
                 self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
                 self.metrics.sandbox_idle_timeouts.labels(self.backend.name).inc()
             case StopSandbox():
-                if self.sandbox is not None:  # bounded and idempotent; the pump sees the end
-                    self.tasks.append(asyncio.create_task(self._stop_quietly(self.sandbox)))
+                # Bounded and idempotent; the pump sees the end. Not one of
+                # ``tasks``: the wind-down must not cancel a stop half done.
+                # Before ready the start is cancelled instead (``close``).
+                if self.sandbox is not None and self.ready.is_set():
+                    self._stopping = asyncio.create_task(self._stop_quietly(self.sandbox))
             case _:
                 return False
         return True
@@ -430,8 +436,8 @@ class Session:
             if not self.closed:
                 await self.feed(Aborted(None))  # the reason, if given, reaches its clients
             return
-        if self.sandbox is not None:
-            await self.sandbox.stop(STOP_GRACE_S)
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
         await asyncio.shield(self._main)
 
     # -- commands from clients -----------------------------------------------

@@ -7,6 +7,11 @@ from typing import Any
 import pytest
 from moorage.errors import Code, MoorageError, ProtocolError, SandboxError, SessionError
 from moorage.session_core import (
+    Limits,
+    SessionCore,
+    State,
+)
+from moorage.session_events import (
     Aborted,
     Attached,
     ChannelBroken,
@@ -20,15 +25,12 @@ from moorage.session_core import (
     IdleTimedOut,
     InterruptRequested,
     KillSandbox,
-    Limits,
     Ready,
     RunnerFailed,
     SandboxEnded,
     SdkMessage,
     SendInterrupt,
     SendUser,
-    SessionCore,
-    State,
     StopSandbox,
     Tick,
     TranscriptDurable,
@@ -63,6 +65,11 @@ def ready(clients: int = 1) -> SessionCore:
     return core
 
 
+def state(core: SessionCore) -> State:
+    """The core's state, read through a call (mypy would narrow the attribute across ``handle``)."""
+    return core.state
+
+
 def kinds(effects: list[Effect]) -> list[type]:
     return [type(e) for e in effects]
 
@@ -76,22 +83,22 @@ def emitted(effects: list[Effect]) -> list[dict[str, Any]]:
 
 def test_a_new_core_starts_and_becomes_idle_when_ready() -> None:
     core = SessionCore(LIMITS)
-    assert core.state is State.STARTING and not core.busy
+    assert state(core) is State.STARTING and not core.busy
     assert core.handle(Ready(1.0)) == []
-    assert core.state is State.IDLE
+    assert state(core) is State.IDLE
 
 
 def test_a_user_message_when_idle_starts_a_turn_at_once() -> None:
     core = ready()
     assert core.handle(UserMessage(line("hi"), 1.0)) == [SendUser(line("hi"))]
-    assert core.state is State.RUNNING and core.busy and core.guard.running
+    assert state(core) is State.RUNNING and core.busy and core.guard.running
 
 
 def test_a_message_sent_while_starting_waits_for_ready() -> None:
     core = SessionCore(LIMITS)
     assert core.handle(UserMessage(line("early"), 0.5)) == [Emit({"type": "queued", "position": 1})]
     assert core.handle(Ready(1.0)) == [SendUser(line("early"))]
-    assert core.state is State.RUNNING
+    assert state(core) is State.RUNNING
 
 
 def test_sdk_messages_are_emitted_durable_and_stream_events_ephemeral() -> None:
@@ -106,7 +113,7 @@ def test_a_result_ends_the_turn_when_the_transcript_is_durable() -> None:
     core = ready()
     core.handle(UserMessage(line("hi"), 1.0))
     assert core.handle(SdkMessage(result(), 2.0)) == [TurnEnded(result(), timed_out=False)]
-    assert core.state is State.IDLE and not core.busy
+    assert state(core) is State.IDLE and not core.busy
 
 
 # -- the queue -------------------------------------------------------------------
@@ -119,10 +126,10 @@ def test_messages_during_a_turn_queue_and_run_in_order() -> None:
     assert emitted(core.handle(UserMessage(line("three"), 1.2))) == [{"type": "queued", "position": 2}]
     effects = core.handle(SdkMessage(result("one"), 2.0))
     assert effects == [TurnEnded(result("one"), False), SendUser(line("two"))]
-    assert core.state is State.RUNNING and core.guard.started_at == 2.0
+    assert state(core) is State.RUNNING and core.guard.started_at == 2.0
     assert core.handle(SdkMessage(result("two"), 3.0)) == [TurnEnded(result("two"), False), SendUser(line("three"))]
     assert core.handle(SdkMessage(result("three"), 4.0)) == [TurnEnded(result("three"), False)]
-    assert core.state is State.IDLE and not core.queue
+    assert state(core) is State.IDLE and not core.queue
 
 
 def test_a_message_past_the_queue_bound_is_refused_with_queue_full() -> None:
@@ -181,7 +188,7 @@ def test_a_refused_turn_drops_the_queue_with_the_refusal() -> None:
     spent = ProtocolError("spent", code=Code.BUDGET_EXCEEDED)
     effects = core.handle(TurnRefused(spent, 2.1))
     assert emitted(effects) == [spent.frame(), spent.frame()]
-    assert core.state is State.IDLE and not core.queue and not core.guard.running
+    assert state(core) is State.IDLE and not core.queue and not core.guard.running
 
 
 def test_draining_refuses_new_messages_and_drops_queued_ones_after_the_turn() -> None:
@@ -207,7 +214,7 @@ def test_a_result_waits_until_its_transcript_is_durable() -> None:
     core.handle(UserMessage(line("two"), 1.1))
     core.handle(TranscriptFailed())
     assert core.handle(SdkMessage(result("one"), 2.0)) == [FlushTranscript()]
-    assert core.state is State.SETTLING and core.busy and core.in_use
+    assert state(core) is State.SETTLING and core.busy and core.in_use
     # The next turn waits with it: results stay in order.
     assert list(core.queue) == [line("two")]
     effects = core.handle(TranscriptDurable(3.0))
@@ -271,7 +278,7 @@ def test_idle_needs_no_client_no_turn_and_a_durable_transcript() -> None:
     core.handle(Detached(20.0))
     assert core.handle(Tick(79.0)) == []
     assert core.handle(Tick(80.0)) == [IdleEnded(60.0), IdleTimedOut(), StopSandbox()]
-    assert core.state is State.CLOSING
+    assert state(core) is State.CLOSING
     (end,) = core.handle(SandboxEnded(CRASH))
     assert end == WindDown(None)  # asked to stop: suspended, not crashed
 
@@ -306,7 +313,7 @@ def test_detach_and_reattach_during_a_turn_keeps_the_turn() -> None:
     core.handle(UserMessage(line("work"), 1.0))
     core.handle(Detached(2.0))
     core.handle(Attached(3.0))
-    assert core.state is State.RUNNING and core.clients == 1
+    assert state(core) is State.RUNNING and core.clients == 1
     assert kinds(core.handle(SdkMessage(result(), 4.0))) == [TurnEnded]
 
 
@@ -319,7 +326,7 @@ def test_a_crash_during_a_turn_winds_down_with_the_crash() -> None:
     core.handle(UserMessage(line("queued"), 1.1))
     (end,) = core.handle(SandboxEnded(CRASH))
     assert end == WindDown(CRASH)
-    assert core.state is State.CLOSED and not core.queue and not core.guard.running
+    assert state(core) is State.CLOSED and not core.queue and not core.guard.running
     assert not core.busy and core.next_deadline() is None
 
 
