@@ -185,7 +185,7 @@ class Session:
             self.active = True
             if self.rehydrate:
                 self.metrics.rehydrations.labels("ok").inc()
-            self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._clock())]
+            self.tasks += [asyncio.create_task(self._write()), asyncio.create_task(self._clock())]
             self.ready.set()
             await self.feed(Ready(time.monotonic()))
             await self._pump()
@@ -202,8 +202,10 @@ class Session:
 
     def _crash_error(self) -> SandboxError:
         """Why the sandbox ended, had nobody asked it to (the core decides
-        whether this is the reason): a limit that bit, else a crash."""
-        bit = self.checks.limits_bit(self.sandbox)
+        whether this is the reason): a limit that bit, else a crash. The
+        counters are read only when the end was not asked for."""
+        asked = self.core.closing or self.core.violation is not None
+        bit = {} if asked else self.checks.limits_bit(self.sandbox)
         if bit.get("oom_kills"):
             return SandboxError(
                 f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) and was killed",
