@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from . import session_events as ev
 from .accounting import Accounting, Ledger, budget_error
 from .channel import ChannelViolation, Interrupt, Phase, Rpc, RunnerChannel, RunnerError, Sdk, ServiceFrame, User
 from .checks import AfterTurn
@@ -46,36 +47,6 @@ from .session_core import (
     SessionCore,
 )
 from .session_end import STOP_GRACE_S, wind_down
-from .session_events import (
-    Aborted,
-    Attached,
-    ChannelBroken,
-    CloseRequested,
-    Detached,
-    Drain,
-    Effect,
-    Emit,
-    FlushTranscript,
-    IdleEnded,
-    IdleTimedOut,
-    Input,
-    InterruptRequested,
-    KillSandbox,
-    Ready,
-    RunnerFailed,
-    SandboxEnded,
-    SdkMessage,
-    SendInterrupt,
-    SendUser,
-    StopSandbox,
-    Tick,
-    TranscriptDurable,
-    TranscriptFailed,
-    TurnEnded,
-    TurnRefused,
-    UserMessage,
-    WindDown,
-)
 from .session_start import start_sandbox
 from .settings import Settings
 from .transcripts import TranscriptSink
@@ -187,9 +158,9 @@ class Session:
                 self.metrics.rehydrations.labels("ok").inc()
             self.tasks += [asyncio.create_task(self._write()), asyncio.create_task(self._clock())]
             self.ready.set()
-            await self.feed(Ready(time.monotonic()))
+            await self.feed(ev.Ready(time.monotonic()))
             await self._pump()
-            await self.feed(SandboxEnded(self._crash_error()))
+            await self.feed(ev.SandboxEnded(self._crash_error()))
         except Exception as exc:  # a bug must not leave the sandbox running or a slot taken
             self.log.exception("session_failed", started=self.ready.is_set())
             error = MoorageError(f"internal error: {type(exc).__name__}", fatal=True)
@@ -198,7 +169,7 @@ class Session:
         finally:
             self.ready.set()
             if not self.closed:
-                await self.feed(Aborted(error))
+                await self.feed(ev.Aborted(error))
 
     def _crash_error(self) -> SandboxError:
         """Why the sandbox ended, had nobody asked it to (the core decides
@@ -233,14 +204,14 @@ class Session:
                 frame = self.channel.received(frame, self.core.guard.running)
             except ChannelViolation as exc:
                 self.violated(exc)
-                await self.feed(ChannelBroken(exc.message))  # killed: a hostile runner gets no grace period
+                await self.feed(ev.ChannelBroken(exc.message))  # killed: a hostile runner gets no grace period
                 return
             if isinstance(frame, Sdk):
-                await self.feed(SdkMessage(frame.message, time.monotonic()))
+                await self.feed(ev.SdkMessage(frame.message, time.monotonic()))
             elif isinstance(frame, Rpc):
                 await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
             elif isinstance(frame, RunnerError):
-                await self.feed(RunnerFailed(frame.message))
+                await self.feed(ev.RunnerFailed(frame.message))
         # The runner's last flush (on shutdown) may still be in the queue.
         await self.relay.drain(STOP_GRACE_S)
 
@@ -251,8 +222,12 @@ class Session:
             frame = await self._outbox.get()
             assert self.sandbox is not None
             self.channel.sent(frame)
-            with contextlib.suppress(SandboxError):
+            try:
                 await self.sandbox.send(frame.wire())
+            except SandboxError:
+                pass  # the sandbox is gone: the pump sees the end
+            except Exception:  # a bug here must not leave later frames unsent silently
+                self.log.exception("runner_send_failed", frame=type(frame).__name__)
 
     async def _clock(self) -> None:
         """Tick the core at its next deadline (turn guard, idle timeout)."""
@@ -263,11 +238,11 @@ class Session:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
                 continue
-            await self.feed(Tick(time.monotonic()))
+            await self.feed(ev.Tick(time.monotonic()))
 
     # -- the core's inputs and effects ---------------------------------------
 
-    def _step(self, event: Input) -> list[Effect]:
+    def _step(self, event: ev.Input) -> list[ev.Effect]:
         effects = self.core.handle(event)
         self._wake.set()
         if self.core.busy and not self.closed:
@@ -276,47 +251,47 @@ class Session:
             self.settled.set()
         return effects
 
-    def feed_nowait(self, event: Input) -> None:
+    def feed_nowait(self, event: ev.Input) -> None:
         """Feed an input whose effects never wait (attach, detach, drain)."""
         for effect in self._step(event):
             if not self._do_now(effect):
                 self.tasks.append(asyncio.create_task(self._do(effect)))
 
-    async def feed(self, event: Input) -> None:
+    async def feed(self, event: ev.Input) -> None:
         """Feed one input and carry out its effects, in order. A refusal
         for the asking client (``MoorageError``) propagates to the caller."""
         for effect in self._step(event):
             await self.run_effect(effect)
 
-    async def run_effect(self, effect: Effect) -> None:
+    async def run_effect(self, effect: ev.Effect) -> None:
         if not self._do_now(effect):
             await self._do(effect)
 
-    def _do_now(self, effect: Effect) -> bool:
+    def _do_now(self, effect: ev.Effect) -> bool:
         """Carry out an effect that needs no waiting; False if it does."""
         match effect:
-            case Emit(frame=frame, durable=durable):
+            case ev.Emit(frame=frame, durable=durable):
                 self.emit(frame, durable=durable)
-            case SendUser(line=line):
+            case ev.SendUser(line=line):
                 if (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
                     # A queued turn, and the turn before it spent the budget.
                     self.metrics.budget_exceeded.labels(scope).inc()
-                    self.feed_nowait(TurnRefused(budget_error(scope), time.monotonic()))
+                    self.feed_nowait(ev.TurnRefused(budget_error(scope), time.monotonic()))
                     return True
                 self._turn_started = time.monotonic()
                 self._outbox.put_nowait(User(line))
-            case SendInterrupt(reason=reason):
+            case ev.SendInterrupt(reason=reason):
                 if reason != "client":
                     self.log.warning("turn_interrupted", reason=reason, model_turns=self.core.guard.model_turns)
                 self._outbox.put_nowait(Interrupt())
-            case FlushTranscript():
+            case ev.FlushTranscript():
                 self.relay.start_flusher()
-            case IdleEnded(idle_s=idle_s):
+            case ev.IdleEnded(idle_s=idle_s):
                 self.metrics.session_idle_seconds.observe(idle_s)
-            case IdleTimedOut():
+            case ev.IdleTimedOut():
                 self.log.info("session_idle_timeout", idle_s=self.settings.idle_timeout_s)
                 self.metrics.sandbox_idle_timeouts.labels(self.backend.name).inc()
-            case StopSandbox():
+            case ev.StopSandbox():
                 # Bounded and idempotent; the pump sees the end. Not one of
                 # ``tasks``: the wind-down must not cancel a stop half done.
                 # Before ready the start is cancelled instead (``close``).
@@ -326,16 +301,16 @@ class Session:
                 return False
         return True
 
-    async def _do(self, effect: Effect) -> None:
+    async def _do(self, effect: ev.Effect) -> None:
         match effect:
-            case TurnEnded(result=result, timed_out=timed_out):
+            case ev.TurnEnded(result=result, timed_out=timed_out):
                 await self._deliver_result(result, timed_out)
-            case KillSandbox(reason=reason):
+            case ev.KillSandbox(reason=reason):
                 if reason != "channel_violation":
                     self.log.warning("turn_killed", reason=reason)
                 if self.sandbox is not None:
                     await self.sandbox.kill()
-            case WindDown(error=error):
+            case ev.WindDown(error=error):
                 await self._finish(error)
 
     async def _stop_quietly(self, sandbox: Sandbox) -> None:
@@ -343,12 +318,12 @@ class Session:
             await sandbox.stop(STOP_GRACE_S)
 
     def _on_degraded(self) -> None:
-        self.feed_nowait(TranscriptFailed())
+        self.feed_nowait(ev.TranscriptFailed())
         self.notice_code(Code.STORE_UNAVAILABLE, "the database is unreachable: transcript writes are queued, retrying")
 
     async def _on_durable(self) -> None:
         self.notices = [n for n in self.notices if n["code"] != Code.STORE_UNAVAILABLE]
-        await self.feed(TranscriptDurable(time.monotonic()))
+        await self.feed(ev.TranscriptDurable(time.monotonic()))
 
     async def _deliver_result(self, message: dict[str, Any], timed_out: bool) -> None:
         """A turn's result, its transcript durable: to clients, then its bookkeeping."""
@@ -423,20 +398,20 @@ class Session:
     def draining(self, value: bool) -> None:
         """The service is shutting down: no new turns."""
         if value:
-            self.feed_nowait(Drain())
+            self.feed_nowait(ev.Drain())
 
     async def close(self, reason: MoorageError | None = None) -> None:
         """Stop the session on purpose (idle, shutdown), telling clients
         ``reason`` if given; the session is suspended either way. Bounded."""
         if self.closed or self._main is None:
             return
-        await self.feed(CloseRequested(reason))
+        await self.feed(ev.CloseRequested(reason))
         if not self.ready.is_set():
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             if not self.closed:
-                await self.feed(Aborted(None))  # the reason, if given, reaches its clients
+                await self.feed(ev.Aborted(None))  # the reason, if given, reaches its clients
             return
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
@@ -459,11 +434,11 @@ class Session:
         if not self.core.busy and (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
             self.metrics.budget_exceeded.labels(scope).inc()
             raise budget_error(scope)
-        await self.feed(UserMessage(user_message_line(frame), time.monotonic()))
+        await self.feed(ev.UserMessage(user_message_line(frame), time.monotonic()))
 
     async def interrupt(self) -> None:
         await self._await_ready()
-        await self.feed(InterruptRequested(time.monotonic()))
+        await self.feed(ev.InterruptRequested(time.monotonic()))
 
     # -- fan-out -------------------------------------------------------------
 
@@ -480,7 +455,7 @@ class Session:
                 self.subscribers.discard(sub)
                 sub.close(1008, Code.SLOW_CONSUMER)
                 self.log.warning("client_dropped", reason="slow_consumer")
-                self.feed_nowait(Detached(time.monotonic()))
+                self.feed_nowait(ev.Detached(time.monotonic()))
 
     def notice_code(self, code: Code, message: str) -> None:
         """A non-fatal error frame for every client, now and on attach."""
@@ -494,11 +469,11 @@ class Session:
 
     def attach(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
-        self.feed_nowait(Attached(time.monotonic()))
+        self.feed_nowait(ev.Attached(time.monotonic()))
         for notice in self.notices:
             self.emit(notice, durable=False, to=sub)  # told again, not a new event
 
     def detach(self, sub: Subscriber) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)
-            self.feed_nowait(Detached(time.monotonic()))
+            self.feed_nowait(ev.Detached(time.monotonic()))

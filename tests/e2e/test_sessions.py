@@ -225,6 +225,25 @@ async def test_turn_timeout_interrupts_and_reports(model: ScriptedModelServer) -
         await client.close()
 
 
+async def test_a_message_past_the_queue_bound_gets_queue_full(model: ScriptedModelServer) -> None:
+    """With MOORAGE_MAX_QUEUED_TURNS=1 a second waiting message is refused with queue_full (not
+    fatal); the running turn and the one queued message both finish, in order."""
+    with run_service(model.url, MOORAGE_MAX_QUEUED_TURNS="1") as svc:
+        client = await Client.connect(svc)
+        await client.say("bash sleep 3; echo first")
+        await client.until("assistant", timeout=30)
+        await client.say("say second")
+        await client.say("say third")
+        frames = await client.until("error", timeout=30)
+        assert {"type": "queued", "position": 1} in frames
+        assert frames[-1]["code"] == "queue_full" and frames[-1]["fatal"] is False
+        frames += await client.until("result", timeout=60)
+        frames += await client.until("result", timeout=60)
+        assert "first" in tool_output(frames)
+        assert [f["result"] for f in frames if f["type"] == "result"][-1] == "second"
+        await client.close()
+
+
 async def test_disconnect_mid_turn_leaks_no_process(model: ScriptedModelServer) -> None:
     """A client that vanishes mid-turn leaves nothing behind once the session idles out."""
     with run_service(model.url, MOORAGE_IDLE_TIMEOUT_S="1") as svc:
