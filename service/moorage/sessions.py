@@ -207,13 +207,16 @@ class Session:
                 await self.feed(ev.ChannelBroken(exc.message))  # killed: a hostile runner gets no grace period
                 return
             if isinstance(frame, Sdk):
-                await self.feed(ev.SdkMessage(frame.message, time.monotonic()))
+                await self._on_sdk(frame.message)
             elif isinstance(frame, Rpc):
                 await self.relay.enqueue(self.sandbox, frame)  # waits while the relay is full
             elif isinstance(frame, RunnerError):
                 await self.feed(ev.RunnerFailed(frame.message))
         # The runner's last flush (on shutdown) may still be in the queue.
         await self.relay.drain(STOP_GRACE_S)
+
+    async def _on_sdk(self, message: dict[str, Any]) -> None:
+        await self.feed(ev.SdkMessage(message, time.monotonic()))
 
     async def _write(self) -> None:
         """Send the runner its frames in order. A runner that stops reading
