@@ -7,12 +7,14 @@ at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 
 Service -> runner: ``restore`` (workspace chunks, before ``start``), ``start``
 (first, once), ``user``, ``interrupt``, ``snapshot`` (send the workspace back;
-backends that cannot read it from outside), ``rpc_result``/``rpc_error``.
+backends that cannot read it from outside), ``rpc_result``/``rpc_error``,
+``permission_response`` / ``custom_tool_result`` (a client's answer).
 Runner -> service: ``loaded`` (imports done, waiting for ``start``; carries
 the channel ``version``), ``restored``, ``ready`` (the SDK client is connected),
 ``sdk`` (one SDK message, the CLI's own JSON), ``rpc`` (a SessionStore call),
 ``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz
-chunks of the workspace). The service parses what we send strictly
+chunks of the workspace), ``permission_request`` (an ``always_ask`` tool
+waits for a client), ``custom_tool_use`` (a client-executed tool was called). The service parses what we send strictly
 (service/moorage/channel.py) and ends the session on any frame it cannot
 accept: the constants below are its, copied (this package depends on
 nothing of the service's).
@@ -28,15 +30,29 @@ import sys
 from typing import Any
 
 # -- shared with service/moorage/channel.py (kept equal by a test) --
-CHANNEL_VERSION = 1
+CHANNEL_VERSION = 2  # 2: approvals and custom tools (an older runner would ignore ``agent``)
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
 # runner's deepest frame (an rpc append of a tool call's input) is ~10 plus
 # the tool input's own depth; Python's parser fails near 1000.
 MAX_DEPTH = 100
-RUNNER_KINDS = frozenset({"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot"})
-SERVICE_KINDS = frozenset({"start", "user", "interrupt", "restore", "snapshot", "rpc_result", "rpc_error"})
+RUNNER_KINDS = frozenset(
+    {"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot", "permission_request", "custom_tool_use"}
+)
+SERVICE_KINDS = frozenset(
+    {
+        "start",
+        "user",
+        "interrupt",
+        "restore",
+        "snapshot",
+        "rpc_result",
+        "rpc_error",
+        "permission_response",
+        "custom_tool_result",
+    }
+)
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 

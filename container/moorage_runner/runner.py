@@ -17,10 +17,12 @@ import signal
 import sys
 import tarfile
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, cast
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
+from .approvals import Approvals, Asks
 from .bridge import ModelBridge
 from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
 from .restore import Restore
@@ -41,11 +43,16 @@ CLI_ENV = {
 
 
 def build_options(
-    start: dict[str, Any], base_url: str, store: SessionStore | None, extra_env: dict[str, str] | None = None
+    start: dict[str, Any],
+    base_url: str,
+    store: SessionStore | None,
+    extra_env: dict[str, str] | None = None,
+    approvals: Approvals | None = None,
 ) -> ClaudeAgentOptions:
-    """SDK options from the service's ``start`` frame (a fixed allowlist)."""
+    """SDK options from the service's ``start`` frame (a fixed allowlist);
+    ``approvals``: the agent's always_ask tools and custom tools."""
     opts = start.get("options") or {}
-    return ClaudeAgentOptions(
+    options = ClaudeAgentOptions(
         session_store=store,
         # Eager: entries reach the service's database as they happen, not
         # only at the end of a turn, so a crash mid-turn loses little.
@@ -64,6 +71,7 @@ def build_options(
         max_buffer_size=_buffer_size(opts.get("max_buffer_size")),
         env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
+    return replace(options, **approvals.options()) if approvals is not None else options
 
 
 def _buffer_size(value: object) -> int:
@@ -81,6 +89,7 @@ class Runner:
         self.out = out
         self.stdin = stdin
         self.rpc = Rpc(out)
+        self.asks = Asks(out)
         self.client: ClaudeSDKClient | None = None
         self.bridge: ModelBridge | None = None
         self.tunnel: ModelBridge | None = None
@@ -112,6 +121,8 @@ class Runner:
             while (frame := await read_frame(self.stdin)) is not None:
                 if frame.get("kind") in ("rpc_result", "rpc_error"):
                     self.rpc.resolve(frame)
+                elif frame.get("kind") in ("permission_response", "custom_tool_result"):
+                    self.asks.resolve(frame)  # not queued: a waiting tool call holds the command loop
                 else:
                     self.commands.put_nowait(frame)
         finally:
@@ -135,7 +146,8 @@ class Runner:
             self.bridge = ModelBridge(str(start["model_proxy"]))
             base_url = f"http://127.0.0.1:{await self.bridge.start()}"
         store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
-        self.client = ClaudeSDKClient(build_options(start, base_url, store, await self._egress_env(start)))
+        approvals = Approvals(start.get("agent"), self.asks)
+        self.client = ClaudeSDKClient(build_options(start, base_url, store, await self._egress_env(start), approvals))
         try:
             await self.client.connect()
         except Exception as exc:  # the CLI failed to start: report, then exit

@@ -31,7 +31,15 @@ from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
 from .metrics import Metrics
 from .pool import WarmPool
-from .protocol import InterruptFrame, PingFrame, UserFrame, dumps, parse_client_frame
+from .protocol import (
+    CustomToolResultFrame,
+    InterruptFrame,
+    PermissionResponseFrame,
+    PingFrame,
+    UserFrame,
+    dumps,
+    parse_client_frame,
+)
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
 from .settings import Settings
@@ -184,6 +192,8 @@ async def _dispatch(services: Services, session: Session, conn: WsConnection, ra
         await session.interrupt()
     elif isinstance(frame, PingFrame):
         session.emit({"type": "pong", "id": frame.id}, durable=False, to=conn)
+    elif isinstance(frame, (PermissionResponseFrame, CustomToolResultFrame)):
+        await session.answer(frame)
 
 
 async def _read(services: Services, session: Session, conn: WsConnection) -> None:

@@ -26,15 +26,29 @@ from enum import Enum, StrEnum
 from typing import Any, Literal
 
 # -- shared with container/moorage_runner/channel.py (kept equal by a test) --
-CHANNEL_VERSION = 1
+CHANNEL_VERSION = 2  # 2: approvals and custom tools (an older runner would ignore ``agent``)
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
 # runner's deepest frame (an rpc append of a tool call's input) is ~10 plus
 # the tool input's own depth; Python's parser fails near 1000.
 MAX_DEPTH = 100
-RUNNER_KINDS = frozenset({"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot"})
-SERVICE_KINDS = frozenset({"start", "user", "interrupt", "restore", "snapshot", "rpc_result", "rpc_error"})
+RUNNER_KINDS = frozenset(
+    {"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot", "permission_request", "custom_tool_use"}
+)
+SERVICE_KINDS = frozenset(
+    {
+        "start",
+        "user",
+        "interrupt",
+        "restore",
+        "snapshot",
+        "rpc_result",
+        "rpc_error",
+        "permission_response",
+        "custom_tool_result",
+    }
+)
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 
@@ -45,6 +59,8 @@ RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 MAX_VALUES = 1_000_000
 MAX_RPC_ID_CHARS = 64
 MAX_TEXT_CHARS = 64 * 1024  # error / restore / snapshot messages (the session keeps less)
+MAX_REQUEST_ID_CHARS = 128  # a permission request's or custom tool call's id (a tool_use id is ~30)
+MAX_TOOL_NAME_CHARS = 256
 
 RpcMethod = Literal["store.append", "store.load", "store.list_subkeys"]
 
@@ -141,6 +157,26 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class PermissionRequest:
+    """The agent wants to run ``tool`` (an ``always_ask`` tool): a client
+    answers with allow or deny (``PermissionResponse``)."""
+
+    id: str
+    tool: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CustomToolUse:
+    """The agent called a client-executed custom tool: a client answers
+    with its result (``CustomToolResult``)."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Garbage:
     """A line that is not meant as a frame (a stray print); ignored."""
 
@@ -159,7 +195,19 @@ class Violation:
         return ChannelViolation(self.reason, self.detail)
 
 
-RunnerFrame = Loaded | Ready | Sdk | Rpc | RunnerError | Restored | Snapshot | Garbage | Violation
+RunnerFrame = (
+    Loaded
+    | Ready
+    | Sdk
+    | Rpc
+    | RunnerError
+    | Restored
+    | Snapshot
+    | PermissionRequest
+    | CustomToolUse
+    | Garbage
+    | Violation
+)
 
 
 # -- service -> runner ------------------------------------------------------
@@ -171,6 +219,8 @@ class Start:
     model_proxy: str
     store: bool = True
     egress_proxy: str | None = None
+    # The agent's tool policy: {"ask_tools": [...], "custom_tools": [...]} (pending.AgentTools.wire).
+    agent: dict[str, Any] | None = None
 
     def wire(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -182,6 +232,8 @@ class Start:
         }
         if self.egress_proxy is not None:
             frame["egress_proxy"] = self.egress_proxy
+        if self.agent is not None:
+            frame["agent"] = self.agent
         return frame
 
 
@@ -238,7 +290,29 @@ class RpcError:
         return {"kind": "rpc_error", "id": self.id, "message": self.message}
 
 
-ServiceFrame = Start | User | Interrupt | Restore | SnapshotRequest | RpcResult | RpcError
+@dataclass(frozen=True)
+class PermissionResponse:
+    id: str
+    behavior: Literal["allow", "deny"]
+    message: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "permission_response", "id": self.id, "behavior": self.behavior, "message": self.message}
+
+
+@dataclass(frozen=True)
+class CustomToolResult:
+    id: str
+    content: list[dict[str, Any]]
+    is_error: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "custom_tool_result", "id": self.id, "content": self.content, "is_error": self.is_error}
+
+
+ServiceFrame = (
+    Start | User | Interrupt | Restore | SnapshotRequest | RpcResult | RpcError | PermissionResponse | CustomToolResult
+)
 
 
 # -- the strict parser ------------------------------------------------------
@@ -360,6 +434,13 @@ def _rpc_id(data: dict[str, Any]) -> int | str:
     return value
 
 
+def _bounded(data: dict[str, Any], name: str, limit: int) -> str:
+    value: str = _field(data, name, str)
+    if not 0 < len(value) <= limit:
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} is empty or too long")
+    return value
+
+
 def parse_runner_line(line: bytes) -> RunnerFrame:
     """One line from a runner as a typed frame; ``ChannelViolation`` if it
     breaks the protocol. Never returns ``Violation`` (``decode_frame`` does)."""
@@ -372,7 +453,7 @@ def parse_runner_line(line: bytes) -> RunnerFrame:
     if not isinstance(kind, str) or kind not in RUNNER_KINDS:
         raise ChannelViolation(Reason.UNKNOWN_KIND)
     if kind == "loaded":
-        version: int = _field(data, "version", int, CHANNEL_VERSION)
+        version: int = _field(data, "version", int, 1)  # a runner built before versioning speaks 1
         return Loaded(version)
     if kind == "ready":
         return Ready()
@@ -390,6 +471,12 @@ def parse_runner_line(line: bytes) -> RunnerFrame:
         return Rpc(rpc_id, method, params)
     if kind == "error":
         return RunnerError(_text(data, "message"))
+    if kind in ("permission_request", "custom_tool_use"):
+        request_id = _bounded(data, "id", MAX_REQUEST_ID_CHARS)
+        tool_input: dict[str, Any] = _field(data, "input", dict)
+        if kind == "permission_request":
+            return PermissionRequest(request_id, _bounded(data, "tool", MAX_TOOL_NAME_CHARS), tool_input)
+        return CustomToolUse(request_id, _bounded(data, "name", MAX_TOOL_NAME_CHARS), tool_input)
     if kind == "restored":
         ok: bool = _field(data, "ok", bool)
         files: int = _field(data, "files", int, 0)
@@ -454,11 +541,15 @@ class RunnerChannel:
             Ready: (Phase.STARTING,),
             Rpc: (Phase.STARTING, Phase.READY),
             Sdk: (Phase.READY,),
+            PermissionRequest: (Phase.READY,),
+            CustomToolUse: (Phase.READY,),
         }.get(type(frame), ())  # Snapshot: never unasked (backends take the ones they asked for)
         if self.phase not in expected:
             raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(frame).__name__.lower()} while {self.phase.value}")
         if isinstance(frame, Sdk) and frame.type == "result" and not turn_running:
             raise ChannelViolation(Reason.OUT_OF_ORDER, "result outside a turn")
+        if isinstance(frame, (PermissionRequest, CustomToolUse)) and not turn_running:
+            raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(frame).__name__.lower()} outside a turn")
         if isinstance(frame, Loaded):
             if frame.version != CHANNEL_VERSION:
                 raise ChannelViolation(Reason.BAD_FIELD, "unsupported channel version")

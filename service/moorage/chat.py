@@ -34,7 +34,33 @@ def render(frame: dict[str, Any]) -> str | None:
         return f"[queued: runs after the current turn, position {frame.get('position')}]"
     if kind == "error":
         return f"[error {frame.get('code')}: {frame.get('message')}]"
+    if kind == "permission_request":
+        return f"[approve? {frame.get('tool')} {json.dumps(frame.get('input'))[:300]}]  /allow or /deny [why]"
+    if kind == "custom_tool_use":
+        return f"[client tool {frame.get('name')} {json.dumps(frame.get('input'))[:300]}]  /result TEXT or /error TEXT"
+    if kind == "permission_response":
+        why = f": {frame['message']}" if frame.get("message") else ""
+        return f"[{frame.get('behavior')} ({frame.get('source')}){why}]"
+    if kind == "custom_tool_result":
+        return f"[tool result sent ({frame.get('source')})]"
     return None
+
+
+def answer(command: str, pending: dict[str, dict[str, Any]]) -> dict[str, Any] | str:
+    """The frame for ``/allow``, ``/deny [why]``, ``/result TEXT`` or
+    ``/error TEXT``: it answers the oldest pending request of its kind (a
+    string: why there is nothing to send)."""
+    verb, _, text = command.strip().partition(" ")
+    want = "permission_request" if verb in ("/allow", "/deny") else "custom_tool_use"
+    request_id = next((i for i, f in pending.items() if f.get("type") == want), None)
+    if request_id is None:
+        return f"no {want} is pending"
+    if verb == "/allow":
+        return {"type": "permission_response", "id": request_id, "behavior": "allow"}
+    if verb == "/deny":
+        return {"type": "permission_response", "id": request_id, "behavior": "deny", "message": text}
+    content = [{"type": "text", "text": text}]
+    return {"type": "custom_tool_result", "id": request_id, "content": content, "is_error": verb == "/error"}
 
 
 async def chat(url: str, session_id: str | None, token: str | None = None) -> int:
@@ -43,6 +69,7 @@ async def chat(url: str, session_id: str | None, token: str | None = None) -> in
     async with websockets.connect(url + path, max_size=None, additional_headers=headers) as ws:
         idle = asyncio.Event()
         idle.set()
+        pending: dict[str, dict[str, Any]] = {}  # requests waiting for an answer, oldest first
 
         async def show() -> None:
             async for raw in ws:
@@ -50,6 +77,10 @@ async def chat(url: str, session_id: str | None, token: str | None = None) -> in
                 line = render(frame)
                 if line:
                     print(line, flush=True)
+                if frame.get("type") in ("permission_request", "custom_tool_use"):
+                    pending[str(frame.get("id"))] = frame
+                elif frame.get("type") in ("permission_response", "custom_tool_result"):
+                    pending.pop(str(frame.get("id")), None)
                 if frame.get("type") == "result" or frame.get("fatal"):
                     idle.set()
 
@@ -61,6 +92,12 @@ async def chat(url: str, session_id: str | None, token: str | None = None) -> in
                     return 0
                 if prompt.strip() == "/interrupt":
                     await ws.send(json.dumps({"type": "interrupt"}))
+                elif prompt.split(" ", 1)[0].strip() in ("/allow", "/deny", "/result", "/error"):
+                    reply = answer(prompt, pending)
+                    if isinstance(reply, str):
+                        print(f"[{reply}]", flush=True)
+                    else:
+                        await ws.send(json.dumps(reply))
                 elif prompt.strip():
                     await idle.wait()  # one turn at a time, as the service requires
                     idle.clear()
@@ -70,7 +107,11 @@ async def chat(url: str, session_id: str | None, token: str | None = None) -> in
 
 
 def run_chat(url: str, session_id: str | None, token: str | None = None) -> int:
-    print("type a prompt and press enter; /interrupt stops a turn; Ctrl-D quits", file=sys.stderr)
+    print(
+        "type a prompt and press enter; /interrupt stops a turn; /allow, /deny [why] answer an approval; "
+        "/result TEXT, /error TEXT answer a client tool; Ctrl-D quits",
+        file=sys.stderr,
+    )
     try:
         return asyncio.run(chat(url, session_id, token))
     except (KeyboardInterrupt, websockets.ConnectionClosed):

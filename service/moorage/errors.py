@@ -20,6 +20,7 @@ class Code(StrEnum):
     UNSUPPORTED = "unsupported"
     QUEUE_FULL = "queue_full"
     NO_TURN_RUNNING = "no_turn_running"
+    REQUEST_NOT_PENDING = "request_not_pending"
     SESSION_NOT_FOUND = "session_not_found"
     SESSION_CLOSED = "session_closed"
     SANDBOX_START_FAILED = "sandbox_start_failed"
@@ -117,6 +118,7 @@ CODES: dict[Code, Spec] = {
     Code.UNSUPPORTED: Spec(Fatal.NO, None, 400),
     Code.QUEUE_FULL: Spec(Fatal.NO, None, 429),
     Code.NO_TURN_RUNNING: Spec(Fatal.NO, None, 409),
+    Code.REQUEST_NOT_PENDING: Spec(Fatal.NO, None, 409),
     Code.TURN_TIMEOUT: Spec(Fatal.SOMETIMES, CLOSE_INTERNAL, 504),
     Code.MAX_TURNS_EXCEEDED: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
     Code.STORE_UNAVAILABLE: Spec(Fatal.SOMETIMES, CLOSE_TRY_AGAIN, 503),

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .errors import Code, ProtocolError
 
@@ -33,7 +33,30 @@ class PingFrame:
     id: Any = None
 
 
-ClientFrame = UserFrame | InterruptFrame | PingFrame
+@dataclass(frozen=True)
+class PermissionResponseFrame:
+    """A client's answer to a ``permission_request``."""
+
+    id: str
+    behavior: Literal["allow", "deny"]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CustomToolResultFrame:
+    """A client's result of a ``custom_tool_use``: content blocks as the
+    Messages API's tool_result carries them (text; image with a base64 source)."""
+
+    id: str
+    content: list[dict[str, Any]]
+    is_error: bool = False
+
+
+Answer = PermissionResponseFrame | CustomToolResultFrame
+ClientFrame = UserFrame | InterruptFrame | PingFrame | PermissionResponseFrame | CustomToolResultFrame
+
+MAX_ANSWER_ID_CHARS = 128  # channel.MAX_REQUEST_ID_CHARS: no pending request has a longer id
+MAX_DENY_MESSAGE_CHARS = 4096
 
 
 def _check_content(content: Any) -> None:
@@ -46,6 +69,54 @@ def _check_content(content: Any) -> None:
     for block in content:
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise ProtocolError("every content block must be an object with a string 'type'")
+
+
+def _answer_id(data: dict[str, Any]) -> str:
+    value = data.get("id")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ANSWER_ID_CHARS:
+        raise ProtocolError(f"{data['type']} needs an 'id' string (the request's id)")
+    return value
+
+
+def _tool_content(content: Any) -> list[dict[str, Any]]:
+    """A custom tool result's content: a string, or text / base64 image blocks."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise ProtocolError("custom_tool_result.content must be a string or a list of content blocks")
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            continue
+        source = block.get("source") if isinstance(block, dict) else None
+        if (
+            kind == "image"
+            and isinstance(source, dict)
+            and source.get("type") == "base64"
+            and isinstance(source.get("media_type"), str)
+            and isinstance(source.get("data"), str)
+        ):
+            continue
+        raise ProtocolError("custom_tool_result blocks are {type:text,text} or {type:image,source:{type:base64,...}}")
+    return [dict(block) for block in content]
+
+
+def _parse_answer(kind: str, data: dict[str, Any]) -> Answer:
+    request_id = _answer_id(data)
+    if kind == "permission_response":
+        behavior = data.get("behavior")
+        if behavior not in ("allow", "deny"):
+            raise ProtocolError("permission_response.behavior must be 'allow' or 'deny'")
+        message = data.get("message", "")
+        if not isinstance(message, str) or len(message) > MAX_DENY_MESSAGE_CHARS:
+            raise ProtocolError(f"permission_response.message must be a string of at most {MAX_DENY_MESSAGE_CHARS}")
+        return PermissionResponseFrame(request_id, behavior, message)
+    is_error = data.get("is_error", False)
+    if not isinstance(is_error, bool):
+        raise ProtocolError("custom_tool_result.is_error must be a boolean")
+    return CustomToolResultFrame(request_id, _tool_content(data.get("content")), is_error)
 
 
 def _not_json(token: str) -> Any:
@@ -102,11 +173,8 @@ def parse_client_frame(raw: str | bytes) -> ClientFrame:
         return InterruptFrame()
     if kind == "ping":
         return PingFrame(data.get("id"))
-    if kind == "permission_response":
-        raise ProtocolError(
-            "sessions run with permissions bypassed inside the sandbox; there is nothing to answer",
-            code=Code.UNSUPPORTED,
-        )
+    if kind in ("permission_response", "custom_tool_result"):
+        return _parse_answer(kind, data)
     raise ProtocolError(f"unknown frame type {kind[:64]!r}", code=Code.UNKNOWN_FRAME_TYPE)
 
 

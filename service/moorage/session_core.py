@@ -9,7 +9,7 @@ carry out, in order: send to the runner, emit a client-visible frame, end a
 turn (the driver's bookkeeping), kill or stop the sandbox, wind down.
 
 Refusals addressed to one client (``queue_full``, ``no_turn_running``,
-``service_draining``, ``session_closed``) are raised as ``MoorageError`` from
+``request_not_pending``, ``service_draining``, ``session_closed``) are raised as ``MoorageError`` from
 ``handle``: they go to the client that asked, not to every subscriber.
 
 Rules it keeps:
@@ -20,6 +20,9 @@ Rules it keeps:
 - A turn's ``result`` is released only once its transcript is durable
   (``TranscriptDurable``); the next queued turn starts after it.
 - The per-turn guard (``protocol.TurnGuard``): max turns and wall clock.
+- Approvals and custom tools (``pending.Pending``): a runner's request is
+  emitted and waits for the first client answer, its deadline, or the end
+  of its turn (an interrupt, the result), which deny it.
 - Idle: with no client, no turn, nothing queued and the transcript durable,
   the session closes (and is suspended) ``idle_timeout_s`` after that began.
 """
@@ -31,11 +34,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import Code, MoorageError, ProtocolError, SandboxError, SessionError
+from .pending import Pending
 from .protocol import Action, TurnGuard
 from .session_events import (
     Aborted,
     Attached,
     ChannelBroken,
+    ClientAnswer,
     CloseRequested,
     Detached,
     Drain,
@@ -50,10 +55,12 @@ from .session_events import (
     KillSandbox,
     Ready,
     RunnerFailed,
+    RunnerRequest,
     SandboxEnded,
     SdkMessage,
     SendInterrupt,
     SendUser,
+    Settle,
     StopSandbox,
     Tick,
     TranscriptDurable,
@@ -90,6 +97,8 @@ def queued_frame(position: int) -> JsonFrame:
 @dataclass
 class SessionCore:
     limits: Limits
+    # Approvals and custom tools: requests waiting for a client (pending.py).
+    pending: Pending = field(default_factory=lambda: Pending(60.0))
     state: State = State.STARTING
     guard: TurnGuard = field(init=False)
     queue: deque[JsonFrame] = field(default_factory=deque)
@@ -123,7 +132,8 @@ class SessionCore:
         """When ``Tick`` may next have something to do (None: nothing)."""
         if self.state in (State.CLOSING, State.CLOSED):
             return None
-        deadlines = [d for d in (self.guard.next_deadline(), self._idle_deadline()) if d is not None]
+        candidates = (self.guard.next_deadline(), self.pending.next_deadline(), self._idle_deadline())
+        deadlines = [d for d in candidates if d is not None]
         return min(deadlines, default=None)
 
     def _idle_deadline(self) -> float | None:
@@ -147,6 +157,13 @@ class SessionCore:
                 self._on_interrupt(event.now, out)
             case SdkMessage():
                 self._on_sdk(event.message, event.now, out)
+            case RunnerRequest():
+                # A request the agent does not ask about breaks the channel
+                # protocol: ``ChannelViolation`` propagates to the pump.
+                out.append(Emit(self.pending.open(event.frame, event.now)))
+            case ClientAnswer():
+                self._refuse_if_closed()
+                out.append(Settle(self.pending.answer(event.answer)))
             case RunnerFailed():
                 self.runner_error = event.message[:500]
             case ChannelBroken():
@@ -208,7 +225,13 @@ class SessionCore:
         if not self.guard.running:
             raise ProtocolError("no turn is running", code=Code.NO_TURN_RUNNING)
         self.guard.user_interrupt(now)
+        self._deny_pending(out)  # reason "interrupted"
         out.append(SendInterrupt("client"))
+
+    def _deny_pending(self, out: list[Effect]) -> None:
+        """The turn is interrupted or over: what still waits is denied, so
+        the runner's waiting hook or tool call ends too."""
+        out.extend(Settle(resolution) for resolution in self.pending.interrupt())
 
     # -- turns ----------------------------------------------------------------
 
@@ -246,8 +269,10 @@ class SessionCore:
         if message.get("type") != "result":
             out.append(Emit(message, durable=message.get("type") != "stream_event"))
             if action is Action.INTERRUPT:
+                self._deny_pending(out)
                 out.append(SendInterrupt(str(self.guard.tripped)))
             return
+        self._deny_pending(out)  # one that came in after an interrupt
         timed_out = self.guard.tripped is Code.TURN_TIMEOUT
         result = self.guard.finish_result(message)
         if self.state is State.RUNNING:
@@ -277,8 +302,10 @@ class SessionCore:
     def _on_tick(self, now: float, out: list[Effect]) -> None:
         if self.state in (State.CLOSING, State.CLOSED):
             return
+        out.extend(Settle(resolution) for resolution in self.pending.expire(now))
         action = self.guard.tick(now)
         if action is Action.INTERRUPT:
+            self._deny_pending(out)
             out.append(SendInterrupt(str(self.guard.tripped)))
         elif action is Action.KILL:
             why = self.guard.tripped or Code.TURN_TIMEOUT
@@ -332,6 +359,7 @@ class SessionCore:
         self.state = State.CLOSED
         self.queue.clear()
         self.guard.cancel()
+        self.pending.clear()  # the runner is gone: nothing waits any more
         out.append(WindDown(error))
 
     def _update_idle(self, now: float | None, out: list[Effect]) -> None:
@@ -353,6 +381,8 @@ def _now_of(event: Input) -> float | None:
             | UserMessage(now=now)
             | InterruptRequested(now=now)
             | SdkMessage(now=now)
+            | RunnerRequest(now=now)
+            | ClientAnswer(now=now)
             | TranscriptDurable(now=now)
             | Tick(now=now)
             | Attached(now=now)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from .errors import MoorageError, close_code
+from .errors import Code, MoorageError, SandboxError, close_code
 from .sandbox.base import Sandbox
 from .session_events import (
     TranscriptDurable,
@@ -22,6 +22,26 @@ if TYPE_CHECKING:
     from .sessions import Session
 
 STOP_GRACE_S = 5.0
+
+
+def crash_error(session: Session) -> SandboxError:
+    """Why the sandbox ended, had nobody asked it to (the core decides
+    whether this is the reason): a limit that bit, else a crash. The
+    counters are read only when the end was not asked for."""
+    asked = session.core.closing or session.core.violation is not None
+    bit = {} if asked else session.checks.limits_bit(session.sandbox)
+    if bit.get("oom_kills"):
+        return SandboxError(
+            f"the agent ran out of memory (limit {session.settings.sandbox_memory_bytes} bytes) and was killed",
+            code=Code.SANDBOX_OUT_OF_MEMORY,
+        )
+    if bit.get("pids_refusals"):  # the agent itself could not start a thread or process
+        return SandboxError(
+            f"the agent stopped after the sandbox hit its limit of {session.settings.sandbox_pids} "
+            "processes and threads",
+            code=Code.SANDBOX_PIDS_EXHAUSTED,
+        )
+    return SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
 
 
 async def _step(session: Session, what: str, step: Awaitable[object]) -> None:

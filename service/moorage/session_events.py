@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .channel import CustomToolUse, PermissionRequest
 from .errors import MoorageError, SandboxError
+from .pending import Resolution
+from .protocol import Answer
 
 JsonFrame = dict[str, Any]
 
@@ -39,6 +42,22 @@ class InterruptRequested:
 @dataclass(frozen=True)
 class SdkMessage:
     message: JsonFrame
+    now: float
+
+
+@dataclass(frozen=True)
+class RunnerRequest:
+    """The runner asks a client: a ``permission_request`` or ``custom_tool_use``."""
+
+    frame: PermissionRequest | CustomToolUse
+    now: float
+
+
+@dataclass(frozen=True)
+class ClientAnswer:
+    """A client's ``permission_response`` / ``custom_tool_result``."""
+
+    answer: Answer
     now: float
 
 
@@ -122,6 +141,8 @@ Input = (
     | UserMessage
     | InterruptRequested
     | SdkMessage
+    | RunnerRequest
+    | ClientAnswer
     | RunnerFailed
     | ChannelBroken
     | TranscriptFailed
@@ -158,6 +179,14 @@ class Emit:
 
     frame: JsonFrame
     durable: bool = True
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A pending request is settled: tell the runner (``to_runner``) and
+    every client (``frame``)."""
+
+    resolution: Resolution
 
 
 @dataclass(frozen=True)
@@ -208,6 +237,7 @@ Effect = (
     SendUser
     | SendInterrupt
     | Emit
+    | Settle
     | TurnEnded
     | FlushTranscript
     | KillSandbox

@@ -82,7 +82,7 @@ def _start_frame(session: Session) -> Start:
     if settings.model:
         options["model"] = settings.model
     tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None else None
-    return Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel)
+    return Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent_tools.wire())
 
 
 async def _send(session: Session, frame: ServiceFrame) -> None:

@@ -32,13 +32,26 @@ import structlog
 
 from . import session_events as ev
 from .accounting import Accounting, Ledger, budget_error
-from .channel import ChannelViolation, Interrupt, Phase, Rpc, RunnerChannel, RunnerError, Sdk, ServiceFrame, User
+from .channel import (
+    ChannelViolation,
+    CustomToolUse,
+    Interrupt,
+    PermissionRequest,
+    Phase,
+    Rpc,
+    RunnerChannel,
+    RunnerError,
+    Sdk,
+    ServiceFrame,
+    User,
+)
 from .checks import AfterTurn
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, SandboxError, SessionError
 from .metrics import Metrics
+from .pending import AgentTools, Pending
 from .pool import WarmPool
-from .protocol import Subscriber, UserFrame, dumps, user_message_line
+from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
 from .seams import RecordStore, TranscriptStore
@@ -46,7 +59,7 @@ from .session_core import (
     Limits,
     SessionCore,
 )
-from .session_end import STOP_GRACE_S, wind_down
+from .session_end import STOP_GRACE_S, crash_error, wind_down
 from .session_start import start_sandbox
 from .settings import Settings
 from .transcripts import TranscriptSink
@@ -105,7 +118,8 @@ class Session:
         self.resume = resume
         self.prior_cost_usd = prior_cost_usd  # spent in earlier lives of this session
         self.log = log.bind(session_id=session_id, tenant=tenant, backend=deps.backend.name)
-        self.core = SessionCore(limits_of(settings))
+        self.agent_tools = AgentTools.parse(settings.default_agent)
+        self.core = SessionCore(limits_of(settings), Pending(settings.permission_timeout_s, self.agent_tools))
         self.sink = TranscriptSink(deps.store, tenant, session_id, deps.metrics)
         self.relay = RpcRelay(self.sink, self.log, self._on_degraded, self._on_durable)
         self.ledger = Ledger(tenant, prior_usd=prior_cost_usd)
@@ -160,7 +174,7 @@ class Session:
             self.ready.set()
             await self.feed(ev.Ready(time.monotonic()))
             await self._pump()
-            await self.feed(ev.SandboxEnded(self._crash_error()))
+            await self.feed(ev.SandboxEnded(crash_error(self)))
         except Exception as exc:  # a bug must not leave the sandbox running or a slot taken
             self.log.exception("session_failed", started=self.ready.is_set())
             error = MoorageError(f"internal error: {type(exc).__name__}", fatal=True)
@@ -170,25 +184,6 @@ class Session:
             self.ready.set()
             if not self.closed:
                 await self.feed(ev.Aborted(error))
-
-    def _crash_error(self) -> SandboxError:
-        """Why the sandbox ended, had nobody asked it to (the core decides
-        whether this is the reason): a limit that bit, else a crash. The
-        counters are read only when the end was not asked for."""
-        asked = self.core.closing or self.core.violation is not None
-        bit = {} if asked else self.checks.limits_bit(self.sandbox)
-        if bit.get("oom_kills"):
-            return SandboxError(
-                f"the agent ran out of memory (limit {self.settings.sandbox_memory_bytes} bytes) and was killed",
-                code=Code.SANDBOX_OUT_OF_MEMORY,
-            )
-        if bit.get("pids_refusals"):  # the agent itself could not start a thread or process
-            return SandboxError(
-                f"the agent stopped after the sandbox hit its limit of {self.settings.sandbox_pids} "
-                "processes and threads",
-                code=Code.SANDBOX_PIDS_EXHAUSTED,
-            )
-        return SandboxError("the agent sandbox stopped unexpectedly", code=Code.SANDBOX_CRASHED)
 
     def violated(self, exc: ChannelViolation) -> None:
         """The runner broke the channel protocol: the session ends. Logged
@@ -202,6 +197,9 @@ class Session:
         while (frame := await self.sandbox.recv()) is not None:
             try:
                 frame = self.channel.received(frame, self.core.guard.running)
+                if isinstance(frame, (PermissionRequest, CustomToolUse)):
+                    await self.feed(ev.RunnerRequest(frame, time.monotonic()))
+                    continue
             except ChannelViolation as exc:
                 self.violated(exc)
                 await self.feed(ev.ChannelBroken(exc.message))  # killed: a hostile runner gets no grace period
@@ -283,6 +281,10 @@ class Session:
                     return True
                 self._turn_started = time.monotonic()
                 self._outbox.put_nowait(User(line))
+            case ev.Settle(resolution=resolution):
+                self.log.info("request_settled", kind=resolution.frame["type"], source=resolution.frame["source"])
+                self.emit(resolution.frame)
+                self._outbox.put_nowait(resolution.to_runner)
             case ev.SendInterrupt(reason=reason):
                 if reason != "client":
                     self.log.warning("turn_interrupted", reason=reason, model_turns=self.core.guard.model_turns)
@@ -443,6 +445,12 @@ class Session:
         await self._await_ready()
         await self.feed(ev.InterruptRequested(time.monotonic()))
 
+    async def answer(self, frame: Answer) -> None:
+        """A client's ``permission_response`` / ``custom_tool_result``: the
+        first answer settles the request (``request_not_pending`` after)."""
+        await self._await_ready()
+        await self.feed(ev.ClientAnswer(frame, time.monotonic()))
+
     # -- fan-out -------------------------------------------------------------
 
     def emit(self, frame: dict[str, Any], *, durable: bool = True, to: Subscriber | None = None) -> None:
@@ -475,6 +483,8 @@ class Session:
         self.feed_nowait(ev.Attached(time.monotonic()))
         for notice in self.notices:
             self.emit(notice, durable=False, to=sub)  # told again, not a new event
+        for request in self.core.pending.replay():  # still waiting for an answer: asked again
+            self.emit(request, durable=False, to=sub)
 
     def detach(self, sub: Subscriber) -> None:
         if sub in self.subscribers:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .accounting import DEFAULT_PRICES
+from .pending import AgentTools
 
 
 class Settings(BaseSettings):
@@ -155,7 +156,20 @@ class Settings(BaseSettings):
     # client further behind is closed (slow_consumer) and may reconnect.
     # One frame larger than this is still sent, alone.
     client_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # -- approvals and custom tools (issue 11 items 6, 7) --
+    # A permission request or custom tool call no client answers within this
+    # long is denied (an error result for a custom tool), with that reason.
+    permission_timeout_s: float = Field(default=300.0, gt=0)
+    # The operator's default agent's tool policy, until stored agents land:
+    # '{"ask_tools": ["Bash"], "custom_tools": [{"name", "description", "input_schema"}]}'.
+    default_agent: dict[str, Any] = Field(default_factory=dict)
     log_level: str = "info"
+
+    @field_validator("default_agent")
+    @classmethod
+    def _agent_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
+        AgentTools.parse(value)  # a ValueError names the bad field at start-up
+        return value
 
     @property
     def replica(self) -> str:

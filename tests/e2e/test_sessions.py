@@ -161,7 +161,8 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays_open(service
         (json.dumps({"type": "user"}), "invalid_frame"),
         (json.dumps({"type": "user", "message": {"role": "user", "content": ""}}), "invalid_frame"),
         (json.dumps({"type": "interrupt"}), "no_turn_running"),
-        (json.dumps({"type": "permission_response", "allow": True}), "unsupported"),
+        (json.dumps({"type": "permission_response", "allow": True}), "invalid_frame"),
+        (json.dumps({"type": "permission_response", "id": "toolu_1", "behavior": "allow"}), "request_not_pending"),
     ]
     for raw, code in cases:
         await client.send(raw)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-LOADED = b'{"kind":"loaded","version":1}\n'
+LOADED = b'{"kind":"loaded","version":2}\n'  # channel.CHANNEL_VERSION
 READY = b'{"kind":"ready"}\n'
 BIG = 33 * 1024 * 1024  # over the channel's 32 MiB line cap
 
@@ -138,6 +138,9 @@ BEHAVIOURS: dict[str, Callable[[], None]] = {
     "deep_nesting_under_parser_limit": ready_then(deep(150)),
     "sdk_before_ready": started(b'{"kind":"sdk","message":{"type":"assistant"}}\n'),
     "result_before_user": ready_then(b'{"kind":"sdk","message":{"type":"result","subtype":"success"}}\n'),
+    "permission_request_outside_a_turn": ready_then(
+        b'{"kind":"permission_request","id":"toolu_1","tool":"Bash","input":{}}\n'
+    ),
     "rpc_result_from_runner": ready_then(b'{"kind":"rpc_result","id":1,"result":null}\n'),
     "unknown_kind": ready_then(b'{"kind":"bogus"}\n'),
     "kind_not_a_string": started(b'{"kind":["ready"]}\n'),

@@ -90,6 +90,7 @@ OUTCOMES: dict[str, Outcome] = {
     "deep_nesting_under_parser_limit": Outcome("sandbox_crashed"),
     "sdk_before_ready": Outcome("sandbox_crashed"),
     "result_before_user": Outcome("sandbox_crashed"),
+    "permission_request_outside_a_turn": Outcome("sandbox_crashed"),
     "rpc_result_from_runner": Outcome("sandbox_crashed"),
     "unknown_kind": Outcome("sandbox_crashed"),
     "kind_not_a_string": Outcome("sandbox_crashed"),

@@ -31,7 +31,7 @@ import pytest
 import uvicorn
 import websockets
 from moorage import app as app_module
-from moorage.channel import RunnerFrame
+from moorage.channel import CHANNEL_VERSION, RunnerFrame
 from moorage.sandbox.base import Sandbox, SandboxSpec, decode_frame, encode_frame
 from moorage.sessions import Session
 from moorage.settings import Settings
@@ -61,7 +61,7 @@ class FakeSandbox:
         self._frames = script(self)
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._handshake = [{"kind": "loaded"}]
+        self._handshake = [{"kind": "loaded", "version": CHANNEL_VERSION}]
         self.turns: asyncio.Queue[None] = asyncio.Queue()  # one item per user frame received
 
     @property

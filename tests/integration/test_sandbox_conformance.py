@@ -124,3 +124,33 @@ async def test_handle_is_plain_json(backend: SandboxBackend, proxy: ModelProxy, 
     assert json.loads(json.dumps(handle)) == handle
     assert handle["backend"] == backend.name and handle["sandbox_id"] == spec.sandbox_id
     await sandbox.stop(scaled(10))
+
+
+async def test_a_start_cancelled_before_the_runner_exists_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session closed (or the service draining) while its sandbox is being
+    spawned: the workspace mount, the uid and the cgroup go with the start."""
+    backend = LocalBackend(tmp_path, 210_000, 50, workspace_bytes=8 * 1024**2)
+    await backend.check()
+    spawning = asyncio.Event()
+
+    async def never(*args: object, **kwargs: object) -> None:
+        spawning.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", never)
+    sid = uuid.uuid4().hex[:12]
+    workspace = tmp_path / "workspaces" / sid
+    held_before = set(backend.uids.held)
+    start = asyncio.create_task(backend.start(SandboxSpec(str(uuid.uuid4()), sid, workspace, tmp_path / "model.sock")))
+    await asyncio.wait_for(spawning.wait(), scaled(10))
+    assert workspace.is_mount()  # the mount exists: the cancellation below is what must undo it
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert not workspace.exists() and not workspace.is_symlink()
+    assert set(backend.uids.held) == held_before
+    if backend.cgroups is not None:
+        assert not backend.cgroups.of(sid).dirs
+    await backend.close()

@@ -14,9 +14,13 @@ from moorage.channel import (
     MAX_FRAME_BYTES,
     MAX_VALUES,
     ChannelViolation,
+    CustomToolResult,
+    CustomToolUse,
     Garbage,
     Interrupt,
     Loaded,
+    PermissionRequest,
+    PermissionResponse,
     Phase,
     Ready,
     Reason,
@@ -56,7 +60,7 @@ def test_runner_copy_of_the_shared_constants_is_equal() -> None:
 
 
 def test_every_frame_the_real_runner_sends_parses() -> None:
-    assert parse_runner_line(b'{"kind":"loaded","version":1}\n') == Loaded(1)
+    assert parse_runner_line(b'{"kind":"loaded","version":2}\n') == Loaded(2)
     assert parse_runner_line(b'{"kind":"loaded"}') == Loaded(1)  # an image built before versioning
     assert parse_runner_line(b'{"kind":"ready"}') == Ready()
     assert parse_runner_line(line({"kind": "sdk", "message": {"type": "assistant", "x": 1.5}})) == Sdk(
@@ -70,6 +74,12 @@ def test_every_frame_the_real_runner_sends_parses() -> None:
     assert parse_runner_line(line({"kind": "restored", "ok": False, "message": "bad"})) == Restored(False, 0, "bad")
     assert parse_runner_line(line({"kind": "snapshot", "ok": True, "data": "QQ==", "last": True})) == Snapshot(
         True, "QQ==", True, ""
+    )
+    assert parse_runner_line(line({"kind": "permission_request", "id": "toolu_1", "tool": "Bash", "input": {}})) == (
+        PermissionRequest("toolu_1", "Bash", {})
+    )
+    assert parse_runner_line(line({"kind": "custom_tool_use", "id": "c1", "name": "w", "input": {"a": 1}})) == (
+        CustomToolUse("c1", "w", {"a": 1})
     )
     assert parse_runner_line(b"Traceback (most recent call last):\n") == Garbage(35)
 
@@ -104,6 +114,13 @@ def test_every_frame_the_real_runner_sends_parses() -> None:
         (b'{"kind":"restored","ok":true,"files":true}', Reason.BAD_FIELD),
         (b'{"kind":"loaded","version":"1"}', Reason.BAD_FIELD),
         (b'{"kind":"snapshot","ok":true,"data":5}', Reason.BAD_FIELD),
+        (b'{"kind":"permission_request","id":"","tool":"Bash","input":{}}', Reason.BAD_FIELD),
+        (b'{"kind":"permission_request","id":"' + b"x" * 129 + b'","tool":"Bash","input":{}}', Reason.BAD_FIELD),
+        (b'{"kind":"permission_request","id":7,"tool":"Bash","input":{}}', Reason.BAD_FIELD),
+        (b'{"kind":"permission_request","id":"a","tool":"Bash","input":[]}', Reason.BAD_FIELD),
+        (b'{"kind":"permission_request","id":"a","input":{}}', Reason.BAD_FIELD),
+        (b'{"kind":"custom_tool_use","id":"a","name":"' + b"n" * 257 + b'","input":{}}', Reason.BAD_FIELD),
+        (b'{"kind":"custom_tool_use","id":"a","name":"n"}', Reason.BAD_FIELD),
     ],
 )
 def test_violations_have_a_stable_reason_and_never_echo_the_bytes(raw: bytes, reason: Reason) -> None:
@@ -162,6 +179,13 @@ def test_order_follows_the_real_runner() -> None:
     for late in (Loaded(), Ready(), Restored(True, 0, ""), Snapshot(True, "", True, "")):
         with pytest.raises(ChannelViolation, match="out_of_order"):
             ch.received(late)
+    ch.received(PermissionRequest("t", "Bash", {}), turn_running=True)
+    ch.received(CustomToolUse("c", "weather", {}), turn_running=True)
+    for unasked in (PermissionRequest("t", "Bash", {}), CustomToolUse("c", "weather", {})):
+        with pytest.raises(ChannelViolation, match="outside a turn"):
+            ch.received(unasked, turn_running=False)
+        with pytest.raises(ChannelViolation, match="out_of_order"):
+            RunnerChannel(Phase.STARTING).received(unasked, turn_running=True)
     ch.received(RunnerError("bye"))
     with pytest.raises(ChannelViolation, match="frame_too_large"):
         ch.received(Violation(Reason.TOO_LARGE))
@@ -169,7 +193,7 @@ def test_order_follows_the_real_runner() -> None:
 
 def test_another_channel_version_is_refused() -> None:
     with pytest.raises(ChannelViolation, match="version"):
-        RunnerChannel().received(Loaded(2))
+        RunnerChannel().received(Loaded(1))  # also: a runner built before versioning
 
 
 def test_service_frames_are_what_the_runner_reads() -> None:
@@ -182,6 +206,9 @@ def test_service_frames_are_what_the_runner_reads() -> None:
         RpcResult(1, [{"a": 1}], more=True),
         RpcResult("x", None),
         RpcError(2, "no"),
+        PermissionResponse("toolu_1", "deny", "not now"),
+        CustomToolResult("c1", [{"type": "text", "text": "22C"}], is_error=False),
+        Start({}, "unix:/m", agent={"ask_tools": ["Bash"], "custom_tools": []}),
     ]
     for frame in frames:
         wire = frame.wire()
@@ -191,6 +218,6 @@ def test_service_frames_are_what_the_runner_reads() -> None:
 
 
 def test_runner_refuses_what_the_service_never_sends() -> None:
-    for raw in (b"[1]", b'{"kind":"bogus"}', b'{"kind":"user","x":NaN}', b'{"kind":"start","version":2}', b"{"):
+    for raw in (b"[1]", b'{"kind":"bogus"}', b'{"kind":"user","x":NaN}', b'{"kind":"start","version":1}', b"{"):
         with pytest.raises(runner_channel.ChannelError):
             runner_channel.parse_service_line(raw)

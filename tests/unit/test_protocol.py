@@ -8,7 +8,9 @@ import pytest
 from moorage.errors import Code, ProtocolError
 from moorage.protocol import (
     Action,
+    CustomToolResultFrame,
     InterruptFrame,
+    PermissionResponseFrame,
     PingFrame,
     TurnGuard,
     UserFrame,
@@ -57,7 +59,14 @@ def test_user_frame_drops_unknown_message_fields() -> None:
         ('{"type": "user", "message": {"content": []}}', Code.INVALID_FRAME),
         ('{"type": "user", "message": {"content": [1]}}', Code.INVALID_FRAME),
         ('{"type": "launch"}', Code.UNKNOWN_FRAME_TYPE),
-        ('{"type": "permission_response"}', Code.UNSUPPORTED),
+        ('{"type": "permission_response"}', Code.INVALID_FRAME),
+        ('{"type": "permission_response", "id": "t", "behavior": "maybe"}', Code.INVALID_FRAME),
+        ('{"type": "permission_response", "id": "", "behavior": "allow"}', Code.INVALID_FRAME),
+        ('{"type": "permission_response", "id": "t", "behavior": "deny", "message": 5}', Code.INVALID_FRAME),
+        ('{"type": "custom_tool_result", "id": 3, "content": "x"}', Code.INVALID_FRAME),
+        ('{"type": "custom_tool_result", "id": "c", "content": [{"type": "tool_use"}]}', Code.INVALID_FRAME),
+        ('{"type": "custom_tool_result", "id": "c", "content": {"a": 1}}', Code.INVALID_FRAME),
+        ('{"type": "custom_tool_result", "id": "c", "is_error": "yes"}', Code.INVALID_FRAME),
     ],
 )
 def test_bad_frames_raise_protocol_errors_with_stable_codes(raw: str | bytes, code: Code) -> None:
@@ -67,6 +76,22 @@ def test_bad_frames_raise_protocol_errors_with_stable_codes(raw: str | bytes, co
     assert info.value.code is code and info.value.fatal is False
     frame = info.value.frame()
     assert frame["type"] == "error" and frame["code"] == str(code)
+
+
+def test_answers_parse() -> None:
+    """permission_response and custom_tool_result: the id, and the answer in one shape."""
+    assert parse_client_frame('{"type":"permission_response","id":"t1","behavior":"allow"}') == (
+        PermissionResponseFrame("t1", "allow", "")
+    )
+    assert parse_client_frame('{"type":"permission_response","id":"t1","behavior":"deny","message":"no"}') == (
+        PermissionResponseFrame("t1", "deny", "no")
+    )
+    assert parse_client_frame('{"type":"custom_tool_result","id":"c","content":"22C"}') == (
+        CustomToolResultFrame("c", [{"type": "text", "text": "22C"}], False)
+    )
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QQ=="}}
+    raw = json.dumps({"type": "custom_tool_result", "id": "c", "content": [image], "is_error": True})
+    assert parse_client_frame(raw) == CustomToolResultFrame("c", [image], True)
 
 
 def test_control_frames_parse() -> None:

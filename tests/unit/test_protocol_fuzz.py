@@ -15,8 +15,8 @@ from moorage.errors import Code, ProtocolError
 from moorage.protocol import ClientFrame, PingFrame, UserFrame, parse_client_frame, user_message_line
 
 FUZZ = settings(max_examples=2000, deadline=500, database=None, suppress_health_check=[HealthCheck.too_slow])
-KNOWN_TYPES = ("user", "interrupt", "ping", "permission_response")
-PARSE_CODES = {Code.INVALID_JSON, Code.INVALID_FRAME, Code.UNKNOWN_FRAME_TYPE, Code.UNSUPPORTED}
+KNOWN_TYPES = ("user", "interrupt", "ping", "permission_response", "custom_tool_result")
+PARSE_CODES = {Code.INVALID_JSON, Code.INVALID_FRAME, Code.UNKNOWN_FRAME_TYPE}
 
 # Every JSON value, including the awkward ones: huge and negative numbers,
 # floats near the limits, control characters and non-BMP text in keys and values.
@@ -46,7 +46,14 @@ messages = st.one_of(
 )
 frame_shaped = st.fixed_dictionaries(
     {"type": st.sampled_from(KNOWN_TYPES) | st.text(max_size=80) | json_values},
-    optional={"message": messages, "id": json_values, "extra": json_values},
+    optional={
+        "message": messages | st.text(max_size=20),
+        "id": json_values,
+        "extra": json_values,
+        "behavior": st.sampled_from(["allow", "deny"]) | json_values,
+        "content": json_values,
+        "is_error": st.booleans() | json_values,
+    },
 )
 
 
@@ -118,8 +125,8 @@ def test_frame_shaped_objects_get_the_code_their_type_calls_for(value: dict[str,
         assert isinstance(outcome, ProtocolError) and outcome.code is Code.INVALID_FRAME
     elif kind not in KNOWN_TYPES:
         assert isinstance(outcome, ProtocolError) and outcome.code is Code.UNKNOWN_FRAME_TYPE
-    elif kind == "permission_response":
-        assert isinstance(outcome, ProtocolError) and outcome.code is Code.UNSUPPORTED
+    elif kind in ("permission_response", "custom_tool_result"):
+        assert not isinstance(outcome, ProtocolError) or outcome.code is Code.INVALID_FRAME
     elif kind == "user" and isinstance(outcome, UserFrame):
         assert outcome.message["content"] == value["message"]["content"]
     elif kind in ("interrupt", "ping"):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from moorage.channel import ChannelViolation, CustomToolUse, PermissionRequest
 from moorage.errors import Code, MoorageError, ProtocolError, SandboxError, SessionError
+from moorage.pending import AgentTools, CustomTool, Pending
+from moorage.protocol import PermissionResponseFrame
 from moorage.session_core import (
     Limits,
     SessionCore,
@@ -15,6 +18,7 @@ from moorage.session_events import (
     Aborted,
     Attached,
     ChannelBroken,
+    ClientAnswer,
     CloseRequested,
     Detached,
     Drain,
@@ -27,10 +31,12 @@ from moorage.session_events import (
     KillSandbox,
     Ready,
     RunnerFailed,
+    RunnerRequest,
     SandboxEnded,
     SdkMessage,
     SendInterrupt,
     SendUser,
+    Settle,
     StopSandbox,
     Tick,
     TranscriptDurable,
@@ -391,3 +397,81 @@ def test_held_results_are_released_at_the_end_without_starting_queued_turns() ->
     core.handle(CloseRequested(None))
     core.handle(SandboxEnded(CRASH))
     assert core.handle(TranscriptDurable(3.0)) == [TurnEnded(result("one"), False)]
+
+
+# -- approvals and custom tools ---------------------------------------------------
+
+TOOLS = AgentTools(("Bash",), (CustomTool("weather", "", {"type": "object"}),))
+
+
+def asking() -> SessionCore:
+    core = SessionCore(LIMITS, Pending(30.0, TOOLS))
+    core.handle(Attached(0.0))
+    core.handle(Ready(0.0))
+    core.handle(UserMessage(line("run it"), 1.0))
+    return core
+
+
+def settled(effects: list[Effect]) -> list[dict[str, Any]]:
+    return [e.resolution.frame for e in effects if isinstance(e, Settle)]
+
+
+def test_a_request_is_emitted_and_the_first_answer_settles_it() -> None:
+    core = asking()
+    (ask,) = core.handle(RunnerRequest(PermissionRequest("toolu_1", "Bash", {"command": "ls"}), 2.0))
+    assert ask == Emit({"type": "permission_request", "id": "toolu_1", "tool": "Bash", "input": {"command": "ls"}})
+    (settle,) = core.handle(ClientAnswer(PermissionResponseFrame("toolu_1", "allow"), 3.0))
+    assert isinstance(settle, Settle) and settle.resolution.frame["behavior"] == "allow"
+    assert settle.resolution.frame["source"] == "client"
+    with pytest.raises(ProtocolError) as caught:  # a second client, too late
+        core.handle(ClientAnswer(PermissionResponseFrame("toolu_1", "deny"), 3.1))
+    assert caught.value.code == Code.REQUEST_NOT_PENDING
+
+
+def test_a_request_for_a_tool_the_agent_does_not_ask_about_breaks_the_channel() -> None:
+    core = asking()
+    with pytest.raises(ChannelViolation):
+        core.handle(RunnerRequest(PermissionRequest("toolu_1", "Read", {}), 2.0))
+
+
+def test_a_pending_request_is_denied_at_its_deadline() -> None:
+    core = asking()
+    core.handle(RunnerRequest(CustomToolUse("call_1", "weather", {"city": "Oslo"}), 2.0))
+    assert core.next_deadline() == 32.0  # before the turn's own deadline (101)
+    assert core.handle(Tick(31.0)) == []
+    (frame,) = settled(core.handle(Tick(32.0)))
+    assert frame["type"] == "custom_tool_result" and frame["is_error"] and frame["source"] == "timeout"
+    assert core.next_deadline() == 101.0
+
+
+def test_an_interrupt_denies_what_is_pending_before_interrupting() -> None:
+    core = asking()
+    core.handle(RunnerRequest(PermissionRequest("toolu_1", "Bash", {}), 2.0))
+    effects = core.handle(InterruptRequested(3.0))
+    assert kinds(effects) == [Settle, SendInterrupt]
+    assert settled(effects)[0]["source"] == "interrupted" and not core.pending.replay()
+
+
+def test_a_request_still_pending_when_the_turn_ends_is_denied_first() -> None:
+    core = asking()
+    core.handle(RunnerRequest(PermissionRequest("toolu_1", "Bash", {}), 2.0))
+    effects = core.handle(SdkMessage(result(), 3.0))
+    assert kinds(effects) == [Settle, TurnEnded]
+
+
+def test_a_pending_request_survives_detach_and_is_replayed() -> None:
+    core = asking()
+    core.handle(RunnerRequest(PermissionRequest("toolu_1", "Bash", {}), 2.0))
+    core.handle(Detached(3.0))
+    core.handle(Attached(4.0))
+    assert [f["id"] for f in core.pending.replay()] == ["toolu_1"]
+    assert kinds(core.handle(ClientAnswer(PermissionResponseFrame("toolu_1", "deny", "no"), 5.0))) == [Settle]
+
+
+def test_the_end_of_the_session_clears_pending_requests() -> None:
+    core = asking()
+    core.handle(RunnerRequest(PermissionRequest("toolu_1", "Bash", {}), 2.0))
+    core.handle(SandboxEnded(CRASH))
+    assert not core.pending.replay()
+    with pytest.raises(SessionError):
+        core.handle(ClientAnswer(PermissionResponseFrame("toolu_1", "allow"), 3.0))

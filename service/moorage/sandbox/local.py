@@ -466,12 +466,18 @@ class LocalBackend:
                 pass_fds=() if seccomp_fd is None else (seccomp_fd,),
             )
             self._children.append(proc)
-        except OSError as exc:
+        except BaseException as exc:
+            # Failed, or cancelled (a session closed while it started, the service
+            # draining): nothing it made may outlive it — the workspace mount
+            # first, then the uid that owned it, then the cgroup.
+            remove_workspace(spec.workspace)
             if uid is not None:
                 self.uids.give_back(uid)
             if cg is not None:
                 cg.close()
-            raise SandboxError(f"cannot start sandbox: {exc}", code=Code.SANDBOX_START_FAILED) from exc
+            if isinstance(exc, OSError):
+                raise SandboxError(f"cannot start sandbox: {exc}", code=Code.SANDBOX_START_FAILED) from exc
+            raise
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)

@@ -7,6 +7,9 @@ per prompt, so tests and benchmarks stay deterministic:
 ``say TEXT``      answer with TEXT.
 ``bash CMD``      call the Bash tool with CMD; after the tool result, answer
                   ``tool said: <result>``.
+``tool NAME JSON`` call the tool NAME (e.g. a custom tool, ``mcp__client__x``)
+                  with the JSON object as its input; after the tool result,
+                  answer ``tool said: <result>``.
 ``loop``          call Bash (``true``) again and again (tests the turn limit).
 ``sleep S``       wait S seconds before answering (tests timeouts/interrupt).
 anything else     answer ``ok``.
@@ -64,13 +67,20 @@ def _last_prompt(messages: list[dict[str, Any]]) -> str:
 
 @dataclass
 class Reply:
-    """What the model says next: text, or one Bash tool call."""
+    """What the model says next: text, or one Bash (or other) tool call."""
 
     text: str = ""
     bash: str | None = None
     delay_s: float = 0.0
+    tool: tuple[str, dict[str, Any]] | None = None  # name, input
+
+    @property
+    def calls_tool(self) -> bool:
+        return self.bash is not None or self.tool is not None
 
     def blocks(self) -> list[dict[str, Any]]:
+        if self.tool is not None:
+            return [{"type": "tool_use", "id": f"toolu_{next(_ids):08d}", "name": self.tool[0], "input": self.tool[1]}]
         if self.bash is not None:
             return [
                 {
@@ -102,6 +112,9 @@ def decide(body: dict[str, Any]) -> Reply:
         return Reply(text=arg)
     if command == "bash":
         return Reply(bash=arg)
+    if command == "tool":
+        name, _, args = arg.partition(" ")
+        return Reply(tool=(name, json.loads(args or "{}")))
     if command == "sleep":
         return Reply(text="slept", delay_s=float(arg or "1"))
     return Reply(text="ok")
@@ -164,7 +177,7 @@ def sse_events(reply: Reply, model: str) -> Iterator[tuple[str, dict[str, Any]]]
                 },
             )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
-    stop = "tool_use" if reply.bash is not None else "end_turn"
+    stop = "tool_use" if reply.calls_tool else "end_turn"
     yield (
         "message_delta",
         {
@@ -208,7 +221,7 @@ class ScriptedModel:
                     "role": "assistant",
                     "model": model,
                     "content": reply.blocks(),
-                    "stop_reason": "tool_use" if reply.bash else "end_turn",
+                    "stop_reason": "tool_use" if reply.calls_tool else "end_turn",
                     "stop_sequence": None,
                     "usage": USAGE,
                 }
