@@ -39,7 +39,7 @@ def _started_at(pid: int) -> float | None:
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def _cgroups_of(pid: int) -> set[str]:
+def cgroups_of(pid: int) -> set[str]:
     """The Moorage sandbox cgroups (``moorage-<id>``) a process is in."""
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
@@ -59,7 +59,7 @@ def _processes_left(service: Service) -> list[str]:
     found = []
     for uid in sorted({e["uid"] for e in started if isinstance(e.get("uid"), int)}):
         for pid in processes_of_uid(uid):
-            at, cgroups = _started_at(pid), _cgroups_of(pid)
+            at, cgroups = _started_at(pid), cgroups_of(pid)
             if at is None:
                 continue
             if cgroups & ours or (not cgroups and service.started_at <= at <= stopped_at):

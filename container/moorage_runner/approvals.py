@@ -1,7 +1,8 @@
 """Approvals and client-executed custom tools, the runner's side.
 
 The service's ``start`` frame may carry ``agent``: ``{"ask_tools": [tool
-names whose policy is always_ask], "custom_tools": [{name, description,
+names whose policy is always_ask, or ``mcp__<server>__*``], "allow_tools": [exceptions
+to such a wildcard], "custom_tools": [{name, description,
 input_schema}]}``. Before an ``always_ask`` tool runs, a ``PreToolUse`` hook
 sends a ``permission_request`` frame and waits for the service's
 ``permission_response``; every other tool is allowed as before. (Not the
@@ -80,13 +81,14 @@ class Approvals:
     def __init__(self, agent: object, asks: Asks) -> None:
         spec = agent if isinstance(agent, dict) else {}
         self.ask_tools = frozenset(str(name) for name in spec.get("ask_tools") or [])
+        self.allow_tools = frozenset(str(name) for name in spec.get("allow_tools") or [])
         self.custom_tools = [t for t in spec.get("custom_tools") or [] if isinstance(t, dict)]
         self.asks = asks
 
     async def pre_tool_use(self, data: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
         """Every tool call: an always_ask tool waits for a client's answer."""
         tool = str(data.get("tool_name", ""))
-        if tool not in self.ask_tools:
+        if not self.waits_for(tool):
             return {}
         request_id = tool_use_id or f"perm_{uuid.uuid4().hex}"
         frame = {"kind": "permission_request", "id": request_id, "tool": tool, "input": data.get("tool_input") or {}}
@@ -100,6 +102,13 @@ class Approvals:
                 "permissionDecisionReason": reason,
             }
         }
+
+    def waits_for(self, tool: str) -> bool:
+        """``ask_tools`` names tools, or all of an MCP server's as ``mcp__<server>__*``
+        (less ``allow_tools``); the service's ``pending.AgentTools.waits_for`` is the same rule."""
+        if tool in self.allow_tools:
+            return False
+        return any(tool == name or (name.endswith("*") and tool.startswith(name[:-1])) for name in self.ask_tools)
 
     def _tool(self, spec: dict[str, Any]) -> SdkMcpTool[Any]:
         name = str(spec["name"])

@@ -103,6 +103,17 @@ def parse_service_line(line: bytes) -> dict[str, Any]:
     return frame
 
 
+def start_agent(start: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``agent`` of a ``start`` frame (the session's agent version; docs/protocol.md, "The
+    agent in the start frame"), or None for the operator's default agent."""
+    agent = start.get("agent")
+    if agent is None:
+        return None
+    if not isinstance(agent, dict) or not isinstance(agent.get("tools", []), list):
+        raise ChannelError("start.agent is not an agent")
+    return agent
+
+
 class ChannelOut:
     """Writes frames to the service; safe to call from many tasks. Writes go
     through an asyncio pipe transport (no thread hop per frame) and wait for

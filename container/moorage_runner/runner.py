@@ -22,9 +22,10 @@ from typing import Any, cast
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
 
+from .agent import agent_options
 from .approvals import Approvals, Asks
 from .bridge import ModelBridge
-from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame
+from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame, start_agent
 from .restore import Restore
 from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
@@ -49,9 +50,11 @@ def build_options(
     extra_env: dict[str, str] | None = None,
     approvals: Approvals | None = None,
 ) -> ClaudeAgentOptions:
-    """SDK options from the service's ``start`` frame (a fixed allowlist);
-    ``approvals``: the agent's always_ask tools and custom tools."""
+    """SDK options from the service's ``start`` frame (a fixed allowlist), then the
+    session's agent over them (``agent.agent_options``) and its tool policy
+    (``approvals``: always_ask tools, custom tools)."""
     opts = start.get("options") or {}
+    agent = start_agent(start)
     options = ClaudeAgentOptions(
         session_store=store,
         # Eager: entries reach the service's database as they happen, not
@@ -71,7 +74,13 @@ def build_options(
         max_buffer_size=_buffer_size(opts.get("max_buffer_size")),
         env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
-    return replace(options, **approvals.options()) if approvals is not None else options
+    if agent is not None:
+        options = replace(options, **agent_options(agent))
+    if approvals is not None:
+        extra = approvals.options()
+        extra["mcp_servers"] = {**cast(dict[str, Any], options.mcp_servers), **extra["mcp_servers"]}
+        options = replace(options, **extra)
+    return options
 
 
 def _buffer_size(value: object) -> int:

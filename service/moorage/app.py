@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
-from moorage_session_store import Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
+from moorage_session_store import Agents, Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -22,6 +22,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from .accounting import Accounting
+from .agents_api import routes as agents_routes
+from .agents_api import session_agent
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
@@ -265,7 +267,9 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
     session_id = ws.path_params.get("session_id")
     try:
         if session_id is None:
-            session, state = await services.sessions.create(tenant), "new"
+            query = ws.query_params
+            agent = await session_agent(Agents(services.db), tenant, query.get("agent"), query.get("version"))
+            session, state = await services.sessions.create(tenant, agent), "new"
         else:
             session, state = await services.sessions.attach(session_id, tenant)
     except MoorageError as exc:
@@ -275,7 +279,15 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
         return
-    conn.offer(dumps({"type": "session", "session_id": session.id, "state": state, "protocol": PROTOCOL_VERSION}))
+    first: dict[str, object] = {
+        "type": "session",
+        "session_id": session.id,
+        "state": state,
+        "protocol": PROTOCOL_VERSION,
+    }
+    if session.agent is not None:
+        first["agent"] = {"id": session.agent["id"], "version": session.agent["version"]}
+    conn.offer(dumps(first))
     session.attach(conn)
     reader = asyncio.create_task(_read(services, session, conn))
     try:
@@ -457,6 +469,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
             Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+            *agents_routes(),
         ],
         lifespan=lifespan,
     )

@@ -12,7 +12,8 @@ Two sources, checked in this order:
   are never cached. A database outage raises ``DatabaseUnavailable`` (the
   handshake answers 503), it never lets a caller in.
 
-A WebSocket presents its token as ``Authorization: Bearer <token>``, or — for
+A WebSocket (or an HTTP request) presents its token as ``Authorization: Bearer <token>``
+or ``x-api-key: <token>``, or — for
 browsers, which cannot set headers — as ``?token=<token>`` or the subprotocol
 ``bearer.<token>`` (offered next to ``moorage.v1``, which the server then
 selects; the token is never echoed). The service is open (every caller is
@@ -91,6 +92,8 @@ def credentials(ws: HTTPConnection) -> Credentials:
     header = ws.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return Credentials(header[7:].strip() or None, subprotocol)
+    if api_key := ws.headers.get("x-api-key", "").strip():  # curl users of the Managed Agents docs
+        return Credentials(api_key, subprotocol)
     for proto in offered:
         if proto.startswith(BEARER_SUBPROTOCOL):
             return Credentials(proto[len(BEARER_SUBPROTOCOL) :] or None, SUBPROTOCOL)

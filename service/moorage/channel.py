@@ -219,7 +219,8 @@ class Start:
     model_proxy: str
     store: bool = True
     egress_proxy: str | None = None
-    # The agent's tool policy: {"ask_tools": [...], "custom_tools": [...]} (pending.AgentTools.wire).
+    # The session's agent (``agents.runner_agent``: id, version, the stored spec and its tool
+    # policy ``ask_tools``/``custom_tools``, pending.AgentTools); None: the operator's default.
     agent: dict[str, Any] | None = None
 
     def wire(self) -> dict[str, Any]:

@@ -42,6 +42,11 @@ class Code(StrEnum):
     STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
     SESSION_DELETED = "session_deleted"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    INVALID_REQUEST = "invalid_request"
+    REQUEST_TOO_LARGE = "request_too_large"
+    AGENT_NOT_FOUND = "agent_not_found"
+    AGENT_ARCHIVED = "agent_archived"
+    VERSION_CONFLICT = "version_conflict"
     INTERNAL = "internal"
 
 
@@ -142,6 +147,12 @@ CODES: dict[Code, Spec] = {
     # will); a rehydrated over-quota session is only told.
     Code.STORAGE_QUOTA_EXCEEDED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.SESSION_DELETED: Spec(Fatal.YES, 4410, 410),
+    # The agents API (HTTP); an agent that cannot be used ends a session's handshake.
+    Code.INVALID_REQUEST: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
+    Code.REQUEST_TOO_LARGE: Spec(Fatal.NO, None, 413),
+    Code.AGENT_NOT_FOUND: Spec(Fatal.SOMETIMES, 4404, 404),
+    Code.AGENT_ARCHIVED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
+    Code.VERSION_CONFLICT: Spec(Fatal.NO, None, 409),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

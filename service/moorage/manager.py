@@ -165,13 +165,16 @@ class SessionManager:
             raise
         return token
 
-    async def create(self, tenant: str) -> Session:
+    async def create(self, tenant: str, agent: dict[str, Any] | None = None) -> Session:
         session_id = str(uuid.uuid4())
         self.check_draining()
         await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
         try:
-            await self.records.create(session_id, tenant, {"max_turns": self.settings.max_turns})
+            options: dict[str, Any] = {"max_turns": self.settings.max_turns}
+            if agent is not None:
+                options["agent"] = agent  # the whole version: rehydration needs no agents read
+            await self.records.create(session_id, tenant, options)
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
         except BaseException as exc:
@@ -179,7 +182,7 @@ class SessionManager:
             if isinstance(exc, STORE_ERRORS):
                 raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
-        return self._launch(Session(session_id, tenant, self.deps, self._closed), token)
+        return self._launch(Session(session_id, tenant, self.deps, self._closed, agent=agent), token)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
@@ -267,9 +270,8 @@ class SessionManager:
         except STORE_ERRORS as exc:
             raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
-        session = Session(
-            session_id, tenant, self.deps, self._closed, rehydrate=True, resume=resume, prior_cost_usd=record.cost_usd
-        )
+        pinned = record.options.get("agent")  # the agent version it started with
+        session = Session(session_id, tenant, self.deps, self._closed, True, resume, record.cost_usd, agent=pinned)
         await self._storage_notices(session, record.options)
         return self._launch(session, token)
 

@@ -65,11 +65,20 @@ class CustomTool:
 
 @dataclass(frozen=True)
 class AgentTools:
-    """What the runner needs of an agent's tools: the built-in tools whose
-    policy is ``always_ask`` and the client-executed custom tools."""
+    """What the runner needs of an agent's tools: the tools whose policy is
+    ``always_ask`` (``mcp__<server>__*`` for all of a server's tools, less
+    ``allow_tools``) and the client-executed custom tools
+    (``agents.tool_policy`` derives them from a stored spec)."""
 
     ask_tools: tuple[str, ...] = ()
     custom_tools: tuple[CustomTool, ...] = ()
+    allow_tools: tuple[str, ...] = ()
+
+    def waits_for(self, tool: str) -> bool:
+        """Whether a call of ``tool`` waits for a client (the runner's hook decides the same)."""
+        if tool in self.allow_tools:
+            return False
+        return any(tool == name or (name.endswith("*") and tool.startswith(name[:-1])) for name in self.ask_tools)
 
     @classmethod
     def parse(cls, data: object) -> AgentTools:
@@ -85,6 +94,9 @@ class AgentTools:
         for name in ask:
             if not isinstance(name, str) or not 0 < len(name) <= 256:
                 raise ValueError("agent.ask_tools holds tool names (strings)")
+        allow = data.get("allow_tools") or []
+        if not isinstance(allow, list) or len(allow) > MAX_ASK_TOOLS or not all(isinstance(n, str) for n in allow):
+            raise ValueError(f"agent.allow_tools must be a list of at most {MAX_ASK_TOOLS} tool names")
         custom = data.get("custom_tools") or []
         if not isinstance(custom, list) or len(custom) > MAX_CUSTOM_TOOLS:
             raise ValueError(f"agent.custom_tools must be a list of at most {MAX_CUSTOM_TOOLS} tools")
@@ -104,7 +116,7 @@ class AgentTools:
             tools.append(CustomTool(name, description, schema))
         if len({t.name for t in tools}) != len(tools):
             raise ValueError("custom tool names must be unique")
-        return cls(tuple(dict.fromkeys(ask)), tuple(tools))
+        return cls(tuple(dict.fromkeys(ask)), tuple(tools), tuple(dict.fromkeys(allow)))
 
     def wire(self) -> dict[str, Any] | None:
         """The Start frame's ``agent`` field (None: nothing to enforce)."""
@@ -112,6 +124,7 @@ class AgentTools:
             return None
         return {
             "ask_tools": list(self.ask_tools),
+            "allow_tools": list(self.allow_tools),
             "custom_tools": [
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema}
                 for t in self.custom_tools
@@ -182,7 +195,7 @@ class Pending:
         too many at once, or a tool the agent does not ask about (clients
         would run a custom tool they never offered) breaks the channel
         protocol: the real runner does none of these."""
-        if isinstance(frame, PermissionRequest) and frame.tool not in self.tools.ask_tools:
+        if isinstance(frame, PermissionRequest) and not self.tools.waits_for(frame.tool):
             raise ChannelViolation(Reason.BAD_FIELD, "a permission request for a tool that is not always_ask")
         if isinstance(frame, CustomToolUse) and frame.name not in {t.name for t in self.tools.custom_tools}:
             raise ChannelViolation(Reason.BAD_FIELD, "a call of a custom tool the agent does not have")

@@ -81,8 +81,12 @@ def _start_frame(session: Session) -> Start:
         options["max_budget_usd"] = settings.max_budget_usd - session.prior_cost_usd
     if settings.model:
         options["model"] = settings.model
+    if session.agent is not None and session.agent.get("max_turns"):
+        options["max_turns"] = min(settings.max_turns, int(session.agent["max_turns"]))
     tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None else None
-    return Start(options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent_tools.wire())
+    return Start(
+        options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent or session.agent_tools.wire()
+    )
 
 
 async def _send(session: Session, frame: ServiceFrame) -> None:

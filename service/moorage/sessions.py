@@ -103,8 +103,10 @@ class Session:
         rehydrate: bool = False,
         resume: bool = False,
         prior_cost_usd: float = 0.0,
+        agent: dict[str, Any] | None = None,
     ) -> None:
         self.id = session_id
+        self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.tenant = tenant
         self.deps = deps
         self.settings = settings = deps.settings
@@ -118,7 +120,8 @@ class Session:
         self.resume = resume
         self.prior_cost_usd = prior_cost_usd  # spent in earlier lives of this session
         self.log = log.bind(session_id=session_id, tenant=tenant, backend=deps.backend.name)
-        self.agent_tools = AgentTools.parse(settings.default_agent)
+        # The pinned agent carries its tool policy (agents.tool_policy); else the operator's default.
+        self.agent_tools = AgentTools.parse(agent if agent is not None else settings.default_agent)
         self.core = SessionCore(limits_of(settings), Pending(settings.permission_timeout_s, self.agent_tools))
         self.sink = TranscriptSink(deps.store, tenant, session_id, deps.metrics)
         self.relay = RpcRelay(self.sink, self.log, self._on_degraded, self._on_durable)

@@ -6,14 +6,18 @@ plus Moorage's session records (``moorage_session_store.records``) and API token
     store = SQLModelSessionStore(db)                           # ClaudeAgentOptions(session_store=store)
 """
 
+from .agents import AgentRecord, Agents
 from .database import Database
 from .errors import (
+    AgentArchived,
+    AgentNotFound,
     DatabaseUnavailable,
     InvalidRecord,
     MoorageStoreError,
     SessionExists,
     SessionNotFound,
     UnsupportedDatabaseURL,
+    VersionConflict,
 )
 from .records import SessionRecord, SessionRecords, SessionState
 from .spend import TenantSpend
@@ -21,6 +25,10 @@ from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
 
 __all__ = [
+    "AgentArchived",
+    "AgentNotFound",
+    "AgentRecord",
+    "Agents",
     "Database",
     "DatabaseUnavailable",
     "InvalidRecord",
@@ -36,4 +44,5 @@ __all__ = [
     "TokenRecord",
     "Tokens",
     "UnsupportedDatabaseURL",
+    "VersionConflict",
 ]

@@ -44,3 +44,21 @@ class SessionExists(MoorageStoreError):
     """``SessionRecords.create`` was given an id that is already taken."""
 
     code = "session_exists"
+
+
+class AgentNotFound(MoorageStoreError):
+    """No agent of that id (and version) for that tenant."""
+
+    code = "agent_not_found"
+
+
+class AgentArchived(MoorageStoreError):
+    """The agent is archived: it is read-only."""
+
+    code = "agent_archived"
+
+
+class VersionConflict(MoorageStoreError):
+    """``Agents.update`` was given a base version that is no longer the agent's current one."""
+
+    code = "version_conflict"

@@ -1,5 +1,6 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
-service's session records (``sessions``, ``workspaces``, ``workspace_chunks``) and the API tokens (``api_tokens``).
+service's session records (``sessions``, ``workspaces``, ``workspace_chunks``) the API tokens (``api_tokens``)
+and the agents (``agents``, ``agent_versions``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -145,6 +146,32 @@ class TenantSpendRow(SQLModel, table=True):
     usd: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
 
 
+class AgentRow(SQLModel, table=True):
+    """An agent of one tenant: its current (newest) version and whether it is archived. Its specs
+    are in ``agent_versions``, one immutable row per version."""
+
+    __tablename__ = "agents"
+    __table_args__ = (Index("ix_agents_tenant_created", "tenant", "created_at", "id"),)
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class AgentVersionRow(SQLModel, table=True):
+    """One version of an agent's spec (the agent object minus id, version and times); never changed."""
+
+    __tablename__ = "agent_versions"
+
+    agent_id: str = Field(sa_column=Column(String, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True))
+    version: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -163,3 +190,5 @@ WORKSPACES = table("workspaces")
 WORKSPACE_CHUNKS = table("workspace_chunks")
 API_TOKENS = table("api_tokens")
 TENANT_SPEND = table("tenant_spend")
+AGENTS = table("agents")
+AGENT_VERSIONS = table("agent_versions")

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from leaks import cgroups_of
 from moorage.accounting import Accounting
 from moorage.egress import ModelProxy
 from moorage.manager import SessionManager
@@ -145,6 +146,7 @@ class Harness:
     metrics: Metrics
     behaviour_file: Path
     cgroups: list[SandboxCgroup] = field(default_factory=list)
+    uids: set[int] = field(default_factory=set)
     baseline_rss: int = 0
 
     def play(self, behaviour: str) -> None:
@@ -223,6 +225,14 @@ async def harness(model: ScriptedModelServer, tmp_path_factory: pytest.TempPathF
     manager = SessionManager(deps)
     await manager.start()
     h = Harness(manager, backend, proxy, metrics, pkg / "behaviour")
+    take = backend.uids.take
+
+    def taking() -> int:  # record every sandbox uid, to check no process of ours is left
+        uid = take()
+        h.uids.add(uid)
+        return uid
+
+    backend.uids.take = taking  # type: ignore[method-assign]
     if backend.cgroups is not None:  # record every sandbox cgroup, to check none is left
         create = backend.cgroups.create
 
@@ -260,6 +270,14 @@ async def normal_session(h: Harness) -> None:
     await all_released(h)
 
 
+def sandbox_processes(h: Harness) -> list[int]:
+    """Processes of the sandboxes this harness started: running as one of its
+    uids and, where cgroups exist, inside one of its sandbox cgroups (another
+    run on this host may hold one of those uids by now)."""
+    ours = {d.name for cg in h.cgroups for d in cg.dirs.values()}
+    return [pid for uid in h.uids for pid in processes_of_uid(uid) if not ours or ours & cgroups_of(pid)]
+
+
 async def all_released(h: Harness) -> None:
     manager, backend = h.manager, h.backend
     await eventually(lambda: manager.gate.starting == 0, 30, "the start gate slot to come back")
@@ -267,7 +285,7 @@ async def all_released(h: Harness) -> None:
     await eventually(lambda: not backend.live and not backend.uids.held, 30, "the sandbox and its uid to be released")
     await eventually(lambda: not h.proxy._sites, 10, "the sandbox's model proxy socket to close")
     await eventually(
-        lambda: not any(processes_of_uid(uid) for uid in range(UID_BASE, UID_BASE + UID_COUNT)),
+        lambda: not sandbox_processes(h),
         30,
         "no sandbox process to be left",
     )

@@ -167,7 +167,7 @@ def test_agent_tools_parse_and_wire() -> None:
     }
     tools = AgentTools.parse(spec)
     assert tools == AgentTools(("Bash", "Write"), (CustomTool("weather", "Weather of a city", SCHEMA),))
-    assert tools.wire() == {"ask_tools": ["Bash", "Write"], "custom_tools": spec["custom_tools"]}
+    assert tools.wire() == {"ask_tools": ["Bash", "Write"], "allow_tools": [], "custom_tools": spec["custom_tools"]}
 
 
 @pytest.mark.parametrize(

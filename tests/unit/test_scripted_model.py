@@ -21,6 +21,14 @@ def test_bash_prompt_calls_the_tool_then_reports_its_output() -> None:
     assert decide(body(prompt, {"role": "assistant", "content": []}, result)).text == "tool said: hi"
 
 
+def test_a_trailing_system_message_does_not_hide_the_tool_result() -> None:
+    """For some models the CLI ends the messages with a system-role note; the tool result before it counts."""
+    prompt = {"role": "user", "content": [{"type": "text", "text": "bash echo hi"}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "hi\n"}]}
+    note = {"role": "system", "content": [{"type": "text", "text": "<total_tokens>9 tokens left</total_tokens>"}]}
+    assert decide(body(prompt, {"role": "assistant", "content": []}, result, note)).text == "tool said: hi"
+
+
 def test_system_reminders_are_not_prompts() -> None:
     """Text blocks the CLI adds as reminders do not count as the user's command."""
     prompt = {

@@ -101,7 +101,8 @@ def decide(body: dict[str, Any]) -> Reply:
         return Reply(text="ok")
     prompt = _last_prompt(messages)
     command, _, arg = prompt.partition(" ")
-    last = messages[-1] if messages else {}
+    # The CLI may end with a system-role note (e.g. a token count for some models): the turn's last word is before it.
+    last: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") != "system"), {})
     fresh_prompt = last.get("role") == "user" and bool(_text_of(last.get("content", "")))
     result = _tool_result(last.get("content")) if last.get("role") == "user" else None
     if command == "loop":
