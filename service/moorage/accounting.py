@@ -22,6 +22,7 @@ import structlog
 
 from .errors import STORE_ERRORS, Code, ProtocolError
 from .metrics import Metrics
+from .seams import SpendStore
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +120,7 @@ class Accounting:
         # every replica spent; ``sync`` adds ours and reads the totals back.
         # A budget check sees the last totals read plus what this replica
         # metered since, so replicas overshoot by at most one sync period.
-        self.spend: Any = None  # moorage_session_store.TenantSpend, set by the app
+        self.spend: SpendStore | None = None  # set by the app
         self._pending: dict[tuple[str, str], float] = {}  # (day, tenant): metered here, not yet written
         self._inflight: dict[tuple[str, str], float] = {}  # being written now
         self._shared: tuple[str, dict[str, float]] = ("", {})  # (day, totals) as last read

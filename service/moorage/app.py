@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from moorage_session_store import Agents, Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
+from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -200,7 +201,7 @@ async def _dispatch(services: Services, session: Session, conn: WsConnection, ra
     elif isinstance(frame, InterruptFrame):
         await session.interrupt()
     elif isinstance(frame, PingFrame):
-        conn.offer(dumps({"type": "pong", "id": frame.id}))
+        session.emit({"type": "pong", "id": frame.id}, durable=False, to=conn)
     elif isinstance(frame, (PermissionResponseFrame, CustomToolResultFrame)):
         await session.answer(frame)
 
@@ -217,14 +218,13 @@ async def _read(services: Services, session: Session, conn: WsConnection) -> Non
         try:
             await _dispatch(services, session, conn, raw)
         except MoorageError as exc:
-            conn.metrics.errors.labels(str(exc.code)).inc()
-            conn.offer(dumps(exc.frame()))
+            session.emit(exc.frame(), durable=False, to=conn)  # a reply to this connection only
             if exc.fatal:
                 conn.close(close_code(exc.code), exc.code)
                 return
         except TimeoutError:
             error = MoorageError("the sandbox did not become ready in time", code=Code.SANDBOX_START_FAILED, fatal=True)
-            conn.offer(dumps(error.frame()))
+            session.emit(error.frame(), durable=False, to=conn)
 
 
 async def session_socket(ws: WebSocket) -> None:
@@ -468,16 +468,23 @@ def create_app(settings: Settings) -> Starlette:
                     proxy.limits.request_timeout_s,
                 )
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
-            bind_proxy = getattr(backend, "bind_proxy", None)
-            if bind_proxy is not None:  # kubernetes: the proxy's TCP port for pods
-                await bind_proxy(proxy)
+            await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods
             workspaces = settings.state_dir.resolve() / "workspaces"
             pool = WarmPool(
                 backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics
             )
             records = SessionRecords(db)
             deps = Deps(
-                settings, backend, proxy, pool, records, SQLModelSessionStore(db), settings.replica, metrics, accounting
+                settings,
+                backend,
+                proxy,
+                pool,
+                records,
+                SQLModelSessionStore(db),
+                settings.replica,
+                metrics,
+                accounting,
+                SessionEvents(db),
             )
             sessions = SessionManager(deps)
             await sessions.start()  # recovery first: it may reap what a crashed run left

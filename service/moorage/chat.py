@@ -30,6 +30,8 @@ def render(frame: dict[str, Any]) -> str | None:
         return None
     if kind == "result":
         return f"[{frame.get('subtype')}: {frame.get('num_turns')} turns, ${frame.get('total_cost_usd', 0):.4f}]"
+    if kind == "queued":
+        return f"[queued: runs after the current turn, position {frame.get('position')}]"
     if kind == "error":
         return f"[error {frame.get('code')}: {frame.get('message')}]"
     if kind == "permission_request":

@@ -18,7 +18,7 @@ class Code(StrEnum):
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_FRAME_TYPE = "unknown_frame_type"
     UNSUPPORTED = "unsupported"
-    TURN_IN_PROGRESS = "turn_in_progress"
+    QUEUE_FULL = "queue_full"
     NO_TURN_RUNNING = "no_turn_running"
     REQUEST_NOT_PENDING = "request_not_pending"
     SESSION_NOT_FOUND = "session_not_found"
@@ -122,7 +122,7 @@ CODES: dict[Code, Spec] = {
     Code.INVALID_FRAME: Spec(Fatal.NO, None, 400),
     Code.UNKNOWN_FRAME_TYPE: Spec(Fatal.NO, None, 400),
     Code.UNSUPPORTED: Spec(Fatal.NO, None, 400),
-    Code.TURN_IN_PROGRESS: Spec(Fatal.NO, None, 409),
+    Code.QUEUE_FULL: Spec(Fatal.NO, None, 429),
     Code.NO_TURN_RUNNING: Spec(Fatal.NO, None, 409),
     Code.REQUEST_NOT_PENDING: Spec(Fatal.NO, None, 409),
     Code.TURN_TIMEOUT: Spec(Fatal.SOMETIMES, CLOSE_INTERNAL, 504),

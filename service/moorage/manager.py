@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from claude_agent_sdk.types import SessionKey
+from moorage_session_store.records import SessionRecord
 
 from .egress import socket_base
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
@@ -337,11 +339,10 @@ class SessionManager:
             self.deps.metrics.state_swept.labels(kind).inc(count)
         log.info("state_swept", kept=len(keep), **removed)
 
-    async def _recover_one(self, record: Any) -> None:
+    async def _recover_one(self, record: SessionRecord) -> None:
         handle = record.sandbox or {}
-        reap = getattr(self.deps.backend, "reap", None)
-        if reap is not None and handle:
-            await reap(handle)
+        if handle:
+            await self.deps.backend.reap(handle)
         workspace = Path(handle["workspace"]) if handle.get("workspace") else None
         bound = log.bind(session_id=record.id, tenant=record.tenant)
         bound.info("session_recovering", had_sandbox=bool(handle))
@@ -494,5 +495,5 @@ def _is_session_id(text: str) -> bool:
         return False
 
 
-def _key(tenant: str, session_id: str) -> dict[str, str]:
+def _key(tenant: str, session_id: str) -> SessionKey:
     return {"project_key": tenant, "session_id": session_id}

@@ -221,6 +221,11 @@ class TurnGuard:
         self.interrupted_at = None
         self._seen.clear()
 
+    def cancel(self) -> None:
+        """The turn never ran (refused before it reached the runner) or ended with its sandbox."""
+        self.running = False
+        self.interrupted_at = None
+
     def on_message(self, message: dict[str, Any], now: float) -> Action:
         kind = message.get("type")
         if kind == "result":

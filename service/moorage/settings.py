@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     sandbox: Literal["local", "docker", "kubernetes"] = "local"
     max_turns: int = Field(default=50, ge=1)
+    # User messages a session holds while a turn runs (``queue_full`` beyond).
+    max_queued_turns: int = Field(default=8, ge=0, le=1000)
     max_budget_usd: float | None = None
     # Per tenant per UTC day, across its sessions (enforced at the model proxy).
     tenant_daily_budget_usd: float | None = None

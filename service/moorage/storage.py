@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
 from .errors import STORE_ERRORS, Code, MoorageError, SessionError
+from .seams import RecordStore
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,7 @@ class OverQuota(MoorageError):
     code = Code.STORAGE_QUOTA_EXCEEDED
 
 
-async def workspace_allowance(records: Any, session_id: str, limit: int) -> int | None:
+async def workspace_allowance(records: RecordStore, session_id: str, limit: int) -> int | None:
     """How many bytes the session's next workspace archive may have under its tenant's quota
     (``None``: no limit). Asked before a save streams, so the archive never has to be held to be
     measured. When the count cannot be read the save goes ahead (it fails or retries on its own):

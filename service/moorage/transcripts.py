@@ -21,16 +21,17 @@ never stops the session.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import structlog
+from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 from moorage_session_store.errors import DatabaseUnavailable
 from sqlalchemy import exc as sa
 
+from .seams import Meter, TranscriptStore
+
 log = structlog.get_logger(__name__)
 
-# A SessionStore, as the SDK defines it (the service uses the SQLModel one).
-Store = Any
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -82,12 +83,12 @@ class RpcFailure(Exception):
 
 
 class TranscriptSink:
-    def __init__(self, store: Store, tenant: str, session_id: str, metrics: Any = None) -> None:
+    def __init__(self, store: TranscriptStore, tenant: str, session_id: str, metrics: Meter | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.tenant = tenant
         self.session_id = session_id
-        self.unsaved: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
+        self.unsaved: list[tuple[SessionKey, list[SessionStoreEntry]]] = []
         self._refusals = 0  # of the head batch, with the database up
         # One writer at a time: the background flusher and a new append must
         # not both write (and pop) the head batch.
@@ -97,8 +98,8 @@ class TranscriptSink:
     def durable(self) -> bool:
         return not self.unsaved
 
-    def scope(self, key: Any) -> dict[str, str]:
-        scoped = {"project_key": self.tenant, "session_id": self.session_id}
+    def scope(self, key: Any) -> SessionKey:
+        scoped: SessionKey = {"project_key": self.tenant, "session_id": self.session_id}
         subpath = key.get("subpath") if isinstance(key, dict) else None
         if isinstance(subpath, str) and subpath and ".." not in subpath.split("/"):
             scoped["subpath"] = subpath.replace(NUL, REPLACEMENT)
@@ -110,7 +111,7 @@ class TranscriptSink:
             entries = params.get("entries")
             if not isinstance(entries, list):
                 raise RpcFailure("entries must be a list")
-            await self.append(key, [scrub(e) for e in entries if isinstance(e, dict)])
+            await self.append(key, [cast(SessionStoreEntry, scrub(e)) for e in entries if isinstance(e, dict)])
             return None
         try:
             if method == "store.load":
@@ -121,7 +122,7 @@ class TranscriptSink:
             raise RpcFailure(f"the session store is unavailable: {type(exc).__name__}") from exc
         raise RpcFailure(f"unknown method {method[:40]!r}")
 
-    async def append(self, key: dict[str, str], entries: list[dict[str, Any]]) -> None:
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         self.unsaved.append((key, entries))
         await self.flush()
 

@@ -34,14 +34,21 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from . import workspace_archive
 from .channel import Restore
 from .errors import STORE_ERRORS, Code, MoorageError
+from .seams import RecordStore
 from .storage import NOT_SAVED_FLAG, OverQuota, workspace_allowance
+
+if TYPE_CHECKING:
+    from .sessions import Deps
+    from .settings import Settings
+
+Logger = structlog.typing.FilteringBoundLogger
 
 log = structlog.get_logger(__name__)
 
@@ -206,7 +213,7 @@ async def _chunks(proc: asyncio.subprocess.Process, deadline: float, max_bytes: 
         yield bytes(pending)
 
 
-async def save_workspace(records: Any, session_id: str, path: Path, settings: Any) -> int:
+async def save_workspace(records: RecordStore, session_id: str, path: Path, settings: Settings) -> int:
     """Archive the workspace into the database, streaming; returns its bytes. ``OverQuota`` (and
     the last save kept) when the archive would take its tenant past its storage quota."""
     allowance = await workspace_allowance(records, session_id, settings.tenant_storage_bytes)
@@ -231,7 +238,7 @@ class Checkpoints:
     it changed and the last save is ``workspace_checkpoint_s`` old, so a host
     crash loses at most that much of it (suspension always saves)."""
 
-    def __init__(self, records: Any, session_id: str, settings: Any, log: Any) -> None:
+    def __init__(self, records: RecordStore, session_id: str, settings: Settings, log: Logger) -> None:
         self.records, self.session_id, self.settings, self.log = records, session_id, settings, log
         self._task: asyncio.Task[None] | None = None
         self._saved: tuple[int, int, int] | None = None
@@ -298,7 +305,7 @@ def _restore_frame(chunk: bytes, last: bool) -> Restore:
     return Restore(base64.b64encode(chunk).decode(), last)
 
 
-async def suspend_record(deps: Any, session_id: str, workspace: Path | None, log: Any) -> bool:
+async def suspend_record(deps: Deps, session_id: str, workspace: Path | None, log: Logger) -> bool:
     """Save a stopped session's workspace and mark it suspended; release the
     lease. Returns False (leaving the workspace directory and the record
     as they are, for the recovery sweep) when the database cannot be reached."""

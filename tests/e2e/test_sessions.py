@@ -126,16 +126,32 @@ async def test_interrupt_stops_a_running_turn(service: Service) -> None:
     await client.close()
 
 
-async def test_second_message_during_a_turn_is_refused(service: Service) -> None:
-    """One turn at a time: a user frame during a turn gets turn_in_progress and the turn still finishes."""
+async def test_three_quick_messages_run_in_order(service: Service) -> None:
+    """Three user frames sent at once: the second and third are acknowledged as queued
+    (positions 1 and 2), then the three turns run one after the other, results in order."""
     client = await Client.connect(service)
-    await client.say("bash sleep 1; echo first")
+    for word in ("one", "two", "three"):
+        await client.say(f"say {word}")
+    frames: list[dict[str, object]] = []
+    for _ in range(3):
+        frames += await client.until("result", timeout=60)
+    assert [f["result"] for f in frames if f["type"] == "result"] == ["one", "two", "three"]
+    assert [f["position"] for f in frames if f["type"] == "queued"] == [1, 2]
+    assert not [f for f in frames if f["type"] == "error"]
+    await client.close()
+
+
+async def test_interrupt_stops_the_running_turn_and_keeps_the_queued_one(service: Service) -> None:
+    """An interrupt ends the running turn only: the message queued behind it runs next."""
+    client = await Client.connect(service)
+    await client.say("bash python3 -c 'import time; time.sleep(60)'; echo never")
     await client.until("assistant", timeout=30)
-    await client.say("say second")
-    frames = await client.until("result", timeout=30)
-    errors = [f for f in frames if f["type"] == "error"]
-    assert [e["code"] for e in errors] == ["turn_in_progress"] and errors[0]["fatal"] is False
-    assert "first" in tool_output(frames)
+    await client.say("say queued")
+    assert (await client.until("queued", timeout=15))[-1] == {"type": "queued", "position": 1}
+    await client.send({"type": "interrupt"})
+    first = await client.until("result", timeout=15)
+    assert "never" not in tool_output(first)
+    assert result_of(await client.until("result", timeout=60))["result"] == "queued"
     await client.close()
 
 
@@ -213,6 +229,25 @@ async def test_turn_timeout_interrupts_and_reports(model: ScriptedModelServer) -
         error = (await client.until("error", timeout=10))[-1]
         assert error["code"] == "turn_timeout" and error["fatal"] is False
         assert result_of(await client.turn("say recovered"))["result"] == "recovered"
+        await client.close()
+
+
+async def test_a_message_past_the_queue_bound_gets_queue_full(model: ScriptedModelServer) -> None:
+    """With MOORAGE_MAX_QUEUED_TURNS=1 a second waiting message is refused with queue_full (not
+    fatal); the running turn and the one queued message both finish, in order."""
+    with run_service(model.url, MOORAGE_MAX_QUEUED_TURNS="1") as svc:
+        client = await Client.connect(svc)
+        await client.say("bash sleep 3; echo first")
+        await client.until("assistant", timeout=30)
+        await client.say("say second")
+        await client.say("say third")
+        frames = await client.until("error", timeout=30)
+        assert {"type": "queued", "position": 1} in frames
+        assert frames[-1]["code"] == "queue_full" and frames[-1]["fatal"] is False
+        frames += await client.until("result", timeout=60)
+        frames += await client.until("result", timeout=60)
+        assert "first" in tool_output(frames)
+        assert [f["result"] for f in frames if f["type"] == "result"][-1] == "second"
         await client.close()
 
 

@@ -42,6 +42,7 @@ from moorage.settings import Settings
 from moorage.testing.scripted_model import ScriptedModelServer
 from moorage.transcripts import TranscriptSink
 from moorage_session_store import Database, SQLModelSessionStore
+from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import generate_latest
 from support import processes_of_uid, scaled
@@ -220,7 +221,16 @@ async def harness(model: ScriptedModelServer, tmp_path_factory: pytest.TempPathF
     await proxy.start()
     pool = WarmPool(backend, proxy, settings.state_dir / "workspaces", 0, settings.sandbox_start_timeout_s, metrics)
     deps = Deps(
-        settings, backend, proxy, pool, SessionRecords(db), SQLModelSessionStore(db), "hostile", metrics, accounting
+        settings,
+        backend,
+        proxy,
+        pool,
+        SessionRecords(db),
+        SQLModelSessionStore(db),
+        "hostile",
+        metrics,
+        accounting,
+        SessionEvents(db),
     )
     manager = SessionManager(deps)
     await manager.start()

@@ -32,6 +32,7 @@ import uvicorn
 import websockets
 from moorage import app as app_module
 from moorage.channel import CHANNEL_VERSION, RunnerFrame
+from moorage.egress import ModelProxy
 from moorage.sandbox.base import Sandbox, SandboxSpec, decode_frame, encode_frame
 from moorage.sessions import Session
 from moorage.settings import Settings
@@ -128,6 +129,12 @@ class FakeBackend:
 
     async def ready(self) -> str | None:
         return None
+
+    async def reap(self, handle: dict[str, Any]) -> None:
+        pass  # nothing outlives a fake sandbox
+
+    async def bind_proxy(self, proxy: ModelProxy) -> None:
+        pass
 
     async def close(self) -> None:
         for sandbox in self.sandboxes:

@@ -7,8 +7,8 @@ import os
 import tracemalloc
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
+from moorage.settings import Settings
 from moorage.workspaces import restore_frames, save_workspace
 from moorage_session_store import Database, SessionRecords
 
@@ -24,7 +24,7 @@ async def test_a_64_mib_workspace_saves_and_restores_in_bounded_memory(db: Datab
     records = SessionRecords(db)
     sid = str(uuid.uuid4())
     await records.create(sid, "tenant-a", {})
-    settings = SimpleNamespace(workspace_max_bytes=10**9, workspace_snapshot_timeout_s=600.0, tenant_storage_bytes=0)
+    settings = Settings(workspace_max_bytes=10**9, workspace_snapshot_timeout_s=600.0, tenant_storage_bytes=0)
 
     tracemalloc.start()
     try:

@@ -11,6 +11,7 @@ import structlog
 from moorage.channel import Rpc
 from moorage.relay import RpcRelay
 from moorage.sandbox.base import Sandbox
+from moorage.seams import TranscriptStore
 from moorage.transcripts import POISON_ATTEMPTS, TranscriptSink
 from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.errors import DatabaseUnavailable
@@ -44,7 +45,7 @@ def append(rpc_id: int, entries: list[dict[str, Any]], subpath: str | None = Non
 
 async def test_a_nul_in_runner_fields_neither_jams_the_session_nor_loses_later_entries(db: Database) -> None:
     store = SQLModelSessionStore(db)
-    sink = TranscriptSink(store, "tenant-a", "3b0c9a52-1111-4222-8333-444455556666")
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "3b0c9a52-1111-4222-8333-444455556666")
     relay, _ = relay_for(sink)
     sandbox = FakeSandbox()
     box = cast(Sandbox, sandbox)
@@ -82,7 +83,7 @@ class RefusingStore:
 
 async def test_a_batch_the_database_keeps_refusing_is_dropped_and_the_session_goes_on(db: Database) -> None:
     store = RefusingStore(SQLModelSessionStore(db))
-    sink = TranscriptSink(store, "tenant-a", "3b0c9a52-1111-4222-8333-777755556666")
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "3b0c9a52-1111-4222-8333-777755556666")
     relay, durable = relay_for(sink)
     sandbox = FakeSandbox()
     box = cast(Sandbox, sandbox)
@@ -110,7 +111,7 @@ class AwayStore:
 
 async def test_an_outage_never_drops_a_batch_however_long_it_lasts(db: Database) -> None:
     store = AwayStore(SQLModelSessionStore(db))
-    sink = TranscriptSink(store, "tenant-a", "3b0c9a52-1111-4222-8333-888855556666")
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "3b0c9a52-1111-4222-8333-888855556666")
     await sink.handle("store.append", {"key": {}, "entries": [{"type": "user", "uuid": "kept"}]})
     for _ in range(POISON_ATTEMPTS * 5):
         assert await sink.flush() is False

@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 from moorage.errors import Code, SessionError
 from moorage.manager import KeyedLocks, SessionManager
+from moorage.seams import RecordStore
 from moorage.sessions import Deps
 from moorage.settings import Settings
 
@@ -29,7 +30,9 @@ class Records:
 
 def manager(records: Records) -> SessionManager:
     nothing = cast(Any, None)
-    deps = Deps(Settings(), nothing, nothing, nothing, records, nothing, "r1", nothing, nothing)
+    deps = Deps(
+        Settings(), nothing, nothing, nothing, cast(RecordStore, records), nothing, "r1", nothing, nothing, nothing
+    )
     return SessionManager(deps)
 
 

@@ -281,7 +281,7 @@ SCENARIOS: list[dict[str, Any]] = [
         "input_series": [
             {"series": f'moorage_errors_total{{{MOORAGE}, code="sandbox_crashed"}}', "values": "0+1x30"},
             {"series": f'moorage_errors_total{{{MOORAGE}, code="sandbox_start_failed"}}', "values": "0x30"},
-            {"series": f'moorage_errors_total{{{MOORAGE}, code="turn_in_progress"}}', "values": "0+10x30"},
+            {"series": f'moorage_errors_total{{{MOORAGE}, code="queue_full"}}', "values": "0+10x30"},
         ],
         "alert_rule_test": [
             {

@@ -8,11 +8,12 @@ import io
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from moorage.channel import Restore as RestoreFrame
 from moorage.metrics import Metrics
+from moorage.seams import TranscriptStore
 from moorage.transcripts import TranscriptSink
 from moorage.workspaces import WorkspaceTooLarge, archive, restore_frames
 from moorage_runner.restore import Restore
@@ -111,7 +112,7 @@ async def test_sink_acknowledges_during_an_outage_and_writes_in_order_after() ->
     """Appends during an outage wait in order and land, in order, once the store is back."""
     store = FlakyStore()
     metrics = Metrics(("claude-opus",))
-    sink = TranscriptSink(store, "tenant-a", "sess-1", metrics)
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "sess-1", metrics)
     await sink.handle("store.append", {"key": {"project_key": "x", "session_id": "y"}, "entries": [{"n": 1}]})
     store.down = True
     for n in (2, 3):
@@ -127,7 +128,7 @@ async def test_sink_acknowledges_during_an_outage_and_writes_in_order_after() ->
 async def test_sink_never_writes_a_batch_twice_when_flushes_overlap() -> None:
     """A new append and the background flusher racing after an outage write each batch once, in order."""
     store = FlakyStore()
-    sink = TranscriptSink(store, "tenant-a", "sess-1")
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "sess-1")
     store.down = True
     await sink.handle("store.append", {"key": {}, "entries": [{"n": 1}]})
     store.down = False
@@ -138,7 +139,7 @@ async def test_sink_never_writes_a_batch_twice_when_flushes_overlap() -> None:
 async def test_sink_pins_every_key_to_its_own_session() -> None:
     """A sandbox cannot write to (or name) another tenant's or session's transcript."""
     store = FlakyStore()
-    sink = TranscriptSink(store, "tenant-a", "sess-1")
+    sink = TranscriptSink(cast(TranscriptStore, store), "tenant-a", "sess-1")
     await sink.handle("store.append", {"key": {"project_key": "tenant-b", "session_id": "other"}, "entries": []})
     await sink.handle(
         "store.append", {"key": {"project_key": "p", "session_id": "s", "subpath": "subagents/agent-1"}, "entries": []}

@@ -25,12 +25,15 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 # The channel's codec, re-exported for every backend.
 from ..channel import RunnerFrame
 from ..channel import decode_frame as decode_frame
 from ..channel import encode_frame as encode_frame
+
+if TYPE_CHECKING:
+    from ..egress import ModelProxy
 
 MODEL_SOCKET = "/run/moorage/model.sock"
 TUNNEL_SOCKET = "/run/moorage/tunnel.sock"
@@ -76,6 +79,15 @@ class SandboxBackend(Protocol):
         """None when sandboxes can be started now, else what is wrong."""
 
     async def close(self) -> None: ...
+
+    async def reap(self, handle: dict[str, Any]) -> None:
+        """Remove whatever a sandbox with this ``handle`` left behind (a
+        restarted service recovering its sessions); idempotent."""
+
+    async def bind_proxy(self, proxy: ModelProxy) -> None:
+        """Make the model proxy reachable from sandboxes before the first
+        start (kubernetes: the proxy's TCP port for pods); a no-op where the
+        proxy socket is mounted."""
 
 
 SANDBOX_HOME = "/home/agent"  # the sandbox user's home, in every backend

@@ -30,7 +30,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import aiohttp
@@ -55,6 +55,9 @@ from .base import (
 from .cgroups import Limits, own_paths
 from .local import mount_workspace
 from .uids import UidPool
+
+if TYPE_CHECKING:
+    from ..egress import ModelProxy
 
 log = structlog.get_logger(__name__)
 
@@ -461,6 +464,9 @@ class DockerBackend:
         except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             return f"the Docker engine at {self.url or 'the default socket'} does not answer: {exc}"
         return None
+
+    async def bind_proxy(self, proxy: ModelProxy) -> None:
+        """Nothing to do: the proxy's socket is mounted into each sandbox."""
 
     async def reap(self, handle: dict[str, Any]) -> None:
         """Remove the container a previous run of the service started (from its persisted handle)."""

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,6 +45,9 @@ from .base import (
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
 from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
+
+if TYPE_CHECKING:
+    from ..egress import ModelProxy
 
 log = structlog.get_logger(__name__)
 
@@ -500,6 +503,9 @@ class LocalBackend:
         if not self.uids.available():
             return "no free sandbox uid"
         return None
+
+    async def bind_proxy(self, proxy: ModelProxy) -> None:
+        """Nothing to do: the proxy's socket is mounted into each sandbox."""
 
     async def reap(self, handle: dict[str, Any]) -> None:
         """Kill what is left of a sandbox a previous run of the service

@@ -1,0 +1,82 @@
+"""The service's collaborators, as Protocols: what a session, the manager
+and the accounting need from the record store, the transcript store, the
+spend store and the meter. The session-store package's classes
+(``SessionRecords``, ``SQLModelSessionStore``, ``TenantSpend``) satisfy them
+structurally; tests may hand in anything that does."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncGenerator, AsyncIterable
+from datetime import datetime
+from typing import Any, Protocol
+
+from claude_agent_sdk.types import SessionKey, SessionListSubkeysKey, SessionStoreEntry
+from moorage_session_store.records import SessionRecord, SessionState
+
+
+class RecordStore(Protocol):
+    """A session's row: state, owner lease, usage, workspace archive."""
+
+    async def create(self, id: str, tenant: str, options: dict[str, Any]) -> SessionRecord: ...
+
+    async def get(self, id: str) -> SessionRecord | None: ...
+
+    async def update(self, id: str, /, **fields: Any) -> None: ...
+
+    async def add_usage(self, id: str, turns: int, cost_usd: float) -> None: ...
+
+    async def list(
+        self, state: SessionState | None = None, owner: str | None = None, tenant: str | None = None
+    ) -> builtins.list[SessionRecord]: ...
+
+    async def acquire_lease(self, id: str, owner: str, ttl_s: float) -> bool: ...
+
+    async def renew_lease(self, id: str, owner: str, ttl_s: float) -> bool: ...
+
+    async def release_lease(self, id: str, owner: str) -> None: ...
+
+    async def request_handover(self, id: str, requester: str) -> bool: ...
+
+    async def handover_requests(self, owner: str, since: datetime) -> builtins.list[str]: ...
+
+    async def save_workspace_stream(self, id: str, chunks: AsyncIterable[bytes]) -> int: ...
+
+    def load_workspace_stream(self, id: str) -> AsyncGenerator[bytes, None]: ...
+
+    async def workspace_bytes(self, id: str) -> int: ...
+
+    async def tenant_storage_bytes(self, tenant: str) -> int: ...
+
+    async def purge(self, id: str, owner: str | None = None) -> bool: ...
+
+    async def reap_suspended(self, before: datetime, limit: int) -> builtins.list[str]: ...
+
+
+class TranscriptStore(Protocol):
+    """The SDK's SessionStore, as the service's ``TranscriptSink`` uses it."""
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None: ...
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None: ...
+
+    async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]: ...
+
+
+class SpendStore(Protocol):
+    """Tenant spend per UTC day, shared by every replica."""
+
+    async def add(self, day: str, amounts: dict[str, float]) -> None: ...
+
+    async def day(self, day: str) -> dict[str, float]: ...
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Meter(Protocol):
+    """The metrics a transcript sink counts (``metrics.Metrics`` is one)."""
+
+    @property
+    def store_errors(self) -> Counter: ...

@@ -1,0 +1,146 @@
+"""Starting a session's sandbox: take a warm one or start one, restore the
+saved workspace into it, send ``start`` and wait for ``ready``.
+
+Everything here runs before the session serves a turn, on the session's own
+task; the channel's order is checked frame by frame (``channel.RunnerChannel``)
+and every wait is bounded by ``sandbox_start_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .bounded import sdk_buffer_bytes
+from .channel import ChannelViolation, Garbage, Reason, Restore, Restored, Rpc, RunnerError, ServiceFrame, Start
+from .channel import Ready as ReadyFrame
+from .errors import STORE_ERRORS, Code, SandboxError, store_unavailable
+from .pool import start_loaded
+from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET
+from .workspaces import restore_frames
+
+if TYPE_CHECKING:
+    from .sessions import Session
+
+MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
+_Want = TypeVar("_Want", ReadyFrame, Restored)
+
+
+async def start_sandbox(session: Session) -> float:
+    """Bring ``session``'s sandbox up to ``ready``; the seconds it took.
+    Raises ``SandboxError`` (``sandbox_start_failed``, ``store_unavailable``,
+    ``sandbox_crashed`` for a broken channel)."""
+    settings = session.settings
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    loaded = session.pool.take()
+    warm = loaded is not None
+    if loaded is None:
+        loaded = await start_loaded(
+            session.backend,
+            session.proxy,
+            session.pool.workspaces,
+            settings.sandbox_start_timeout_s,
+            session.metrics,
+            session.id,
+        )
+    session.sandbox, session.sandbox_id, session.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
+    session.deps.accounting.ledgers[session.sandbox_id] = session.ledger
+    handle = {**session.sandbox.handle, "workspace": str(session.workspace)}
+    try:
+        await session.records.update(session.id, state="active", sandbox=handle)
+        if session.rehydrate:
+            await _restore_workspace(session)
+    except STORE_ERRORS as exc:
+        raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
+    first = await _until(session, _start_frame(session), ReadyFrame)
+    if not isinstance(first, ReadyFrame):
+        detail = first.message if first is not None else "the runner exited before it was ready"
+        raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
+    started_s = loop.time() - t0
+    session.metrics.sandbox_start_seconds.labels(session.backend.name, "warm" if warm else "cold").observe(started_s)
+    session.log.info(
+        "session_ready",
+        start_s=round(started_s, 3),
+        warm=warm,
+        sandbox_id=session.sandbox_id,
+        rehydrated=session.rehydrate,
+    )
+    return started_s
+
+
+def _start_frame(session: Session) -> Start:
+    settings = session.settings
+    options: dict[str, Any] = {"session_id": session.id, "max_turns": settings.max_turns, "resume": session.resume}
+    # The SDK must carry any user message the service lets through (issue 10 item 10).
+    options["max_buffer_size"] = sdk_buffer_bytes(settings.max_frame_bytes)
+    if settings.max_budget_usd is not None and settings.max_budget_usd > session.prior_cost_usd:
+        # The budget is per session, not per sandbox: pass what is left
+        # (none left: the service refuses turns itself, see Session.submit).
+        options["max_budget_usd"] = settings.max_budget_usd - session.prior_cost_usd
+    if settings.model:
+        options["model"] = settings.model
+    if session.agent is not None and session.agent.get("max_turns"):
+        options["max_turns"] = min(settings.max_turns, int(session.agent["max_turns"]))
+    tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None else None
+    return Start(
+        options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent or session.agent_tools.wire()
+    )
+
+
+async def _send(session: Session, frame: ServiceFrame) -> None:
+    assert session.sandbox is not None
+    session.channel.sent(frame)
+    await session.sandbox.send(frame.wire())
+
+
+async def _until(session: Session, frame: ServiceFrame, want: type[_Want]) -> _Want | RunnerError | None:
+    """Send ``frame``, then answer rpc frames until a ``want`` frame (or an
+    error, or the end) arrives; bounded by the start timeout. A frame that
+    breaks the channel protocol ends the session (``sandbox_crashed``)."""
+    sandbox = session.sandbox
+    assert sandbox is not None
+    try:
+        async with asyncio.timeout(session.settings.sandbox_start_timeout_s):
+            await _send(session, frame)
+            while (reply := await sandbox.recv()) is not None:
+                reply = session.channel.received(reply, False)
+                if isinstance(reply, Rpc):
+                    await session.relay.answer(sandbox, reply)
+                elif isinstance(reply, (want, RunnerError)):
+                    return reply
+                elif not isinstance(reply, Garbage):  # the channel's order allows nothing else
+                    raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(reply).__name__.lower()} while starting")
+    except ChannelViolation as exc:
+        session.violated(exc)
+        raise SandboxError(exc.message, code=Code.SANDBOX_CRASHED) from None
+    except (TimeoutError, SandboxError) as exc:
+        raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+    return None
+
+
+async def _restore_workspace(session: Session) -> None:
+    """Stream the stored archive from the database into ``restore`` frames."""
+    last: Restore | None = None
+    size = 0
+    try:
+        async with asyncio.timeout(session.settings.sandbox_start_timeout_s):
+            async with contextlib.aclosing(session.records.load_workspace_stream(session.id)) as chunks:
+                async for frame in restore_frames(chunks):
+                    size += len(frame.data) * 3 // 4
+                    if frame.last:
+                        last = frame
+                    else:
+                        await _send(session, frame)
+    except (TimeoutError, SandboxError) as exc:
+        raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+    if last is None:
+        return
+    restored = await _until(session, last, Restored)
+    if not isinstance(restored, Restored) or not restored.ok:
+        detail = restored.message if restored is not None else "no answer"
+        session.log.error("workspace_restore_failed", error=str(detail)[:300])
+        session.notice_code(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
+    else:
+        session.log.info("workspace_restored", files=restored.files, bytes=size)
