@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="a terminal client for a running service")
     chat.add_argument("--url", default=None, help="ws://host:port (default from MOORAGE_HOST/MOORAGE_PORT)")
     chat.add_argument("--session", default=None, help="attach to this session id")
+    chat.add_argument(
+        "--after",
+        type=int,
+        default=None,
+        help="with --session: first replay the frames after this seq (0: the whole conversation)",
+    )
     chat.add_argument("--token", default=None, help="bearer token (from MOORAGE_API_KEYS or `moorage tokens create`)")
     tokens.add_parser(sub)
     sessions_cli.add_parser(sub)
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "chat":
         from .chat import run_chat
 
-        return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session, args.token)
+        return run_chat(args.url or f"ws://{settings.host}:{settings.port}", args.session, args.token, args.after)
     elif args.command == "tokens":
         return tokens.run(args, settings)
     elif args.command == "sessions":

@@ -14,7 +14,11 @@ def render(frame: dict[str, Any]) -> str | None:
     """One line for a frame a person wants to see, or None."""
     kind = frame.get("type")
     if kind == "session":
-        return f"[session {frame['session_id']} {frame['state']}]"
+        return f"[session {frame['session_id']} {frame['state']}, last seq {frame.get('last_seq', 0)}]"
+    if kind == "user_message":
+        content = (frame.get("message") or {}).get("content")
+        text = content if isinstance(content, str) else " ".join(b.get("text", "") for b in content or [])
+        return f"> {text}"
     if kind == "assistant":
         parts = []
         for block in (frame.get("message") or {}).get("content") or []:
@@ -63,57 +67,158 @@ def answer(command: str, pending: dict[str, dict[str, Any]]) -> dict[str, Any] |
     return {"type": "custom_tool_result", "id": request_id, "content": content, "is_error": verb == "/error"}
 
 
-async def chat(url: str, session_id: str | None, token: str | None = None) -> int:
+RECONNECTS = 5  # tries after a dropped connection, with backoff
+SESSION_OVER = {1000, 1008, 4401, 4404}  # closed on purpose (quit, refused, unknown): not retried
+
+
+def session_path(session_id: str | None, after: int | None) -> str:
+    """``/v1/sessions[/<id>][?after=N]``: a new session, or one to attach to, replaying what followed ``after``."""
     path = "/v1/sessions" + (f"/{session_id}" if session_id else "")
+    return path + (f"?after={after}" if session_id and after is not None else "")
+
+
+class Conversation:
+    """What the client keeps across connections: the session, the last seq it showed, the requests
+    waiting for an answer (oldest first). Reconnecting replays from ``last_seq``: nothing twice."""
+
+    def __init__(self, session_id: str | None, after: int | None) -> None:
+        self.session_id = session_id
+        self.last_seq = after
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.running = 0  # turns sent or accepted (user_message) without their result yet
+        self.unechoed = 0  # prompts sent here whose user_message has not come back yet
+        self.replay_to = 0  # the session frame's last_seq: what a replay shows before it is live
+        # Set while no turn runs or waits and the replay is shown (known from the session frame on).
+        self.settled = asyncio.Event()
+
+    def take(self, frame: dict[str, Any]) -> str | None:
+        """Note a frame; the line to show, or None."""
+        kind = frame.get("type")
+        if kind == "session":
+            self.session_id = str(frame["session_id"])
+            self.replay_to = int(frame.get("last_seq") or 0)
+            if self.last_seq is None:
+                self.last_seq = self.replay_to
+        if isinstance(seq := frame.get("seq"), int):
+            if self.last_seq is not None and seq <= self.last_seq:
+                return None  # seen before this connection
+            self.last_seq = seq
+        if kind == "user_message":
+            if self.unechoed:
+                self.unechoed -= 1  # ours: counted when sent
+            else:
+                self.running += 1
+        elif kind == "error" and not frame.get("fatal") and "seq" not in frame and self.unechoed:
+            self.unechoed -= 1  # a refusal of our prompt (queue_full, rate_limited, …): it will not run
+            self.running = max(0, self.running - 1)
+        elif kind == "result" or frame.get("fatal"):
+            self.running = 0 if frame.get("fatal") else max(0, self.running - 1)
+            self.unechoed = 0 if frame.get("fatal") else self.unechoed
+        if kind in ("permission_request", "custom_tool_use"):
+            self.pending[str(frame.get("id"))] = frame
+        elif kind in ("permission_response", "custom_tool_result"):
+            self.pending.pop(str(frame.get("id")), None)
+        self._settle()
+        return render(frame)
+
+    def sent(self) -> None:
+        """A prompt went out: a turn to wait for before quitting."""
+        self.unechoed += 1
+        self.running += 1
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.running == 0 and (self.last_seq or 0) >= self.replay_to:
+            self.settled.set()
+        else:
+            self.settled.clear()
+
+
+async def _prompts(lines: asyncio.Queue[str | None]) -> None:
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        await lines.put(line or None)
+        if not line:
+            return
+
+
+async def _converse(ws: Any, talk: Conversation, lines: asyncio.Queue[str | None]) -> bool:
+    """Show frames and send what is typed until stdin ends and every turn has its result (True),
+    or the connection ends (False). So ``echo 'hi' | moorage chat`` prints the answer, then quits."""
+
+    async def show() -> None:
+        async for raw in ws:
+            if line := talk.take(json.loads(raw)):
+                print(line, flush=True)
+
+    printer = asyncio.create_task(show())
+    try:
+        while True:
+            reading = asyncio.create_task(lines.get())
+            done, _ = await asyncio.wait({printer, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if printer in done:
+                reading.cancel()
+                printer.result()  # a closed connection raises here
+                return False
+            prompt = reading.result()
+            if prompt is None:
+                settled = asyncio.create_task(talk.settled.wait())
+                await asyncio.wait({printer, settled}, return_when=asyncio.FIRST_COMPLETED)
+                settled.cancel()
+                return talk.settled.is_set()
+            if prompt.strip() == "/interrupt":
+                await ws.send(json.dumps({"type": "interrupt"}))
+            elif prompt.split(" ", 1)[0].strip() in ("/allow", "/deny", "/result", "/error"):
+                reply = answer(prompt, talk.pending)
+                if isinstance(reply, str):
+                    print(f"[{reply}]", flush=True)
+                else:
+                    await ws.send(json.dumps(reply))
+            elif prompt.strip():  # sent at once: the service queues it behind a running turn
+                await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": prompt.strip()}}))
+                talk.sent()
+    finally:
+        printer.cancel()
+
+
+async def chat(url: str, session_id: str | None, token: str | None = None, after: int | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with websockets.connect(url + path, max_size=None, additional_headers=headers) as ws:
-        idle = asyncio.Event()
-        idle.set()
-        pending: dict[str, dict[str, Any]] = {}  # requests waiting for an answer, oldest first
-
-        async def show() -> None:
-            async for raw in ws:
-                frame = json.loads(raw)
-                line = render(frame)
-                if line:
-                    print(line, flush=True)
-                if frame.get("type") in ("permission_request", "custom_tool_use"):
-                    pending[str(frame.get("id"))] = frame
-                elif frame.get("type") in ("permission_response", "custom_tool_result"):
-                    pending.pop(str(frame.get("id")), None)
-                if frame.get("type") == "result" or frame.get("fatal"):
-                    idle.set()
-
-        printer = asyncio.create_task(show())
-        try:
-            while True:
-                prompt = await asyncio.to_thread(sys.stdin.readline)
-                if not prompt:
+    talk = Conversation(session_id, after)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = asyncio.create_task(_prompts(lines))
+    tries = 0
+    try:
+        while True:
+            path = session_path(talk.session_id, talk.last_seq)
+            try:
+                async with websockets.connect(url + path, max_size=None, additional_headers=headers) as ws:
+                    tries = 0
+                    if await _converse(ws, talk, lines):
+                        return 0
+            except websockets.ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code in SESSION_OVER:
                     return 0
-                if prompt.strip() == "/interrupt":
-                    await ws.send(json.dumps({"type": "interrupt"}))
-                elif prompt.split(" ", 1)[0].strip() in ("/allow", "/deny", "/result", "/error"):
-                    reply = answer(prompt, pending)
-                    if isinstance(reply, str):
-                        print(f"[{reply}]", flush=True)
-                    else:
-                        await ws.send(json.dumps(reply))
-                elif prompt.strip():
-                    await idle.wait()  # one turn at a time, as the service requires
-                    idle.clear()
-                    await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": prompt.strip()}}))
-        finally:
-            printer.cancel()
+            except OSError:
+                if talk.session_id is None:
+                    raise
+            tries += 1
+            if talk.session_id is None or tries > RECONNECTS:
+                return 1
+            print(f"[connection lost; reconnecting from seq {talk.last_seq}]", file=sys.stderr, flush=True)
+            await asyncio.sleep(min(0.5 * 2**tries, 8))
+    finally:
+        reader.cancel()
 
 
-def run_chat(url: str, session_id: str | None, token: str | None = None) -> int:
+def run_chat(url: str, session_id: str | None, token: str | None = None, after: int | None = None) -> int:
     print(
-        "type a prompt and press enter; /interrupt stops a turn; /allow, /deny [why] answer an approval; "
+        "type a prompt and press enter (it queues behind a running turn); /interrupt stops a turn; "
+        "/allow, /deny [why] answer an approval; "
         "/result TEXT, /error TEXT answer a client tool; Ctrl-D quits",
         file=sys.stderr,
     )
     try:
-        return asyncio.run(chat(url, session_id, token))
+        return asyncio.run(chat(url, session_id, token, after))
     except (KeyboardInterrupt, websockets.ConnectionClosed):
         return 0
     except websockets.InvalidStatus as exc:

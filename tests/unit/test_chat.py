@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moorage.chat import answer, render
+from moorage.chat import Conversation, answer, render, session_path
 
 ASK = {"type": "permission_request", "id": "toolu_1", "tool": "Bash", "input": {"command": "rm -rf x"}}
 CALL = {"type": "custom_tool_use", "id": "ctu_1", "name": "weather", "input": {"city": "Oslo"}}
@@ -34,3 +34,35 @@ def test_commands_answer_the_oldest_request_of_their_kind() -> None:
     }
     assert answer("/error no network", pending)["is_error"] is True  # type: ignore[index]
     assert answer("/allow", {"ctu_1": CALL}) == "no permission_request is pending"
+
+
+def test_a_reconnect_replays_from_the_last_seq_shown_and_shows_nothing_twice() -> None:
+    talk = Conversation("s1", None)
+    assert session_path("s1", None) == "/v1/sessions/s1" and session_path(None, 3) == "/v1/sessions"
+    talk.take({"type": "session", "session_id": "s1", "state": "attached", "last_seq": 4})
+    assert talk.last_seq == 4  # live from here
+    assert talk.take({"type": "assistant", "message": {"content": [{"type": "text", "text": "hi"}]}, "seq": 5}) == "hi"
+    assert session_path(talk.session_id, talk.last_seq) == "/v1/sessions/s1?after=5"
+    assert talk.take({"type": "assistant", "message": {"content": [{"type": "text", "text": "hi"}]}, "seq": 5}) is None
+    assert talk.take({"type": "pong", "id": 1}) is None and talk.last_seq == 5  # ephemera carry no seq
+
+
+def test_it_quits_only_once_every_turn_has_its_result_and_the_replay_is_shown() -> None:
+    """So ``echo 'hi' | moorage chat`` prints the answer, and ``--after 0`` the whole conversation."""
+    talk = Conversation("s1", 0)
+    talk.take({"type": "session", "session_id": "s1", "state": "attached", "last_seq": 3})
+    assert not talk.settled.is_set()  # the replay (seq 1..3) is still to come
+    talk.take({"type": "user_message", "message": {"role": "user", "content": "say a"}, "seq": 1})
+    assert talk.take({"type": "result", "subtype": "success", "num_turns": 1, "seq": 2}) is not None
+    talk.take({"type": "queued", "position": 1, "seq": 3})
+    assert talk.settled.is_set()
+    talk.sent()
+    assert not talk.settled.is_set()
+    talk.take({"type": "error", "code": "queue_full", "message": "full", "fatal": False})  # refused: will not run
+    assert talk.settled.is_set()
+    talk.sent()
+    talk.take({"type": "user_message", "message": {"role": "user", "content": "say b"}, "seq": 4})
+    assert not talk.settled.is_set() and talk.running == 1
+    talk.take({"type": "result", "subtype": "success", "num_turns": 1, "seq": 5})
+    assert talk.settled.is_set()
+    assert render({"type": "user_message", "message": {"role": "user", "content": "say b"}}) == "> say b"
