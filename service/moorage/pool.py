@@ -66,6 +66,12 @@ async def start_loaded(
             raise SandboxError("sandbox did not start: the runner exited while loading", code=Code.SANDBOX_START_FAILED)
         if isinstance(first, RunnerError):
             raise SandboxError(f"sandbox did not start: {first.message[:500]}", code=Code.SANDBOX_START_FAILED)
+        if isinstance(first, channel.Loaded) and first.version != channel.CHANNEL_VERSION:
+            raise SandboxError(
+                f"sandbox did not start: its runner speaks channel version {first.version}, this service "
+                f"speaks {channel.CHANNEL_VERSION}; the sandbox image does not match the service (make images)",
+                code=Code.SANDBOX_START_FAILED,
+            )
         RunnerChannel().received(first)
         if not isinstance(first, channel.Loaded):
             raise ChannelViolation(Reason.OUT_OF_ORDER, "a frame before loaded")

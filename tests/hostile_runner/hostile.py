@@ -115,6 +115,12 @@ def ready_before_loaded() -> None:
     hang()
 
 
+def old_channel_version() -> None:
+    """A runner from an older sandbox image: it speaks channel version 1."""
+    write(b'{"kind":"loaded","version":1}\n')
+    hang()
+
+
 def exit_before_loaded() -> None:
     sys.exit(0)
 
@@ -156,6 +162,7 @@ BEHAVIOURS: dict[str, Callable[[], None]] = {
     "flood": flood,
     "exit_mid_start": exit_mid_start,
     "exit_before_loaded": exit_before_loaded,
+    "old_channel_version": old_channel_version,
     "never_answers": never_answers,
     "garbage_then_ready": garbage_then_ready,
 }

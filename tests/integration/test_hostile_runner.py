@@ -109,6 +109,8 @@ OUTCOMES: dict[str, Outcome] = {
     "flood": Outcome("sandbox_crashed", protocol=False),
     "exit_mid_start": Outcome("sandbox_start_failed", protocol=False),
     "exit_before_loaded": Outcome("sandbox_start_failed", protocol=False),
+    # The sandbox image and the service do not match: the start fails, saying so.
+    "old_channel_version": Outcome("sandbox_start_failed", protocol=False),
     "never_answers": Outcome("sandbox_start_failed", protocol=False),
     "garbage_then_ready": Outcome(None, protocol=False),
 }
@@ -325,6 +327,8 @@ async def test_hostile_runner_ends_only_its_session(harness: Harness, behaviour:
     errors = client.errors()
     if expected.code is not None:
         assert [e["code"] for e in errors] == [expected.code], errors
+        if behaviour == "old_channel_version":
+            assert "channel version 1" in errors[0]["message"] and "make images" in errors[0]["message"]
         assert errors[0]["fatal"] is True
         assert (PROTOCOL in errors[0]["message"]) is expected.protocol, errors[0]["message"]
         if expected.protocol:
