@@ -147,7 +147,8 @@ async def test_interrupt_stops_the_running_turn_and_keeps_the_queued_one(service
     await client.say("bash python3 -c 'import time; time.sleep(60)'; echo never")
     await client.until("assistant", timeout=30)
     await client.say("say queued")
-    assert (await client.until("queued", timeout=15))[-1] == {"type": "queued", "position": 1}
+    queued = (await client.until("queued", timeout=15))[-1]
+    assert queued["position"] == 1 and queued["seq"] > 0  # logged, like every frame of the conversation
     await client.send({"type": "interrupt"})
     first = await client.until("result", timeout=15)
     assert "never" not in tool_output(first)
@@ -242,9 +243,10 @@ async def test_a_message_past_the_queue_bound_gets_queue_full(model: ScriptedMod
         await client.say("say second")
         await client.say("say third")
         frames = await client.until("error", timeout=30)
-        assert {"type": "queued", "position": 1} in frames
         assert frames[-1]["code"] == "queue_full" and frames[-1]["fatal"] is False
+        # (A refusal answers at once; the queued frame before it is logged first, so it may follow.)
         frames += await client.until("result", timeout=60)
+        assert [f["position"] for f in frames if f["type"] == "queued"] == [1]
         frames += await client.until("result", timeout=60)
         assert "first" in tool_output(frames)
         assert [f["result"] for f in frames if f["type"] == "result"][-1] == "second"
