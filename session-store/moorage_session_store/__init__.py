@@ -8,10 +8,14 @@ plus Moorage's session records (``moorage_session_store.records``) and API token
 
 from .agents import AgentRecord, Agents
 from .database import Database
+from .environments import EnvironmentRecord, Environments
 from .errors import (
     AgentArchived,
     AgentNotFound,
     DatabaseUnavailable,
+    EnvironmentArchived,
+    EnvironmentNameTaken,
+    EnvironmentNotFound,
     InvalidRecord,
     MoorageStoreError,
     SessionExists,
@@ -32,6 +36,11 @@ __all__ = [
     "Agents",
     "Database",
     "DatabaseUnavailable",
+    "EnvironmentArchived",
+    "EnvironmentNameTaken",
+    "EnvironmentNotFound",
+    "EnvironmentRecord",
+    "Environments",
     "EventConflict",
     "InvalidRecord",
     "MoorageStoreError",
