@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from moorage.errors import Code
 from moorage.http_api import ApiError, decode_page, encode_page, timestamp
 from moorage.http_api import error_response as _error
-from moorage.errors import Code
 
 
 def test_a_cursor_round_trips_and_is_opaque() -> None:
