@@ -21,6 +21,7 @@ from moorage_session_store import (
     EnvironmentNotFound,
     EnvironmentRecord,
     Environments,
+    RevisionConflict,
 )
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -34,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[Request, str, Environments], Awaitable[JSONResponse]]
 NO_RETRY = {"x-should-retry": "false"}
+UPDATE_ATTEMPTS = 3  # an update re-reads and re-applies itself when another writer won
 
 
 def to_object(record: EnvironmentRecord) -> dict[str, Any]:
@@ -94,24 +96,32 @@ async def _retrieve(request: Request, tenant: str, envs: Environments) -> JSONRe
 async def _update(request: Request, tenant: str, envs: Environments) -> JSONResponse:
     env_id = request.path_params["environment_id"]
     body = await json_body(request)
-    current = await envs.get(tenant, env_id)
-    if current is None:
-        raise _not_found(env_id)
-    if current.archived_at is not None:
-        raise _archived(env_id)
-    spec = update_spec(current.spec, body, allow_unrestricted=_unrestricted_allowed(request))
-    if spec == current.spec:
-        return JSONResponse(to_object(current))
-    try:
-        record = await envs.update(tenant, env_id, spec)
-    except EnvironmentNameTaken as exc:
-        raise _taken(exc) from None
-    except EnvironmentArchived:
-        raise _archived(env_id) from None
-    except EnvironmentNotFound:
-        raise _not_found(env_id) from None
-    log.info("environment_updated", tenant=tenant, environment_id=env_id)
-    return JSONResponse(to_object(record))
+    for _ in range(UPDATE_ATTEMPTS):
+        current = await envs.get(tenant, env_id)
+        if current is None:
+            raise _not_found(env_id)
+        if current.archived_at is not None:
+            raise _archived(env_id)
+        spec = update_spec(current.spec, body, allow_unrestricted=_unrestricted_allowed(request))
+        if spec == current.spec:
+            return JSONResponse(to_object(current))
+        try:
+            record = await envs.update(tenant, env_id, current.revision, spec)
+        except RevisionConflict:
+            continue  # apply the update to what the other writer made
+        except EnvironmentNameTaken as exc:
+            raise _taken(exc) from None
+        except EnvironmentArchived:
+            raise _archived(env_id) from None
+        except EnvironmentNotFound:
+            raise _not_found(env_id) from None
+        log.info("environment_updated", tenant=tenant, environment_id=env_id)
+        return JSONResponse(to_object(record))
+    raise ApiError(
+        f"environment {env_id} kept changing under this update; try again",
+        code=Code.VERSION_CONFLICT,
+        headers=NO_RETRY,
+    )
 
 
 async def _archive(request: Request, tenant: str, envs: Environments) -> JSONResponse:

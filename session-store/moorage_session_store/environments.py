@@ -3,7 +3,9 @@
 An environment is a sandbox template of one tenant (the Managed Agents environment: networking,
 packages, limits). Every read and write names the tenant; another tenant's environment answers
 exactly like an unknown one. Its spec (a JSON document the service validates; this package does not
-look inside, except for its ``name``) is changed in place — environments are not versioned. Names
+look inside, except for its ``name``) is changed in place — environments are not versioned; an
+update is compare-and-set on a hidden ``revision`` (like an agent's version), so two writers
+racing from one read get one winner (the other :class:`RevisionConflict`, to re-read). Names
 are unique within a tenant (a unique index, so two racing creates get one winner on SQLite and
 PostgreSQL alike; the loser gets :class:`EnvironmentNameTaken`). Archiving sets ``archived_at``
 once; an archived environment is read-only. Deleting removes the row.
@@ -24,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .columns import utcnow
 from .database import Database
-from .errors import EnvironmentArchived, EnvironmentNameTaken, EnvironmentNotFound
+from .errors import EnvironmentArchived, EnvironmentNameTaken, EnvironmentNotFound, RevisionConflict
 from .models import ENVIRONMENTS
 
 __all__ = ["EnvironmentRecord", "Environments", "new_environment_id"]
@@ -44,6 +46,7 @@ class EnvironmentRecord:
     id: str
     tenant: str
     spec: dict[str, Any]
+    revision: int
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None
@@ -53,6 +56,7 @@ _COLUMNS = (
     ENVIRONMENTS.c.id,
     ENVIRONMENTS.c.tenant,
     ENVIRONMENTS.c.spec,
+    ENVIRONMENTS.c.revision,
     ENVIRONMENTS.c.created_at,
     ENVIRONMENTS.c.updated_at,
     ENVIRONMENTS.c.archived_at,
@@ -85,12 +89,18 @@ class Environments:
                 async with self._db.engine.begin() as conn:
                     await conn.execute(
                         insert(ENVIRONMENTS).values(
-                            id=env_id, tenant=tenant, name=_name(spec), spec=spec, created_at=now, updated_at=now
+                            id=env_id,
+                            tenant=tenant,
+                            name=_name(spec),
+                            spec=spec,
+                            revision=1,
+                            created_at=now,
+                            updated_at=now,
                         )
                     )
         except IntegrityError:
             raise EnvironmentNameTaken(f"an environment named {_name(spec)!r} already exists") from None
-        return EnvironmentRecord(env_id, tenant, spec, now, now, None)
+        return EnvironmentRecord(env_id, tenant, spec, 1, now, now, None)
 
     async def get(self, tenant: str, env_id: str) -> EnvironmentRecord | None:
         """The environment, or ``None``."""
@@ -123,31 +133,32 @@ class Environments:
                 rows = (await conn.execute(stmt)).all()
         return [_record(row) for row in rows]
 
-    async def update(self, tenant: str, env_id: str, spec: dict[str, Any]) -> EnvironmentRecord:
-        """Replace the spec of a live environment.
+    async def update(self, tenant: str, env_id: str, base: int, spec: dict[str, Any]) -> EnvironmentRecord:
+        """Replace the spec of a live environment, if ``base`` is still its revision.
 
-        Raises :class:`EnvironmentNotFound`, :class:`EnvironmentArchived` or :class:`EnvironmentNameTaken`."""
+        Raises :class:`EnvironmentNotFound`, :class:`EnvironmentArchived`, :class:`RevisionConflict`
+        or :class:`EnvironmentNameTaken`."""
         now = utcnow()
+        mine = (ENVIRONMENTS.c.id == env_id, ENVIRONMENTS.c.tenant == tenant)
         try:
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
                     moved = await conn.execute(
                         update(ENVIRONMENTS)
-                        .where(
-                            ENVIRONMENTS.c.id == env_id,
-                            ENVIRONMENTS.c.tenant == tenant,
-                            ENVIRONMENTS.c.archived_at.is_(None),
-                        )
-                        .values(name=_name(spec), spec=spec, updated_at=now)
+                        .where(*mine, ENVIRONMENTS.c.revision == base, ENVIRONMENTS.c.archived_at.is_(None))
+                        .values(name=_name(spec), spec=spec, revision=base + 1, updated_at=now)
                     )
+                    if moved.rowcount == 1:
+                        row = (await conn.execute(select(*_COLUMNS).where(*mine))).one()
+                        return _record(row)
         except IntegrityError:
             raise EnvironmentNameTaken(f"an environment named {_name(spec)!r} already exists") from None
         current = await self.get(tenant, env_id)
         if current is None:
             raise EnvironmentNotFound(f"environment {env_id} not found")
-        if moved.rowcount != 1:
+        if current.archived_at is not None:
             raise EnvironmentArchived(f"environment {env_id} is archived")
-        return current
+        raise RevisionConflict(f"environment {env_id} changed since it was read")
 
     async def archive(self, tenant: str, env_id: str) -> EnvironmentRecord | None:
         """Archive the environment (idempotent: the first ``archived_at`` stays); ``None`` if none."""

@@ -80,3 +80,9 @@ class EnvironmentNameTaken(MoorageStoreError):
     """Another environment of the tenant already has that name."""
 
     code = "environment_name_taken"
+
+
+class RevisionConflict(MoorageStoreError):
+    """``Environments.update`` was given a base revision that is no longer the environment's."""
+
+    code = "revision_conflict"

@@ -189,8 +189,8 @@ class AgentVersionRow(SQLModel, table=True):
 
 class EnvironmentRow(SQLModel, table=True):
     """A sandbox template of one tenant (a Managed Agents environment): its spec (the environment
-    object minus id, type and times) and whether it is archived. Not versioned; names are unique
-    within a tenant."""
+    object minus id, type and times) and whether it is archived. Not versioned (``revision`` only
+    orders writers); names are unique within a tenant."""
 
     __tablename__ = "environments"
     __table_args__ = (
@@ -202,6 +202,7 @@ class EnvironmentRow(SQLModel, table=True):
     tenant: str = Field(sa_column=Column(String, nullable=False))
     name: str = Field(sa_column=Column(String, nullable=False))
     spec: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    revision: int = Field(sa_column=Column(Integer, nullable=False))  # +1 per update (compare-and-set)
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))

@@ -143,3 +143,12 @@ def test_what_moorage_cannot_honour_is_refused(svc: Service) -> None:
         api.work.poll(env.id)
     assert refused.value.status_code == 501 and code(refused.value) == "not_supported"
     assert refused.value.response.request.headers.get("x-stainless-retry-count") == "0"
+
+
+def test_unrestricted_networking_where_the_operator_allows_it(model: ScriptedModelServer) -> None:
+    """``MOORAGE_ALLOW_UNRESTRICTED_NETWORK=true`` reaches the rules: the same body is accepted."""
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_ALLOW_UNRESTRICTED_NETWORK="true") as open_svc:
+        api = client(open_svc).beta.environments
+        env = api.create(name="open", config={"type": "cloud", "networking": {"type": "unrestricted"}})
+        assert env.config.networking.type == "unrestricted"  # type: ignore[union-attr]
+        assert api.retrieve(env.id).config.networking.type == "unrestricted"  # type: ignore[union-attr]

@@ -1,6 +1,6 @@
 """The environments repository on SQLite and PostgreSQL: names are unique per tenant (racing creates
-get one winner), updates replace the spec in place, archive is read-only, delete removes, lists page
-by keyset, tenants never meet."""
+get one winner), updates replace the spec in place (compare-and-set: one winner), archive is
+read-only, delete removes, lists page by keyset, tenants never meet."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from moorage_session_store import (
     EnvironmentNameTaken,
     EnvironmentNotFound,
     Environments,
+    RevisionConflict,
 )
 
 
@@ -26,11 +27,24 @@ async def test_create_get_update_in_place(db: Database) -> None:
     assert made.id.startswith("env_") and made.archived_at is None
     got = await envs.get("acme", made.id)
     assert got is not None and got.spec == spec("one") and got.created_at == made.created_at
-    changed = await envs.update("acme", made.id, spec("two", description="d"))
+    changed = await envs.update("acme", made.id, 1, spec("two", description="d"))
     assert changed.spec == spec("two", description="d") and changed.updated_at >= made.updated_at
-    assert changed.created_at == made.created_at
+    assert changed.created_at == made.created_at and changed.revision == 2
     again = await envs.get("acme", made.id)
     assert again is not None and again.spec == changed.spec
+
+
+async def test_racing_updates_from_one_read_have_exactly_one_winner(db: Database) -> None:
+    envs = Environments(db)
+    made = await envs.create("acme", spec("a"))
+    results = await asyncio.gather(
+        *(envs.update("acme", made.id, 1, spec("a", description=f"w{n}")) for n in range(4)), return_exceptions=True
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1 and winners[0].revision == 2
+    assert all(isinstance(r, RevisionConflict) for r in results if isinstance(r, BaseException))
+    current = await envs.get("acme", made.id)
+    assert current is not None and current.spec == winners[0].spec
 
 
 async def test_names_are_unique_per_tenant_with_one_winner_in_a_race(db: Database) -> None:
@@ -43,7 +57,7 @@ async def test_names_are_unique_per_tenant_with_one_winner_in_a_race(db: Databas
     assert other.id != winners[0].id
     second = await envs.create("acme", spec("second"))
     with pytest.raises(EnvironmentNameTaken):
-        await envs.update("acme", second.id, spec("same"))
+        await envs.update("acme", second.id, 1, spec("same"))
     assert await envs.delete("acme", winners[0].id)
     await envs.create("acme", spec("same"))  # a deleted one frees its name
 
@@ -54,7 +68,7 @@ async def test_another_tenant_sees_nothing_and_changes_nothing(db: Database) -> 
     assert await envs.get("zeta", made.id) is None
     assert await envs.list("zeta", limit=10) == []
     with pytest.raises(EnvironmentNotFound):
-        await envs.update("zeta", made.id, spec("theirs"))
+        await envs.update("zeta", made.id, 1, spec("theirs"))
     assert await envs.archive("zeta", made.id) is None
     assert not await envs.delete("zeta", made.id)
     still = await envs.get("acme", made.id)
@@ -69,12 +83,12 @@ async def test_archive_is_idempotent_and_read_only_and_delete_removes(db: Databa
     again = await envs.archive("acme", made.id)
     assert again is not None and again.archived_at == archived.archived_at
     with pytest.raises(EnvironmentArchived):
-        await envs.update("acme", made.id, spec("b"))
+        await envs.update("acme", made.id, 1, spec("b"))
     assert await envs.delete("acme", made.id)
     assert await envs.get("acme", made.id) is None
     assert not await envs.delete("acme", made.id)
     with pytest.raises(EnvironmentNotFound):
-        await envs.update("acme", made.id, spec("c"))
+        await envs.update("acme", made.id, 1, spec("c"))
 
 
 async def test_list_is_newest_first_paged_by_keyset_and_filtered(db: Database) -> None:
