@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import Code, MoorageError
+from .bodies import MAX_DESCRIPTION, MAX_NAME, BodyError, as_list, as_object, fail, metadata, only, patch_metadata, text
 
 TOOLSET = "agent_toolset_20260401"
 # The built-in tools of the agent toolset, and the Claude Code tool each one is.
@@ -40,11 +40,6 @@ BUILTIN_TOOLS: dict[str, str] = {
 POLICIES = ("always_allow", "always_ask")
 MAX_TOOLS = 256
 MAX_MCP_SERVERS = 20
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
-MAX_NAME = 256
-MAX_DESCRIPTION = 2048
 MAX_SYSTEM = 100_000
 MAX_URL = 2048
 MAX_SCHEMA_CHARS = 64 * 1024
@@ -72,73 +67,34 @@ _WEB_SEARCH_EXTRAS = frozenset({"allowed_domains", "blocked_domains", "user_loca
 Spec = dict[str, Any]
 
 
-class AgentError(MoorageError):
-    """A create or update body the service does not accept (HTTP 400)."""
-
-    code = Code.INVALID_REQUEST
-
-
-def _fail(message: str) -> AgentError:
-    return AgentError(message)
-
-
-def _object(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(f"{where} must be an object")
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _fail(f"{where} must be an array")
-    return value
-
-
-def _only(obj: Mapping[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        raise _fail(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-
-
-def _text(value: object, where: str, limit: int, *, required: bool = False) -> str | None:
-    if value is None or value == "":
-        if required:
-            raise _fail(f"{where} is required and cannot be empty")
-        return None
-    if not isinstance(value, str):
-        raise _fail(f"{where} must be a string")
-    if len(value) > limit:
-        raise _fail(f"{where} is longer than {limit} characters")
-    return value
+AgentError = BodyError  # the agents' name for it (tests and callers catch it)
 
 
 def _model(value: object) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"id": value}
-    model = _object(value, "model")
-    _only(model, {"id", "speed", "effort", "inference_geo"}, "model")
-    model_id = _text(model.get("id"), "model.id", MAX_NAME, required=True)
+    model = as_object(value, "model")
+    only(model, {"id", "speed", "effort", "inference_geo"}, "model")
+    model_id = text(model.get("id"), "model.id", MAX_NAME, required=True)
     speed = model.get("speed") or "standard"
     if speed not in ("standard", "fast"):
-        raise _fail("model.speed must be 'standard' or 'fast'")
+        raise fail("model.speed must be 'standard' or 'fast'")
     effort = model.get("effort")
     if isinstance(effort, dict):
         effort = effort.get("type")
     if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
-        raise _fail("model.effort must be one of low, medium, high, xhigh, max")
-    geo = _text(model.get("inference_geo"), "model.inference_geo", 64)
+        raise fail("model.effort must be one of low, medium, high, xhigh, max")
+    geo = text(model.get("inference_geo"), "model.inference_geo", 64)
     return {"id": model_id, "speed": speed, "effort": effort, "inference_geo": geo}
 
 
 def _policy(value: object, where: str, default: dict[str, str]) -> dict[str, str]:
     if value is None:
         return dict(default)
-    policy = _object(value, where)
-    _only(policy, {"type"}, where)
+    policy = as_object(value, where)
+    only(policy, {"type"}, where)
     if policy.get("type") not in POLICIES:
-        raise _fail(f"{where}.type must be one of {', '.join(POLICIES)} (auto is not supported)")
+        raise fail(f"{where}.type must be one of {', '.join(POLICIES)} (auto is not supported)")
     return {"type": str(policy["type"])}
 
 
@@ -146,13 +102,13 @@ def _enabled(value: object, where: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _fail(f"{where} must be a boolean")
+        raise fail(f"{where} must be a boolean")
     return value
 
 
 def _default_config(value: object, where: str, policy: str) -> dict[str, Any]:
-    config = _object(value if value is not None else {}, where)
-    _only(config, {"enabled", "permission_policy"}, where)
+    config = as_object(value if value is not None else {}, where)
+    only(config, {"enabled", "permission_policy"}, where)
     return {
         "enabled": _enabled(config.get("enabled"), f"{where}.enabled", True),
         "permission_policy": _policy(config.get("permission_policy"), f"{where}.permission_policy", {"type": policy}),
@@ -162,24 +118,24 @@ def _default_config(value: object, where: str, policy: str) -> dict[str, Any]:
 def _configs(value: object, where: str, default: dict[str, Any], builtin: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for n, item in enumerate(_list(value, where)):
+    for n, item in enumerate(as_list(value, where)):
         here = f"{where}[{n}]"
-        config = _object(item, here)
+        config = as_object(item, here)
         name = config.get("name")
         if not isinstance(name, str) or not name:
-            raise _fail(f"{here}.name is required")
+            raise fail(f"{here}.name is required")
         allowed = {"name", "type", "enabled", "permission_policy"}
         if builtin:
             if name not in BUILTIN_TOOLS:
-                raise _fail(f"{here}.name {name!r} is not a built-in tool ({', '.join(BUILTIN_TOOLS)})")
+                raise fail(f"{here}.name {name!r} is not a built-in tool ({', '.join(BUILTIN_TOOLS)})")
             allowed |= (
                 _WEB_FETCH_EXTRAS if name == "web_fetch" else _WEB_SEARCH_EXTRAS if name == "web_search" else set()
             )
         elif not _NAME_RE.match(name):
-            raise _fail(f"{here}.name must be 1-64 letters, digits, '_' or '-'")
-        _only(config, allowed, here)
+            raise fail(f"{here}.name must be 1-64 letters, digits, '_' or '-'")
+        only(config, allowed, here)
         if name in seen:
-            raise _fail(f"{where}: {name!r} is configured twice")
+            raise fail(f"{where}: {name!r} is configured twice")
         seen.add(name)
         normal = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("enabled", "permission_policy")}
         normal["enabled"] = _enabled(config.get("enabled"), f"{here}.enabled", default["enabled"])
@@ -191,16 +147,16 @@ def _configs(value: object, where: str, default: dict[str, Any], builtin: bool) 
 
 
 def _custom(tool: dict[str, Any], where: str) -> dict[str, Any]:
-    _only(tool, {"type", "name", "description", "input_schema"}, where)
+    only(tool, {"type", "name", "description", "input_schema"}, where)
     name = tool.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _fail(f"{where}.name must be 1-64 letters, digits, '_' or '-'")
-    description = _text(tool.get("description"), f"{where}.description", MAX_DESCRIPTION, required=True)
-    schema = _object(tool.get("input_schema"), f"{where}.input_schema")
+        raise fail(f"{where}.name must be 1-64 letters, digits, '_' or '-'")
+    description = text(tool.get("description"), f"{where}.description", MAX_DESCRIPTION, required=True)
+    schema = as_object(tool.get("input_schema"), f"{where}.input_schema")
     if schema.get("type") != "object":
-        raise _fail(f'{where}.input_schema must be a JSON schema with "type": "object"')
+        raise fail(f'{where}.input_schema must be a JSON schema with "type": "object"')
     if len(repr(schema)) > MAX_SCHEMA_CHARS:
-        raise _fail(f"{where}.input_schema is too large")
+        raise fail(f"{where}.input_schema is too large")
     return {"type": "custom", "name": name, "description": description, "input_schema": copy.deepcopy(schema)}
 
 
@@ -210,26 +166,26 @@ def _tools(value: object) -> list[dict[str, Any]]:
     toolsets = 0
     mcp_names: set[str] = set()
     custom_names: set[str] = set()
-    for n, item in enumerate(_list(value, "tools")):
+    for n, item in enumerate(as_list(value, "tools")):
         where = f"tools[{n}]"
-        tool = _object(item, where)
+        tool = as_object(item, where)
         kind = tool.get("type")
         if kind == TOOLSET:
-            _only(tool, {"type", "default_config", "configs"}, where)
+            only(tool, {"type", "default_config", "configs"}, where)
             toolsets += 1
             if toolsets > 1:
-                raise _fail(f"{where}: only one {TOOLSET} is allowed")
+                raise fail(f"{where}: only one {TOOLSET} is allowed")
             default = _default_config(tool.get("default_config"), f"{where}.default_config", "always_allow")
             configs = _configs(tool.get("configs"), f"{where}.configs", default, builtin=True)
             tools.append({"type": TOOLSET, "default_config": default, "configs": configs})
             count += len(BUILTIN_TOOLS)
         elif kind == "mcp_toolset":
-            _only(tool, {"type", "mcp_server_name", "default_config", "configs"}, where)
+            only(tool, {"type", "mcp_server_name", "default_config", "configs"}, where)
             server = tool.get("mcp_server_name")
             if not isinstance(server, str) or not server:
-                raise _fail(f"{where}.mcp_server_name is required")
+                raise fail(f"{where}.mcp_server_name is required")
             if server in mcp_names:
-                raise _fail(f"{where}: mcp server {server!r} has two mcp_toolsets")
+                raise fail(f"{where}: mcp server {server!r} has two mcp_toolsets")
             mcp_names.add(server)
             default = _default_config(tool.get("default_config"), f"{where}.default_config", "always_ask")
             configs = _configs(tool.get("configs"), f"{where}.configs", default, builtin=False)
@@ -240,95 +196,83 @@ def _tools(value: object) -> list[dict[str, Any]]:
         elif kind == "custom":
             custom = _custom(tool, where)
             if custom["name"] in custom_names or custom["name"] in BUILTIN_TOOLS:
-                raise _fail(f"{where}: the tool name {custom['name']!r} is already taken")
+                raise fail(f"{where}: the tool name {custom['name']!r} is already taken")
             custom_names.add(custom["name"])
             tools.append(custom)
             count += 1
         else:
-            raise _fail(f"{where}.type must be {TOOLSET}, mcp_toolset or custom")
+            raise fail(f"{where}.type must be {TOOLSET}, mcp_toolset or custom")
         if count > MAX_TOOLS:
-            raise _fail(f"tools: more than {MAX_TOOLS} tools")
+            raise fail(f"tools: more than {MAX_TOOLS} tools")
     return tools
 
 
 def _mcp_servers(value: object) -> list[dict[str, str]]:
     servers: list[dict[str, str]] = []
     names: set[str] = set()
-    items = _list(value, "mcp_servers")
+    items = as_list(value, "mcp_servers")
     if len(items) > MAX_MCP_SERVERS:
-        raise _fail(f"mcp_servers: more than {MAX_MCP_SERVERS} servers")
+        raise fail(f"mcp_servers: more than {MAX_MCP_SERVERS} servers")
     for n, item in enumerate(items):
         where = f"mcp_servers[{n}]"
-        server = _object(item, where)
-        _only(server, {"type", "name", "url"}, where)
+        server = as_object(item, where)
+        only(server, {"type", "name", "url"}, where)
         if server.get("type") != "url":
-            raise _fail(f'{where}.type must be "url"')
+            raise fail(f'{where}.type must be "url"')
         name = server.get("name")
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise _fail(f"{where}.name must be 1-64 letters, digits, '_' or '-'")
+            raise fail(f"{where}.name must be 1-64 letters, digits, '_' or '-'")
         if name in names:
-            raise _fail(f"mcp_servers: the name {name!r} is used twice")
+            raise fail(f"mcp_servers: the name {name!r} is used twice")
         names.add(name)
-        url = _text(server.get("url"), f"{where}.url", MAX_URL, required=True)
+        url = text(server.get("url"), f"{where}.url", MAX_URL, required=True)
         assert url is not None
         if not url.startswith(("https://", "http://")):
-            raise _fail(f"{where}.url must be an http(s) URL")
+            raise fail(f"{where}.url must be an http(s) URL")
         servers.append({"type": "url", "name": name, "url": url})
     return servers
-
-
-def _metadata(value: object) -> dict[str, str]:
-    metadata = _object(value if value is not None else {}, "metadata")
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise _fail(f"metadata: more than {MAX_METADATA_PAIRS} pairs")
-    for key, item in metadata.items():
-        if not key or len(key) > MAX_METADATA_KEY:
-            raise _fail(f"metadata: keys must be 1-{MAX_METADATA_KEY} characters")
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
-            raise _fail(f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters")
-    return dict(metadata)
 
 
 def _max_turns(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
-        raise _fail("max_turns must be an integer from 1 to 10000")
+        raise fail("max_turns must be an integer from 1 to 10000")
     return value
 
 
 def _unsupported(body: Mapping[str, Any]) -> None:
     if body.get("multiagent") is not None:
-        raise _fail("multiagent is not supported by this server (it must be null)")
-    if _list(body.get("skills"), "skills"):
-        raise _fail("skills are not supported by this server (it must be [])")
+        raise fail("multiagent is not supported by this server (it must be null)")
+    if as_list(body.get("skills"), "skills"):
+        raise fail("skills are not supported by this server (it must be [])")
     identity = body.get("execution_identity")
     if identity is not None and identity != {"type": "service_account"}:
-        raise _fail('execution_identity must be {"type": "service_account"}')
+        raise fail('execution_identity must be {"type": "service_account"}')
 
 
 def _check_references(spec: Spec) -> None:
     servers = {s["name"] for s in spec["mcp_servers"]}
     used = {t["mcp_server_name"] for t in spec["tools"] if t["type"] == "mcp_toolset"}
     if missing := sorted(used - servers):
-        raise _fail(f"tools: mcp_toolset names an unknown mcp server {missing[0]!r}")
+        raise fail(f"tools: mcp_toolset names an unknown mcp server {missing[0]!r}")
     if unused := sorted(servers - used):
-        raise _fail(f"mcp_servers: {unused[0]!r} is not referenced by any mcp_toolset")
+        raise fail(f"mcp_servers: {unused[0]!r} is not referenced by any mcp_toolset")
 
 
 def _build(body: Mapping[str, Any]) -> Spec:
     _unsupported(body)
     spec: Spec = {
-        "name": _text(body.get("name"), "name", MAX_NAME, required=True),
-        "description": _text(body.get("description"), "description", MAX_DESCRIPTION),
+        "name": text(body.get("name"), "name", MAX_NAME, required=True),
+        "description": text(body.get("description"), "description", MAX_DESCRIPTION),
         "model": _model(body.get("model")),
-        "system": _text(body.get("system"), "system", MAX_SYSTEM),
+        "system": text(body.get("system"), "system", MAX_SYSTEM),
         "tools": _tools(body.get("tools")),
         "mcp_servers": _mcp_servers(body.get("mcp_servers")),
         "skills": [],
         "multiagent": None,
         "execution_identity": {"type": "service_account"},
-        "metadata": _metadata(body.get("metadata")),
+        "metadata": metadata(body.get("metadata")),
         "max_turns": _max_turns(body.get("max_turns")),
     }
     _check_references(spec)
@@ -337,21 +281,21 @@ def _build(body: Mapping[str, Any]) -> Spec:
 
 def create_spec(body: object) -> Spec:
     """A create body (``POST /v1/agents``) as the stored spec, defaults filled."""
-    obj = _object(body, "the request body")
-    _only(obj, CREATE_FIELDS, "the request body")
+    obj = as_object(body, "the request body")
+    only(obj, CREATE_FIELDS, "the request body")
     if obj.get("model") is None:
-        raise _fail("model is required")
+        raise fail("model is required")
     return _build(obj)
 
 
 def update_version(body: object) -> int | None:
     """The ``version`` an update body expects (optimistic concurrency), if any."""
-    obj = _object(body, "the request body")
+    obj = as_object(body, "the request body")
     version = obj.get("version")
     if version is None:
         return None
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _fail("version must be a positive integer")
+        raise fail("version must be a positive integer")
     return version
 
 
@@ -360,13 +304,13 @@ def update_spec(current: Spec, body: object) -> Spec:
     omitted field is kept; lists are replaced whole (``null`` clears);
     ``description``/``system`` ``""`` or ``null`` clear; ``name``/``model``
     cannot be cleared; ``metadata`` is a patch (``null`` deletes a key)."""
-    obj = _object(body, "the request body")
-    _only(obj, UPDATE_FIELDS, "the request body")
+    obj = as_object(body, "the request body")
+    only(obj, UPDATE_FIELDS, "the request body")
     merged: dict[str, Any] = {k: copy.deepcopy(v) for k, v in current.items()}
     for key in ("name", "model"):
         if key in obj:
             if obj[key] is None or obj[key] == "":
-                raise _fail(f"{key} cannot be cleared")
+                raise fail(f"{key} cannot be cleared")
             merged[key] = obj[key]
     for key in ("description", "system", "tools", "mcp_servers", "skills", "multiagent", "execution_identity"):
         if key in obj:
@@ -374,14 +318,7 @@ def update_spec(current: Spec, body: object) -> Spec:
     if "max_turns" in obj:
         merged["max_turns"] = obj["max_turns"]
     if "metadata" in obj:
-        patch = _object(obj["metadata"] if obj["metadata"] is not None else {}, "metadata")
-        metadata = dict(current.get("metadata") or {})
-        for key, value in patch.items():
-            if value is None:
-                metadata.pop(key, None)
-            else:
-                metadata[key] = value
-        merged["metadata"] = metadata
+        merged["metadata"] = patch_metadata(current.get("metadata"), obj["metadata"])
     return _build(merged)
 
 

@@ -29,6 +29,7 @@ from .auth import AuthConfigError, Authenticator, credentials, is_loopback, pars
 from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
+from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status, store_unavailable
 from .limits import TenantBuckets, TokenBucket
 from .manager import SessionManager
@@ -528,6 +529,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
             Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
             *agents_routes(),
+            *environments_routes(),
         ],
         lifespan=lifespan,
     )

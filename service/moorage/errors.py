@@ -47,6 +47,12 @@ class Code(StrEnum):
     AGENT_NOT_FOUND = "agent_not_found"
     AGENT_ARCHIVED = "agent_archived"
     VERSION_CONFLICT = "version_conflict"
+    ENVIRONMENT_NOT_FOUND = "environment_not_found"
+    ENVIRONMENT_ARCHIVED = "environment_archived"
+    ENVIRONMENT_NAME_TAKEN = "environment_name_taken"
+    UNRESTRICTED_NETWORK_NOT_ALLOWED = "unrestricted_network_not_allowed"
+    PACKAGES_NOT_SUPPORTED = "packages_not_supported"
+    NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
     INTERNAL = "internal"
 
@@ -154,6 +160,13 @@ CODES: dict[Code, Spec] = {
     Code.AGENT_NOT_FOUND: Spec(Fatal.SOMETIMES, 4404, 404),
     Code.AGENT_ARCHIVED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.VERSION_CONFLICT: Spec(Fatal.NO, None, 409),
+    # The environments API (HTTP only, for now).
+    Code.ENVIRONMENT_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.ENVIRONMENT_ARCHIVED: Spec(Fatal.NO, None, 400),
+    Code.ENVIRONMENT_NAME_TAKEN: Spec(Fatal.NO, None, 409),
+    Code.UNRESTRICTED_NETWORK_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
+    Code.PACKAGES_NOT_SUPPORTED: Spec(Fatal.NO, None, 400),
+    Code.NOT_SUPPORTED: Spec(Fatal.NO, None, 501),
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Non-public networks the tunnel may still reach (an internal mirror):
     # "10.1.0.0/16". Public addresses need no entry; everything else is refused.
     egress_allow_networks: str = ""
+    # Whether a tenant's environment may ask for unrestricted networking
+    # (environments.py); off: only "limited" with allowed_hosts.
+    allow_unrestricted_network: bool = False
     # Size of each of the sandbox's tmpfs (/tmp, HOME, /dev/shm, /run).
     sandbox_tmp_bytes: int = Field(default=256 * 1024**2, ge=16 * 1024**2)
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).

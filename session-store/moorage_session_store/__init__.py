@@ -8,12 +8,17 @@ plus Moorage's session records (``moorage_session_store.records``) and API token
 
 from .agents import AgentRecord, Agents
 from .database import Database
+from .environments import EnvironmentRecord, Environments
 from .errors import (
     AgentArchived,
     AgentNotFound,
     DatabaseUnavailable,
+    EnvironmentArchived,
+    EnvironmentNameTaken,
+    EnvironmentNotFound,
     InvalidRecord,
     MoorageStoreError,
+    RevisionConflict,
     SessionExists,
     SessionNotFound,
     UnsupportedDatabaseURL,
@@ -32,10 +37,16 @@ __all__ = [
     "Agents",
     "Database",
     "DatabaseUnavailable",
+    "EnvironmentArchived",
+    "EnvironmentNameTaken",
+    "EnvironmentNotFound",
+    "EnvironmentRecord",
+    "Environments",
     "EventConflict",
     "InvalidRecord",
     "MoorageStoreError",
     "NewEvent",
+    "RevisionConflict",
     "SQLModelSessionStore",
     "SessionEvents",
     "SessionExists",

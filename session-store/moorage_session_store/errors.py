@@ -62,3 +62,27 @@ class VersionConflict(MoorageStoreError):
     """``Agents.update`` was given a base version that is no longer the agent's current one."""
 
     code = "version_conflict"
+
+
+class EnvironmentNotFound(MoorageStoreError):
+    """No environment of that id for that tenant."""
+
+    code = "environment_not_found"
+
+
+class EnvironmentArchived(MoorageStoreError):
+    """The environment is archived: it is read-only."""
+
+    code = "environment_archived"
+
+
+class EnvironmentNameTaken(MoorageStoreError):
+    """Another environment of the tenant already has that name."""
+
+    code = "environment_name_taken"
+
+
+class RevisionConflict(MoorageStoreError):
+    """``Environments.update`` was given a base revision that is no longer the environment's."""
+
+    code = "revision_conflict"

@@ -1,7 +1,7 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
 service's session records (``sessions``, ``workspaces``, ``workspace_chunks``), each session's event log
-(``session_events``), the API tokens (``api_tokens``), the tenants' spend (``tenant_spend``) and the
-agents (``agents``, ``agent_versions``).
+(``session_events``), the API tokens (``api_tokens``), the tenants' spend (``tenant_spend``), the
+agents (``agents``, ``agent_versions``) and the environments (``environments``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -187,6 +187,27 @@ class AgentVersionRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
+class EnvironmentRow(SQLModel, table=True):
+    """A sandbox template of one tenant (a Managed Agents environment): its spec (the environment
+    object minus id, type and times) and whether it is archived. Not versioned (``revision`` only
+    orders writers); names are unique within a tenant."""
+
+    __tablename__ = "environments"
+    __table_args__ = (
+        Index("ix_environments_tenant_created", "tenant", "created_at", "id"),
+        Index("ux_environments_tenant_name", "tenant", "name", unique=True),
+    )
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    name: str = Field(sa_column=Column(String, nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    revision: int = Field(sa_column=Column(Integer, nullable=False))  # +1 per update (compare-and-set)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -207,4 +228,5 @@ API_TOKENS = table("api_tokens")
 TENANT_SPEND = table("tenant_spend")
 AGENTS = table("agents")
 AGENT_VERSIONS = table("agent_versions")
+ENVIRONMENTS = table("environments")
 SESSION_EVENTS = table("session_events")

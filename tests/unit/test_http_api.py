@@ -1,4 +1,4 @@
-"""The agents API's pure parts: cursors, timestamps, the error envelope."""
+"""The Managed Agents HTTP API's shared pure parts (``http_api``): cursors, timestamps, the error envelope."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from moorage.agents_api import ApiError, _error, decode_page, encode_page, timestamp
 from moorage.errors import Code
+from moorage.http_api import ApiError, decode_page, encode_page, timestamp
+from moorage.http_api import error_response as _error
 
 
 def test_a_cursor_round_trips_and_is_opaque() -> None:
