@@ -26,6 +26,7 @@ Decisions:
   another ``requires_action`` idle naming what still waits).
 - A custom tool's ``tool_use`` block (``mcp__client__<name>``) and its ``tool_result`` are not
   shown: the ``custom_tool_use`` / ``custom_tool_result`` frames are those events.
+- The list filters (``types[]``, ``created_at[…]``, ``order``) are in ``ma_query.py``.
 - Model request spans (``span.model_request_start`` / ``_end``) are not in the log yet (the model
   proxy meters requests but does not log them): :func:`span_start` / :func:`span_end` build them
   from the proxy's numbers once it does.
@@ -33,9 +34,8 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -467,73 +467,3 @@ def span_end(ident: str, start_id: str, at: datetime, usage: ModelUsage, *, is_e
         at,
         {"model_request_start_id": start_id, "model_usage": usage.wire(), "is_error": is_error},
     )
-
-
-# -- list filters (GET …/events) -----------------------------------------------
-
-Order = Literal["asc", "desc"]
-_BOUNDS = ("gt", "gte", "lt", "lte")
-
-
-@dataclass(frozen=True, slots=True)
-class TimeRange:
-    """``created_at[gt|gte|lt|lte]``, compared with ``processed_at``."""
-
-    gt: datetime | None = None
-    gte: datetime | None = None
-    lt: datetime | None = None
-    lte: datetime | None = None
-
-    def holds(self, at: datetime) -> bool:
-        at = _aware(at)
-        return (
-            (self.gt is None or at > self.gt)
-            and (self.gte is None or at >= self.gte)
-            and (self.lt is None or at < self.lt)
-            and (self.lte is None or at <= self.lte)
-        )
-
-
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
-
-
-def time_range(query: Mapping[str, str]) -> TimeRange:
-    """From ``created_at[gt]`` … query parameters; ``ValueError`` naming a bad one. A time
-    without an offset (the client sends naive datetimes so) is UTC."""
-    bounds: dict[str, datetime] = {}
-    for bound in _BOUNDS:
-        raw = query.get(f"created_at[{bound}]")
-        if raw is None:
-            continue
-        try:
-            bounds[bound] = _aware(datetime.fromisoformat(raw))
-        except ValueError:
-            raise ValueError(f"created_at[{bound}] must be an ISO 8601 time, not {raw[:40]!r}") from None
-    return TimeRange(**bounds)
-
-
-def order_of(raw: str | None) -> Order:
-    if raw is None or raw == "asc":
-        return "asc"
-    if raw == "desc":
-        return "desc"
-    raise ValueError(f"order must be 'asc' or 'desc', not {raw[:20]!r}")
-
-
-def select(
-    events: Iterable[MaEvent],
-    types: Sequence[str] = (),
-    when: TimeRange | None = None,
-    order: Order = "asc",
-) -> list[MaEvent]:
-    """The events of ``types`` (all if empty) within ``when``, oldest first or newest first."""
-    wanted = frozenset(types)
-    span = when or TimeRange()
-    chosen = [e for e in events if (not wanted or e.type in wanted) and span.holds(e.at)]
-    return chosen[::-1] if order == "desc" else chosen
-
-
-def dumps_event(event: MaEvent) -> str:
-    """Compact JSON of one event (what a list page and an SSE ``data:`` line carry)."""
-    return json.dumps(event.wire(), separators=(",", ":"))

@@ -23,15 +23,12 @@ from moorage.ma_events import (
     MaEvent,
     ModelUsage,
     Projector,
-    TimeRange,
     event_id,
-    order_of,
-    select,
     seq_of,
     span_end,
     span_start,
-    time_range,
 )
+from moorage.ma_query import TimeRange, order_of, select, time_range
 from moorage.pending import AgentTools
 from pydantic import TypeAdapter
 
