@@ -158,6 +158,7 @@ class Usage:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
     cost_usd: float = 0.0
 
     def add(self, result: Mapping[str, Any]) -> None:
@@ -167,6 +168,9 @@ class Usage:
             self.output_tokens += _count(usage.get("output_tokens"))
             self.cache_read_input_tokens += _count(usage.get("cache_read_input_tokens"))
             self.cache_creation_input_tokens += _count(usage.get("cache_creation_input_tokens"))
+            split = usage.get("cache_creation")
+            if isinstance(split, dict):
+                self.cache_creation_1h_input_tokens += _count(split.get("ephemeral_1h_input_tokens"))
         cost = result.get("total_cost_usd")  # cumulative for the session already
         if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
             self.cost_usd = max(self.cost_usd, float(cost))
@@ -176,7 +180,14 @@ class Usage:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
-            "cache_creation": {"ephemeral_5m_input_tokens": self.cache_creation_input_tokens},
+            # The API reports cache writes only by lifetime; 5 minutes is the default, so what is
+            # not reported as 1 h is counted as 5 min (the total stays right).
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": max(
+                    0, self.cache_creation_input_tokens - self.cache_creation_1h_input_tokens
+                ),
+                "ephemeral_1h_input_tokens": self.cache_creation_1h_input_tokens,
+            },
             "list_cost": {"amount": str(round(self.cost_usd * 100)), "currency": "USD"},
         }
 
@@ -225,6 +236,8 @@ class Projector:
                 out.add("user.message", content=blocks(content, USER_BLOCKS))
             case "system" if body.get("subtype") == "init":
                 self._run(out)
+            case "assistant" | "user" if body.get("parent_tool_use_id"):
+                pass  # a subagent's (Task tool) own messages: its thread, not the session's
             case "assistant":
                 self._assistant(body, out)
             case "user":

@@ -401,3 +401,35 @@ def test_a_fatal_error_while_a_request_waits_drops_it() -> None:
     after = projector.project_all(rehydrated)
     assert types(after) == ["session.status_running", "session.usage", "session.status_idle"]
     assert after[-1].fields["stop_reason"] == {"type": "end_turn"}
+
+
+def test_usage_sums_turns_and_splits_cache_writes_by_lifetime() -> None:
+    split = {"ephemeral_1h_input_tokens": 1, "ephemeral_5m_input_tokens": 0}
+    second = result(total_cost_usd=0.5)
+    second["usage"] = {**second["usage"], "cache_creation": split}
+    events = Projector().project_all(frames_of(INIT, result(), INIT, second))
+    assert_client_parses(events)
+    usage = of(events, "session.usage")[-1]["usage"]
+    assert usage["input_tokens"] == 10 and usage["output_tokens"] == 14 and usage["cache_read_input_tokens"] == 2
+    assert usage["cache_creation"] == {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 1}
+    assert usage["list_cost"] == {"amount": "50", "currency": "USD"}  # total_cost_usd is cumulative already
+
+
+def test_a_subagents_messages_stay_off_the_session_but_its_approvals_surface() -> None:
+    inner = {"parent_tool_use_id": "toolu_task"}
+    frames = frames_of(
+        INIT,
+        assistant({"type": "tool_use", "id": "toolu_task", "name": "Task", "input": {"prompt": "p"}}),
+        {**assistant({"type": "tool_use", "id": "toolu_in", "name": "Bash", "input": {"command": "x"}}), **inner},
+        {"type": "permission_request", "id": "toolu_in", "tool": "Bash", "input": {"command": "x"}},
+        {"type": "permission_response", "id": "toolu_in", "behavior": "allow", "message": "", "source": "client"},
+        {**tool_results({"type": "tool_result", "tool_use_id": "toolu_in", "content": "ok"}), **inner},
+        tool_results({"type": "tool_result", "tool_use_id": "toolu_task", "content": "done"}),
+    )
+    events = Projector().project_all(frames)
+    assert_client_parses(events)
+    uses = of(events, "agent.tool_use")
+    assert [u["name"] for u in uses] == ["Task", "bash"]
+    assert uses[1]["id"] == "sevt_000000000004" and uses[1]["evaluated_permission"] == "ask"
+    assert of(events, "user.tool_confirmation")[0]["tool_use_id"] == uses[1]["id"]
+    assert [r["tool_use_id"] for r in of(events, "agent.tool_result")] == [uses[0]["id"]]
