@@ -439,3 +439,24 @@ async def serve_messages(
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def moorage_chat(svc: Service, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``moorage chat`` against ``svc`` with ``stdin`` typed in, then end of file (it quits once
+    every turn it saw has its result)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "moorage",
+        "chat",
+        "--url",
+        svc.ws_url,
+        *args,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), scaled(90))
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())

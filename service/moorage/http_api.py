@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -158,18 +158,36 @@ def _constant(token: str) -> Any:
     raise ValueError(token)
 
 
+DRAIN_BYTES = 16 * 1024 * 1024  # read past an over-size body, at most, so its sender gets the 413
+
+
+async def _drain(stream: AsyncIterator[bytes], limit: int) -> None:
+    """Read and drop the rest of a refused body (bounded): a connection closed with the
+    client's bytes unread is reset, and the reset can destroy the 413 before it is read."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            return
+
+
 async def json_body(request: Request) -> object:
     """The JSON body (``{}`` when empty), at most ``max_frame_bytes``."""
     cap = request.app.state.services.settings.max_frame_bytes
+    too_large = ApiError(f"the request body is over {cap} bytes", code=Code.REQUEST_TOO_LARGE)
     declared = request.headers.get("content-length")
+    stream = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise ApiError(f"the request body is over {cap} bytes", code=Code.REQUEST_TOO_LARGE)
+        if int(declared) <= DRAIN_BYTES:
+            await _drain(stream, DRAIN_BYTES)
+        raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > cap:
-            raise ApiError(f"the request body is over {cap} bytes", code=Code.REQUEST_TOO_LARGE)
+            await _drain(stream, DRAIN_BYTES - size)
+            raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():

@@ -12,12 +12,9 @@ from collections.abc import Iterator
 import anthropic
 import pytest
 from anthropic.types.beta import BetaManagedAgentsAgentToolset20260401Params
+from ma_client import ACME, GLOBEX, KEYS, client, close_all
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
-
-ACME = "tok-acme-0123456789abcdef"
-GLOBEX = "tok-globex-0123456789abcdef"
-KEYS = f"acme:{ACME},globex:{GLOBEX}"
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +23,10 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         yield service
 
 
-OPEN: list[anthropic.Anthropic] = []
-
-
 @pytest.fixture(autouse=True)
 def close_clients() -> Iterator[None]:
     yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def client(svc: Service, token: str = ACME) -> anthropic.Anthropic:
-    api = anthropic.Anthropic(base_url=svc.url, api_key=token, max_retries=2)
-    OPEN.append(api)
-    return api
+    close_all()
 
 
 def toolset() -> BetaManagedAgentsAgentToolset20260401Params:

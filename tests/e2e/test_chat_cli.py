@@ -3,46 +3,23 @@ quits once the turn is over, and ``--session ID --after 0`` replays the conversa
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import subprocess
-import sys
 
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Service, run_service, scaled
-
-
-async def chat(svc: Service, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "moorage",
-        "chat",
-        "--url",
-        svc.ws_url,
-        *args,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), scaled(90))
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
+from support import moorage_chat, run_service
 
 
 async def test_a_piped_conversation_prints_its_answers_and_replays_after_a_reconnect(
     model: ScriptedModelServer,
 ) -> None:
     with run_service(model.url) as svc:
-        first = await chat(svc, "say first answer\nsay second answer\n")
+        first = await moorage_chat(svc, "say first answer\nsay second answer\n")
         assert first.returncode == 0, first.stderr
         lines = first.stdout.splitlines()
         assert "first answer" in lines and "second answer" in lines  # the second queued, then ran
         found = re.search(r"\[session (\S+) new", first.stdout)
         assert found is not None, first.stdout
-        again = await chat(svc, "", "--session", found.group(1), "--after", "0")
+        again = await moorage_chat(svc, "", "--session", found.group(1), "--after", "0")
         assert again.returncode == 0, again.stderr
         shown = again.stdout.splitlines()
         for prompt in ("first answer", "second answer"):  # the whole conversation, each line once

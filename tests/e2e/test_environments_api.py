@@ -9,13 +9,9 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
+from ma_client import GLOBEX, KEYS, PAGER, client, close_all, code
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
-
-ACME = "tok-acme-0123456789abcdef"
-GLOBEX = "tok-globex-0123456789abcdef"
-PAGER = "tok-pager-0123456789abcdef"
-KEYS = f"acme:{ACME},globex:{GLOBEX},pager:{PAGER}"
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +20,10 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         yield service
 
 
-OPEN: list[anthropic.Anthropic] = []
-
-
 @pytest.fixture(autouse=True)
 def close_clients() -> Iterator[None]:
     yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def client(svc: Service, token: str = ACME) -> anthropic.Anthropic:
-    api = anthropic.Anthropic(base_url=svc.url, api_key=token, max_retries=2)
-    OPEN.append(api)
-    return api
-
-
-def code(error: anthropic.APIStatusError) -> str:
-    return str(error.body["error"]["details"]["error_code"])  # type: ignore[index]
+    close_all()
 
 
 def test_create_retrieve_update_archive_delete(svc: Service) -> None:

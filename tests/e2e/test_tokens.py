@@ -23,6 +23,7 @@ from support import (
     Service,
     events,
     free_port,
+    moorage_chat,
     pg_available,
     pg_database,
     result_of,
@@ -231,28 +232,8 @@ async def test_a_non_loopback_service_without_credentials_refuses_to_start_until
         client = await Client.connect(svc, token=token)
         assert client.first["state"] == "new"
         await client.close()
-        refused = await chat_cli(svc)
+        refused = await moorage_chat(svc, "")
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
-        accepted = await chat_cli(svc, "--token", token)
+        accepted = await moorage_chat(svc, "", "--token", token)
         assert accepted.returncode == 0, accepted.stderr
         assert token not in accepted.stderr + accepted.stdout
-
-
-async def chat_cli(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    """``moorage chat`` against the service with stdin at end of file: it connects, then quits."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "moorage",
-        "chat",
-        "--url",
-        svc.ws_url,
-        *args,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), scaled(60))
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
