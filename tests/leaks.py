@@ -14,7 +14,9 @@ host does not collect mounts run after run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +27,7 @@ from support import STARTED, Service, events, processes_of_uid, scaled
 
 AUDIT_TIMEOUT_S = 15.0  # for asynchronous teardown (processes exiting): a bounded poll, not a sleep
 _audited: set[int] = set()  # ids of services already audited
+FAILED_TESTS: set[str] = set()  # node ids of failed tests: their services' state dirs (logs) are kept
 
 
 def _started_at(pid: int) -> float | None:
@@ -110,6 +113,14 @@ def sweep_after_kill(state_dir: Path) -> None:
     carry_out(decide(found, keep=(), current_socket_dir=Path("/nonexistent"), service_uid=os.geteuid()))
 
 
+def _remove_test_dir(state_dir: Path) -> None:
+    """A state dir ``run_service`` made (``moorage-test-*`` in the temp dir): removed once audited
+    clean, so runs do not pile directories up in /tmp. A state dir a test chose is its own."""
+    state = state_dir.resolve()
+    if state.parent == Path(tempfile.gettempdir()).resolve() and state.name.startswith("moorage-test-"):
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def audit_stopped(services: Iterable[Service] | None = None) -> None:
     """Audit every state dir whose services have all stopped and were not audited yet."""
     by_dir: dict[Path, list[Service]] = {}
@@ -128,5 +139,8 @@ def audit_stopped(services: Iterable[Service] | None = None) -> None:
         except AssertionError as exc:
             failures.append(str(exc))
             sweep_after_kill(group[-1].state_dir)  # reported; not left to pile up on the host
+        else:
+            if not any((svc.started_by or "").split(" ")[0] in FAILED_TESTS for svc in group):
+                _remove_test_dir(group[0].state_dir)  # only the logs of a test that passed are left in it
     if failures:
         raise AssertionError("\n".join(failures))

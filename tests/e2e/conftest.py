@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from leaks import audit_stopped
+from leaks import FAILED_TESTS, audit_stopped
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,3 +22,11 @@ def leak_audit(leak_audit_at_the_end: None) -> Iterator[None]:
     own, and any module-scoped one torn down before it) left nothing."""
     yield
     audit_stopped()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Note a failed test, so its services' state dirs (their logs) stay for a look."""
+    outcome = yield
+    if outcome.get_result().failed:  # type: ignore[attr-defined]
+        FAILED_TESTS.add(item.nodeid)
