@@ -83,7 +83,9 @@ def serve(settings: Settings) -> None:
         # caps connections (WebSockets included) before they cost more.
         limit_concurrency=max_connections + 1,
         # asyncio accepts up to `backlog` connections per wakeup before the cap
-        # sees them: descriptors peak at no more than twice the cap.
+        # sees them, and one takes three loop turns (transport, connection_made,
+        # close) to be released: under a flood a few batches are in flight, so
+        # descriptors peak at a small multiple of the cap (server.connection_cap).
         backlog=max_connections,
     )
     sockets = [config.bind_socket()]

@@ -49,10 +49,12 @@ def raise_nofile_limit() -> tuple[int, int]:
 
 
 def connection_cap(wanted: int, nofile_soft: int) -> int:
-    """Connections to allow: what was asked for, but never more than half the
-    descriptors the process may open (sandboxes, the database and the model
-    proxy need the rest)."""
-    return max(1, min(wanted, nofile_soft // 2))
+    """Connections to allow: what was asked for, but never more than a quarter of
+    the descriptors the process may open. Under a flood, accepted connections
+    past the cap hold a descriptor for the few loop turns it takes to close
+    them (see ``__main__``: up to about three accept batches of the cap each),
+    and sandboxes, the database and the model proxy need the rest."""
+    return max(1, min(wanted, nofile_soft // 4))
 
 
 def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     model_proxy_drain_timeout_s: float = Field(default=600.0, gt=0)
     # --- edges: the public listener, browsers, the metrics listener ---
     # Open client connections at most (HTTP and WebSocket; never more than
-    # half the open-file limit): past it a new connection is closed at once.
+    # a quarter of the open-file limit): past it a new connection is closed at once.
     max_connections: int = Field(default=1024, ge=1)
     # A client must send a request's complete headers (a WebSocket's whole
     # handshake request) within this long of connecting, or of its last response.

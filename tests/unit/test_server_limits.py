@@ -28,7 +28,7 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
     assert soft_after == hard
 
 
-def test_the_connection_cap_leaves_half_the_descriptors_to_the_rest() -> None:
+def test_the_connection_cap_leaves_three_quarters_of_the_descriptors_to_the_rest() -> None:
     assert connection_cap(1024, 1_048_576) == 1024
-    assert connection_cap(1024, 1024) == 512
+    assert connection_cap(1024, 1024) == 256
     assert connection_cap(10, 1) == 1
