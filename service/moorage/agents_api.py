@@ -31,9 +31,9 @@ from .http_api import (
     invalid,
     json_body,
     limit_param,
-    next_time_page,
     positive,
     time_page,
+    time_paged,
     timestamp,
     when_param,
 )
@@ -76,9 +76,7 @@ async def _list(request: Request, tenant: str, agents: Agents) -> JSONResponse:
         created_gte=when_param(request, "created_at[gte]"),
         created_lte=when_param(request, "created_at[lte]"),
     )
-    page, more = records[:limit], len(records) > limit
-    next_page = next_time_page(page[-1].created_at, page[-1].id) if more else None
-    return JSONResponse({"data": [to_object(r) for r in page], "next_page": next_page})
+    return time_paged(records, limit, to_object)
 
 
 async def _retrieve(request: Request, tenant: str, agents: Agents) -> JSONResponse:

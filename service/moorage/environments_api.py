@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from .environments import create_spec, environment_object, update_spec
 from .errors import Code
-from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, next_time_page, time_page, timestamp
+from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, time_page, time_paged, timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -80,9 +80,7 @@ async def _list(request: Request, tenant: str, envs: Environments) -> JSONRespon
         after=time_page(request),
         include_archived=bool_param(request, "include_archived"),
     )
-    page, more = records[:limit], len(records) > limit
-    next_page = next_time_page(page[-1].created_at, page[-1].id) if more else None
-    return JSONResponse({"data": [to_object(r) for r in page], "next_page": next_page})
+    return time_paged(records, limit, to_object)
 
 
 async def _retrieve(request: Request, tenant: str, envs: Environments) -> JSONResponse:

@@ -13,9 +13,9 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from moorage_session_store import Database
@@ -149,6 +149,25 @@ def time_page(request: Request) -> tuple[datetime, str] | None:
 
 def next_time_page(created_at: datetime, item_id: str) -> str:
     return encode_page([created_at.isoformat(), item_id])
+
+
+class Listed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+_L = TypeVar("_L", bound=Listed)
+
+
+def time_paged(records: Sequence[_L], limit: int, to_object: Callable[[_L], object]) -> JSONResponse:
+    """A ``{"data", "next_page"}`` list from ``limit + 1`` records newest first: the extra
+    one, if there, says another page follows (its cursor is the last shown's keyset)."""
+    page = records[:limit]
+    next_page = next_time_page(page[-1].created_at, page[-1].id) if len(records) > limit else None
+    return JSONResponse({"data": [to_object(r) for r in page], "next_page": next_page})
 
 
 # -- body --------------------------------------------------------------------
