@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -56,6 +56,13 @@ class Ledger:
     turn_usd: float = 0.0
     refused: str | None = None  # the budget scope that refused a request this turn
     sdk_total_usd: float = 0.0  # the SDK's cumulative figure for this CLI process
+    budget_usd: float | None = None  # the session's own budget (Managed Agents ``budget``), if it has one
+    # Tokens the proxy metered since the last ``take_tokens`` (USAGE_KINDS keys).
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    def take_tokens(self) -> dict[str, int]:
+        tokens, self.tokens = self.tokens, {}
+        return tokens
 
     @property
     def total_usd(self) -> float:
@@ -99,7 +106,7 @@ def runner_amount(value: object, maximum: float) -> float | None:
 
 
 def budget_error(scope: str) -> ProtocolError:
-    what = "this session's budget (MOORAGE_MAX_BUDGET_USD)" if scope == "session" else "the tenant's daily budget"
+    what = "this session's budget" if scope == "session" else "the tenant's daily budget"
     return ProtocolError(f"{what} is spent: no more model requests", code=Code.BUDGET_EXCEEDED)
 
 
@@ -189,6 +196,9 @@ class Accounting:
             return
         ledger.life_usd += cost
         ledger.turn_usd += cost
+        for key in USAGE_KINDS:
+            if usage.get(key):
+                ledger.tokens[key] = ledger.tokens.get(key, 0) + usage[key]
         day_tenant = (_today(), ledger.tenant)
         self._pending[day_tenant] = self._pending.get(day_tenant, 0.0) + cost
 
@@ -204,6 +214,8 @@ class Accounting:
 
     def exhausted(self, ledger: Ledger) -> str | None:
         if self.session_budget_usd is not None and ledger.total_usd >= self.session_budget_usd:
+            return "session"
+        if ledger.budget_usd is not None and ledger.total_usd >= ledger.budget_usd:
             return "session"
         if (
             self.tenant_daily_budget_usd is not None

@@ -30,8 +30,10 @@ from .bounded import ByteQueue, text_bytes
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
 from .environments_api import routes as environments_routes
-from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, http_status, store_unavailable
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
+from .events_api import routes as events_routes
 from .limits import TenantBuckets, TokenBucket
+from .ma_views import Projections
 from .manager import SessionManager
 from .metrics import Metrics
 from .pool import WarmPool
@@ -48,6 +50,7 @@ from .protocol import (
 from .replay import Plan, ReplayGate, parse_after, plan, replay
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
+from .sessions_api import routes as sessions_routes
 from .settings import Settings
 from .sweep import socket_prefix
 from .tunnel import Tunnel, parse_allowlist, parse_networks
@@ -70,6 +73,7 @@ class Services:
     metrics: Metrics
     auth: Authenticator
     turn_limits: TenantBuckets
+    projections: Projections  # the HTTP view of session logs (ma_views.py)
     # Open connections that came in with a database token, by token id.
     token_conns: dict[WsConnection, str] = field(default_factory=dict)
 
@@ -351,49 +355,6 @@ async def _replay(session: Session, conn: WsConnection, gate: ReplayGate, p: Pla
     gate.release(last)
 
 
-# DELETE /v1/sessions/{id}: HTTP status and Managed Agents error type per code it can answer.
-# The Managed Agents envelope's error type for each HTTP status we answer with.
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    429: "rate_limit_error",
-}
-
-
-def api_error(code: Code, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error in the Managed Agents envelope; ``details.error_code`` is the stable code and the
-    status comes from the one error table (``errors.CODES``)."""
-    status = http_status(code)
-    kind = _ERROR_TYPES.get(status, "api_error")
-    body = {"type": "error", "error": {"type": kind, "message": message, "details": {"error_code": str(code)}}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def delete_session(request: Request) -> JSONResponse:
-    """``DELETE /v1/sessions/{session_id}``: the session and everything it stored (record,
-    transcripts, workspace); a live one is stopped first. Authenticated like the WebSocket."""
-    services: Services = request.app.state.services
-    try:
-        verdict = await services.auth.verdict(credentials(request).token)
-    except STORE_ERRORS:
-        services.metrics.errors.labels(str(Code.STORE_UNAVAILABLE)).inc()
-        return api_error(Code.STORE_UNAVAILABLE, "cannot check tokens: try again", {"retry-after": "5"})
-    if verdict.tenant is None:
-        services.metrics.errors.labels(str(Code.UNAUTHORIZED)).inc()
-        log.info("client_refused", reason="unauthorized", detail=verdict.reason, token_id=verdict.token_id)
-        return api_error(Code.UNAUTHORIZED, "a valid bearer token is required", {"www-authenticate": "Bearer"})
-    session_id = request.path_params["session_id"]
-    try:
-        await services.sessions.delete(session_id, verdict.tenant)
-    except MoorageError as exc:
-        services.metrics.errors.labels(str(exc.code)).inc()
-        return api_error(exc.code, exc.message)
-    return JSONResponse({"id": session_id, "type": "session_deleted"})
-
-
 async def healthz(request: Request) -> JSONResponse:
     """The process is alive (liveness)."""
     return JSONResponse({"status": "ok"})
@@ -491,7 +452,10 @@ def create_app(settings: Settings) -> Starlette:
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()
             turn_limits = TenantBuckets(settings.turns_per_minute_per_tenant / 60, settings.turns_per_minute_per_tenant)
-            app.state.services = services = Services(settings, backend, proxy, sessions, db, metrics, auth, turn_limits)
+            projections = Projections(deps.events)
+            app.state.services = services = Services(
+                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections
+            )
             revocations = asyncio.create_task(cut_revoked(services))
             log.info(
                 "service_started",
@@ -527,7 +491,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics", metrics_endpoint),
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
-            Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+            *sessions_routes(),
+            *events_routes(),
             *agents_routes(),
             *environments_routes(),
         ],

@@ -54,6 +54,7 @@ class Code(StrEnum):
     PACKAGES_NOT_SUPPORTED = "packages_not_supported"
     NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
+    SESSION_ARCHIVED = "session_archived"
     INTERNAL = "internal"
 
 
@@ -168,6 +169,8 @@ CODES: dict[Code, Spec] = {
     Code.PACKAGES_NOT_SUPPORTED: Spec(Fatal.NO, None, 400),
     Code.NOT_SUPPORTED: Spec(Fatal.NO, None, 501),
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
+    # The sessions API (HTTP): an archived session is read-only.
+    Code.SESSION_ARCHIVED: Spec(Fatal.NO, None, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

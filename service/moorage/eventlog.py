@@ -282,6 +282,10 @@ class EventLog:
         self._degraded = False
         self.log = log.bind(session_id=session_id)
         self.writes = 0  # transactions, for the bench and the session summary
+        #: Durable frames published so far; the n-th (from 0) gets seq ``base + 1 + n``.
+        self.published = 0
+        self._base: int | None = None
+        self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []  # (ordinal, its seq once durable)
 
     @property
     def last_seq(self) -> int:
@@ -290,7 +294,10 @@ class EventLog:
 
     def publish(self, frame: Frame) -> None:
         """Log and broadcast ``frame`` (or broadcast it at once, if it is not durable). Never waits."""
-        size = len(dumps(frame)) if kind_of(frame) is not Kind.OUT_OF_BAND else 0
+        kind = kind_of(frame)
+        size = len(dumps(frame)) if kind is not Kind.OUT_OF_BAND else 0
+        if kind is Kind.DURABLE and not self.core.broken:
+            self.published += 1
         self._run(self.core.publish(frame, self._clock(), size))
         if not self.core.opened and self.core.pending:
             self._start_open()
@@ -306,6 +313,32 @@ class EventLog:
                 "the session's event log cannot be read; try again", code=Code.STORE_UNAVAILABLE, fatal=True
             )
         return self.core.durable
+
+    async def seq_of(self, ordinal: int, timeout_s: float) -> int | None:
+        """The seq of the durable frame published ``ordinal``-th (``published`` before it was
+        published), once it is durable; ``None`` if it never will be (the log broke) or not
+        within ``timeout_s``. How an HTTP client learns the id of what it sent."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int | None] = loop.create_future()
+        self._waiters.append((ordinal, future))
+        self._wake_waiters()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiters = [(o, f) for o, f in self._waiters if f is not future]
+
+    def _wake_waiters(self) -> None:
+        if not self._waiters:
+            return
+        for ordinal, future in self._waiters:
+            if future.done():
+                continue
+            if self.core.broken:
+                future.set_result(None)
+            elif self._base is not None and self.core.durable >= self._base + 1 + ordinal:
+                future.set_result(self._base + 1 + ordinal)
 
     async def room(self) -> None:
         """Wait while more than ``max_pending_bytes`` of frames wait to be written (a slow or
@@ -337,6 +370,8 @@ class EventLog:
     async def _open(self) -> None:
         last = await self._attempt(lambda: self.store.last_seq(self.session_id))
         if last is not None:
+            if self._base is None:
+                self._base = last
             self._run(self.core.open(last))
 
     def _run(self, effects: list[Effect]) -> None:
@@ -354,6 +389,7 @@ class EventLog:
             self._room.clear()
         else:
             self._room.set()
+        self._wake_waiters()
 
     async def _write(self) -> None:
         write = self.core.next_batch()
@@ -396,5 +432,6 @@ class EventLog:
         dropped = self.core.give_up()
         self._settled.set()
         self._room.set()
+        self._wake_waiters()
         self.log.error("event_log_broken", error=type(exc).__name__, retried=retried, dropped=dropped)
         self._on_broken(MoorageError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True))

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from moorage_session_store import Database
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .auth import credentials
 from .errors import STORE_ERRORS, Code, MoorageError, http_status, store_unavailable
@@ -34,6 +34,7 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    402: "billing_error",
     409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
@@ -41,6 +42,11 @@ _ERROR_TYPES = {
 }
 
 Repo = TypeVar("Repo")
+R = TypeVar("R", bound=Response)
+#: Refusals a retry would only repeat (the client retries 409 and 5xx unless told not to).
+NO_RETRY_CODES = frozenset(
+    {Code.NOT_SUPPORTED, Code.REQUEST_NOT_PENDING, Code.VERSION_CONFLICT, Code.ENVIRONMENT_NAME_TAKEN}
+)
 
 
 class ApiError(MoorageError):
@@ -63,7 +69,8 @@ def error_response(request_id: str, code: Code, message: str, headers: dict[str,
         },
         "request_id": request_id,
     }
-    return JSONResponse(body, status_code=status, headers={**(headers or {}), "request-id": request_id})
+    extra = {"x-should-retry": "false"} if code in NO_RETRY_CODES else {}
+    return JSONResponse(body, status_code=status, headers={**extra, **(headers or {}), "request-id": request_id})
 
 
 def timestamp(value: datetime) -> str:
@@ -221,12 +228,12 @@ async def json_body(request: Request) -> object:
 
 
 def endpoint(
-    handler: Callable[[Request, str, Repo], Awaitable[JSONResponse]], repo: Callable[[Database], Repo]
-) -> Callable[[Request], Awaitable[JSONResponse]]:
+    handler: Callable[[Request, str, Repo], Awaitable[R]], repo: Callable[[Database], Repo]
+) -> Callable[[Request], Awaitable[R | JSONResponse]]:
     """``handler`` behind auth, with the caller's tenant and ``repo(db)``; a ``MoorageError`` it
     raises (or the database being down) answers in the §1.6 envelope; every answer has ``request-id``."""
 
-    async def run(request: Request) -> JSONResponse:
+    async def run(request: Request) -> R | JSONResponse:
         request_id = "req_" + secrets.token_hex(12)
         services = request.app.state.services
         try:

@@ -165,7 +165,12 @@ class SessionManager:
             raise
         return token
 
-    async def create(self, tenant: str, agent: dict[str, Any] | None = None) -> Session:
+    async def create(
+        self, tenant: str, agent: dict[str, Any] | None = None, api: dict[str, Any] | None = None
+    ) -> Session:
+        """A new session, its sandbox starting. ``agent``: the pinned agent version
+        (``agents.runner_agent``); ``api``: the HTTP view's fields (``ma_sessions``), whose
+        ``budget_cents`` caps what the session may spend."""
         session_id = str(uuid.uuid4())
         self.check_draining()
         await self._check_quota(tenant)  # before a start slot: refused at once
@@ -174,7 +179,8 @@ class SessionManager:
             options: dict[str, Any] = {"max_turns": self.settings.max_turns}
             if agent is not None:
                 options["agent"] = agent  # the whole version: rehydration needs no agents read
-            await self.records.create(session_id, tenant, options)
+            pinned = (str(agent["id"]), int(agent["version"])) if agent is not None else None
+            await self.records.create(session_id, tenant, options, api=api, agent=pinned)
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
         except BaseException as exc:
@@ -182,12 +188,13 @@ class SessionManager:
             if isinstance(exc, STORE_ERRORS):
                 raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
-        return self._launch(Session(session_id, tenant, self.deps, self._closed, agent=agent), token)
+        session = Session(session_id, tenant, self.deps, self._closed, agent=agent, budget_usd=budget_usd(api))
+        return self._launch(session, token)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
         self.check_draining()
-        if not _is_session_id(session_id):  # answered like an unknown id, without a query
+        if not is_session_id(session_id):  # answered like an unknown id, without a query
             raise _not_found()
         live = self.sessions.get(session_id)
         if live is not None and not live.closed:
@@ -271,7 +278,17 @@ class SessionManager:
             raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
         pinned = record.options.get("agent")  # the agent version it started with
-        session = Session(session_id, tenant, self.deps, self._closed, True, resume, record.cost_usd, agent=pinned)
+        session = Session(
+            session_id,
+            tenant,
+            self.deps,
+            self._closed,
+            True,
+            resume,
+            record.cost_usd,
+            agent=pinned,
+            budget_usd=budget_usd(record.api),
+        )
         await self._storage_notices(session, record.options)
         return self._launch(session, token)
 
@@ -391,7 +408,7 @@ class SessionManager:
         stopped first (its clients get a fatal ``session_deleted``); one live on another replica is
         asked for, as an attach would, and refused with ``session_locked`` if it is not let go. An
         unknown id, or another tenant's, raises ``session_not_found``."""
-        if not _is_session_id(session_id):
+        if not is_session_id(session_id):
             raise _not_found()
         async with self._locks.hold(session_id):  # no attach rehydrates it meanwhile
             await self._delete_locked(session_id, tenant)
@@ -482,11 +499,17 @@ class SessionManager:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
 
 
+def budget_usd(api: dict[str, Any] | None) -> float | None:
+    """The session's own budget in USD (the HTTP view's ``budget``), if it has one."""
+    cents = (api or {}).get("budget_cents")
+    return cents / 100 if isinstance(cents, int) else None
+
+
 def _not_found() -> SessionError:
     return SessionError("no such session", code=Code.SESSION_NOT_FOUND, fatal=True)
 
 
-def _is_session_id(text: str) -> bool:
+def is_session_id(text: str) -> bool:
     """What ``create`` hands out: a canonical UUID. Anything else (a NUL
     byte, which PostgreSQL refuses in text) never reaches the database."""
     try:

@@ -12,19 +12,26 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from claude_agent_sdk.types import SessionKey, SessionListSubkeysKey, SessionStoreEntry
-from moorage_session_store.records import SessionRecord, SessionState
+from moorage_session_store.records import SessionRecord, SessionState, TurnUsage
 
 
 class RecordStore(Protocol):
     """A session's row: state, owner lease, usage, workspace archive."""
 
-    async def create(self, id: str, tenant: str, options: dict[str, Any]) -> SessionRecord: ...
+    async def create(
+        self,
+        id: str,
+        tenant: str,
+        options: dict[str, Any],
+        api: dict[str, Any] | None = None,
+        agent: tuple[str, int] | None = None,
+    ) -> SessionRecord: ...
 
     async def get(self, id: str) -> SessionRecord | None: ...
 
     async def update(self, id: str, /, **fields: Any) -> None: ...
 
-    async def add_usage(self, id: str, turns: int, cost_usd: float) -> None: ...
+    async def add_usage(self, id: str, turns: int, cost_usd: float, usage: TurnUsage | None = None) -> None: ...
 
     async def list(
         self, state: SessionState | None = None, owner: str | None = None, tenant: str | None = None

@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
+from moorage_session_store import TurnUsage
 
 from . import session_events as ev
 from .accounting import Accounting, Ledger, budget_error
@@ -49,6 +50,7 @@ from .checks import AfterTurn
 from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, SandboxError, SessionError
 from .eventlog import EventLog, EventStore
+from .ma_views import LogWatch
 from .metrics import Metrics
 from .pending import AgentTools, Pending
 from .pool import WarmPool
@@ -83,6 +85,7 @@ class Deps:
     metrics: Metrics
     accounting: Accounting
     events: EventStore  # the event log's table (SessionEvents)
+    watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -106,6 +109,7 @@ class Session:
         resume: bool = False,
         prior_cost_usd: float = 0.0,
         agent: dict[str, Any] | None = None,
+        budget_usd: float | None = None,
     ) -> None:
         self.id = session_id
         self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
@@ -127,7 +131,7 @@ class Session:
         self.core = SessionCore(limits_of(settings), Pending(settings.permission_timeout_s, self.agent_tools))
         self.sink = TranscriptSink(deps.store, tenant, session_id, deps.metrics)
         self.relay = RpcRelay(self.sink, self.log, self._on_degraded, self._on_durable)
-        self.ledger = Ledger(tenant, prior_usd=prior_cost_usd)
+        self.ledger = Ledger(tenant, prior_usd=prior_cost_usd, budget_usd=budget_usd)
         self.checks = AfterTurn(settings)
         self.checkpoints = Checkpoints(self.records, session_id, settings, self.log)
         self.sandbox: Sandbox | None = None
@@ -365,8 +369,16 @@ class Session:
             self.emit(error.frame())
         # Bookkeeping after the client has its result (the transcript, which
         # the result promises, is already written).
+        tokens = self.ledger.take_tokens()
+        usage = TurnUsage(
+            input_tokens=tokens.get("input_tokens", 0),
+            output_tokens=tokens.get("output_tokens", 0),
+            cache_read_tokens=tokens.get("cache_read_input_tokens", 0),
+            cache_creation_tokens=tokens.get("cache_creation_input_tokens", 0),
+            active_seconds=time.monotonic() - self._turn_started,
+        )
         try:
-            await self.records.add_usage(self.id, 1, metered)
+            await self.records.add_usage(self.id, 1, metered, usage)
         except STORE_ERRORS as exc:
             self.log.warning("usage_write_failed", error=type(exc).__name__)
         await self._check_workspace()
@@ -442,23 +454,29 @@ class Session:
         if self.closed or self.sandbox is None:
             raise SessionError("the session is closed", code=Code.SESSION_CLOSED, fatal=True)
 
-    async def submit(self, frame: UserFrame) -> None:
-        """A user turn: runs now, or queued behind the running one."""
+    async def submit(self, frame: UserFrame) -> int:
+        """A user turn: runs now, or queued behind the running one. Returns the log ordinal of
+        its ``user_message`` echo (``events.seq_of`` tells its seq once it is durable)."""
         await self._await_ready()
         if not self.core.busy and (scope := self.deps.accounting.exhausted(self.ledger)) is not None:
             self.metrics.budget_exceeded.labels(scope).inc()
             raise budget_error(scope)
+        mark = self.events.published  # the echo is the first durable frame the core emits
         await self.feed(ev.UserMessage(user_message_line(frame), time.monotonic()))
+        return mark
 
     async def interrupt(self) -> None:
         await self._await_ready()
         await self.feed(ev.InterruptRequested(time.monotonic()))
 
-    async def answer(self, frame: Answer) -> None:
+    async def answer(self, frame: Answer) -> int:
         """A client's ``permission_response`` / ``custom_tool_result``: the
-        first answer settles the request (``request_not_pending`` after)."""
+        first answer settles the request (``request_not_pending`` after).
+        Returns the log ordinal of the logged answer (as ``submit``)."""
         await self._await_ready()
+        mark = self.events.published
         await self.feed(ev.ClientAnswer(frame, time.monotonic()))
+        return mark
 
     # -- fan-out -------------------------------------------------------------
 
@@ -488,6 +506,8 @@ class Session:
         if frame.get("type") == "error":
             self.metrics.count_error(frame.get("code"))  # never a label the runner chose
         text = dumps(frame)
+        if to is None:
+            self.deps.watch.broadcast(self.id, frame)
         for sub in [to] if to is not None else list(self.subscribers):
             if not sub.offer(text) and sub in self.subscribers:
                 self.subscribers.discard(sub)

@@ -25,7 +25,7 @@ from .errors import (
     VersionConflict,
 )
 from .events import EventConflict, NewEvent, SessionEvents, StoredEvent
-from .records import SessionRecord, SessionRecords, SessionState
+from .records import SessionQuery, SessionRecord, SessionRecords, SessionState, TurnUsage
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
@@ -51,6 +51,7 @@ __all__ = [
     "SessionEvents",
     "SessionExists",
     "SessionNotFound",
+    "SessionQuery",
     "SessionRecord",
     "SessionRecords",
     "SessionState",
@@ -59,6 +60,7 @@ __all__ = [
     "TokenCheck",
     "TokenRecord",
     "Tokens",
+    "TurnUsage",
     "UnsupportedDatabaseURL",
     "VersionConflict",
 ]

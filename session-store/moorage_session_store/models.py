@@ -80,6 +80,7 @@ class SessionRow(SQLModel, table=True):
     """A service session: state, usage, options, the sandbox handle and the replica lease."""
 
     __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_tenant_created", "tenant", "created_at", "id"),)
 
     id: str = Field(sa_column=Column(String, primary_key=True))
     tenant: str = Field(sa_column=Column(String, nullable=False, index=True))
@@ -95,6 +96,16 @@ class SessionRow(SQLModel, table=True):
     lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     # Another replica wants this session (``SessionRecords.request_handover``).
     handover_requested_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    # The HTTP view's fields (migration 0009): title, metadata, environment_id, budget.
+    api: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON_DOC, nullable=True))
+    agent_id: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    agent_version: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    cache_read_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    cache_creation_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    active_seconds: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
 
 
 class WorkspaceRow(SQLModel, table=True):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -29,11 +29,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .columns import utcnow
 from .database import Database
-from .errors import InvalidRecord, SessionExists, SessionNotFound
+from .errors import InvalidRecord, RevisionConflict, SessionExists, SessionNotFound
 from .models import ENTRIES, KEYS, SESSION_EVENTS, SESSIONS, WORKSPACE_CHUNKS, WORKSPACES, SessionRow, WorkspaceRow
 
-__all__ = ["SESSION_STATES", "SessionRecord", "SessionRecords", "SessionRow", "SessionState", "WorkspaceRow"]
+__all__ = [
+    "SESSION_STATES",
+    "SessionQuery",
+    "SessionRecord",
+    "SessionRecords",
+    "SessionRow",
+    "SessionState",
+    "TurnUsage",
+    "WorkspaceRow",
+]
 
+#: Attempts of ``change_api`` against concurrent writers.
+CHANGE_ATTEMPTS = 16
 #: Bytes per ``workspace_chunks`` row written by ``save_workspace``.
 WORKSPACE_CHUNK_BYTES = 1024 * 1024
 
@@ -63,6 +74,42 @@ class SessionRecord:
     owner: str | None
     lease_expires_at: datetime | None
     handover_requested_at: datetime | None = None
+    api: dict[str, Any] | None = None  # the HTTP view's fields (title, metadata, environment_id, budget)
+    agent_id: str | None = None
+    agent_version: int | None = None
+    archived_at: datetime | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    active_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """What one turn adds to a session's counters."""
+
+    turns: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    active_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """Which of a tenant's sessions ``page`` returns (``None``: any)."""
+
+    agent_id: str | None = None
+    agent_version: int | None = None
+    include_archived: bool = False
+    created_after: datetime | None = None  # strictly after
+    created_from: datetime | None = None  # at or after
+    created_before: datetime | None = None  # strictly before
+    created_until: datetime | None = None  # at or before
+    newest_first: bool = True
 
 
 def _record(row: Any) -> SessionRecord:
@@ -76,8 +123,16 @@ class SessionRecords:
         self._db = db
         self._generation = 0
 
-    async def create(self, id: str, tenant: str, options: dict[str, Any]) -> SessionRecord:
-        """Insert an ``active`` session with zero usage; raise :class:`SessionExists` if ``id`` is taken."""
+    async def create(
+        self,
+        id: str,
+        tenant: str,
+        options: dict[str, Any],
+        api: dict[str, Any] | None = None,
+        agent: tuple[str, int] | None = None,
+    ) -> SessionRecord:
+        """Insert an ``active`` session with zero usage; raise :class:`SessionExists` if ``id`` is taken.
+        ``api``: the HTTP view's fields; ``agent``: the (id, version) it runs, for listing by agent."""
         now = utcnow()
         record = SessionRecord(
             id=id,
@@ -92,6 +147,9 @@ class SessionRecords:
             sandbox=None,
             owner=None,
             lease_expires_at=None,
+            api=api,
+            agent_id=agent[0] if agent is not None else None,
+            agent_version=agent[1] if agent is not None else None,
         )
         with self._db.translate_errors():
             try:
@@ -120,10 +178,95 @@ class SessionRecords:
             raise InvalidRecord(f"unknown session state {fields['state']!r}")
         await self._update_one(id, {**fields, "updated_at": utcnow()})
 
-    async def add_usage(self, id: str, turns: int, cost_usd: float) -> None:
-        """Atomically add to ``turns`` and ``cost_usd`` (in SQL, so concurrent adds never lose one)."""
-        values = {"turns": SESSIONS.c.turns + turns, "cost_usd": SESSIONS.c.cost_usd + cost_usd, "updated_at": utcnow()}
+    async def add_usage(self, id: str, turns: int, cost_usd: float, usage: TurnUsage | None = None) -> None:
+        """Atomically add to ``turns``, ``cost_usd`` and the counters in ``usage`` (in SQL, so
+        concurrent adds never lose one)."""
+        values: dict[str, Any] = {
+            "turns": SESSIONS.c.turns + turns,
+            "cost_usd": SESSIONS.c.cost_usd + cost_usd,
+            "updated_at": utcnow(),
+        }
+        if usage is not None:
+            for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
+                values[name] = SESSIONS.c[name] + getattr(usage, name)
+            values["active_seconds"] = SESSIONS.c.active_seconds + usage.active_seconds
         await self._update_one(id, values)
+
+    async def change_api(
+        self, id: str, tenant: str, change: Callable[[SessionRecord], dict[str, Any]]
+    ) -> SessionRecord | None:
+        """Replace the HTTP view's fields with ``change(record)``, compare-and-set on ``updated_at``:
+        a concurrent writer makes this one read again and re-apply ``change`` (up to
+        ``CHANGE_ATTEMPTS`` times, then :class:`RevisionConflict`), so no update is lost.
+        ``change`` may raise to refuse. ``None``: no such session of ``tenant``."""
+        for _ in range(CHANGE_ATTEMPTS):
+            with self._db.translate_errors():
+                async with self._db.engine.connect() as conn:
+                    stmt = select(SESSIONS).where(SESSIONS.c.id == id, SESSIONS.c.tenant == tenant)
+                    row = (await conn.execute(stmt)).first()
+            if row is None or row.state == "closed":
+                return None
+            record = _record(row)
+            api = change(record)
+            if api == record.api:
+                return record
+            now = max(utcnow(), record.updated_at + timedelta(microseconds=1))  # a new value, always
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    result = await conn.execute(
+                        update(SESSIONS)
+                        .where(SESSIONS.c.id == id, SESSIONS.c.updated_at == record.updated_at)
+                        .values(api=api, updated_at=now)
+                    )
+            if result.rowcount == 1:
+                return replace(record, api=api, updated_at=now)
+        raise RevisionConflict(f"session {id!r} kept changing under this update")
+
+    async def archive(self, id: str, tenant: str) -> SessionRecord | None:
+        """Set ``archived_at`` (once; archiving again keeps the first time). ``None``: no such session."""
+        now = utcnow()
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    update(SESSIONS)
+                    .where(SESSIONS.c.id == id, SESSIONS.c.tenant == tenant, SESSIONS.c.archived_at.is_(None))
+                    .values(archived_at=now, updated_at=now)
+                )
+                row = (
+                    await conn.execute(select(SESSIONS).where(SESSIONS.c.id == id, SESSIONS.c.tenant == tenant))
+                ).first()
+        return None if row is None or row.state == "closed" else _record(row)
+
+    async def page(
+        self, tenant: str, query: SessionQuery, after: tuple[datetime, str] | None, limit: int
+    ) -> builtins.list[SessionRecord]:
+        """Up to ``limit`` of ``tenant``'s sessions matching ``query``, ordered by
+        ``(created_at, id)`` (newest first unless ``query.newest_first`` is false), starting past
+        the cursor ``after`` (the last ``(created_at, id)`` of the previous page)."""
+        c = SESSIONS.c
+        stmt = select(SESSIONS).where(c.tenant == tenant, c.state != "closed")
+        if query.agent_id is not None:
+            stmt = stmt.where(c.agent_id == query.agent_id)
+        if query.agent_version is not None:
+            stmt = stmt.where(c.agent_version == query.agent_version)
+        if not query.include_archived:
+            stmt = stmt.where(c.archived_at.is_(None))
+        for bound, op in (
+            (query.created_after, "__gt__"),
+            (query.created_from, "__ge__"),
+            (query.created_before, "__lt__"),
+            (query.created_until, "__le__"),
+        ):
+            if bound is not None:
+                stmt = stmt.where(getattr(c.created_at, op)(bound))
+        key = tuple_(c.created_at, c.id)
+        if after is not None:
+            stmt = stmt.where(key < tuple_(*after) if query.newest_first else key > tuple_(*after))
+        order = (c.created_at.desc(), c.id.desc()) if query.newest_first else (c.created_at, c.id)
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(stmt.order_by(*order).limit(limit))).all()
+        return [_record(row) for row in rows]
 
     async def _update_one(self, id: str, values: dict[str, Any]) -> None:
         with self._db.translate_errors():

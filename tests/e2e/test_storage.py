@@ -28,7 +28,10 @@ def http_delete(svc: Service, session_id: str, token: str | None) -> tuple[int, 
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        body = json.loads(err.read())
+        # Every answer has its own request id (the header and the body agree); the rest is compared.
+        assert body.pop("request_id") == err.headers["request-id"]
+        return err.code, body
 
 
 def stored_rows(svc: Service, session_id: str) -> dict[str, int]:

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,11 @@ from moorage_session_store import (
     InvalidRecord,
     SessionExists,
     SessionNotFound,
+    SessionQuery,
+    SessionRecord,
     SessionRecords,
     SQLModelSessionStore,
+    TurnUsage,
 )
 from moorage_session_store.database import VERSION_TABLE
 from moorage_session_store.models import metadata
@@ -252,7 +255,7 @@ async def test_migrate_is_idempotent_and_matches_the_models(db: Database) -> Non
     async with db.engine.connect() as conn:
         version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
         differences = await conn.run_sync(diff)
-    assert version == ["0008"]
+    assert version == ["0009"]
     assert differences == []
 
 
@@ -272,7 +275,7 @@ async def test_concurrent_migrations_of_a_fresh_database_all_succeed(backend: st
         await asyncio.gather(*(db.migrate() for db in dbs))
         async with dbs[0].engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
-        assert version == ["0008"]
+        assert version == ["0009"]
     finally:
         for db in dbs:
             await db.close()
@@ -348,6 +351,63 @@ async def test_add_usage_increments_atomically(db: Database) -> None:
     assert got is not None and got.turns == 12 and got.cost_usd == pytest.approx(3.0)
     with pytest.raises(SessionNotFound):
         await records.add_usage("nope", 1, 0.0)
+
+
+async def test_token_counters_and_active_seconds_add_up(db: Database) -> None:
+    """A turn's metered tokens and active time are added in SQL, like the cost."""
+    records = SessionRecords(db)
+    await records.create("s", "t", {})
+    turn = TurnUsage(
+        1, 0.1, input_tokens=11, output_tokens=7, cache_read_tokens=3, cache_creation_tokens=2, active_seconds=0.5
+    )
+    await asyncio.gather(*(records.add_usage("s", 1, 0.1, turn) for _ in range(4)))
+    got = await records.get("s")
+    assert got is not None and (got.input_tokens, got.output_tokens, got.cache_read_tokens) == (44, 28, 12)
+    assert got.cache_creation_tokens == 8 and got.active_seconds == pytest.approx(2.0) and got.turns == 4
+
+
+async def test_sessions_page_by_tenant_agent_and_time_with_cursors(db: Database) -> None:
+    """``page``: one tenant's sessions, newest first (or oldest), by agent, archived only when
+    asked, continued past a ``(created_at, id)`` cursor with nothing skipped or repeated."""
+    records = SessionRecords(db)
+    made = []
+    for i in range(5):
+        made.append(await records.create(f"s{i}", "t", {}, api={"title": f"n{i}"}, agent=("agent_a", 1 + i % 2)))
+    await records.create("other", "u", {}, agent=("agent_a", 1))
+    await records.create("plain", "t", {})
+    newest = SessionQuery(agent_id="agent_a")
+    first = await records.page("t", newest, None, 3)
+    rest = await records.page("t", newest, (first[-1].created_at, first[-1].id), 3)
+    assert [r.id for r in first + rest] == ["s4", "s3", "s2", "s1", "s0"]
+    oldest = SessionQuery(agent_id="agent_a", agent_version=2, newest_first=False)
+    assert [r.id for r in await records.page("t", oldest, None, 10)] == ["s1", "s3"]
+    assert await records.archive("s0", "t") is not None
+    assert await records.archive("s0", "u") is None  # another tenant's: as if unknown
+    assert "s0" not in [r.id for r in await records.page("t", newest, None, 10)]
+    assert "s0" in [r.id for r in await records.page("t", SessionQuery(include_archived=True), None, 10)]
+    later = SessionQuery(created_after=made[2].created_at, newest_first=False)
+    assert [r.id for r in await records.page("t", later, None, 10)][:2] == ["s3", "s4"]
+
+
+async def test_change_api_is_one_transaction_per_update(db: Database) -> None:
+    """Concurrent changes of the api fields all apply (none is lost), a refusal changes nothing,
+    another tenant's session is as unknown."""
+    records = SessionRecords(db)
+    await records.create("s", "t", {}, api={"metadata": {}})
+
+    def add(key: str) -> Callable[[SessionRecord], dict[str, Any]]:
+        return lambda r: {**(r.api or {}), "metadata": {**(r.api or {})["metadata"], key: "1"}}
+
+    await asyncio.gather(*(records.change_api("s", "t", add(f"k{i}")) for i in range(5)))
+    got = await records.get("s")
+    assert got is not None and set((got.api or {})["metadata"]) == {f"k{i}" for i in range(5)}
+
+    def refuse(r: SessionRecord) -> dict[str, Any]:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await records.change_api("s", "t", refuse)
+    assert await records.change_api("s", "u", add("x")) is None
 
 
 async def test_lease_race_between_two_replicas_has_exactly_one_winner(url: str, db: Database) -> None:

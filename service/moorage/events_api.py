@@ -1,0 +1,202 @@
+"""A session's events over HTTP (../shared/MANAGED_AGENTS.md §6, §7): ``GET …/events`` (the
+persisted events, paged), ``POST …/events`` (user messages, interrupts, tool confirmations,
+custom tool results) and ``GET …/events/stream`` (server-sent events, held across turns).
+
+All three read one ``ma_views.Projection`` of the session's durable log, so the list and the
+stream show the same events with the same ids. ``POST`` answers once what it sent is in the log:
+the echo it returns carries the id the stream and the list show (an interrupt is not logged: its
+echo has an empty id, as the hosted service's may).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from moorage_session_store import SessionRecord, SessionRecords
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import sse
+from .errors import STORE_ERRORS, Code, ProtocolError
+from .http_api import ApiError, decode_page, encode_page, endpoint, json_body
+from .ma_events import MaEvent, event_id, timestamp
+from .ma_query import order_of, select, time_range
+from .ma_sessions import ClientEvent, Confirmation, CustomResult, Interrupt, parse_send
+from .ma_views import POLL_S, Projection
+from .pending import AgentTools
+from .protocol import UserFrame
+from .sessions import Session
+from .sessions_api import ACCEPT_WAIT_S, get_record, services_of
+
+if TYPE_CHECKING:
+    from .app import Services
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+
+
+def tools_of(services: Services, record: SessionRecord) -> AgentTools:
+    """The tool policy the session runs with (its pinned agent's, else the operator's default)."""
+    agent = record.options.get("agent")
+    try:
+        return AgentTools.parse(agent if agent is not None else services.settings.default_agent)
+    except ValueError:
+        return AgentTools()
+
+
+async def projection_of(services: Services, record: SessionRecord) -> Projection:
+    return await services.projections.get(record.id, tools_of(services, record))
+
+
+# -- list -------------------------------------------------------------------------
+
+
+async def _list(request: Request, tenant: str, records: SessionRecords) -> Response:
+    services = services_of(request)
+    query = request.query_params
+    try:
+        when = time_range(query)
+        order = order_of(query.get("order"))
+    except ValueError as exc:
+        raise ApiError(str(exc), code=Code.INVALID_REQUEST) from None
+    raw_limit = query.get("limit", str(DEFAULT_EVENTS_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS_LIMIT:
+        raise ApiError(f"limit must be 1 to {MAX_EVENTS_LIMIT}", code=Code.INVALID_REQUEST)
+    limit = int(raw_limit)
+    cursor = decode_page(query.get("page"))
+    if cursor is not None and not (len(cursor) == 1 and isinstance(cursor[0], str)):
+        raise ApiError("page is not a cursor this list gave", code=Code.INVALID_REQUEST)
+    record = await get_record(records, tenant, request.path_params["session_id"])
+    projection = await projection_of(services, record)
+    chosen = select(projection.events, query.getlist("types[]"), when, order)
+    if cursor is not None:
+        last = cursor[0]
+        chosen = [e for e in chosen if (e.id > last if order == "asc" else e.id < last)]
+    page = chosen[:limit]
+    next_page = encode_page([page[-1].id]) if len(chosen) > limit else None
+    return JSONResponse({"data": [e.wire() for e in page], "next_page": next_page})
+
+
+# -- send -------------------------------------------------------------------------
+
+
+async def _send(request: Request, tenant: str, records: SessionRecords) -> Response:
+    services = services_of(request)
+    session_id = request.path_params["session_id"]
+    events = parse_send(await json_body(request))
+    record = await get_record(records, tenant, session_id)
+    if record.archived_at is not None:
+        raise ApiError(f"session {session_id} is archived: it takes no more events", code=Code.SESSION_ARCHIVED)
+    session, _state = await services.sessions.attach(session_id, tenant)
+    echoes: list[dict[str, Any]] = []
+    for event in events:
+        echoes.append(await _apply(services, record, session, event))
+    return JSONResponse({"data": echoes})
+
+
+async def _apply(services: Services, record: SessionRecord, session: Session, event: ClientEvent) -> dict[str, Any]:
+    """Hand one event to the session; its echo once it is in the log."""
+    if isinstance(event, Interrupt):
+        try:
+            await session.interrupt()
+        except ProtocolError as exc:
+            if exc.code != Code.NO_TURN_RUNNING:
+                raise
+        return {"type": "user.interrupt", "id": "", "processed_at": timestamp(datetime.now(UTC))}
+    if isinstance(event, UserFrame):
+        if wait := services.turn_limits.take(session.tenant, time.monotonic()):
+            raise ApiError(
+                f"this tenant sends too many turns: retry in {wait:.1f}s",
+                code=Code.RATE_LIMITED,
+                headers={"retry-after": str(max(1, round(wait)))},
+            )
+        ordinal = await session.submit(event)
+    else:
+        ordinal = await session.answer(await _answer(services, record, event))
+    seq = await session.events.seq_of(ordinal, ACCEPT_WAIT_S)
+    if seq is None:
+        raise ApiError("the session's event log cannot be written; try again", code=Code.STORE_UNAVAILABLE)
+    projection = await projection_of(services, record)
+    index = projection.index_of(event_id(seq))
+    if index is None:  # cannot happen: the logged frame of a message or answer projects to one event
+        raise ApiError("the event was logged but cannot be shown", code=Code.INTERNAL)
+    return projection.events[index].wire()
+
+
+async def _answer(services: Services, record: SessionRecord, event: Confirmation | CustomResult) -> Any:
+    """The WebSocket answer frame for the request the event's id names."""
+    projection = await projection_of(services, record)
+    waiting = projection.projector.waiting_for(event.event_id)
+    kind = "permission_request" if isinstance(event, Confirmation) else "custom_tool_use"
+    if waiting is None or waiting.kind != kind:
+        what = "tool confirmation" if isinstance(event, Confirmation) else "custom tool result"
+        raise ApiError(f"no {what} is awaited for event {event.event_id}", code=Code.REQUEST_NOT_PENDING)
+    return event.frame(waiting.request_id)
+
+
+# -- stream -----------------------------------------------------------------------
+
+
+async def _stream(request: Request, tenant: str, records: SessionRecords) -> Response:
+    services = services_of(request)
+    kinds = request.query_params.getlist("event_deltas[]")
+    if set(kinds) - sse.PREVIEWABLE:
+        raise ApiError("event_deltas[] takes agent.message, agent.thinking", code=Code.INVALID_REQUEST)
+    record = await get_record(records, tenant, request.path_params["session_id"])
+    projection = await projection_of(services, record)
+    return StreamingResponse(_frames(services, projection, kinds), headers=sse.HEADERS)
+
+
+async def _frames(services: Services, projection: Projection, kinds: list[str]) -> AsyncIterator[bytes]:
+    """The stream: what the log gets from now on, previews in their place, keep-alives between."""
+    store = services.projections.store
+    watch = services.sessions.deps.watch
+    preview = sse.Preview(kinds)
+    yield sse.keep_alive()  # the status line and headers go out now: the client waits for them
+    with services.projections.held(projection), watch.listen(projection.session_id, bool(kinds)) as listener:
+        sent = len(projection.events)  # only what comes after the connection
+        quiet_since = time.monotonic()
+        while not services.sessions.draining:
+            await listener.wait(POLL_S)
+            if listener.ended:
+                deleted = MaEvent("", "session.deleted", datetime.now(UTC))
+                yield sse.encode({"type": deleted.type, "id": "", "processed_at": timestamp(deleted.at)})
+                return
+            out: list[bytes] = []
+            try:
+                for item in listener.take() or [0]:
+                    await projection.catch_up(store)  # a preview goes after the frames before it
+                    out += [sse.encode_event(e) for e in projection.events[sent:]]
+                    sent = len(projection.events)
+                    if isinstance(item, dict):
+                        next_id = event_id(projection.projector.last_seq + 1)
+                        out += [sse.encode(frame) for frame in preview.feed(item, next_id)]
+            except STORE_ERRORS as exc:
+                log.warning("event_stream_read_failed", session_id=projection.session_id, error=type(exc).__name__)
+            if out:
+                yield b"".join(out)
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= sse.KEEP_ALIVE_S:
+                yield sse.keep_alive()
+                quiet_since = time.monotonic()
+
+
+def _endpoint(
+    handler: Callable[[Request, str, SessionRecords], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    return endpoint(handler, SessionRecords)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/sessions/{session_id}/events", _endpoint(_list), methods=["GET"]),
+        Route("/v1/sessions/{session_id}/events", _endpoint(_send), methods=["POST"]),
+        Route("/v1/sessions/{session_id}/events/stream", _endpoint(_stream), methods=["GET"]),
+    ]
