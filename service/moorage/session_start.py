@@ -81,6 +81,8 @@ def _start_frame(session: Session) -> Start:
         options["max_budget_usd"] = settings.max_budget_usd - session.prior_cost_usd
     if settings.model:
         options["model"] = settings.model
+    if settings.stream_deltas:
+        options["include_partial_messages"] = True
     if session.agent is not None and session.agent.get("max_turns"):
         options["max_turns"] = min(settings.max_turns, int(session.agent["max_turns"]))
     tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None else None

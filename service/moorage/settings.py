@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # User messages a session holds while a turn runs (``queue_full`` beyond).
     max_queued_turns: int = Field(default=8, ge=0, le=1000)
     max_budget_usd: float | None = None
+    # The CLI's partial-message deltas (``stream_event`` frames): WebSocket clients get them, and
+    # HTTP streams with ``event_deltas[]`` turn them into ``event_start``/``event_delta`` previews.
+    stream_deltas: bool = False
     # Per tenant per UTC day, across its sessions (enforced at the model proxy).
     tenant_daily_budget_usd: float | None = None
     # USD per million tokens by model family: {"claude-opus": {"input": 5, ...}}.

@@ -337,3 +337,26 @@ async def test_one_session_two_views(svc: Service) -> None:
     await ws.close()
     history = await asyncio.to_thread(lambda: list(api.beta.sessions.events.list(session.id, types=["agent.message"])))
     assert [text(e) for e in history] == ["from http", "from the socket"]
+
+
+def test_previews_come_before_the_message_they_preview(model: ScriptedModelServer) -> None:
+    """``event_deltas[]=agent.message`` with ``MOORAGE_STREAM_DELTAS`` on: ``event_start`` and
+    ``event_delta`` name the id of the ``agent.message`` that follows and concludes them; a stream
+    that did not ask gets none."""
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_STREAM_DELTAS="true") as deltas:
+        api = client(deltas)
+        agent_id, env_id = setup(api, name="Previews")
+        session = api.beta.sessions.create(agent=agent_id, environment_id=env_id)
+        with (
+            api.beta.sessions.events.stream(session.id, event_deltas=["agent.message"]) as previewed,
+            api.beta.sessions.events.stream(session.id) as plain,
+        ):
+            api.beta.sessions.events.send(session.id, events=[say("say previewed words")])
+            events = until(previewed, "session.status_idle")
+            plain_types = [e.type for e in until(plain, "session.status_idle")]
+    start = next(i for i, e in enumerate(events) if e.type == "event_start")
+    message = next(i for i, e in enumerate(events) if e.type == "agent.message")
+    assert start < message and events[start].event.id == events[message].id
+    deltas_text = "".join(e.delta.content.text for e in events[start:message] if e.type == "event_delta")
+    assert deltas_text == "previewed words" == text(events[message])
+    assert "event_start" not in plain_types and "event_delta" not in plain_types
