@@ -121,8 +121,12 @@ async def _apply(services: Services, record: SessionRecord, session: Session, ev
     else:
         ordinal = await session.answer(await _answer(services, record, event))
     seq = await session.events.seq_of(ordinal, ACCEPT_WAIT_S)
-    if seq is None:
-        raise ApiError("the session's event log cannot be written; try again", code=Code.STORE_UNAVAILABLE)
+    if seq is None:  # handed to the session already: a re-send could run it twice
+        raise ApiError(
+            "the event was taken but its log entry is not confirmed; list the events before sending it again",
+            code=Code.STORE_UNAVAILABLE,
+            headers={"x-should-retry": "false"},
+        )
     projection = await projection_of(services, record)
     index = projection.index_of(event_id(seq))
     if index is None:  # cannot happen: the logged frame of a message or answer projects to one event

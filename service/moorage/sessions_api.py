@@ -12,6 +12,7 @@ later with ``GET …/events``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .agents_api import session_agent
-from .errors import Code, MoorageError
+from .errors import STORE_ERRORS, Code, MoorageError
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, next_time_page, time_page, when_param
 from .ma_sessions import MAX_INITIAL_EVENTS, Status, apply_update, parse_create, session_object
 from .manager import is_session_id
@@ -104,10 +105,17 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
     log.info(
         "session_created", session_id=session.id, tenant=tenant, view="http", initial_events=len(spec.initial_events)
     )
-    for frame in spec.initial_events:
-        ordinal = await session.submit(frame)
-        if await session.events.seq_of(ordinal, ACCEPT_WAIT_S) is None:
-            raise ApiError("the session's event log cannot be written; try again", code=Code.STORE_UNAVAILABLE)
+    try:
+        for frame in spec.initial_events:
+            ordinal = await session.submit(frame)
+            if await session.events.seq_of(ordinal, ACCEPT_WAIT_S) is None:
+                raise ApiError("the session's event log cannot be written; try again", code=Code.STORE_UNAVAILABLE)
+    except MoorageError:
+        # Not made after all (its sandbox could not start, its log cannot be written): the
+        # client retries a 5xx, and the retry must not find a half-made twin.
+        with contextlib.suppress(MoorageError, *STORE_ERRORS):
+            await services.sessions.delete(session.id, tenant)
+        raise
     record = await get_record(records, tenant, session.id)
     return JSONResponse(to_object(services, record))
 
