@@ -335,10 +335,11 @@ class EventLog:
         for ordinal, future in self._waiters:
             if future.done():
                 continue
-            if self.core.broken:
-                future.set_result(None)
-            elif self._base is not None and self.core.durable >= self._base + 1 + ordinal:
+            # Durable first: a frame stored before the log broke keeps its seq.
+            if self._base is not None and self.core.durable >= self._base + 1 + ordinal:
                 future.set_result(self._base + 1 + ordinal)
+            elif self.core.broken:
+                future.set_result(None)
 
     async def room(self) -> None:
         """Wait while more than ``max_pending_bytes`` of frames wait to be written (a slow or

@@ -137,11 +137,15 @@ def _budget(value: object) -> int | None:
     if cost.get("currency", "USD") != "USD":
         raise fail("budget.max_list_cost.currency must be 'USD'")
     amount = cost.get("amount")
+    cents = 0
     if isinstance(amount, int) and not isinstance(amount, bool):
-        amount = str(amount)
-    if not isinstance(amount, str) or not amount.isdigit() or not 0 < int(amount) <= MAX_BUDGET_CENTS:
+        cents = amount
+    # ASCII digits only, and short: int() refuses some strings isdigit() takes ("²") and very long ones.
+    elif isinstance(amount, str) and amount.isascii() and amount.isdigit() and len(amount) <= 12:
+        cents = int(amount)
+    if not 0 < cents <= MAX_BUDGET_CENTS:
         raise fail(f"budget.max_list_cost.amount must be whole US cents as a string, 1 to {MAX_BUDGET_CENTS}")
-    return int(amount)
+    return cents
 
 
 def budget_object(cents: int | None) -> Json | None:
@@ -224,11 +228,11 @@ def _client_event(event: Json, where: str) -> ClientEvent:
         return user_message(event, where)
     if kind == "user.interrupt":
         only(event, {"type", "session_thread_id"}, where)
-        if event.get("session_thread_id") is not None:
-            raise unsupported("session_thread_id (threads)")
+        _no_thread(event, where)
         return Interrupt()
     if kind == "user.tool_confirmation":
         only(event, {"type", "tool_use_id", "result", "deny_message", "session_thread_id"}, where)
+        _no_thread(event, where)
         if event.get("result") not in ("allow", "deny"):
             raise fail(f"{where}.result must be 'allow' or 'deny'")
         message = text(event.get("deny_message"), f"{where}.deny_message", 4096) or ""
@@ -237,6 +241,7 @@ def _client_event(event: Json, where: str) -> ClientEvent:
         )
     if kind == "user.custom_tool_result":
         only(event, {"type", "custom_tool_use_id", "content", "is_error", "session_thread_id"}, where)
+        _no_thread(event, where)
         frame: Json = {"type": "custom_tool_result", "content": event.get("content") or []}
         if event.get("is_error") is not None:
             frame["is_error"] = event["is_error"]
@@ -245,6 +250,12 @@ def _client_event(event: Json, where: str) -> ClientEvent:
     if kind in ("user.define_outcome", "user.tool_result", "system.message"):
         raise unsupported(f"{kind} events")
     raise fail(f"{where}.type: unknown client event type {kind!r}")
+
+
+def _no_thread(event: Json, where: str) -> None:
+    """A thread id (multi-agent threads) is refused, not ignored: this server runs one thread."""
+    if event.get("session_thread_id") is not None:
+        raise unsupported(f"{where}.session_thread_id (threads)")
 
 
 def _event_ref(value: object, where: str) -> str:

@@ -86,7 +86,7 @@ class Projections:
         if projection is None:
             projection = Projection(session_id, Projector(tools))
             self._kept[session_id] = projection
-            self._trim()
+            self._trim(keep=session_id)
         self._kept.move_to_end(session_id)
         await projection.catch_up(self.store)
         return projection
@@ -104,11 +104,13 @@ class Projections:
         """The session is deleted."""
         self._kept.pop(session_id, None)
 
-    def _trim(self) -> None:
+    def _trim(self, keep: str) -> None:
+        """Drop the least recently used projections no stream holds, down to ``limit``; never
+        ``keep`` (the one being got): while every other one is held, the limit is exceeded."""
         for session_id in list(self._kept):
             if len(self._kept) <= self.limit:
                 return
-            if self._kept[session_id].users == 0:
+            if self._kept[session_id].users == 0 and session_id != keep:
                 del self._kept[session_id]
 
 
