@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from .egress import ModelProxy
 from .errors import STORE_ERRORS, Code, MoorageError, SandboxError, SessionError
 from .eventlog import EventLog, EventStore
 from .metrics import Metrics
+from .model_spans import ModelSpans
 from .pending import AgentTools, Pending
 from .pool import WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
@@ -83,6 +84,7 @@ class Deps:
     metrics: Metrics
     accounting: Accounting
     events: EventStore  # the event log's table (SessionEvents)
+    spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
 
 
 def limits_of(settings: Settings) -> Limits:
