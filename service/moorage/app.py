@@ -448,6 +448,7 @@ def create_app(settings: Settings) -> Starlette:
                 accounting,
                 SessionEvents(db),
             )
+            proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
             await sessions.start()  # recovery first: it may reap what a crashed run left
             pool.refill()

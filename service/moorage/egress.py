@@ -16,6 +16,11 @@ upstream response to its end in the same handler, bounded by
 handler keeps its connection slot meanwhile (``egress_gate``). A response is
 charged to the ledger that was live when its request arrived, so a drain
 that outlives its session still lands on that tenant's daily spend.
+
+Every ``/v1/messages`` request is also told to a ``RequestObserver``
+(``model_spans.ModelSpans``: the session's ``model_request_start`` /
+``_end`` frames): when it arrives (even one the budget check refuses), each
+usage delta as it is charged, and when it is over, answered whole or not.
 """
 
 from __future__ import annotations
@@ -65,6 +70,28 @@ WRITE_STALL_S = 60.0
 BODY_CHUNK = 64 * 1024
 
 Charge = Callable[[str, dict[str, int]], None]  # (model, token delta)
+
+
+class RequestObserver(Protocol):
+    """Told of every ``/v1/messages`` request (``model_spans.ModelSpans``); never blocks."""
+
+    def started(self, sandbox_id: str) -> str | None:
+        """The request arrived: its span id, or None (nobody to tell)."""
+
+    def metered(self, span: str, usage: dict[str, int]) -> None:
+        """Its response reported this much more usage (a delta, as it is charged)."""
+
+    def ended(self, span: str, is_error: bool) -> None:
+        """It is over: answered 200 and relayed whole (``is_error`` False), or not
+        (refused, failed, cut, drained after the sandbox hung up)."""
+
+
+@dataclass
+class Outcome:
+    """How one ``/v1/messages`` request went, for its observer."""
+
+    charge: Charge | None = None  # its usage deltas go here too
+    whole: bool = False  # a 200 response relayed to its end
 
 
 class Meter(Protocol):
@@ -154,6 +181,8 @@ class ModelProxy:
         self.usage: dict[str, Usage] = {}
         # Budgets and charges (accounting.Accounting); None: nothing refused, nothing charged.
         self.meter: Meter | None = None
+        # Told of every /v1/messages request (model_spans.ModelSpans); None: nobody.
+        self.observer: RequestObserver | None = None
         # Opt-in HTTPS egress to allowlisted hosts (MOORAGE_EGRESS_ALLOW).
         self.tunnel: Tunnel | None = None
 
@@ -237,6 +266,18 @@ class ModelProxy:
             return error_response(403, "forbidden", "unknown sandbox")
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             return error_response(404, "not_found_error", "only the Messages API is reachable")
+        observer = self.observer if request.path == "/v1/messages" else None
+        span = observer.started(sandbox_id) if observer is not None else None
+        outcome = Outcome()
+        if observer is not None and span is not None:
+            outcome.charge = lambda _model, delta: observer.metered(span, delta)
+        try:
+            return await self._admit(request, sandbox_id, outcome)
+        finally:
+            if observer is not None and span is not None:
+                observer.ended(span, not outcome.whole)
+
+    async def _admit(self, request: web.Request, sandbox_id: str, outcome: Outcome) -> web.StreamResponse:
         if request.path == "/v1/messages" and self.meter is not None and (scope := self.meter.refusal(sandbox_id)):
             # 400, not 429: the CLI must give up on this turn, not retry.
             return error_response(400, "invalid_request_error", f"budget_exceeded: the {scope} budget is spent")
@@ -247,7 +288,7 @@ class ModelProxy:
         assert task is not None
         self._handlers[task] = sandbox_id
         try:
-            return await self._forward(request, sandbox_id, length)
+            return await self._forward(request, sandbox_id, length, outcome)
         finally:
             self._handlers.pop(task, None)
 
@@ -257,7 +298,9 @@ class ModelProxy:
             413, "request_too_large", f"request body exceeds {limit} bytes (MOORAGE_MODEL_REQUEST_MAX_BYTES)"
         )
 
-    async def _forward(self, request: web.Request, sandbox_id: str, length: int | None) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, sandbox_id: str, length: int | None, outcome: Outcome
+    ) -> web.StreamResponse:
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS}
         headers["x-api-key"] = self._api_key
@@ -297,7 +340,7 @@ class ModelProxy:
             upstream.close()
             return self._body_failed(body_failed[0])
         async with upstream:
-            return await self._relay(request, upstream, sandbox_id)
+            return await self._relay(request, upstream, sandbox_id, outcome)
 
     def _body_failed(self, exc: BaseException) -> web.Response:
         if isinstance(exc, RequestTooLarge):
@@ -307,11 +350,11 @@ class ModelProxy:
         return error_response(400, "invalid_request_error", "request body broken off")
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, sandbox_id: str
+        self, request: web.Request, upstream: aiohttp.ClientResponse, sandbox_id: str, outcome: Outcome
     ) -> web.StreamResponse:
         """Pass the response through and meter it; drain it if the sandbox goes."""
         metered = request.path == "/v1/messages"
-        charge = self.meter.charge(sandbox_id) if metered and self.meter is not None else None
+        charge = _both(self.meter.charge(sandbox_id) if metered and self.meter is not None else None, outcome.charge)
         record = self.usage.get(sandbox_id) if metered else None
         meter = ResponseMeter(streamed=upstream.headers.get("content-type", "").startswith("text/event-stream"))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -344,6 +387,7 @@ class ModelProxy:
             if relaying:
                 with contextlib.suppress(ConnectionError):
                     await response.write_eof()
+                    outcome.whole = upstream.status == 200
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("model_response_cut", error=type(exc).__name__, relaying=relaying)
             if relaying and request.transport is not None:
@@ -367,6 +411,18 @@ def _settle(meter: ResponseMeter, record: Usage | None, charge: Charge | None) -
         record.add(meter.model, delta)
     if charge is not None:
         charge(meter.model, delta)
+
+
+def _both(first: Charge | None, second: Charge | None) -> Charge | None:
+    """One charge that goes to both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def charge(model: str, delta: dict[str, int]) -> None:
+        first(model, delta)
+        second(model, delta)
+
+    return charge
 
 
 def socket_base() -> str:

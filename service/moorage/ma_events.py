@@ -14,8 +14,9 @@ Decisions:
   the ids in log order when sorted as strings, and a re-projection (a list after a stream, a
   reconnect, a restarted service) gives the same ids. :func:`seq_of` reads the seq back.
 - **State** (which tool_use ids were built-in / MCP / custom tools, which requests wait, whether a
-  turn runs, the usage so far) comes only from the frames already projected, so a projector
-  rebuilt by replaying the log from seq 1 is in the same state as the live one.
+  turn runs, the usage so far, which model requests are open) comes only from the frames already
+  projected, so a projector rebuilt by replaying the log from seq 1 is in the same state as the
+  live one.
 - **Approvals.** The CLI's ``tool_use`` block (in an ``assistant`` frame) comes *before* the
   ``permission_request`` for it, and the stream cannot wait. So ``agent.tool_use`` is emitted with
   the assistant frame, with ``evaluated_permission`` (``ask``/``allow``) only when the projector
@@ -27,9 +28,15 @@ Decisions:
 - A custom tool's ``tool_use`` block (``mcp__client__<name>``) and its ``tool_result`` are not
   shown: the ``custom_tool_use`` / ``custom_tool_result`` frames are those events.
 - The list filters (``types[]``, ``created_at[…]``, ``order``) are in ``ma_query.py``.
-- Model request spans (``span.model_request_start`` / ``_end``) are not in the log yet (the model
-  proxy meters requests but does not log them): :func:`span_start` / :func:`span_end` build them
-  from the proxy's numbers once it does.
+- **Model request spans.** The model proxy logs each ``/v1/messages`` request as a
+  ``model_request_start`` / ``model_request_end`` frame pair (``model_spans.py``); they become
+  ``span.model_request_start`` / ``_end``, the end naming its start's *event id* and carrying the
+  proxy's token counts. The proxy may see a request before the CLI's ``system`` init frame reaches
+  the log, so a span start while the session is not running, nothing waits and a user message is
+  due a turn (one logged and its result not yet) opens the turn: ``session.status_running`` comes
+  first, as in the hosted order (MANAGED_AGENTS.md §6.6), and the init then adds nothing. Any
+  other span (a request the CLI makes after its result, a subagent's while a confirmation waits)
+  changes no status; a span end never does.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ MA_TOOL_NAMES = {cli: name for name, cli in BUILTIN_TOOLS.items()}
 #: Content block types an event's ``content`` may carry (§6.2); others are dropped.
 USER_BLOCKS = frozenset({"text", "image", "document"})
 RESULT_BLOCKS = frozenset({"text", "image", "document", "search_result"})
+#: Most spans kept open (started, not ended) at once; the oldest is forgotten past it.
+MAX_OPEN_SPANS = 256
 #: Every type the projection can emit (the ``types[]`` filter accepts any string; these are ours).
 EMITTED_TYPES = (
     "user.message",
@@ -214,6 +223,8 @@ class Projector:
         self._waiting: dict[str, Waiting] = {}  # request id → what waits (arrival order)
         self._budget_hit = False  # a budget error came while the turn ran
         self._idle_reason: str | None = None  # the stop_reason type of the last idle, None if running/never
+        self._turns_due = 0  # user messages logged whose turn has not ended (results not yet logged)
+        self._spans: dict[str, str] = {}  # model request id → its span.model_request_start event id
 
     @property
     def waiting(self) -> list[Waiting]:
@@ -234,6 +245,7 @@ class Projector:
                 message = body.get("message")
                 content = message.get("content") if isinstance(message, dict) else None
                 out.add("user.message", content=blocks(content, USER_BLOCKS))
+                self._turns_due += 1
             case "system" if body.get("subtype") == "init":
                 self._run(out)
             case "assistant" | "user" if body.get("parent_tool_use_id"):
@@ -255,6 +267,10 @@ class Projector:
                 self._result(body, out)
             case "error":
                 self._error(body, out)
+            case "model_request_start":
+                self._span_start(body, out)
+            case "model_request_end":
+                self._span_end(body, out)
             case _:
                 pass  # queued, other system notices: no Managed Agents event
         return out.events
@@ -270,6 +286,23 @@ class Projector:
             self.running = True
             self._idle_reason = None
             out.add("session.status_running")
+
+    def _span_start(self, body: Json, out: _Out) -> None:
+        if not self.running and not self._waiting and self._turns_due > 0:
+            self._run(out)  # the request overtook the turn's init frame: the turn runs already
+        self._spans[str(body.get("id", ""))] = out.add("span.model_request_start")
+        while len(self._spans) > MAX_OPEN_SPANS:  # ends lost to a kill -9 of the service
+            del self._spans[next(iter(self._spans))]
+
+    def _span_end(self, body: Json, out: _Out) -> None:
+        ident = str(body.get("id", ""))
+        start = self._spans.pop(ident, ident)  # unknown: its start is not in the log (retention)
+        out.add(
+            "span.model_request_end",
+            model_request_start_id=start,
+            model_usage=model_usage(body.get("usage")),
+            is_error=body.get("is_error") is True,
+        )
 
     def _assistant(self, body: Json, out: _Out) -> None:
         message = body.get("message")
@@ -375,6 +408,7 @@ class Projector:
                 self._idle(out, {"type": "end_turn"})
 
     def _result(self, body: Json, out: _Out) -> None:
+        self._turns_due = max(0, self._turns_due - 1)
         self.usage.add(body)
         out.add("session.usage", usage=self.usage.wire())
         if self._waiting:
@@ -399,6 +433,7 @@ class Projector:
             # The session's sandbox is gone: no result will come for a running turn, and what
             # waited is gone with it (a rehydrated session starts with nothing pending).
             was_open = self.turn_open or bool(self._waiting)
+            self._turns_due = 0  # queued messages go with the sandbox
             self._waiting.clear()
             self._tool_uses.clear()
             self.turn_open = self._budget_hit = False
@@ -448,35 +483,12 @@ def session_error(kind: str, message: str, retry: Literal["retrying", "exhausted
     return {"type": kind, "message": message, "retry_status": {"type": retry}}
 
 
-# -- model request spans (hook: not in the log yet) ----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ModelUsage:
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-
-    def wire(self) -> Json:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-        }
-
-
-def span_start(ident: str, at: datetime) -> MaEvent:
-    """``span.model_request_start``: for when the model proxy logs the requests it meters."""
-    return MaEvent(ident, "span.model_request_start", at)
-
-
-def span_end(ident: str, start_id: str, at: datetime, usage: ModelUsage, *, is_error: bool = False) -> MaEvent:
-    """``span.model_request_end`` closing ``start_id`` with the proxy's token counts."""
-    return MaEvent(
-        ident,
-        "span.model_request_end",
-        at,
-        {"model_request_start_id": start_id, "model_usage": usage.wire(), "is_error": is_error},
-    )
+def model_usage(value: object) -> Json:
+    """``model_usage`` of a ``span.model_request_end``: the proxy's four token counts."""
+    usage = value if isinstance(value, dict) else {}
+    return {
+        "input_tokens": _count(usage.get("input_tokens")),
+        "output_tokens": _count(usage.get("output_tokens")),
+        "cache_creation_input_tokens": _count(usage.get("cache_creation_input_tokens")),
+        "cache_read_input_tokens": _count(usage.get("cache_read_input_tokens")),
+    }

@@ -83,6 +83,7 @@ async def wind_down(session: Session, error: MoorageError | None) -> None:
     if session.sandbox_id:
         await _step(session, "proxy_close", session.proxy.close_sandbox(session.sandbox_id))
         session.deps.accounting.ledgers.pop(session.sandbox_id, None)
+        session.deps.spans.unregister(session.sandbox_id)  # before the log drains: open spans end now
     if session.core.held:
         await _step(session, "held_results", _release_held(session))
     session.relay.cancel()

@@ -47,6 +47,7 @@ async def start_sandbox(session: Session) -> float:
         )
     session.sandbox, session.sandbox_id, session.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
     session.deps.accounting.ledgers[session.sandbox_id] = session.ledger
+    session.deps.spans.register(session.sandbox_id, session.emit)
     handle = {**session.sandbox.handle, "workspace": str(session.workspace)}
     try:
         await session.records.update(session.id, state="active", sandbox=handle)

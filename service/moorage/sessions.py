@@ -52,6 +52,7 @@ from .errors import STORE_ERRORS, Code, MoorageError, SandboxError, SessionError
 from .eventlog import EventLog, EventStore
 from .ma_views import LogWatch
 from .metrics import Metrics
+from .model_spans import ModelSpans
 from .pending import AgentTools, Pending
 from .pool import WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
@@ -86,6 +87,7 @@ class Deps:
     accounting: Accounting
     events: EventStore  # the event log's table (SessionEvents)
     watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
+    spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -1,9 +1,11 @@
 """Every upstream response is metered, whatever the sandbox does.
 
 Invariant: the tokens the proxy meters for a request equal the tokens the
-upstream reported for it. A scripted upstream pauses at each interesting
-point of a response until the test says go; the sandbox (a client on the
-proxy's unix socket) hangs up right there.
+upstream reported for it, and its session's log says so: a
+``model_request_start`` / ``model_request_end`` pair per request
+(``model_spans.py``), the end carrying exactly what was metered. A scripted
+upstream pauses at each interesting point of a response until the test says
+go; the sandbox (a client on the proxy's unix socket) hangs up right there.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from aiohttp import web
 from moorage.accounting import DEFAULT_PRICES, Accounting, Ledger
 from moorage.egress import ModelProxy, Usage
 from moorage.metrics import Metrics
+from moorage.model_spans import ModelSpans
 from support import scaled, serve_messages
 
 KINDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+ZERO = dict.fromkeys(KINDS, 0)
 
 
 @dataclass
@@ -114,6 +118,14 @@ async def proxy(upstream: tuple[Upstream, str], tmp_path: Path) -> AsyncIterator
     await p.close()
 
 
+def logged_spans(proxy: ModelProxy, sandbox_id: str) -> tuple[ModelSpans, list[dict[str, object]]]:
+    """Observe ``proxy``'s requests as a session owning ``sandbox_id`` would: the frames it logs."""
+    spans = proxy.observer = ModelSpans()
+    log: list[dict[str, object]] = []
+    spans.register(sandbox_id, log.append)
+    return spans, log
+
+
 def metered(usage: Usage) -> dict[str, int]:
     return {kind: getattr(usage, kind) for kind in KINDS if getattr(usage, kind)}
 
@@ -159,6 +171,7 @@ async def test_metered_tokens_equal_the_upstreams_whenever_the_sandbox_hangs_up(
     up, _ = upstream
     script = up.scripts[name] = Script(stream=stream, pause=pause)
     sock = await proxy.open("sb")
+    _, spans = logged_spans(proxy, "sb")
     http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
     try:
         request = http.post(
@@ -189,6 +202,10 @@ async def test_metered_tokens_equal_the_upstreams_whenever_the_sandbox_hangs_up(
     assert metered(proxy.usage["sb"]) == script.reported
     assert proxy.usage["sb"].requests == 1
     assert proxy.usage["sb"].by_model == {"claude-sonnet-4": script.reported}
+    start, end = spans
+    assert start == {"type": "model_request_start", "id": start["id"]}
+    whole = hang_up_after in (b"message_stop", b"usage")  # the sandbox read it all: not an error
+    assert end == {"type": "model_request_end", "id": start["id"], "usage": script.reported, "is_error": not whole}
 
 
 async def test_usage_is_metered_from_message_start_on(proxy: ModelProxy, upstream: tuple[Upstream, str]) -> None:
@@ -243,6 +260,7 @@ async def test_a_response_drained_after_its_session_ended_is_charged_to_its_tena
     try:
         sock = await proxy.open("sb")
         accounting.ledgers["sb"] = ledger = Ledger(tenant="acme")
+        observer, spans = logged_spans(proxy, "sb")
         script = up.scripts["t"] = Script(pause="before_delta")
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as http:
             resp = await http.post("http://model/v1/messages", json={"stream": True}, headers={"x-test-id": "t"})
@@ -250,6 +268,21 @@ async def test_a_response_drained_after_its_session_ended_is_charged_to_its_tena
             resp.close()
         await proxy.close_sandbox("sb")  # what a session's end does, in this order
         accounting.ledgers.pop("sb")
+        assert len(spans) == 1
+        observer.unregister("sb")
+        # Its log closes now: the span ends as an error with what was metered so far.
+        assert spans[1] == {
+            "type": "model_request_end",
+            "id": spans[0]["id"],
+            "usage": {
+                **ZERO,
+                "input_tokens": 100,
+                "cache_read_input_tokens": 7,
+                "cache_creation_input_tokens": 5,
+                "output_tokens": 1,
+            },
+            "is_error": True,
+        }
         script.go.set()
         await asyncio.wait_for(script.done.wait(), scaled(10))
         await until(lambda: proxy.busy("sb") == 0, "the drain to end")
@@ -257,5 +290,37 @@ async def test_a_response_drained_after_its_session_ended_is_charged_to_its_tena
         assert script.reported["output_tokens"] == 12
         assert accounting.tenant_today("acme") == pytest.approx(expected)
         assert ledger.total_usd == pytest.approx(expected)
+        assert len(spans) == 2  # the drain's own end came after the log closed: dropped
     finally:
         await proxy.close()
+
+
+async def test_refused_failed_and_unowned_requests_in_the_log(
+    proxy: ModelProxy, upstream: tuple[Upstream, str]
+) -> None:
+    """A request the budget check refuses and one the upstream refuses are each a start and an
+    error end with nothing metered; count_tokens and a sandbox no session owns log nothing."""
+    up, _ = upstream
+    up.scripts["garbage"] = Script()
+    accounting = Accounting(Metrics(tuple(DEFAULT_PRICES)), DEFAULT_PRICES, 0.0, None)
+    proxy.meter = accounting
+    sock = await proxy.open("sb")
+    unowned = await proxy.open("sb-warm")
+    _, spans = logged_spans(proxy, "sb")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as http:
+        resp = await http.post("http://model/v1/messages", data=b"\x00{not json", headers={"x-test-id": "garbage"})
+        assert resp.status == 400  # the upstream's answer: no ledger yet, nothing to refuse
+        accounting.ledgers["sb"] = Ledger(tenant="acme")
+        resp = await http.post("http://model/v1/messages", json={"stream": True}, headers={"x-test-id": "garbage"})
+        assert resp.status == 400 and "budget_exceeded" in await resp.text()
+        accounting.ledgers.pop("sb")
+        resp = await http.post("http://model/v1/messages/count_tokens", json={})
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(unowned))) as http:
+        up.scripts["warm"] = Script(stream=False)
+        resp = await http.post("http://model/v1/messages", json={}, headers={"x-test-id": "warm"})
+        assert resp.status == 200
+    await until(lambda: proxy.busy("sb") == 0 and proxy.busy("sb-warm") == 0, "the requests to end")
+    assert [f["type"] for f in spans] == ["model_request_start", "model_request_end"] * 2
+    ends = spans[1::2]
+    assert [e["id"] for e in ends] == [s["id"] for s in spans[0::2]] and len({e["id"] for e in ends}) == 2
+    assert all(e["is_error"] is True and e["usage"] == ZERO for e in ends)

@@ -19,15 +19,7 @@ from anthropic import Anthropic
 from anthropic._models import construct_type
 from anthropic.types.beta.sessions.beta_managed_agents_session_event import BetaManagedAgentsSessionEvent
 from ma_frames import T0, Frame, frames_of, load
-from moorage.ma_events import (
-    MaEvent,
-    ModelUsage,
-    Projector,
-    event_id,
-    seq_of,
-    span_end,
-    span_start,
-)
+from moorage.ma_events import MAX_OPEN_SPANS, MaEvent, Projector, event_id, seq_of
 from moorage.ma_query import TimeRange, order_of, select, time_range
 from moorage.pending import AgentTools
 from pydantic import TypeAdapter
@@ -317,17 +309,126 @@ def test_frames_with_no_managed_agents_event() -> None:
     assert Projector().project_all(quiet) == []
 
 
-def test_span_hook_builds_events_the_client_accepts() -> None:
-    start = span_start(event_id(40), T0)
-    end = span_end(event_id(41), start.id, T0 + timedelta(seconds=2), ModelUsage(10, 20, 3, 4))
-    assert_client_parses([start, end])
-    assert end.wire()["model_request_start_id"] == "sevt_000000000040"
-    assert end.wire()["model_usage"] == {
-        "input_tokens": 10,
-        "output_tokens": 20,
-        "cache_creation_input_tokens": 3,
-        "cache_read_input_tokens": 4,
+SCRIPTED = {"input_tokens": 11, "output_tokens": 7, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}
+SAY = {"type": "user_message", "message": {"role": "user", "content": "say hi"}}
+
+
+def start(ident: str = "mreq_1") -> dict[str, Any]:
+    return {"type": "model_request_start", "id": ident}
+
+
+def end(ident: str = "mreq_1", usage: dict[str, Any] | None = None, is_error: bool = False) -> dict[str, Any]:
+    return {"type": "model_request_end", "id": ident, "usage": usage or SCRIPTED, "is_error": is_error}
+
+
+HOSTED_ORDER = [  # MANAGED_AGENTS.md §6.6
+    "user.message",
+    "session.status_running",
+    "span.model_request_start",
+    "agent.message",
+    "span.model_request_end",
+    "session.usage",
+    "session.status_idle",
+]
+
+
+def test_a_model_request_is_a_span_pair_naming_its_start() -> None:
+    frames = frames_of(SAY, INIT, start(), assistant({"type": "text", "text": "hi"}), end(), result())
+    events = Projector().project_all(frames)
+    assert_client_parses(events)
+    assert types(events) == HOSTED_ORDER
+    (opened,), (closed,) = of(events, "span.model_request_start"), of(events, "span.model_request_end")
+    assert opened["id"] == "sevt_000000000003"
+    assert closed["model_request_start_id"] == opened["id"] and closed["is_error"] is False
+    assert closed["model_usage"] == {
+        "input_tokens": 11,
+        "output_tokens": 7,
+        "cache_creation_input_tokens": 2,
+        "cache_read_input_tokens": 3,
     }
+
+
+def test_a_request_that_overtakes_the_init_frame_opens_the_turn_first() -> None:
+    """The proxy logs the start before the CLI's init reaches the log: the order is still §6.6's."""
+    frames = frames_of(SAY, start(), INIT, assistant({"type": "text", "text": "hi"}), end(), result())
+    events = Projector().project_all(frames)
+    assert_client_parses(events)
+    assert types(events) == HOSTED_ORDER
+    running, opened = events[1], events[2]
+    assert running.id == "sevt_000000000002" and opened.id == "sevt_000000000002_000001"
+    assert of(events, "span.model_request_end")[0]["model_request_start_id"] == opened.id
+    # A queued message's turn too: its start may come right after the previous result.
+    second = {"type": "user_message", "message": {"role": "user", "content": "say again"}}
+    frames = frames_of(SAY, INIT, second, {"type": "queued", "position": 1}, result(), start(), INIT, end(), result())
+    events = Projector().project_all(frames)
+    assert types(events)[-6:] == [
+        "session.status_idle",
+        "session.status_running",
+        "span.model_request_start",
+        "span.model_request_end",
+        "session.usage",
+        "session.status_idle",
+    ]
+
+
+def test_spans_outside_a_due_turn_change_no_status() -> None:
+    """After the result (a late drain, a request the CLI makes on its own) and while a
+    confirmation waits (a subagent still asking the model), spans are shown and nothing else."""
+    after = Projector().project_all(frames_of(SAY, INIT, start(), result(), end(is_error=True), start("mreq_2")))
+    assert types(after)[-3:] == ["session.status_idle", "span.model_request_end", "span.model_request_start"]
+    assert of(after, "span.model_request_end")[0]["is_error"] is True
+    waiting = frames_of(
+        SAY,
+        INIT,
+        assistant({"type": "tool_use", "id": "toolu_a", "name": "Bash", "input": {}}),
+        {"type": "permission_request", "id": "toolu_a", "tool": "Bash", "input": {}},
+        start("mreq_sub"),
+        end("mreq_sub"),
+    )
+    events = Projector().project_all(waiting)
+    assert types(events)[-3:] == ["session.status_idle", "span.model_request_start", "span.model_request_end"]
+    assert of(events, "session.status_idle")[-1]["stop_reason"]["type"] == "requires_action"
+
+
+def test_a_refused_request_and_a_crash_after_a_span_opened_the_turn() -> None:
+    zero = dict.fromkeys(SCRIPTED, 0)
+    refused = result(is_error=True, result="API Error: 400 budget_exceeded: the session budget is spent")
+    events = Projector().project_all(frames_of(SAY, start(), INIT, end(usage=zero, is_error=True), refused))
+    assert_client_parses(events)
+    (closed,) = of(events, "span.model_request_end")
+    assert closed["is_error"] is True and set(closed["model_usage"].values()) == {0}
+    assert of(events, "session.status_idle")[-1]["stop_reason"] == {"type": "budget_reached"}
+    crash = {"type": "error", "code": "sandbox_crashed", "message": "the sandbox died", "fatal": True}
+    events = Projector().project_all(frames_of(SAY, start(), end(is_error=True), crash))
+    assert types(events)[-2:] == ["session.error", "session.status_idle"]  # the turn a span opened ends too
+
+
+def test_span_ends_whose_start_is_gone_and_hostile_usage() -> None:
+    """A pruned start: the end names the request id. Usage that is not a count counts as none."""
+    bad = {"input_tokens": -1, "output_tokens": True, "cache_read_input_tokens": "3", "cache_creation_input_tokens": 2}
+    events = Projector().project_all(frames_of(end("mreq_gone", usage=bad), {"type": "model_request_end"}))
+    assert_client_parses(events)
+    first, second = of(events, "span.model_request_end")
+    assert first["model_request_start_id"] == "mreq_gone" and first["is_error"] is False
+    assert first["model_usage"] == {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 2,
+        "cache_read_input_tokens": 0,
+    }
+    assert second["model_usage"]["input_tokens"] == 0
+
+
+def test_span_ids_are_stable_and_open_spans_are_bounded() -> None:
+    frames = frames_of(SAY, start("a"), INIT, start("b"), end("b"), end("a"), result())
+    once = wire(Projector().project_all(frames))
+    live = Projector()
+    assert [e.wire() for f in frames for e in live.project(f)] == once
+    starts = {e["id"] for e in once if e["type"] == "span.model_request_start"}
+    assert {e["model_request_start_id"] for e in once if e["type"] == "span.model_request_end"} == starts
+    projector = Projector()
+    projector.project_all(frames_of(*(start(f"m{i}") for i in range(MAX_OPEN_SPANS + 10))))
+    assert len(projector._spans) == MAX_OPEN_SPANS
 
 
 def test_filters_types_times_and_order() -> None:
