@@ -154,7 +154,7 @@ class ModelProxy:
         self.usage: dict[str, Usage] = {}
         # Budgets and charges (accounting.Accounting); None: nothing refused, nothing charged.
         self.meter: Meter | None = None
-        # Opt-in HTTPS egress to allowlisted hosts (MOORAGE_EGRESS_ALLOW).
+        # HTTPS egress to the hosts each sandbox's session allows (tunnel.py, egress_policy.py).
         self.tunnel: Tunnel | None = None
 
     async def start(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from claude_agent_sdk.types import SessionKey
 from moorage_session_store.records import SessionRecord
 
 from .egress import socket_base
+from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .metrics import SWEPT_KINDS
 from .sandbox.uids import reserving
@@ -120,6 +122,11 @@ class SessionManager:
         self._starting: dict[Session, asyncio.Task[None]] = {}
         self.draining = False
 
+    @functools.cached_property
+    def egress(self) -> EgressConfig:
+        """The operator's side of every session's egress policy (built once, at first use)."""
+        return EgressConfig.of(self.settings, self.deps.backend.name)
+
     async def start(self) -> None:
         await self.recover()
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
@@ -165,15 +172,23 @@ class SessionManager:
             raise
         return token
 
-    async def create(self, tenant: str, agent: dict[str, Any] | None = None) -> Session:
+    async def create(
+        self, tenant: str, agent: dict[str, Any] | None = None, environment: dict[str, Any] | None = None
+    ) -> Session:
+        """A new session running ``agent`` (a pinned ``agents.runner_agent``; None: the operator's
+        default) in ``environment`` (``{"id": env_id, "spec": stored spec}``; None: the operator's
+        egress, ``MOORAGE_EGRESS_ALLOW``). Refuses an environment this server cannot honour now."""
         session_id = str(uuid.uuid4())
         self.check_draining()
+        egress = session_policy(environment, agent, self.egress)  # before anything is stored
         await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
         try:
             options: dict[str, Any] = {"max_turns": self.settings.max_turns}
             if agent is not None:
                 options["agent"] = agent  # the whole version: rehydration needs no agents read
+            if environment is not None:
+                options["environment"] = environment  # its spec as it is now: the same egress after rehydration
             await self.records.create(session_id, tenant, options)
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
@@ -182,7 +197,10 @@ class SessionManager:
             if isinstance(exc, STORE_ERRORS):
                 raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
-        return self._launch(Session(session_id, tenant, self.deps, self._closed, agent=agent), token)
+        session = Session(
+            session_id, tenant, self.deps, self._closed, agent=agent, environment=environment, egress=egress
+        )
+        return self._launch(session, token)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""
@@ -259,6 +277,8 @@ class SessionManager:
             if record is None or record.tenant != tenant or record.state == "closed":
                 # Another tenant's session answers exactly like an unknown one.
                 raise _not_found()
+            pinned, environment = record.options.get("agent"), record.options.get("environment")
+            egress = session_policy(environment, pinned, self.egress)  # the operator may have changed since
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError(
                     "the session is running on another replica; try again", code=Code.SESSION_LOCKED, fatal=True
@@ -270,8 +290,18 @@ class SessionManager:
         except STORE_ERRORS as exc:
             raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
-        pinned = record.options.get("agent")  # the agent version it started with
-        session = Session(session_id, tenant, self.deps, self._closed, True, resume, record.cost_usd, agent=pinned)
+        session = Session(
+            session_id,
+            tenant,
+            self.deps,
+            self._closed,
+            True,
+            resume,
+            record.cost_usd,
+            agent=pinned,  # the agent version it started with
+            environment=environment,
+            egress=egress,
+        )
         await self._storage_notices(session, record.options)
         return self._launch(session, token)
 
