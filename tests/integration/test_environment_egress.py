@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from moorage.protocol import UserFrame
 from moorage.sessions import Session
 from moorage.settings import Settings
 from moorage.testing.scripted_model import ScriptedModelServer
+from moorage.tunnel import NO_EGRESS, Policy, Rule, Tunnel, parse_networks
 from support import REAL_KEY, free_port, scaled, tool_output
 
 UID_BASE, UID_COUNT = 238_000, 16
@@ -223,3 +225,41 @@ async def test_no_hosts_means_no_egress_and_unrestricted_means_any_allowed_addre
         assert f"proxy=localhost:{a} -> {OPENED}" in out and f"sock=localhost:{b} -> {OPENED}" in out
         assert f"sock=169.254.169.254:80 -> {REFUSED}" in out  # the metadata address: not in the allowed networks
         await session.close()
+
+
+async def connect(sock: Path, target: str) -> str:
+    """A CONNECT on one sandbox's tunnel socket: the response line, plus the echo when opened."""
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    try:
+        writer.write(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+        line = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))).split(b"\r\n")[0].decode()
+        if " 200 " in line:
+            writer.write(b"ping\n")
+            line += " echo=" + (await asyncio.wait_for(reader.readline(), scaled(10))).decode().strip()
+        return line
+    finally:
+        writer.close()
+
+
+async def test_each_sandbox_socket_is_judged_by_its_own_policy(echo_ports: tuple[int, int]) -> None:
+    """Two sandboxes on one tunnel: nothing passes before their sessions set a policy, then each
+    reaches its own host and not the other's; a closed sandbox's policy is forgotten, and a
+    policy cannot be set for a sandbox that has no socket."""
+    a, b = echo_ports
+    tunnel = Tunnel(Path(tempfile.mkdtemp(prefix="tun-")), networks=parse_networks("127.0.0.0/8"))
+    try:
+        one, two = await tunnel.open("one"), await tunnel.open("two")
+        assert await connect(one, f"127.0.0.1:{a}") == REFUSED
+        tunnel.allow("one", Policy((Rule("127.0.0.1", a),)))
+        tunnel.allow("two", Policy((Rule("127.0.0.1", b),)))
+        assert await connect(one, f"127.0.0.1:{a}") == OPENED
+        assert await connect(one, f"127.0.0.1:{b}") == REFUSED
+        assert await connect(two, f"127.0.0.1:{a}") == REFUSED
+        assert await connect(two, f"127.0.0.1:{b}") == OPENED
+        await tunnel.close_sandbox("one")
+        assert tunnel.policy("one") == NO_EGRESS and tunnel.policy("two") != NO_EGRESS
+        with pytest.raises(KeyError):
+            tunnel.allow("one", Policy(any_host=True))
+    finally:
+        await tunnel.close()
+        tunnel.socket_dir.rmdir()
