@@ -420,15 +420,16 @@ def create_app(settings: Settings) -> Starlette:
                 await accounting.sync()  # today's tenant totals, before the first request
             spend_sync = asyncio.create_task(accounting.sync_forever())
             await proxy.start()
+            # Every sandbox gets a tunnel socket that allows nothing until its session sets its
+            # policy (egress_policy.py): the environment's hosts, or MOORAGE_EGRESS_ALLOW.
+            proxy.tunnel = Tunnel(
+                proxy.socket_dir,
+                lambda _sandbox, ok: metrics.egress_connections.labels("allowed" if ok else "refused").inc(),
+                parse_networks(settings.egress_allow_networks),
+                proxy.limits.connections_per_sandbox,
+                proxy.limits.request_timeout_s,
+            )
             if rules := parse_allowlist(settings.egress_allow):
-                proxy.tunnel = Tunnel(
-                    proxy.socket_dir,
-                    rules,
-                    lambda _sandbox, ok: metrics.egress_connections.labels("allowed" if ok else "refused").inc(),
-                    parse_networks(settings.egress_allow_networks),
-                    proxy.limits.connections_per_sandbox,
-                    proxy.limits.request_timeout_s,
-                )
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
             await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods
             workspaces = settings.state_dir.resolve() / "workspaces"

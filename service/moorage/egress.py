@@ -183,7 +183,7 @@ class ModelProxy:
         self.meter: Meter | None = None
         # Told of every /v1/messages request (model_spans.ModelSpans); None: nobody.
         self.observer: RequestObserver | None = None
-        # Opt-in HTTPS egress to allowlisted hosts (MOORAGE_EGRESS_ALLOW).
+        # HTTPS egress to the hosts each sandbox's session allows (tunnel.py, egress_policy.py).
         self.tunnel: Tunnel | None = None
 
     async def start(self) -> None:

@@ -240,6 +240,10 @@ def egress(spec: Spec, mcp_server_urls: Sequence[str] = ()) -> tuple[str, ...] |
     if net["allow_mcp_servers"]:
         for url in mcp_server_urls:
             parts = urlsplit(url)
+            try:
+                port = parts.port or (80 if parts.scheme == "http" else 443)
+            except ValueError:  # a port out of range: no host to open
+                continue
             if parts.hostname:
-                hosts.append(f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname)
+                hosts.append(parts.hostname if port == 443 else f"{parts.hostname}:{port}")
     return tuple(dict.fromkeys(hosts))

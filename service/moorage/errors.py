@@ -161,13 +161,14 @@ CODES: dict[Code, Spec] = {
     Code.AGENT_NOT_FOUND: Spec(Fatal.SOMETIMES, 4404, 404),
     Code.AGENT_ARCHIVED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.VERSION_CONFLICT: Spec(Fatal.NO, None, 409),
-    # The environments API (HTTP only, for now).
+    # The environments API (HTTP only, for now). The last two also refuse a session whose
+    # environment this server cannot honour (egress_policy.py): fatal then.
     Code.ENVIRONMENT_NOT_FOUND: Spec(Fatal.NO, None, 404),
     Code.ENVIRONMENT_ARCHIVED: Spec(Fatal.NO, None, 400),
     Code.ENVIRONMENT_NAME_TAKEN: Spec(Fatal.NO, None, 409),
-    Code.UNRESTRICTED_NETWORK_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
+    Code.UNRESTRICTED_NETWORK_NOT_ALLOWED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.PACKAGES_NOT_SUPPORTED: Spec(Fatal.NO, None, 400),
-    Code.NOT_SUPPORTED: Spec(Fatal.NO, None, 501),
+    Code.NOT_SUPPORTED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 501),
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     # The sessions API (HTTP): an archived session is read-only.
     Code.SESSION_ARCHIVED: Spec(Fatal.NO, None, 400),

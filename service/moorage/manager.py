@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from claude_agent_sdk.types import SessionKey
 from moorage_session_store.records import SessionRecord
 
 from .egress import socket_base
+from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .metrics import SWEPT_KINDS
 from .sandbox.uids import reserving
@@ -120,6 +122,11 @@ class SessionManager:
         self._starting: dict[Session, asyncio.Task[None]] = {}
         self.draining = False
 
+    @functools.cached_property
+    def egress(self) -> EgressConfig:
+        """The operator's side of every session's egress policy (built once, at first use)."""
+        return EgressConfig.of(self.settings, self.deps.backend.name)
+
     async def start(self) -> None:
         await self.recover()
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
@@ -166,19 +173,28 @@ class SessionManager:
         return token
 
     async def create(
-        self, tenant: str, agent: dict[str, Any] | None = None, api: dict[str, Any] | None = None
+        self,
+        tenant: str,
+        agent: dict[str, Any] | None = None,
+        environment: dict[str, Any] | None = None,
+        api: dict[str, Any] | None = None,
     ) -> Session:
-        """A new session, its sandbox starting. ``agent``: the pinned agent version
-        (``agents.runner_agent``); ``api``: the HTTP view's fields (``ma_sessions``), whose
-        ``budget_cents`` caps what the session may spend."""
+        """A new session, its sandbox starting, running ``agent`` (a pinned
+        ``agents.runner_agent``; None: the operator's default) in ``environment`` (``{"id": env_id,
+        "spec": stored spec}``; None: the operator's egress, ``MOORAGE_EGRESS_ALLOW``). ``api``: the
+        HTTP view's fields (``ma_sessions``), whose ``budget_cents`` caps what the session may
+        spend. Refuses an environment this server cannot honour now."""
         session_id = str(uuid.uuid4())
         self.check_draining()
+        egress = session_policy(environment, agent, self.egress)  # before anything is stored
         await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
         try:
             options: dict[str, Any] = {"max_turns": self.settings.max_turns}
             if agent is not None:
                 options["agent"] = agent  # the whole version: rehydration needs no agents read
+            if environment is not None:
+                options["environment"] = environment  # its spec as it is now: the same egress after rehydration
             pinned = (str(agent["id"]), int(agent["version"])) if agent is not None else None
             await self.records.create(session_id, tenant, options, api=api, agent=pinned)
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
@@ -188,7 +204,16 @@ class SessionManager:
             if isinstance(exc, STORE_ERRORS):
                 raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
-        session = Session(session_id, tenant, self.deps, self._closed, agent=agent, budget_usd=budget_usd(api))
+        session = Session(
+            session_id,
+            tenant,
+            self.deps,
+            self._closed,
+            agent=agent,
+            environment=environment,
+            egress=egress,
+            budget_usd=budget_usd(api),
+        )
         return self._launch(session, token)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
@@ -266,6 +291,8 @@ class SessionManager:
             if record is None or record.tenant != tenant or record.state == "closed":
                 # Another tenant's session answers exactly like an unknown one.
                 raise _not_found()
+            pinned, environment = record.options.get("agent"), record.options.get("environment")
+            egress = session_policy(environment, pinned, self.egress)  # the operator may have changed since
             if not await self.records.acquire_lease(session_id, self.deps.replica, self.settings.lease_ttl_s):
                 raise SessionError(
                     "the session is running on another replica; try again", code=Code.SESSION_LOCKED, fatal=True
@@ -277,7 +304,6 @@ class SessionManager:
         except STORE_ERRORS as exc:
             raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
         log.info("session_rehydrating", session_id=session_id, tenant=tenant, resume=resume)
-        pinned = record.options.get("agent")  # the agent version it started with
         session = Session(
             session_id,
             tenant,
@@ -286,7 +312,9 @@ class SessionManager:
             True,
             resume,
             record.cost_usd,
-            agent=pinned,
+            agent=pinned,  # the agent version it started with
+            environment=environment,
+            egress=egress,
             budget_usd=budget_usd(record.api),
         )
         await self._storage_notices(session, record.options)

@@ -125,7 +125,7 @@ class Metrics:
         )
         self.egress_connections = Counter(
             "moorage_egress_connections_total",
-            "Tunnel connections from sandboxes (MOORAGE_EGRESS_ALLOW), by verdict.",
+            "Tunnel CONNECTs from sandboxes (their session's egress policy), by verdict.",
             ["verdict"],
             registry=r,
         )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .bounded import sdk_buffer_bytes
 from .channel import ChannelViolation, Garbage, Reason, Restore, Restored, Rpc, RunnerError, ServiceFrame, Start
 from .channel import Ready as ReadyFrame
+from .egress_policy import describe
 from .errors import STORE_ERRORS, Code, SandboxError, store_unavailable
 from .pool import start_loaded
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET
@@ -46,6 +47,8 @@ async def start_sandbox(session: Session) -> float:
             session.id,
         )
     session.sandbox, session.sandbox_id, session.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
+    if session.proxy.tunnel is not None:  # before its runner is started: it allowed nothing until now
+        session.proxy.tunnel.allow(session.sandbox_id, session.egress)
     session.deps.accounting.ledgers[session.sandbox_id] = session.ledger
     session.deps.spans.register(session.sandbox_id, session.emit)
     handle = {**session.sandbox.handle, "workspace": str(session.workspace)}
@@ -67,6 +70,8 @@ async def start_sandbox(session: Session) -> float:
         warm=warm,
         sandbox_id=session.sandbox_id,
         rehydrated=session.rehydrate,
+        environment_id=(session.environment or {}).get("id"),
+        **describe(session.egress),
     )
     return started_s
 
@@ -86,7 +91,8 @@ def _start_frame(session: Session) -> Start:
         options["include_partial_messages"] = True
     if session.agent is not None and session.agent.get("max_turns"):
         options["max_turns"] = min(settings.max_turns, int(session.agent["max_turns"]))
-    tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None else None
+    # HTTPS_PROXY only where the tunnel lets something through (its socket is there either way).
+    tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None and not session.egress.allows_nothing else None
     return Start(
         options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent or session.agent_tools.wire()
     )

@@ -67,6 +67,7 @@ from .session_end import STOP_GRACE_S, crash_error, wind_down
 from .session_start import start_sandbox
 from .settings import Settings
 from .transcripts import TranscriptSink
+from .tunnel import NO_EGRESS, Policy
 from .workspaces import Checkpoints
 
 log = structlog.get_logger(__name__)
@@ -111,10 +112,14 @@ class Session:
         resume: bool = False,
         prior_cost_usd: float = 0.0,
         agent: dict[str, Any] | None = None,
+        environment: dict[str, Any] | None = None,
+        egress: Policy = NO_EGRESS,
         budget_usd: float | None = None,
     ) -> None:
         self.id = session_id
         self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
+        self.environment = environment  # {"id", "spec"} as pinned at creation, or None
+        self.egress = egress  # what its sandbox may reach through the tunnel (egress_policy.session_policy)
         self.tenant = tenant
         self.deps = deps
         self.settings = settings = deps.settings

@@ -101,7 +101,8 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
         )
     version = str(spec.agent.version) if spec.agent.version is not None else None
     agent = await session_agent(Agents(services.db), tenant, spec.agent.id, version)
-    session = await services.sessions.create(tenant, agent, api=spec.api_fields())
+    environment = {"id": env.id, "spec": env.spec}  # its egress (egress_policy.py), kept for rehydration
+    session = await services.sessions.create(tenant, agent, environment=environment, api=spec.api_fields())
     log.info(
         "session_created", session_id=session.id, tenant=tenant, view="http", initial_events=len(spec.initial_events)
     )

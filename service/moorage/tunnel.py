@@ -1,15 +1,21 @@
-"""Opt-in egress beyond the model: an HTTPS tunnel to allowlisted domains.
+"""Egress beyond the model: an HTTPS tunnel to the hosts a sandbox's policy allows.
 
-Sandboxes have no network. With ``MOORAGE_EGRESS_ALLOW`` set (say
-``pypi.org,files.pythonhosted.org``) each sandbox also gets a tunnel socket
-next to its model socket; the runner bridges it to a loopback port and points
-``HTTPS_PROXY`` at it, so ``pip``, ``curl`` or ``git`` reach those hosts and
-nothing else. The tunnel speaks the one thing such clients send a proxy for
-HTTPS, ``CONNECT host:port``, and opens the connection only when
+Sandboxes have no network. Each sandbox also gets a tunnel socket next to its
+model socket, and the tunnel holds one ``Policy`` per sandbox: none (every
+``CONNECT`` refused) from the moment the socket is opened, until the session
+that claims the sandbox sets its own (``allow``) before its runner is started
+(``egress_policy.session_policy``: the environment's hosts, or the operator's
+``MOORAGE_EGRESS_ALLOW`` for a session without an environment, say
+``pypi.org,files.pythonhosted.org``). When a policy allows anything, the runner
+bridges the socket to a loopback port and points ``HTTPS_PROXY`` at it, so
+``pip``, ``curl`` or ``git`` reach those hosts and nothing else. The tunnel
+speaks the one thing such clients send a proxy for HTTPS, ``CONNECT
+host:port``, and opens the connection only when
 
-- the host matches the allowlist (``example.com`` exactly, ``*.example.com``
-  for its subdomains) and the port is 443 (or the one the entry names:
-  ``example.com:8443``);
+- the sandbox's policy allows the host: it matches a rule (``example.com``
+  exactly, ``*.example.com`` for its subdomains) and the port is 443 (or the
+  one the rule names: ``example.com:8443``), or the policy is unrestricted
+  (any host and port);
 - every address the name resolves to is a public one (no loopback, private,
   link-local or metadata address: a name that resolves inward is refused, so
   DNS cannot be used to reach the host's own services), or lies in a network
@@ -60,18 +66,45 @@ class Rule:
         return host == self.host
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What one sandbox may reach through the tunnel: hosts matching ``rules``, or with
+    ``any_host`` every host and port (the addresses are checked either way)."""
+
+    rules: tuple[Rule, ...] = ()
+    any_host: bool = False
+
+    @property
+    def allows_nothing(self) -> bool:
+        return not self.any_host and not self.rules
+
+    def allows(self, host: str, port: int) -> bool:
+        return self.any_host or any(rule.matches(host, port) for rule in self.rules)
+
+
+NO_EGRESS = Policy()  # a sandbox's policy until its session sets one
+
+
+def parse_rule(raw: str) -> Rule | None:
+    """One ``host[:port]`` entry (None for a blank one); ``ValueError`` if malformed."""
+    entry = raw.strip().lower()
+    host, sep, port = entry.partition(":")
+    host = host.rstrip(".")
+    if not entry:
+        return None
+    bad_wildcard = host.count("*") and not (host.startswith("*.") and host.count("*") == 1)
+    bad_port = sep and (not port.isdigit() or not 0 < int(port) < 65536)
+    if not host or "/" in host or bad_wildcard or bad_port:
+        raise ValueError(f"bad egress entry {raw.strip()!r}: use host, *.domain or host:port")
+    return Rule(host, int(port) if sep else 443)
+
+
 def parse_allowlist(text: str) -> tuple[Rule, ...]:
     """``MOORAGE_EGRESS_ALLOW``: comma-separated ``host[:port]`` entries."""
-    rules = []
-    for raw in text.split(","):
-        entry = raw.strip().lower().rstrip(".")
-        if not entry:
-            continue
-        host, _, port = entry.partition(":")
-        if not host or "/" in host or (host.count("*") and not (host.startswith("*.") and host.count("*") == 1)):
-            raise ValueError(f"bad MOORAGE_EGRESS_ALLOW entry {raw.strip()!r}: use host, *.domain or host:port")
-        rules.append(Rule(host, int(port) if port else 443))
-    return tuple(rules)
+    try:
+        return tuple(rule for raw in text.split(",") if (rule := parse_rule(raw)) is not None)
+    except ValueError as exc:
+        raise ValueError(f"MOORAGE_EGRESS_ALLOW: {exc}") from None
 
 
 def parse_connect(head: bytes) -> tuple[str, int] | None:
@@ -151,43 +184,48 @@ def reachable(addresses: list[str], networks: tuple[Network, ...] = ()) -> bool:
 
 
 class Tunnel:
-    """One unix socket per sandbox; see the module docstring."""
+    """One unix socket per sandbox, each with its own ``Policy``; see the module docstring."""
 
     def __init__(
         self,
         socket_dir: Path,
-        rules: tuple[Rule, ...],
         on_verdict: Callable[[str, bool], None] | None = None,
         networks: tuple[Network, ...] = (),
         connections_per_sandbox: int = 32,
         head_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.socket_dir = socket_dir
-        self.rules = rules
         self.networks = networks
         self.on_verdict = on_verdict  # (sandbox_id, allowed), for metrics
         self.cap = connections_per_sandbox
         self.head_timeout_s = head_timeout_s
         self.open_connections: dict[str, int] = {}
         self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
+        self._policies: dict[str, Policy] = {}
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.rules)
+    def policy(self, sandbox_id: str) -> Policy:
+        return self._policies.get(sandbox_id, NO_EGRESS)
 
-    def allowed(self, host: str, port: int) -> bool:
-        return any(rule.matches(host, port) for rule in self.rules)
+    def allow(self, sandbox_id: str, policy: Policy) -> None:
+        """Set what an open sandbox's connections may reach from now on (its session's policy,
+        set when the session claims it, before its runner starts)."""
+        if sandbox_id not in self._servers:
+            raise KeyError(f"no tunnel is open for sandbox {sandbox_id}")
+        self._policies[sandbox_id] = policy
 
     async def open(self, sandbox_id: str) -> Path:
+        """The sandbox's socket; it allows nothing until ``allow`` is called."""
         path = self.socket_dir / f"{secrets.token_hex(8)}.tunnel.sock"
         server = await asyncio.start_unix_server(
             lambda r, w: self._admit(sandbox_id, r, w), str(path), limit=MAX_HEADER_BYTES
         )
         os.chmod(path, 0o666)
         self._servers[sandbox_id] = (server, path)
+        self._policies[sandbox_id] = NO_EGRESS
         return path
 
     async def close_sandbox(self, sandbox_id: str) -> None:
+        self._policies.pop(sandbox_id, None)
         entry = self._servers.pop(sandbox_id, None)
         if entry is None:
             return
@@ -245,10 +283,10 @@ class Tunnel:
         self, sandbox_id: str, host: str, port: int, writer: asyncio.StreamWriter
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         bound = log.bind(sandbox_id=sandbox_id, host=host, port=port)
-        if not self.allowed(host, port):
+        if not self.policy(sandbox_id).allows(host, port):
             bound.info("egress_refused", reason="not_allowlisted")
             self._verdict(sandbox_id, False)
-            await _refuse(writer, 403, f"{host}:{port} is not in MOORAGE_EGRESS_ALLOW")
+            await _refuse(writer, 403, f"{host}:{port} is not allowed for this session")
             return None
         loop = asyncio.get_running_loop()
         try:

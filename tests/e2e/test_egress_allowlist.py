@@ -79,10 +79,28 @@ async def test_an_allowlisted_name_that_resolves_inward_is_refused(model: Script
         await client.close()
 
 
-async def test_without_an_allowlist_the_sandbox_has_no_proxy_at_all(model: ScriptedModelServer) -> None:
-    """By default there is no tunnel: no proxy variable, nothing to connect to."""
+# Runs inside the sandbox: a CONNECT straight to the tunnel's socket, whatever $HTTPS_PROXY says.
+DIRECT = """
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect("/run/moorage/tunnel.sock")
+s.sendall(b"CONNECT example.com:443 HTTP/1.1\\r\\n\\r\\n")
+print("direct ->", s.recv(4096).decode(errors="replace").split("\\r\\n")[0])
+"""
+
+
+async def test_without_an_allowlist_the_sandbox_has_no_proxy_and_the_tunnel_refuses_all(
+    model: ScriptedModelServer,
+) -> None:
+    """By default a sandbox gets no proxy variable, and its tunnel socket (every sandbox has one:
+    a session's environment may open hosts, tests/integration/test_environment_egress.py) refuses
+    every CONNECT."""
     with run_service(model.url) as svc:
         client = await Client.connect(svc)
-        out = tool_output(await client.turn("bash echo proxy=${HTTPS_PROXY:-none}; ls /run/moorage"))
-        assert "proxy=none" in out and "tunnel.sock" not in out
+        script = base64.b64encode(DIRECT.encode()).decode()
+        command = f"bash echo proxy=${{HTTPS_PROXY:-none}}; echo {script} | base64 -d | python3"
+        out = tool_output(await client.turn(command))
+        assert "proxy=none" in out and "direct -> HTTP/1.1 403 Forbidden" in out
+        assert not events(svc, "egress_allowlist")
         await client.close()

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from moorage.egress import ModelProxy, ProxyLimits
 from moorage.egress_port import ProxyPort
-from moorage.tunnel import Tunnel, parse_allowlist
+from moorage.tunnel import Policy, Tunnel, parse_allowlist
 from support import scaled, serve_messages
 
 MiB = 1024 * 1024
@@ -198,12 +198,7 @@ async def test_slowloris_on_one_sandbox_is_capped_cut_and_harmless_to_others(
     head = b"POST /v1/messages HTTP/1.1\r\nHost: model\r\nContent-Type: application/json\r\nX-Pad: " + b"a" * 200
     try:
         if front == "tunnel socket":
-            proxy.tunnel = Tunnel(
-                proxy.socket_dir,
-                parse_allowlist("example.com"),
-                connections_per_sandbox=CAP,
-                head_timeout_s=deadline_s,
-            )
+            proxy.tunnel = Tunnel(proxy.socket_dir, connections_per_sandbox=CAP, head_timeout_s=deadline_s)
         victim = await proxy.open("victim")
         other = await proxy.open("other")
         if front == "tcp port":
@@ -217,6 +212,7 @@ async def test_slowloris_on_one_sandbox_is_capped_cut_and_harmless_to_others(
         elif front == "tunnel socket":
             assert proxy.tunnel is not None
             tunnel_sock = await proxy.tunnel.open("victim")
+            proxy.tunnel.allow("victim", Policy(parse_allowlist("example.com")))
             await proxy.tunnel.open("other")
             baseline = fds()
             child = await slowloris(

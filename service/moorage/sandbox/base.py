@@ -46,8 +46,9 @@ class SandboxSpec:
     workspace: Path
     model_socket: Path
     labels: dict[str, str] = field(default_factory=dict)
-    # The egress tunnel (tunnel.py), only with MOORAGE_EGRESS_ALLOW set;
-    # mounted at TUNNEL_SOCKET like the model socket at MODEL_SOCKET.
+    # The egress tunnel's socket (tunnel.py), mounted at TUNNEL_SOCKET like the model socket at
+    # MODEL_SOCKET (local, docker; Kubernetes pods cannot reach it). It allows nothing until the
+    # session that claims the sandbox sets its policy (egress_policy.py). None: no tunnel.
     tunnel_socket: Path | None = None
 
 

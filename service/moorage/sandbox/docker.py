@@ -5,7 +5,7 @@ with no network at all (``NetworkMode: none``), a read-only root, private
 tmpfs for /tmp and HOME, the session's workspace bind-mounted read-write at
 /workspace (as root: a tmpfs of ``MOORAGE_WORKSPACE_MAX_BYTES`` mounted on the
 host first, ``local.mount_workspace``, so a filler gets ENOSPC) and the model
-proxy's unix socket at ``MODEL_SOCKET``: its only way out (plus the egress tunnel's socket, when one is configured). All
+proxy's unix socket at ``MODEL_SOCKET``: its only way out (plus the egress tunnel's socket at ``TUNNEL_SOCKET``). All
 capabilities are dropped, ``no-new-privileges`` is set, memory (no swap),
 pids and CPU are limited. The image's entrypoint, tini, is pid 1: it reaps
 the agent's orphans and forwards signals to the runner. Container logs are
@@ -98,7 +98,7 @@ def container_config(
     if etc_dir is not None:
         for name in ("passwd", "group"):
             mounts.append({"Type": "bind", "Source": str(etc_dir / name), "Target": f"/etc/{name}", "ReadOnly": True})
-    if spec.tunnel_socket is not None:  # the opt-in egress tunnel (MOORAGE_EGRESS_ALLOW)
+    if spec.tunnel_socket is not None:  # the egress tunnel (its session's policy: egress_policy.py)
         mounts.append({"Type": "bind", "Source": str(spec.tunnel_socket), "Target": TUNNEL_SOCKET, "ReadOnly": True})
     return {
         "Image": image,
