@@ -12,6 +12,7 @@ import pytest
 import structlog
 from moorage.channel import Phase, Ready, RunnerChannel
 from moorage.metrics import Metrics
+from moorage.model_spans import ModelSpans
 from moorage.pending import AgentTools
 from moorage.pool import Loaded
 from moorage.session_start import start_sandbox
@@ -62,7 +63,7 @@ def session(egress: Policy, tunnel: Tunnel | None) -> tuple[Session, WarmSandbox
         settings=settings,
         pool=SimpleNamespace(take=lambda: loaded),
         proxy=SimpleNamespace(tunnel=tunnel),
-        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={})),
+        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans()),
         ledger=object(),
         records=Records(),
         rehydrate=False,
@@ -77,6 +78,7 @@ def session(egress: Policy, tunnel: Tunnel | None) -> tuple[Session, WarmSandbox
         metrics=Metrics(()),
         backend=SimpleNamespace(name="local"),
         log=structlog.get_logger("test"),
+        emit=lambda frame: None,
     )
     return cast(Session, fake), sandbox
 
