@@ -44,10 +44,10 @@ $(STAMP): service/pyproject.toml container/pyproject.toml session-store/pyprojec
 
 run: deps venv
 	@[ -n "$$ANTHROPIC_API_KEY" ] || echo "WARNING: ANTHROPIC_API_KEY is not set; model calls will fail. 'make demo' runs against the scripted model."
-	$(PY) -m moorage serve
+	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage serve
 
 demo: deps venv
-	$(PY) -m moorage demo
+	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage demo
 
 chat: venv
 	$(PY) -m moorage chat
