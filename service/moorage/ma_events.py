@@ -225,6 +225,7 @@ class Projector:
         self._idle_reason: str | None = None  # the stop_reason type of the last idle, None if running/never
         self._turns_due = 0  # user messages logged whose turn has not ended (results not yet logged)
         self._spans: dict[str, str] = {}  # model request id → its span.model_request_start event id
+        self._ends: list[Json] = []  # span ends held back until the message they end is shown
 
     @property
     def waiting(self) -> list[Waiting]:
@@ -240,6 +241,12 @@ class Projector:
         self.last_seq = frame.seq
         out = _Out(frame.seq, frame.created_at)
         body = frame.body
+        # A response ends at the proxy before the CLI writes it to the log: during a turn, its span
+        # end waits for the session's next assistant frame (and goes after it, the hosted order
+        # of §6.6), or goes before any other frame (a tool result, the turn's result, an error).
+        message_frame = frame.type == "assistant" and not body.get("parent_tool_use_id")
+        if self._ends and frame.type != "model_request_end" and not message_frame:
+            self._flush_ends(out)
         match frame.type:
             case "user_message":
                 message = body.get("message")
@@ -273,6 +280,8 @@ class Projector:
                 self._span_end(body, out)
             case _:
                 pass  # queued, other system notices: no Managed Agents event
+        if message_frame:
+            self._flush_ends(out)
         return out.events
 
     def project_all(self, frames: Iterable[Logged]) -> list[MaEvent]:
@@ -297,12 +306,21 @@ class Projector:
     def _span_end(self, body: Json, out: _Out) -> None:
         ident = str(body.get("id", ""))
         start = self._spans.pop(ident, ident)  # unknown: its start is not in the log (retention)
-        out.add(
-            "span.model_request_end",
-            model_request_start_id=start,
-            model_usage=model_usage(body.get("usage")),
-            is_error=body.get("is_error") is True,
+        self._ends.append(
+            {
+                "model_request_start_id": start,
+                "model_usage": model_usage(body.get("usage")),
+                "is_error": body.get("is_error") is True,
+            }
         )
+        del self._ends[:-MAX_OPEN_SPANS]
+        if not self.turn_open or self._waiting:  # no message of this turn is due: shown now
+            self._flush_ends(out)
+
+    def _flush_ends(self, out: _Out) -> None:
+        for fields in self._ends:
+            out.add("span.model_request_end", **fields)
+        self._ends.clear()
 
     def _assistant(self, body: Json, out: _Out) -> None:
         message = body.get("message")

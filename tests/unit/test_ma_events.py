@@ -534,3 +534,22 @@ def test_a_subagents_messages_stay_off_the_session_but_its_approvals_surface() -
     assert uses[1]["id"] == "sevt_000000000004" and uses[1]["evaluated_permission"] == "ask"
     assert of(events, "user.tool_confirmation")[0]["tool_use_id"] == uses[1]["id"]
     assert [r["tool_use_id"] for r in of(events, "agent.tool_result")] == [uses[0]["id"]]
+
+
+def test_a_span_ends_after_the_message_its_response_carried() -> None:
+    """The proxy sees a response end before the CLI logs the message it carried; the projection
+    keeps the hosted order (§6.6): start, the message (or tool use), end — then the tool result."""
+    text = {"type": "text", "text": "hi"}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "true"}}
+    answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+    said = Projector().project_all(frames_of(SAY, INIT, start(), end(), assistant(text), result()))
+    assert types(said)[2:5] == ["span.model_request_start", "agent.message", "span.model_request_end"]
+    used = Projector().project_all(frames_of(SAY, INIT, start(), end(), assistant(call), tool_results(answer)))
+    assert types(used)[2:] == [
+        "span.model_request_start",
+        "agent.tool_use",
+        "span.model_request_end",
+        "agent.tool_result",
+    ]
+    late = Projector().project_all(frames_of(SAY, INIT, start(), assistant(text), end(), result()))
+    assert types(late)[2:5] == ["span.model_request_start", "agent.message", "span.model_request_end"]
