@@ -175,13 +175,17 @@ async def _frames(services: Services, projection: Projection, kinds: list[str]) 
                 return
             out: list[bytes] = []
             try:
-                for item in listener.take() or [0]:
-                    await projection.catch_up(store)  # a preview goes after the frames before it
-                    out += [sse.encode_event(e) for e in projection.events[sent:]]
-                    sent = len(projection.events)
-                    if isinstance(item, dict):
+                items: list[int | dict[str, Any] | None] = [*listener.take()] or [None]
+                for item in items:
+                    if isinstance(item, dict):  # a preview: after the durable frames before it, read already
                         next_id = event_id(projection.projector.last_seq + 1)
                         out += [sse.encode(frame) for frame in preview.feed(item, next_id)]
+                        continue
+                    # News up to seq ``item`` (not further: a preview queued after it must not be
+                    # overtaken by the message it previews), or a poll (everything there is).
+                    await projection.catch_up(store, item)
+                    out += [sse.encode_event(e) for e in projection.events[sent:]]
+                    sent = len(projection.events)
             except STORE_ERRORS as exc:
                 log.warning("event_stream_read_failed", session_id=projection.session_id, error=type(exc).__name__)
             if out:

@@ -49,14 +49,16 @@ class Projection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # streams holding it
 
-    async def catch_up(self, store: EventStore) -> None:
-        """Project what the log holds past what was projected (one reader at a time)."""
+    async def catch_up(self, store: EventStore, upto: int | None = None) -> None:
+        """Project what the log holds past what was projected, up to seq ``upto`` if given (one
+        reader at a time)."""
         async with self.lock:
-            while True:
-                frames = await store.read(self.session_id, self.projector.last_seq, MAX_PAGE)
+            while upto is None or self.projector.last_seq < upto:
+                want = MAX_PAGE if upto is None else min(MAX_PAGE, upto - self.projector.last_seq)
+                frames = await store.read(self.session_id, self.projector.last_seq, want)
                 for frame in frames:
                     self.events.extend(self.projector.project(frame))
-                if len(frames) < MAX_PAGE:
+                if len(frames) < want:
                     return
 
     def index_of(self, event_id: str) -> int | None:

@@ -188,18 +188,19 @@ def test_an_approval_allowed_and_one_denied(svc: Service) -> None:
 
 
 def test_interrupt_ends_the_running_turn(svc: Service) -> None:
-    """A long turn, interrupted: the stream ends it at idle (``end_turn``) well before the model
-    would have answered; an interrupt with nothing running is accepted and changes nothing."""
+    """A long turn, interrupted: the stream ends it at idle (``end_turn``) without the model's
+    answer; an interrupt with nothing running is accepted and changes nothing."""
     api = client(svc)
     agent_id, env_id = setup(api, name="Sleeper")
     session = api.beta.sessions.create(agent=agent_id, environment_id=env_id)
     with api.beta.sessions.events.stream(session.id) as stream:
-        api.beta.sessions.events.send(session.id, events=[say("sleep 60")])
+        api.beta.sessions.events.send(session.id, events=[say("sleep 20")])
         until(stream, "session.status_running")
         echo = api.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
         assert echo.data is not None and echo.data[0].type == "user.interrupt"
         events = until(stream, "session.status_idle", timeout=30)
     assert events[-1].stop_reason.type == "end_turn"
+    assert not [e for e in events if e.type == "agent.message" and text(e) == "slept"]  # cut short
     api.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])  # idle: a no-op
 
 
