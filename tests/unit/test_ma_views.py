@@ -222,6 +222,21 @@ async def test_catch_up_on_a_log_of_whole_pages_reads_one_empty_page(monkeypatch
     assert store.reads == [(0, 2), (2, 2), (4, 2)] and len(projection.events) == 4
 
 
+async def test_catch_up_to_a_seq_reads_no_further() -> None:
+    """A stream catching up to the news before a preview must not read the message the preview
+    is for (it is in the store already): ``upto`` stops there, and nothing is read when there."""
+    store = MemoryStore()
+    store.add(*[said(str(n)) for n in range(5)])
+    projection = Projection("s1", Projector(TOOLS))
+    await projection.catch_up(store, 3)
+    assert [e.id for e in projection.events] == [event_id(seq) for seq in (1, 2, 3)]
+    store.reads.clear()
+    await projection.catch_up(store, 2)
+    assert store.reads == [] and len(projection.events) == 3
+    await projection.catch_up(store)
+    assert len(projection.events) == 5
+
+
 async def test_concurrent_catch_ups_project_each_frame_once() -> None:
     store = MemoryStore()
     store.add(said("a"), said("b"))
