@@ -89,7 +89,7 @@ class HttpSession:
     @staticmethod
     async def _events(stream: AsyncStream[Any]) -> AsyncIterator[Message]:
         async for event in stream:
-            yield event.to_dict()
+            yield event.to_dict(mode="json")
 
     async def send(self, text: str) -> None:
         await self.api.client.beta.sessions.events.send(self.session_id, events=[user_event(text)])
