@@ -228,6 +228,8 @@ def service_env(warm: int) -> dict[str, str]:
         "MOORAGE_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
         "MOORAGE_SANDBOX_UID_COUNT": str(SANDBOX_UID_COUNT),
         "MOORAGE_WARM_SANDBOXES": str(warm),
+        # The sides' turns all count against tenant "default": no 429 mid-run (default 120/min).
+        "MOORAGE_TURNS_PER_MINUTE_PER_TENANT": "100000",
     }
 
 
