@@ -31,6 +31,12 @@ starting and driving the Claude Code CLI, not model latency.
     conversation is run ``--conversations`` times per side (default 3,
     interleaved) and each side's total is the median. Per-turn median over
     all turns, and the ratio of the totals (target <= 1.10x).
+    A third side runs the same conversations, interleaved, through the
+    Managed Agents HTTP API of the same service with the official
+    ``anthropic`` client (``bench_sse``): a turn is ``events.send`` until
+    the turn's ``session.status_idle`` on the session's already open event
+    stream (SSE). Its per-turn p50 and p95 and its total are shown beside
+    the two others, with its ratios to each (no target).
 
 Writes ``--out`` (default bench/results.json, with every sample, the host's
 load average, and any warning lines from the service's log) and prints a
@@ -56,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import hostprobe
+from bench_sse import HttpApi, HttpSession, failed, is_idle, sse_report, sse_table
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 from moorage.testing.scripted_model import ScriptedModelServer
 from websockets.asyncio.client import ClientConnection, connect
@@ -122,7 +129,7 @@ async def read_until(
         async for message in stream:
             if message.get("type") == "error":
                 raise BenchError(f"error frame while waiting for {what}: {json.dumps(message)[:300]}")
-            if is_result(message) and message.get("is_error"):
+            if (is_result(message) and message.get("is_error")) or failed(message):
                 raise BenchError(f"turn failed while waiting for {what}: {json.dumps(message)[:300]}")
             if done(message):
                 return message
@@ -135,12 +142,13 @@ async def read_until(
 
 
 def summary(samples: list[float]) -> dict[str, float]:
-    """Median and p90 (inclusive linear interpolation), in seconds."""
+    """Median, p90 and p95 (inclusive linear interpolation), in seconds."""
     ordered = sorted(samples)
-    p90 = statistics.quantiles(ordered, n=10, method="inclusive")[8] if len(ordered) > 1 else ordered[0]
+    cuts = statistics.quantiles(ordered, n=20, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 19
     return {
         "median_s": round(statistics.median(ordered), 4),
-        "p90_s": round(p90, 4),
+        "p90_s": round(cuts[17], 4),
+        "p95_s": round(cuts[18], 4),
         "min_s": round(ordered[0], 4),
         "max_s": round(ordered[-1], 4),
     }
@@ -220,6 +228,8 @@ def service_env(warm: int) -> dict[str, str]:
         "MOORAGE_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
         "MOORAGE_SANDBOX_UID_COUNT": str(SANDBOX_UID_COUNT),
         "MOORAGE_WARM_SANDBOXES": str(warm),
+        # The sides' turns all count against tenant "default": no 429 mid-run (default 120/min).
+        "MOORAGE_TURNS_PER_MINUTE_PER_TENANT": "100000",
     }
 
 
@@ -268,9 +278,22 @@ class ServiceSession:
                 await asyncio.wait_for(self.ws.close(), 10)
 
 
+class SseSession(HttpSession):
+    """One session over the HTTP API: ``events.send``, its event stream (``bench_sse``)."""
+
+    async def until(self, done: Callable[[Message], bool], limit_s: float, what: str) -> Message:
+        assert self.messages is not None
+        return await read_until(self.messages, done, limit_s, what)
+
+
 # -- measurements ----------------------------------------------------------------
 
-Session = DirectSession | ServiceSession
+Session = DirectSession | ServiceSession | SseSession
+
+
+def turn_over(message: Message) -> bool:
+    """A turn's end: its ``result`` (SDK, WebSocket) or ``session.status_idle`` (HTTP API)."""
+    return is_result(message) or is_idle(message)
 
 
 async def cold_start(session: Session) -> tuple[float, float]:
@@ -293,12 +316,12 @@ async def conversation(session: Session, turns: int) -> list[float]:
     try:
         await session.connect()
         await session.send(PROMPT)
-        await session.until(is_result, START_TIMEOUT_S, "the warm-up result")
+        await session.until(turn_over, START_TIMEOUT_S, "the warm-up result")
         times: list[float] = []
         for turn in range(turns):
             t0 = time.perf_counter()
             await session.send(PROMPT)
-            await session.until(is_result, TURN_TIMEOUT_S, f"the result of turn {turn + 1}")
+            await session.until(turn_over, TURN_TIMEOUT_S, f"the result of turn {turn + 1}")
             times.append(time.perf_counter() - t0)
     finally:
         await session.close()
@@ -338,19 +361,27 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
 
     direct_turns: list[list[float]] = []
     service_turns: list[list[float]] = []
-    for i in range(args.conversations):
-        with temp_dir("moorage-bench-direct-") as scratch:
-            direct_turns.append(await conversation(DirectSession(model_url, scratch), args.turns))
-        service_turns.append(await conversation(ServiceSession(service), args.turns))
-        await wait_no_sandboxes(service, args.warm)
-        log(
-            f"conversation {i + 1}/{args.conversations}, {args.turns} turns: "
-            f"direct {sum(direct_turns[-1]):.3f}s  service {sum(service_turns[-1]):.3f}s"
-        )
+    sse_turns: list[list[float]] = []
+    api = await HttpApi.open(service.url)
+    try:
+        for i in range(args.conversations):
+            with temp_dir("moorage-bench-direct-") as scratch:
+                direct_turns.append(await conversation(DirectSession(model_url, scratch), args.turns))
+            service_turns.append(await conversation(ServiceSession(service), args.turns))
+            await wait_no_sandboxes(service, args.warm)
+            sse_turns.append(await conversation(SseSession(api), args.turns))
+            await wait_no_sandboxes(service, args.warm)
+            log(
+                f"conversation {i + 1}/{args.conversations}, {args.turns} turns: "
+                f"direct {sum(direct_turns[-1]):.3f}s  service {sum(service_turns[-1]):.3f}s  "
+                f"http+sse {sum(sse_turns[-1]):.3f}s"
+            )
+    finally:
+        await api.close()
 
     return {
         "cold_start": cold_start_report(direct_init, service_init, direct_result, service_result),
-        "conversation": conversation_report(direct_turns, service_turns),
+        "conversation": conversation_report(direct_turns, service_turns, sse_turns),
     }
 
 
@@ -371,19 +402,21 @@ def cold_start_report(
     }
 
 
-def conversation_report(direct: list[list[float]], service: list[list[float]]) -> dict[str, Any]:
-    """Per side: the median of the conversations' totals, per-turn figures over all turns."""
+def conversation_side(conversations: list[list[float]]) -> dict[str, Any]:
+    """One side: the median of the conversations' totals, per-turn figures over all turns."""
+    totals = [sum(times) for times in conversations]
+    return {
+        "total_s": round(statistics.median(totals), 4),
+        "totals_s": [round(t, 4) for t in totals],
+        "per_turn": summary([t for times in conversations for t in times]),
+        "per_turn_samples_s": [[round(t, 4) for t in times] for times in conversations],
+    }
 
-    def side(conversations: list[list[float]]) -> dict[str, Any]:
-        totals = [sum(times) for times in conversations]
-        return {
-            "total_s": round(statistics.median(totals), 4),
-            "totals_s": [round(t, 4) for t in totals],
-            "per_turn": summary([t for times in conversations for t in times]),
-            "per_turn_samples_s": [[round(t, 4) for t in times] for times in conversations],
-        }
 
-    d, s = side(direct), side(service)
+def conversation_report(
+    direct: list[list[float]], service: list[list[float]], sse: list[list[float]]
+) -> dict[str, Any]:
+    d, s = conversation_side(direct), conversation_side(service)
     ratio = s["total_s"] / d["total_s"]
     return {
         "what": "sequential turns in one session after a warm-up turn, each until its result; "
@@ -395,6 +428,7 @@ def conversation_report(direct: list[list[float]], service: list[list[float]]) -
         "ratio_of_totals": round(ratio, 3),
         "target_ratio": CONVERSATION_TARGET,
         "pass": ratio <= CONVERSATION_TARGET,
+        "http_sse": sse_report(conversation_side(sse), d, s),
     }
 
 
@@ -447,6 +481,7 @@ def table(results: dict[str, Any]) -> str:
             conv["service"]["per_turn"]["median_s"],
             digits=1,
         ),
+        *sse_table(conv),
     ]
     return "\n".join(lines)
 
