@@ -460,3 +460,35 @@ async def moorage_chat(svc: Service, stdin: str, *args: str) -> subprocess.Compl
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), scaled(90))
     assert proc.returncode is not None
     return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
+
+
+class Recorder:
+    """A subscriber (``protocol.Subscriber``) attached to a session in-process: keeps every frame
+    a client would get, decoded."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def offer(self, text: str) -> bool:
+        self.frames.append(json.loads(text))
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("type") == kind]
+
+    def ended(self) -> bool:
+        """The turn's result came, or a fatal error."""
+        return any(f.get("type") == "result" or (f.get("type") == "error" and f.get("fatal")) for f in self.frames)
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds (bounded by ``timeout``, scaled)."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from moorage.sessions import Session
 from moorage.settings import Settings
 from moorage.testing.scripted_model import ScriptedModelServer
 from moorage.tunnel import NO_EGRESS, Policy, Rule, Tunnel, parse_networks
-from support import REAL_KEY, free_port, scaled, tool_output
+from support import REAL_KEY, Recorder, eventually, free_port, scaled, tool_output
 
 UID_BASE, UID_COUNT = 238_000, 16
 
@@ -110,31 +109,6 @@ async def running(model: ScriptedModelServer, state: Path, **settings: Any) -> A
     app = create_app(config)
     async with app.router.lifespan_context(app):
         yield app.state.services
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + scaled(timeout)
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout):.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-class Recorder:
-    """A subscriber that keeps every frame a client would get."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def offer(self, text: str) -> bool:
-        self.frames.append(json.loads(text))
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        pass
-
-    def ended(self) -> bool:
-        return any(f.get("type") == "result" or (f.get("type") == "error" and f.get("fatal")) for f in self.frames)
 
 
 async def turn(session: Session, prompt: str) -> str:

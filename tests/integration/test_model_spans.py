@@ -9,12 +9,8 @@ Every ``/v1/messages`` request the CLI makes is in the session's log as a
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from moorage.accounting import Accounting
@@ -32,31 +28,7 @@ from moorage.testing.scripted_model import USAGE, ScriptedModelServer
 from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.events import SessionEvents, StoredEvent
 from moorage_session_store.records import SessionRecords
-from support import scaled
-
-
-class Recorder:
-    """A subscriber that keeps every frame a client would get."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def offer(self, text: str) -> bool:
-        self.frames.append(json.loads(text))
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        pass
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f.get("type") == kind]
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + scaled(timeout)
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {scaled(timeout):.0f}s waiting for {what}"
-        await asyncio.sleep(0.05)
+from support import Recorder, eventually, scaled
 
 
 @pytest.fixture
