@@ -81,8 +81,10 @@ class Slowloris:
     async def _one(self) -> None:
         generation = 0
         while True:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            # Timed from before the connect: the server's header clock starts at its accept, which a
+            # busy client loop can see well after the fact (a lifetime measured from then is short).
             opened_at = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             self.opened += 1
             head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
             eof = asyncio.create_task(reader.read(1024))
