@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from . import sse
 from .errors import STORE_ERRORS, Code, ProtocolError
-from .http_api import ApiError, decode_page, encode_page, endpoint, json_body
-from .ma_events import MaEvent, event_id, timestamp
+from .http_api import ApiError, decode_page, encode_page, endpoint, json_body, limit_param
+from .ma_events import event_id, timestamp
 from .ma_query import order_of, select, time_range
 from .ma_sessions import ClientEvent, Confirmation, CustomResult, Interrupt, parse_send
 from .ma_views import POLL_S, Projection
@@ -66,10 +66,7 @@ async def _list(request: Request, tenant: str, records: SessionRecords) -> Respo
         order = order_of(query.get("order"))
     except ValueError as exc:
         raise ApiError(str(exc), code=Code.INVALID_REQUEST) from None
-    raw_limit = query.get("limit", str(DEFAULT_EVENTS_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS_LIMIT:
-        raise ApiError(f"limit must be 1 to {MAX_EVENTS_LIMIT}", code=Code.INVALID_REQUEST)
-    limit = int(raw_limit)
+    limit = limit_param(request, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)
     cursor = decode_page(query.get("page"))
     if cursor is not None and not (len(cursor) == 1 and isinstance(cursor[0], str)):
         raise ApiError("page is not a cursor this list gave", code=Code.INVALID_REQUEST)
@@ -170,8 +167,7 @@ async def _frames(services: Services, projection: Projection, kinds: list[str]) 
         while not services.sessions.draining:
             await listener.wait(POLL_S)
             if listener.ended:
-                deleted = MaEvent("", "session.deleted", datetime.now(UTC))
-                yield sse.encode({"type": deleted.type, "id": "", "processed_at": timestamp(deleted.at)})
+                yield sse.encode({"type": "session.deleted", "id": "", "processed_at": timestamp(datetime.now(UTC))})
                 return
             out: list[bytes] = []
             try:

@@ -85,12 +85,12 @@ def invalid(message: str) -> ApiError:
 # -- query parameters --------------------------------------------------------
 
 
-def limit_param(request: Request) -> int:
+def limit_param(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise invalid(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise invalid(f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
 

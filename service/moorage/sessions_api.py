@@ -34,7 +34,7 @@ from .agents_api import session_agent
 from .errors import STORE_ERRORS, Code, MoorageError
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, next_time_page, time_page, when_param
 from .ma_sessions import MAX_INITIAL_EVENTS, Status, apply_update, parse_create, session_object
-from .manager import is_session_id
+from .manager import budget_usd, is_session_id
 
 if TYPE_CHECKING:
     from .app import Services
@@ -182,8 +182,7 @@ async def _update(request: Request, tenant: str, records: SessionRecords) -> JSO
         raise not_found(session_id)
     live = services.sessions.sessions.get(session_id)
     if live is not None:  # a new budget applies from the next model request
-        cents = (record.api or {}).get("budget_cents")
-        live.ledger.budget_usd = cents / 100 if isinstance(cents, int) else None
+        live.ledger.budget_usd = budget_usd(record.api)
     log.info("session_updated", session_id=session_id, tenant=tenant)
     return JSONResponse(to_object(services, record))
 

@@ -20,8 +20,7 @@ import gc
 import importlib.util
 import shutil
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import generate_latest
-from support import processes_of_uid, scaled
+from support import eventually, processes_of_uid, scaled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -161,15 +160,6 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` (without blocking the loop) until it holds; bounded."""
-    deadline = time.monotonic() + scaled(timeout)
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout):.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def fake_runner_package(root: Path) -> Path:
