@@ -202,6 +202,7 @@ class Tunnel:
         self.open_connections: dict[str, int] = {}
         self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
         self._policies: dict[str, Policy] = {}
+        self._handlers: dict[str, set[asyncio.Task[None]]] = {}  # each open connection's task
 
     def policy(self, sandbox_id: str) -> Policy:
         return self._policies.get(sandbox_id, NO_EGRESS)
@@ -233,6 +234,12 @@ class Tunnel:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        # A listening socket's close leaves its accepted connections open: end them too, so a
+        # closed sandbox keeps no connection to the outside and no transport outlives the tunnel.
+        handlers = self._handlers.pop(sandbox_id, set())
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     async def close(self) -> None:
         for sandbox_id in list(self._servers):
@@ -246,9 +253,14 @@ class Tunnel:
             writer.transport.abort()
             return
         self.open_connections[sandbox_id] = held + 1
+        task = asyncio.current_task()
+        assert task is not None
+        handlers = self._handlers.setdefault(sandbox_id, set())
+        handlers.add(task)
         try:
             await self._serve(sandbox_id, reader, writer)
         finally:
+            handlers.discard(task)
             writer.close()  # a no-op if already closed; a refusal written before still goes out
             left = self.open_connections.get(sandbox_id, 1) - 1
             if left > 0:

@@ -76,16 +76,19 @@ async def echo_ports() -> AsyncIterator[tuple[int, int]]:
     """Two TCP services on the host's loopback (A and B) that answer 'pong:' + what they got."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = await reader.readline()
-        writer.write(b"pong:" + line)
-        await writer.drain()
-        writer.close()
+        try:
+            line = await reader.readline()
+            writer.write(b"pong:" + line)
+            await writer.drain()
+        finally:
+            writer.close()
 
     ports = free_port(), free_port()
     servers = [await asyncio.start_server(serve, "127.0.0.1", port) for port in ports]
     yield ports
     for server in servers:
         server.close()
+        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -237,3 +240,39 @@ async def test_each_sandbox_socket_is_judged_by_its_own_policy(echo_ports: tuple
     finally:
         await tunnel.close()
         tunnel.socket_dir.rmdir()
+
+
+async def test_closing_a_sandbox_ends_its_open_connections() -> None:
+    """A tunnel still open when its sandbox closes is cut at both ends: the outside host sees the
+    connection end and the sandbox's side reads EOF (a closed sandbox keeps no connection out)."""
+    upstream_ended = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # until the tunnel closes its side
+            upstream_ended.set()
+        finally:
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(hold, "127.0.0.1", port)
+    tunnel = Tunnel(Path(tempfile.mkdtemp(prefix="tun-")), networks=parse_networks("127.0.0.0/8"))
+    writer: asyncio.StreamWriter | None = None
+    try:
+        sock = await tunnel.open("one")
+        tunnel.allow("one", Policy((Rule("127.0.0.1", port),)))
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))
+        assert head.startswith(b"HTTP/1.1 200 ")
+        await tunnel.close_sandbox("one")
+        await asyncio.wait_for(upstream_ended.wait(), scaled(10))
+        assert await asyncio.wait_for(reader.read(), scaled(10)) == b""
+        assert not tunnel.open_connections
+    finally:
+        if writer is not None:
+            writer.close()
+        await tunnel.close()
+        tunnel.socket_dir.rmdir()
+        server.close()
+        await server.wait_closed()
