@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from moorage_session_store import Agents, Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
+from moorage_session_store.commands import SessionCommands
 from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,11 +29,13 @@ from .agents_api import routes as agents_routes
 from .agents_api import session_agent
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .bounded import ByteQueue, text_bytes
+from .commands import CommandRouter
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
 from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
+from .events_api import run_command
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
 from .manager import SessionManager
@@ -50,6 +54,7 @@ from .protocol import (
 from .replay import Plan, ReplayGate, parse_after, plan, replay
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
+from .sessions_api import ACCEPT_WAIT_S
 from .sessions_api import routes as sessions_routes
 from .settings import Settings
 from .sweep import socket_prefix
@@ -74,6 +79,7 @@ class Services:
     auth: Authenticator
     turn_limits: TenantBuckets
     projections: Projections  # the HTTP view of session logs (ma_views.py)
+    commands: CommandRouter  # requests for sessions another replica runs (commands.py)
     # Open connections that came in with a database token, by token id.
     token_conns: dict[WsConnection, str] = field(default_factory=dict)
 
@@ -455,9 +461,17 @@ def create_app(settings: Settings) -> Starlette:
             pool.refill()
             turn_limits = TenantBuckets(settings.turns_per_minute_per_tenant / 60, settings.turns_per_minute_per_tenant)
             projections = Projections(deps.events)
-            app.state.services = services = Services(
-                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections
+            commands = CommandRouter(
+                SessionCommands(db),
+                records,
+                settings.replica,
+                sessions.runs,
+                settings.sandbox_start_timeout_s + ACCEPT_WAIT_S,  # the owner may be starting it
             )
+            app.state.services = services = Services(
+                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands
+            )
+            commands.start(functools.partial(run_command, services))
             revocations = asyncio.create_task(cut_revoked(services))
             log.info(
                 "service_started",
@@ -470,6 +484,7 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 revocations.cancel()
+                await commands.close()
                 await pool.close()
                 await sessions.close()
                 spend_sync.cancel()

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from moorage_session_store import SessionRecord, SessionRecords
+from moorage_session_store.commands import Command
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import sse
-from .errors import STORE_ERRORS, Code, ProtocolError
+from .commands import error_result, owned_elsewhere, refusal, store_error_result
+from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError
 from .http_api import ApiError, decode_page, encode_page, endpoint, json_body, limit_param
 from .ma_events import event_id, timestamp
 from .ma_query import order_of, select, time_range
@@ -87,15 +89,40 @@ async def _list(request: Request, tenant: str, records: SessionRecords) -> Respo
 async def _send(request: Request, tenant: str, records: SessionRecords) -> Response:
     services = services_of(request)
     session_id = request.path_params["session_id"]
-    events = parse_send(await json_body(request))
+    body = await json_body(request)
+    events = parse_send(body)
     record = await get_record(records, tenant, session_id)
     if record.archived_at is not None:
         raise ApiError(f"session {session_id} is archived: it takes no more events", code=Code.SESSION_ARCHIVED)
-    session, _state = await services.sessions.attach(session_id, tenant)
-    echoes: list[dict[str, Any]] = []
-    for event in events:
-        echoes.append(await _apply(services, record, session, event))
-    return JSONResponse({"data": echoes})
+    if not services.commands.runs_here(session_id) and owned_elsewhere(
+        record, services.settings.replica, datetime.now(UTC)
+    ):
+        # Another replica runs it: the owner applies the events (commands.py), the session stays there.
+        assert isinstance(body, dict)  # parse_send took it
+        answer = await services.commands.send(record, body)
+        if answer is not None:
+            if "error" in answer:
+                raise refusal(answer["error"])
+            return JSONResponse(answer)
+    return JSONResponse({"data": await deliver(services, record, events)})
+
+
+async def deliver(services: Services, record: SessionRecord, events: list[ClientEvent]) -> list[dict[str, Any]]:
+    """Hand ``events`` to the session (rehydrated here if nobody runs it); their echoes."""
+    session, _state = await services.sessions.attach(record.id, record.tenant)
+    return [await _apply(services, record, session, event) for event in events]
+
+
+async def run_command(services: Services, command: Command) -> dict[str, Any]:
+    """Apply a command another replica took for a session that runs here (commands.py): its
+    answer, as that replica returns it."""
+    try:
+        record = await get_record(SessionRecords(services.db), command.tenant, command.session_id)
+        return {"data": await deliver(services, record, parse_send(command.body))}
+    except MoorageError as exc:
+        return error_result(exc)
+    except STORE_ERRORS as exc:
+        return store_error_result(exc)
 
 
 async def _apply(services: Services, record: SessionRecord, session: Session, event: ClientEvent) -> dict[str, Any]:

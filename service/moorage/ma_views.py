@@ -8,8 +8,10 @@ so they show the same events with the same ids and ``processed_at``. A live sess
 watch when it broadcasts (``Session._fanout``): a durable frame wakes the streams, which read what
 is new from the database; an ephemeral ``stream_event`` goes to the streams that asked for
 previews, in its place behind the durable frames before it. A session running on another
-replica wakes nobody here: streams also read the database every ``POLL_S`` (multi-replica
-streaming proper is issue 16).
+replica wakes its streams here through a notification (``notify.py``: PostgreSQL ``NOTIFY`` on
+every append, ``appended``); streams also read the database every ``POLL_S``, so a lost
+notification delays events, never loses them. Previews are the owner's alone: they are never
+stored, so a stream on another replica gets the durable events only.
 
 Memory: at most ``MAX_PROJECTIONS`` sessions' projections are kept (least recently used go; one
 in use by a stream stays), each the session's events as Managed Agents events.
@@ -184,6 +186,18 @@ class LogWatch:
                 listener.durable(seq)  # type: ignore[arg-type]
             else:
                 listener.ephemeral(frame)
+
+    def appended(self, session_id: str, seq: int) -> None:
+        """Another replica wrote the session's log up to ``seq`` (a notification): its streams
+        here read it from the database."""
+        for listener in self._listeners.get(session_id, ()):
+            listener.durable(seq)
+
+    def everyone(self) -> None:
+        """Notifications may have been missed (the listener reconnected): every stream reads."""
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.news.set()
 
     def deleted(self, session_id: str) -> None:
         for listener in self._listeners.get(session_id, ()):

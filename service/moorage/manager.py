@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from claude_agent_sdk.types import SessionKey
+from moorage_session_store import EventConflict, NewEvent
 from moorage_session_store.records import SessionRecord
 
 from .egress import socket_base
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 HANDOVER_POLL_S = 0.5  # how often a waiting replica looks, and an owner checks for requests
 DELETE_WAIT_S = 30.0  # a deleted session that is already ending: how long to wait for it to finish
+ORPHANS_PER_PASS = 100  # sessions of stopped replicas adopted per lease period (the rest: the next one)
 
 
 class StartGate:
@@ -128,12 +130,17 @@ class SessionManager:
         return EgressConfig.of(self.settings, self.deps.backend.name)
 
     async def start(self) -> None:
-        await self.recover()
+        await self.recover(after_crash=True)
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
         if self.retention.enabled:
             self._reaper_task = asyncio.create_task(self._reaper_loop())
+
+    def runs(self, session_id: str) -> bool:
+        """Is the session live on this replica (started or starting, not ending)?"""
+        live = self.sessions.get(session_id)
+        return live is not None and not live.closed
 
     def check_draining(self) -> None:
         if self.draining:
@@ -358,13 +365,55 @@ class SessionManager:
                     await session.close()
             with contextlib.suppress(*STORE_ERRORS):
                 await self.recover()
+            with contextlib.suppress(*STORE_ERRORS):
+                await self.adopt_orphans()
 
-    async def recover(self) -> None:
-        """Suspend sessions this replica owns in the database but does not run."""
+    async def recover(self, after_crash: bool = False) -> None:
+        """Suspend sessions this replica owns in the database but does not run. ``after_crash``
+        (at start): they ran in this replica's previous process, which died; their logs say so."""
         for record in await self.records.list(state="active", owner=self.deps.replica):
             if record.id in self.sessions or record.id in self._locks:
                 continue
+            if after_crash:
+                await self._log_lost(record.id)
             await self._recover_one(record)
+
+    async def adopt_orphans(self) -> None:
+        """Suspend the sessions of replicas that stopped renewing their leases (killed, cut off
+        from the database, gone for good): a turn they ran is lost, the transcript is not, and the
+        next request rehydrates the session wherever it lands. The workspace is its last
+        checkpoint: the other replica's disk is not ours to read. Each session's log says what
+        happened, so a stream on any replica reports it."""
+        expired = await self.records.orphans(datetime.now(UTC), self.deps.replica, ORPHANS_PER_PASS)
+        for record in expired:
+            if record.id in self.sessions or record.id in self._locks:
+                continue
+            async with self._locks.hold(record.id):
+                if not await self.records.acquire_lease(record.id, self.deps.replica, self.settings.lease_ttl_s):
+                    continue  # its owner came back, or another replica adopts it
+                current = await self.records.get(record.id)
+                if current is None or current.state != "active":  # adopted and suspended already
+                    await self.records.release_lease(record.id, self.deps.replica)
+                    continue
+                bound = log.bind(session_id=record.id, tenant=record.tenant, owner=record.owner)
+                bound.warning("session_adopted", detail="its replica stopped renewing the lease")
+                await self._log_lost(record.id)
+                await suspend_record(self.deps, record.id, None, bound)
+
+    async def _log_lost(self, session_id: str) -> None:
+        """Append to the session's log that the replica running it stopped (for its streams, its
+        replay and its Managed Agents view: a fatal error ends a running turn there)."""
+        lost = SessionError(
+            "the replica running this session stopped; a turn it was running is lost. "
+            "The next message resumes the session with its history",
+            code=Code.SANDBOX_CRASHED,
+            fatal=True,
+        ).frame()
+        for _ in range(3):  # a racing writer took the seq: read the last one again
+            last = await self.deps.events.last_seq(session_id)
+            with contextlib.suppress(EventConflict):
+                await self.deps.events.append(session_id, [NewEvent(last + 1, "error", lost, datetime.now(UTC))])
+                return
 
     async def sweep(self) -> None:
         """Remove what a crashed run left under the state dir that no session

@@ -291,6 +291,25 @@ class SessionRecords:
                 rows = (await conn.execute(stmt)).all()
         return [_record(row) for row in rows]
 
+    async def orphans(self, now: datetime, excluding: str, limit: int) -> builtins.list[SessionRecord]:
+        """Active sessions whose lease another replica than ``excluding`` let expire before ``now``
+        (that replica stopped renewing it), oldest expiry first, at most ``limit``."""
+        stmt = (
+            select(SESSIONS)
+            .where(
+                SESSIONS.c.state == "active",
+                SESSIONS.c.owner.is_not(None),
+                SESSIONS.c.owner != excluding,
+                SESSIONS.c.lease_expires_at < now,
+            )
+            .order_by(SESSIONS.c.lease_expires_at)
+            .limit(limit)
+        )
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        return [_record(row) for row in rows]
+
     async def acquire_lease(self, id: str, owner: str, ttl_s: float) -> bool:
         """Take (or extend) the lease if it is free, already ours, or expired. ``False`` if held or no row."""
         now = utcnow()

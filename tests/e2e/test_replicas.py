@@ -1,0 +1,148 @@
+"""Any replica answers any request (issue 16): two and three service processes on one PostgreSQL,
+driven by the unmodified official ``anthropic`` client. A session runs where it started; a stream
+on another replica follows it live from the durable log, and events posted to another replica
+reach it through the command table — the session never moves for it. A replica killed mid-turn is
+noticed by the others once its lease lapses: the stream says the turn was lost, and the next
+message resumes the session where it lands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import anthropic
+import pytest
+from ma_client import KEYS, client, close_all
+from moorage.testing.scripted_model import ScriptedModelServer
+from support import Service, events, pg_available, pg_database, prompts_seen, run_service, scaled
+
+pytestmark = pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
+
+TOOLSET: Any = {"type": "agent_toolset_20260401"}
+ASK_BASH: Any = {
+    "type": "agent_toolset_20260401",
+    "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
+}
+
+
+def replica(model: ScriptedModelServer, database: str, **overrides: str) -> Any:
+    return run_service(
+        model.url,
+        MOORAGE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
+        MOORAGE_API_KEYS=KEYS,
+        MOORAGE_WARM_SANDBOXES="1",
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def replicas(model: ScriptedModelServer) -> Iterator[tuple[Service, Service, Service]]:
+    with pg_database() as name, replica(model, name) as a, replica(model, name) as b, replica(model, name) as c:
+        yield a, b, c
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    close_all()
+
+
+def say(words: str) -> Any:
+    return {"type": "user.message", "content": [{"type": "text", "text": words}]}
+
+
+def text(event: Any) -> str:
+    return "".join(b.text for b in event.content if b.type == "text")
+
+
+def until(stream: Iterable[Any], *types: str, timeout: float = 60) -> list[Any]:
+    """Events of an open stream up to and including the first of ``types`` (bounded)."""
+    deadline = time.monotonic() + scaled(timeout)
+    seen: list[Any] = []
+    for event in stream:
+        seen.append(event)
+        if event.type in types:
+            return seen
+        assert time.monotonic() < deadline, [e.type for e in seen]
+    raise AssertionError(f"the stream ended before {types}: {[e.type for e in seen]}")
+
+
+def session_on(api: anthropic.Anthropic, *tools: Any) -> str:
+    agent = api.beta.agents.create(name="Anywhere", model="claude-opus-5", tools=list(tools) or [TOOLSET])
+    env = api.beta.environments.create(name=f"anywhere-{time.monotonic_ns()}")
+    return api.beta.sessions.create(agent=agent.id, environment_id=env.id).id
+
+
+def test_a_stream_on_one_replica_follows_a_session_running_on_another(
+    replicas: tuple[Service, Service, Service],
+) -> None:
+    """The session runs on A; a stream opened on B sees both turns — one sent to A, one sent to B
+    and carried to A as a command — with no gap and no duplicate, the same events with the same
+    ids as A's list; the session never left A."""
+    a, b, _ = replicas
+    on_a, on_b = client(a), client(b)
+    session_id = session_on(on_a)
+    with on_b.beta.sessions.events.stream(session_id) as stream:
+        to_a = on_a.beta.sessions.events.send(session_id, events=[say("bash echo sent to a")])
+        first = until(stream, "session.status_idle")
+        to_b = on_b.beta.sessions.events.send(session_id, events=[say("bash echo sent to b")])
+        second = until(stream, "session.status_idle")
+    assert to_a.data is not None and to_b.data is not None
+    assert first[0].id == to_a.data[0].id and second[0].id == to_b.data[0].id  # the echo is the logged event
+    assert text(next(e for e in first if e.type == "agent.message")) == "tool said: sent to a"
+    assert text(next(e for e in second if e.type == "agent.message")) == "tool said: sent to b"
+    streamed = [e.id for e in first + second]
+    history = [e.id for e in on_a.beta.sessions.events.list(session_id)]
+    assert streamed == history[history.index(to_a.data[0].id) :]  # nothing missed, nothing twice
+    assert [e.id for e in on_b.beta.sessions.events.list(session_id)] == history
+    assert not events(b, "session_rehydrating", session_id) and not events(a, "session_handed_over", session_id)
+
+
+def test_an_approval_posted_to_a_third_replica_unblocks_the_tool_waiting_on_the_first(
+    replicas: tuple[Service, Service, Service],
+) -> None:
+    """Bash ``always_ask`` on A, the stream on B, the confirmation posted to C: the tool runs on A
+    and B's stream shows the confirmation (the id C answered with), the result and the answer."""
+    a, b, c = replicas
+    on_a = client(a)
+    session_id = session_on(on_a, ASK_BASH)
+    with client(b).beta.sessions.events.stream(session_id) as stream:
+        on_a.beta.sessions.events.send(session_id, events=[say("bash echo allowed from c")])
+        waiting = until(stream, "session.status_idle")
+        use = next(e for e in waiting if e.type == "agent.tool_use")
+        assert waiting[-1].stop_reason.type == "requires_action" and waiting[-1].stop_reason.event_ids == [use.id]
+        echo = client(c).beta.sessions.events.send(
+            session_id, events=[{"type": "user.tool_confirmation", "tool_use_id": use.id, "result": "allow"}]
+        )
+        done = until(stream, "session.status_idle")
+    assert echo.data is not None and done[0].id == echo.data[0].id and done[0].type == "user.tool_confirmation"
+    assert text(next(e for e in done if e.type == "agent.message")) == "tool said: allowed from c"
+    assert done[-1].stop_reason.type == "end_turn"
+    assert not events(c, "session_rehydrating", session_id)
+
+
+def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere(model: ScriptedModelServer) -> None:
+    """kill -9 of A while its turn waits on the model: once A's lease lapses, B adopts the session
+    and its stream on B says the turn was lost (``session.error``, then idle); a message sent to B
+    rehydrates the session there, with its history, and the stream shows that turn too."""
+    lease = {"MOORAGE_LEASE_TTL_S": "3"}
+    with pg_database() as name, replica(model, name, **lease) as a, replica(model, name, **lease) as b:
+        on_a, on_b = client(a), client(b)
+        session_id = session_on(on_a)
+        on_a.beta.sessions.events.send(session_id, events=[say("say remember the harbour")])
+        with on_b.beta.sessions.events.stream(session_id) as stream:
+            on_a.beta.sessions.events.send(session_id, events=[say("sleep 30")])
+            until(stream, "session.status_running")
+            a.proc.kill()
+            lost = until(stream, "session.status_idle", timeout=30)
+            assert [e.type for e in lost][-2:] == ["session.error", "session.status_idle"], [e.type for e in lost]
+            assert "replica running this session stopped" in lost[-2].error.message
+            assert lost[-1].stop_reason.type == "retries_exhausted"
+            again = on_b.beta.sessions.events.send(session_id, events=[say("say back on b")])
+            after = until(stream, "session.status_idle")
+        assert again.data is not None and after[0].id == again.data[0].id
+        assert text(next(e for e in after if e.type == "agent.message")) == "back on b"
+        assert events(b, "session_adopted", session_id) and events(b, "session_rehydrating", session_id)
+        assert "remember the harbour" in prompts_seen(model)  # the resumed session knew its history
+        assert on_b.beta.sessions.retrieve(session_id).status == "idle"
