@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
-from moorage_session_store import Agents, Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
+from moorage_session_store import (
+    Agents,
+    Database,
+    MoorageStoreError,
+    Replicas,
+    SQLModelSessionStore,
+    TenantSpend,
+    Tokens,
+)
 from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +40,7 @@ from .egress import ModelProxy, ProxyLimits
 from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
+from .heartbeat import Heartbeat
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
 from .manager import SessionManager
@@ -394,8 +403,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db = await Database.connect(settings.database_url_or_default)
+        # This replica's heartbeat (heartbeat.py): from start until the clean stop, which leaves.
+        heartbeat = Heartbeat(Replicas(db), settings.replica, settings.lease_ttl_s / 3)
         try:
             await db.migrate()
+            await heartbeat.start()
             loopback = is_loopback(settings.host)
             auth = Authenticator(keys, Tokens(db), allow_open=loopback, cache_ttl_s=settings.auth_cache_ttl_s)
             if await auth.open():
@@ -479,6 +491,7 @@ def create_app(settings: Settings) -> Starlette:
                 await backend.close()
                 log.info("service_stopped")
         finally:
+            await heartbeat.stop()
             await db.close()
 
     def refused(code: Code) -> None:

@@ -188,3 +188,24 @@ async def test_replicas_beat_are_seen_alive_by_others_and_leave(db: Database) ->
     await replicas.leave("b")
     await replicas.leave("b")  # no row: no-op
     assert await replicas.alive(start, excluding="a") == []
+
+
+async def test_of_replicas_joining_at_once_exactly_one_joins_and_the_other_sees_it(db: Database) -> None:
+    """Two processes starting on one database: the second must see the first, never both join."""
+    other = await Database.connect(db.url)
+    try:
+        since = datetime.now(UTC) - timedelta(seconds=30)
+        for round_ in range(5):
+            a, b = f"a{round_}", f"b{round_}"
+            joined_a, joined_b = await asyncio.gather(Replicas(db).join(a, since), Replicas(other).join(b, since))
+            seen = ([r for r, _at in joined_a], [r for r, _at in joined_b])
+            assert seen in (([], [a]), ([b], []))  # one joined; the other saw it
+            assert len([r for r, _at in await Replicas(db).alive(since, excluding="nobody")]) == 1  # one row written
+            await Replicas(db).leave(a)
+            await Replicas(db).leave(b)
+        await Replicas(db).beat("old")
+        assert [r for r, _at in await Replicas(db).join("new", datetime.now(UTC) + timedelta(seconds=5))] == []
+        assert {r for r, _at in await Replicas(db).alive(since, excluding="nobody")} == {"old", "new"}  # stale: joined
+        assert [r for r, _at in await Replicas(db).join("new", since)] == ["old"]
+    finally:
+        await other.close()
