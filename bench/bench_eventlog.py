@@ -148,7 +148,7 @@ def summarise(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
 
 async def postgres_url(admin: str) -> tuple[str, str] | None:
     try:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         conn = await asyncio.wait_for(asyncpg.connect(admin.replace("postgresql://", "postgres://")), 3)
     except (OSError, TimeoutError, ImportError):

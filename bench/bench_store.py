@@ -194,7 +194,7 @@ def reachable(url: str) -> bool:
 
 async def run_postgres(admin_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Create a temp database next to ``admin_url``, bench it, drop it."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     admin = make_url(admin_url)
     name = f"moorage_bench_{uuid.uuid4().hex[:12]}"

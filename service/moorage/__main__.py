@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import socket
 import sys
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -18,17 +19,26 @@ from .server import connection_cap, guarded_protocol, raise_nofile_limit
 from .settings import Settings
 
 
-async def _check_database(url: str, need_tokens: bool) -> bool:
-    """Connect once (exit 2 early when the database is unreachable); with
-    ``need_tokens``, also say whether any API token has been issued."""
+async def _check_database(settings: Settings, need_tokens: bool) -> str | None:
+    """Connect once (exit 2 early when the database is unreachable) and migrate; why not to start,
+    if anything: another replica on this SQLite database (``heartbeat.join``), or, with
+    ``need_tokens``, no API token issued yet."""
     from moorage_session_store import Database, Tokens
 
-    db = await Database.connect(url)
+    from .heartbeat import join
+
+    db = await Database.connect(settings.database_url_or_default)
     try:
-        if not need_tokens:
-            return True
         await db.migrate()
-        return await Tokens(db).any()
+        if (refusal := await join(db, settings.replica, settings.lease_ttl_s, datetime.now(UTC))) is not None:
+            return refusal
+        if need_tokens and not await Tokens(db).any():
+            return (
+                f"refusing to serve {settings.host} without authentication: set "
+                "MOORAGE_API_KEYS (tenant:token,...), issue a token with `moorage tokens create --tenant T`, "
+                "or bind to a loopback address"
+            )
+        return None
     finally:
         await db.close()
 
@@ -53,17 +63,12 @@ def serve(settings: Settings) -> None:
     # bind needs at least one issued token, or nobody could ever get in.
     need_tokens = not settings.api_keys.strip() and not is_loopback(settings.host)
     try:
-        has_credentials = asyncio.run(_check_database(settings.database_url_or_default, need_tokens))
+        refusal = asyncio.run(_check_database(settings, need_tokens))
     except MoorageStoreError as exc:
         print(f"moorage: cannot start: the database is unreachable: {exc}", file=sys.stderr)
         sys.exit(2)
-    if not has_credentials:
-        print(
-            f"moorage: cannot start: refusing to serve {settings.host} without authentication: set "
-            "MOORAGE_API_KEYS (tenant:token,...), issue a token with `moorage tokens create --tenant T`, "
-            "or bind to a loopback address",
-            file=sys.stderr,
-        )
+    if refusal is not None:
+        print(f"moorage: cannot start: {refusal}", file=sys.stderr)
         sys.exit(2)
 
     nofile, _hard = raise_nofile_limit()

@@ -12,9 +12,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
-from moorage_session_store import Agents, Database, MoorageStoreError, SQLModelSessionStore, TenantSpend, Tokens
-from moorage_session_store.commands import SessionCommands
-from moorage_session_store.events import SessionEvents
+from moorage_session_store import (
+    Agents,
+    Database,
+    MoorageStoreError,
+    Replicas,
+    SQLModelSessionStore,
+    TenantSpend,
+    Tokens,
+)
+from moorage_session_store.commands import COMMANDS_CHANNEL, DONE_CHANNEL, SessionCommands
+from moorage_session_store.events import EVENTS_CHANNEL, SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -36,10 +44,12 @@ from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
 from .events_api import run_command
+from .heartbeat import Heartbeat
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
 from .manager import SessionManager
 from .metrics import Metrics
+from .notify import Notifications
 from .pool import WarmPool
 from .protocol import (
     CustomToolResultFrame,
@@ -104,6 +114,14 @@ async def cut_revoked(services: Services) -> None:
                 conn.offer(dumps(error.frame()))
                 conn.close(close_code(Code.UNAUTHORIZED), Code.UNAUTHORIZED)
                 services.token_conns.pop(conn, None)
+
+
+def appended(sessions: SessionManager, payload: str) -> None:
+    """A notification ``'<session id> <seq>'``: some replica wrote the session's log up to seq.
+    Streams here read it, unless the session runs here (its own fan-out woke them already)."""
+    session_id, _, seq = payload.partition(" ")
+    if seq.isdigit() and not sessions.runs(session_id):
+        sessions.deps.watch.appended(session_id, int(seq))
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -400,8 +418,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db = await Database.connect(settings.database_url_or_default)
+        # This replica's heartbeat (heartbeat.py): from start until the clean stop, which leaves.
+        heartbeat = Heartbeat(Replicas(db), settings.replica, settings.lease_ttl_s / 3)
         try:
             await db.migrate()
+            await heartbeat.start()
             loopback = is_loopback(settings.host)
             auth = Authenticator(keys, Tokens(db), allow_open=loopback, cache_ttl_s=settings.auth_cache_ttl_s)
             if await auth.open():
@@ -472,6 +493,18 @@ def create_app(settings: Settings) -> Starlette:
                 settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands
             )
             commands.start(functools.partial(run_command, services))
+            # PostgreSQL: other replicas' appends wake this one's streams, commands wake owners
+            # and senders (the notifications are wake-ups: everyone polls as well).
+            notifications = Notifications(
+                db,
+                {
+                    EVENTS_CHANNEL: functools.partial(appended, sessions),
+                    COMMANDS_CHANNEL: commands.wake,
+                    DONE_CHANNEL: commands.answered,
+                },
+                on_reconnect=deps.watch.everyone,
+            )
+            await notifications.start()
             revocations = asyncio.create_task(cut_revoked(services))
             log.info(
                 "service_started",
@@ -484,6 +517,7 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 revocations.cancel()
+                await notifications.close()
                 await commands.close()
                 await pool.close()
                 await sessions.close()
@@ -494,6 +528,7 @@ def create_app(settings: Settings) -> Starlette:
                 await backend.close()
                 log.info("service_stopped")
         finally:
+            await heartbeat.stop()
             await db.close()
 
     def refused(code: Code) -> None:

@@ -244,7 +244,7 @@ def store_error_result(exc: BaseException) -> dict[str, Any]:
 def refusal(error: dict[str, Any]) -> ApiError:
     """The owner's ``{"error"}`` answer, as the sender's endpoint renders it."""
     try:
-        code = Code(error.get("code"))
+        code = Code(str(error.get("code")))
     except ValueError:
         code = Code.INTERNAL
     headers = error.get("headers")

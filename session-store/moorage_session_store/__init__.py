@@ -7,6 +7,7 @@ plus Moorage's session records (``moorage_session_store.records``) and API token
 """
 
 from .agents import AgentRecord, Agents
+from .commands import COMMANDS_CHANNEL, DONE_CHANNEL, Command, SessionCommands
 from .database import Database
 from .environments import EnvironmentRecord, Environments
 from .errors import (
@@ -24,17 +25,22 @@ from .errors import (
     UnsupportedDatabaseURL,
     VersionConflict,
 )
-from .events import EventConflict, NewEvent, SessionEvents, StoredEvent
+from .events import EVENTS_CHANNEL, EventConflict, NewEvent, SessionEvents, StoredEvent
 from .records import SessionQuery, SessionRecord, SessionRecords, SessionState, TurnUsage
+from .replicas import Replicas
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
 
 __all__ = [
+    "COMMANDS_CHANNEL",
+    "DONE_CHANNEL",
+    "EVENTS_CHANNEL",
     "AgentArchived",
     "AgentNotFound",
     "AgentRecord",
     "Agents",
+    "Command",
     "Database",
     "DatabaseUnavailable",
     "EnvironmentArchived",
@@ -46,8 +52,10 @@ __all__ = [
     "InvalidRecord",
     "MoorageStoreError",
     "NewEvent",
+    "Replicas",
     "RevisionConflict",
     "SQLModelSessionStore",
+    "SessionCommands",
     "SessionEvents",
     "SessionExists",
     "SessionNotFound",

@@ -12,6 +12,9 @@ with no gaps), in the ``session_events`` table.
   tell a reader whether events it asks for were pruned (``first > after + 1``).
 - ``prune`` deletes a session's oldest events but never its last one, so the next seq is always
   known from the table alone (``last_seq`` after a ``kill -9``).
+- On PostgreSQL, ``append`` sends ``NOTIFY moorage_events, '<session id> <last seq>'`` in its
+  transaction (delivered at commit), which wakes the streams of other replicas; it is only a
+  wake-up, readers poll too.
 - Events go with their session: ``ON DELETE CASCADE`` from ``sessions`` (``SessionRecords.delete``,
   ``purge`` and ``reap_suspended``), and they count toward ``tenant_storage_bytes``.
 """
@@ -30,7 +33,10 @@ from .database import Database
 from .errors import MoorageStoreError, SessionNotFound
 from .models import SESSION_EVENTS, SESSIONS
 
-__all__ = ["MAX_PAGE", "EventConflict", "NewEvent", "SessionEvents", "StoredEvent"]
+__all__ = ["EVENTS_CHANNEL", "MAX_PAGE", "EventConflict", "NewEvent", "SessionEvents", "StoredEvent"]
+
+#: PostgreSQL channel of appended events; the payload is ``"<session id> <last seq of the batch>"``.
+EVENTS_CHANNEL = "moorage_events"
 
 #: The most events one ``read`` returns.
 MAX_PAGE = 1000
@@ -92,6 +98,8 @@ class SessionEvents:
                     if first != last + 1:
                         raise EventConflict(f"session {session_id!r}: batch starts at {first}, last stored is {last}")
                     await conn.execute(insert(_EV), rows)
+                    if self._db.dialect == "postgresql":
+                        await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session_id} {events[-1].seq}")))
             except sa_exc.IntegrityError as err:
                 # The primary key (a writer raced us to these seqs) or the foreign key (no session).
                 if await self._session_exists(session_id):

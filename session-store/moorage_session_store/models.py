@@ -1,7 +1,8 @@
 """SQLModel tables: the transcript store (``session_store_keys``, ``session_store_entries``) and the
 service's session records (``sessions``, ``workspaces``, ``workspace_chunks``), each session's event log
 (``session_events``), the API tokens (``api_tokens``), the tenants' spend (``tenant_spend``), the
-agents (``agents``, ``agent_versions``) and the environments (``environments``).
+agents (``agents``, ``agent_versions``), the environments (``environments``), the commands sent to a
+session's replica (``session_commands``) and the replicas' heartbeats (``replicas``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -162,6 +163,45 @@ class SessionEventRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
+class SessionCommandRow(SQLModel, table=True):
+    """A command for a session, sent by any replica (``sender``) to the one holding the session's
+    lease, which claims it (``claimed_by``, ``claimed_at``), runs it and stores its ``result``
+    (``done_at``); the sender then deletes it. Deleted with its session."""
+
+    __tablename__ = "session_commands"
+    __table_args__ = (
+        Index("ix_session_commands_session", "session_id", "id"),
+        # Only the commands nobody took yet: what an owner's poll and ``claim`` look for.
+        Index(
+            "ix_session_commands_unclaimed",
+            "session_id",
+            sqlite_where=text("claimed_by IS NULL"),
+            postgresql_where=text("claimed_by IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_PK, primary_key=True, autoincrement=True))
+    session_id: str = Field(sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    body: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    sender: str = Field(sa_column=Column(String, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    claimed_by: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    done_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON_DOC, nullable=True))
+
+
+class ReplicaRow(SQLModel, table=True):
+    """A service process using this database, and when it last said it was alive."""
+
+    __tablename__ = "replicas"
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    heartbeat_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 class TenantSpendRow(SQLModel, table=True):
     """What a tenant spent on the model on one UTC day (every replica adds to it)."""
 
@@ -241,3 +281,5 @@ AGENTS = table("agents")
 AGENT_VERSIONS = table("agent_versions")
 ENVIRONMENTS = table("environments")
 SESSION_EVENTS = table("session_events")
+SESSION_COMMANDS = table("session_commands")
+REPLICAS = table("replicas")

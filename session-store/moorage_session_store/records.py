@@ -30,7 +30,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .columns import utcnow
 from .database import Database
 from .errors import InvalidRecord, RevisionConflict, SessionExists, SessionNotFound
-from .models import ENTRIES, KEYS, SESSION_EVENTS, SESSIONS, WORKSPACE_CHUNKS, WORKSPACES, SessionRow, WorkspaceRow
+from .models import (
+    ENTRIES,
+    KEYS,
+    SESSION_COMMANDS,
+    SESSION_EVENTS,
+    SESSIONS,
+    WORKSPACE_CHUNKS,
+    WORKSPACES,
+    SessionRow,
+    WorkspaceRow,
+)
 
 __all__ = [
     "SESSION_STATES",
@@ -480,9 +490,10 @@ class SessionRecords:
 
     async def delete(self, id: str) -> None:
         """Delete the session and everything it stored here: its workspace archives (every
-        generation), its event log and record (no-op if absent)."""
+        generation), its event log, its commands and record (no-op if absent)."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
+                await conn.execute(delete(SESSION_COMMANDS).where(SESSION_COMMANDS.c.session_id == id))
                 await conn.execute(delete(SESSION_EVENTS).where(SESSION_EVENTS.c.session_id == id))
                 await conn.execute(delete(WORKSPACE_CHUNKS).where(WORKSPACE_CHUNKS.c.session_id == id))
                 await conn.execute(delete(WORKSPACES).where(WORKSPACES.c.session_id == id))
@@ -566,8 +577,8 @@ class SessionRecords:
         return await self._delete_with_transcripts(stmt)
 
     async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
-        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces and event logs go
-        by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
+        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces, event logs and
+        commands go by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()

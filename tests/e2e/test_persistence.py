@@ -31,6 +31,9 @@ from support import (
     wait_until,
 )
 
+#: Replicas sharing a database share a PostgreSQL one (SQLite serves one replica).
+PG_URL = "postgresql://postgres@127.0.0.1:5432/{}"
+
 
 async def test_idle_session_suspends_and_rehydrates_with_history_and_files(model: ScriptedModelServer) -> None:
     """After the idle timeout a session is suspended; reconnecting rehydrates its files and conversation."""
@@ -140,12 +143,13 @@ async def test_database_lost_during_a_turn_then_back(model: ScriptedModelServer)
             await client.close()
 
 
-async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelServer, tmp_path: Path) -> None:
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
+async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelServer) -> None:
     """A second replica on the same database refuses a session the first one runs, then takes it once freed."""
-    shared = f"sqlite:///{tmp_path / 'shared.db'}"
     with (
-        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_IDLE_TIMEOUT_S="1") as one,
-        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_HANDOVER_WAIT_S="1") as two,
+        pg_database() as name,
+        run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name), MOORAGE_IDLE_TIMEOUT_S="1") as one,
+        run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name), MOORAGE_HANDOVER_WAIT_S="1") as two,
     ):
         client = await Client.connect(one)
         await client.turn("say on replica one")
@@ -160,14 +164,13 @@ async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelSe
         await moved.close()
 
 
-async def test_a_reconnect_to_another_replica_gets_the_session_handed_over(
-    model: ScriptedModelServer, tmp_path: Path
-) -> None:
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
+async def test_a_reconnect_to_another_replica_gets_the_session_handed_over(model: ScriptedModelServer) -> None:
     """The owner gives up a session nobody uses there as soon as another replica asks: no idle-timeout wait."""
-    shared = f"sqlite:///{tmp_path / 'shared.db'}"
     with (
-        run_service(model.url, MOORAGE_DATABASE_URL=shared) as one,
-        run_service(model.url, MOORAGE_DATABASE_URL=shared, MOORAGE_HANDOVER_WAIT_S="60") as two,
+        pg_database() as name,
+        run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name)) as one,
+        run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name), MOORAGE_HANDOVER_WAIT_S="60") as two,
     ):
         client = await Client.connect(one)
         await client.turn("bash echo handed > over.txt")
@@ -178,6 +181,39 @@ async def test_a_reconnect_to_another_replica_gets_the_session_handed_over(
         assert events(one, "session_handed_over", client.session_id)
         assert not events(one, "session_idle_timeout", client.session_id)
         await moved.close()
+
+
+async def test_a_second_replica_on_one_sqlite_database_refuses_to_start(
+    model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """SQLite serves one replica: another one (its own state dir) on the same file exits 2 saying
+    which replica holds it and how to run more; the first one goes on serving."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    with run_service(model.url, MOORAGE_DATABASE_URL=shared) as one:
+        client = await Client.connect(one)
+        assert result_of(await client.turn("say before"))["result"] == "before"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "MOORAGE_HOST": "127.0.0.1",
+            "MOORAGE_PORT": str(free_port()),
+            "MOORAGE_STATE_DIR": str(tmp_path / "two"),
+            "MOORAGE_DATABASE_URL": shared,
+            "ANTHROPIC_BASE_URL": model.url,
+        }
+        two = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "moorage", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
+        assert two.returncode == 2, two.stderr
+        (started,) = events(one, "service_started")
+        assert f"moorage: cannot start: replica {started['replica']} uses this SQLite database" in two.stderr
+        assert "MOORAGE_DATABASE_URL=postgresql://" in two.stderr
+        assert result_of(await client.turn("say after"))["result"] == "after"
+        await client.close()
 
 
 async def test_a_host_crash_loses_no_more_of_the_workspace_than_the_last_checkpoint(
