@@ -334,8 +334,9 @@ class Cuttable:
 
 
 @contextmanager
-def pg_database() -> Iterator[str]:
-    name = f"moorage_test_{os.getpid()}"
+def pg_database(tag: str = "") -> Iterator[str]:
+    """A new PostgreSQL database for this process (``tag`` tells two apart), dropped after."""
+    name = f"moorage_test_{os.getpid()}{tag}"
     subprocess.run(
         ["psql", "-h", PG[0], "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name}"],
         check=True,

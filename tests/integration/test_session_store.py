@@ -13,7 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +445,24 @@ async def test_expired_lease_passes_to_another_owner(db: Database) -> None:
     await records.release_lease("s", "r2")
     got = await records.get("s")
     assert got is not None and got.owner is None and got.lease_expires_at is None
+
+
+async def test_orphans_are_active_sessions_whose_lease_another_replica_let_expire(db: Database) -> None:
+    """What a replica adopts: active, leased by another replica, expired before ``now`` — not its
+    own, not a suspended or unleased one, not one whose lease still runs; oldest expiry first."""
+    records = SessionRecords(db)
+    for sid in ("old", "new", "mine", "free", "resting"):
+        await records.create(sid, "t", {})
+    assert await records.acquire_lease("old", "r1", 10)
+    assert await records.acquire_lease("new", "r1", 20)
+    assert await records.acquire_lease("mine", "r2", 10)
+    assert await records.acquire_lease("resting", "r1", 10)
+    await records.update("resting", state="suspended")
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert [r.id for r in await records.orphans(later, "r2", 10)] == ["old", "new"]
+    assert [r.id for r in await records.orphans(later, "r2", 1)] == ["old"]
+    assert [r.id for r in await records.orphans(later, "r1", 10)] == ["mine"]
+    assert await records.orphans(datetime.now(UTC), "r2", 10) == []  # every lease still runs
 
 
 async def test_workspace_save_load_round_trip(db: Database) -> None:

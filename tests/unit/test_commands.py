@@ -63,6 +63,6 @@ def test_the_sender_waits_for_the_answer_takes_back_what_nobody_claimed_or_gives
 
 def test_the_owners_refusal_reaches_the_client_as_the_owner_would_have_said_it() -> None:
     said = ApiError("slow down", code=Code.RATE_LIMITED, headers={"retry-after": "3"})
-    again = refusal(error_result(said))
+    again = refusal(error_result(said)["error"])
     assert (again.code, again.message, again.headers) == (Code.RATE_LIMITED, "slow down", {"retry-after": "3"})
     assert refusal({"code": "no_such_code", "message": "?"}).code is Code.INTERNAL
