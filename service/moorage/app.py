@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from moorage_session_store import (
@@ -21,9 +22,9 @@ from moorage_session_store import (
     TenantSpend,
     Tokens,
 )
-from moorage_session_store.commands import COMMANDS_CHANNEL, DONE_CHANNEL, SessionCommands
+from moorage_session_store.commands import COMMANDS_CHANNEL, DONE_CHANNEL, Command, SessionCommands
 from moorage_session_store.events import EVENTS_CHANNEL, SessionEvents
-from moorage_session_store.records import SessionRecords
+from moorage_session_store.records import SessionRecord, SessionRecords
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -52,12 +53,8 @@ from .metrics import Metrics
 from .notify import Notifications
 from .pool import WarmPool
 from .protocol import (
-    CustomToolResultFrame,
-    InterruptFrame,
-    PermissionResponseFrame,
     PingFrame,
     Subscriber,
-    UserFrame,
     dumps,
     parse_client_frame,
 )
@@ -69,6 +66,7 @@ from .sessions_api import routes as sessions_routes
 from .settings import Settings
 from .sweep import socket_prefix
 from .tunnel import Tunnel, parse_allowlist, parse_networks
+from .ws_remote import apply_frame, deliver_frame, runs_elsewhere, serve_remote
 
 log = structlog.get_logger(__name__)
 
@@ -219,20 +217,21 @@ class WsConnection:
 
 
 async def _dispatch(services: Services, session: Session, conn: WsConnection, raw: str | bytes) -> None:
-    now = time.monotonic()
-    if wait := conn.bucket.take(now):
+    if wait := conn.bucket.take(time.monotonic()):
         raise ProtocolError(f"too many frames: retry in {wait:.1f}s", code=Code.RATE_LIMITED)
     frame = parse_client_frame(raw)
-    if isinstance(frame, UserFrame):
-        if wait := services.turn_limits.take(session.tenant, now):
-            raise ProtocolError(f"this tenant sends too many turns: retry in {wait:.1f}s", code=Code.RATE_LIMITED)
-        await session.submit(frame)
-    elif isinstance(frame, InterruptFrame):
-        await session.interrupt()
-    elif isinstance(frame, PingFrame):
+    if isinstance(frame, PingFrame):
         session.emit({"type": "pong", "id": frame.id}, durable=False, to=conn)
-    elif isinstance(frame, (PermissionResponseFrame, CustomToolResultFrame)):
-        await session.answer(frame)
+    else:
+        await deliver_frame(services, session, frame)
+
+
+async def apply_command(services: Services, command: Command) -> dict[str, Any]:
+    """A command another replica took for a session that runs here (commands.py): a WebSocket
+    client's frame (ws_remote.py) or a ``POST …/events`` body (events_api.py)."""
+    if "frame" in command.body:
+        return await apply_frame(services, command)
+    return await run_command(services, command)
 
 
 async def _read(services: Services, session: Session, conn: WsConnection) -> None:
@@ -304,6 +303,7 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
     session_id = ws.path_params.get("session_id")
     sub: Subscriber = conn
     replaying: asyncio.Task[None] | None = None
+    remote: SessionRecord | None = None
     try:
         after = parse_after(ws.query_params.get("after"))  # before any session is touched
         if session_id is None:
@@ -311,14 +311,25 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
             agent = await session_agent(Agents(services.db), tenant, query.get("agent"), query.get("version"))
             session, state = await services.sessions.create(tenant, agent), "new"
         else:
-            session, state = await services.sessions.attach(session_id, tenant)
-        sub, p = await _attach(session, conn, state, after)
+            remote = await runs_elsewhere(services, session_id, tenant)
+            if remote is not None and await services.sessions.ask_handover(remote):
+                remote = None  # its owner was not using it: run it here, next to its client
+            if remote is None:
+                session, state = await services.sessions.attach(session_id, tenant)
+        if remote is None:
+            sub, p = await _attach(session, conn, state, after)
     except MoorageError as exc:
         services.metrics.errors.labels(str(exc.code)).inc()
         conn.offer(dumps(exc.frame()))
         conn.close(close_code(exc.code), exc.code)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
+        return
+    if remote is not None:  # another replica runs it: follow it from here (ws_remote.py)
+        try:
+            await serve_remote(services, conn, writer, remote, after)
+        finally:
+            await _finish(conn, writer)
         return
     if p is not None and isinstance(sub, ReplayGate):
         replaying = asyncio.create_task(_replay(session, conn, sub, p))
@@ -330,10 +341,15 @@ async def _serve(services: Services, conn: WsConnection, tenant: str) -> None:
         if replaying is not None:
             replaying.cancel()
         reader.cancel()
-        conn.close(1000, "")
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(writer, 5)
-        writer.cancel()
+        await _finish(conn, writer)
+
+
+async def _finish(conn: WsConnection, writer: asyncio.Task[None]) -> None:
+    """Close the connection (if nothing closed it yet) once its queue is sent (bounded)."""
+    conn.close(1000, "")
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(writer, 5)
+    writer.cancel()
 
 
 async def _attach(
@@ -492,7 +508,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.services = services = Services(
                 settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands
             )
-            commands.start(functools.partial(run_command, services))
+            commands.start(functools.partial(apply_command, services))
             # PostgreSQL: other replicas' appends wake this one's streams, commands wake owners
             # and senders (the notifications are wake-ups: everyone polls as well).
             notifications = Notifications(

@@ -234,7 +234,7 @@ class CommandRouter:
 def error_result(exc: MoorageError) -> dict[str, Any]:
     """An owner's refusal, as its sender raises it again (``refusal``)."""
     headers = exc.headers if isinstance(exc, ApiError) else {}
-    return {"error": {"code": str(exc.code), "message": exc.message, "headers": headers}}
+    return {"error": {"code": str(exc.code), "message": exc.message, "headers": headers, "fatal": exc.fatal}}
 
 
 def store_error_result(exc: BaseException) -> dict[str, Any]:

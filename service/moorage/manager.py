@@ -258,20 +258,30 @@ class SessionManager:
         expired = record.lease_expires_at is not None and record.lease_expires_at < datetime.now(UTC)
         if record.owner in (None, self.deps.replica) or expired:
             return  # free, ours, or its owner is gone: the lease is ours to take
+        await self.ask_handover(record)
+
+    async def ask_handover(self, record: SessionRecord) -> bool:
+        """Ask the replica running ``record``'s session to let it go, and wait (bounded) for it:
+        ``True`` once it did, ``False`` if it keeps it (in use there: it declines at once) or did
+        not answer within ``MOORAGE_HANDOVER_WAIT_S``."""
         try:
-            if not await self.records.request_handover(session_id, self.deps.replica):
-                return
-            log.info("handover_requested", session_id=session_id, owner=record.owner)
+            if not await self.records.request_handover(record.id, self.deps.replica):
+                return True  # nobody else holds it
+            log.info("handover_requested", session_id=record.id, owner=record.owner)
             for _ in range(max(1, int(self.settings.handover_wait_s / HANDOVER_POLL_S))):
                 await asyncio.sleep(HANDOVER_POLL_S)
-                record = await self.records.get(session_id)
-                if record is None or record.owner is None:
-                    return
+                current = await self.records.get(record.id)
+                if current is None or current.owner is None:
+                    return True
+                if current.owner == record.owner and current.handover_requested_at is None:
+                    return False  # declined
         except STORE_ERRORS:
-            return  # _rehydrate reports the outage
+            pass  # the caller's next step reports the outage
+        return False
 
     async def _handover_loop(self) -> None:
-        """Give up sessions another replica asked for, once nobody uses them here."""
+        """Give up sessions another replica asked for if nobody uses them here; decline the
+        others at once."""
         while True:
             await asyncio.sleep(HANDOVER_POLL_S)
             since = datetime.now(UTC) - timedelta(seconds=self.settings.handover_wait_s)
@@ -279,9 +289,15 @@ class SessionManager:
                 wanted = await self.records.handover_requests(self.deps.replica, since)
             except STORE_ERRORS:
                 continue
-            free = [s for i in wanted if (s := self.sessions.get(i)) is not None and not s.closed and not s.in_use]
+            live = [s for i in wanted if (s := self.sessions.get(i)) is not None and not s.closed]
+            free = [s for s in live if not s.in_use]
             for session in free:
                 log.info("session_handed_over", session_id=session.id)
+            for session in live:
+                if session.in_use:  # the asker follows it from where it is instead (ws_remote.py)
+                    log.info("handover_declined", session_id=session.id)
+                    with contextlib.suppress(*STORE_ERRORS):
+                        await self.records.decline_handover(session.id, self.deps.replica)
             await asyncio.gather(*(s.close() for s in free), return_exceptions=True)
 
     async def _rehydrate(self, session_id: str, tenant: str) -> Session:

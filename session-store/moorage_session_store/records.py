@@ -356,6 +356,14 @@ class SessionRecords:
                 result = await conn.execute(stmt)
         return result.rowcount == 1
 
+    async def decline_handover(self, id: str, owner: str) -> None:
+        """``owner`` keeps the session (it is in use there): the request is cleared, which tells
+        the asking replica at once instead of when its wait runs out."""
+        stmt = update(SESSIONS).where(SESSIONS.c.id == id, SESSIONS.c.owner == owner).values(handover_requested_at=None)
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(stmt)
+
     async def handover_requests(self, owner: str, since: datetime) -> builtins.list[str]:
         """Ids of sessions ``owner`` holds that another replica asked for at or after ``since``."""
         stmt = select(SESSIONS.c.id).where(SESSIONS.c.owner == owner, SESSIONS.c.handover_requested_at >= since)

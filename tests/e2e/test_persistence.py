@@ -145,7 +145,9 @@ async def test_database_lost_during_a_turn_then_back(model: ScriptedModelServer)
 
 @pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
 async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelServer) -> None:
-    """A second replica on the same database refuses a session the first one runs, then takes it once freed."""
+    """A second replica never runs a session the first one runs: a client reaching it while the
+    first is in use follows the session there (its turn runs on the first); once the first lets
+    the session go, the second one runs it."""
     with (
         pg_database() as name,
         run_service(model.url, MOORAGE_DATABASE_URL=PG_URL.format(name), MOORAGE_IDLE_TIMEOUT_S="1") as one,
@@ -153,8 +155,12 @@ async def test_two_replicas_never_run_one_session_at_once(model: ScriptedModelSe
     ):
         client = await Client.connect(one)
         await client.turn("say on replica one")
-        other = await Client.connect(two, client.session_id)
-        assert other.first["type"] == "error" and other.first["code"] == "session_locked"
+        other = await Client.connect(two, client.session_id)  # one's client is attached: in use
+        assert other.first["type"] == "session" and other.first["state"] == "attached", other.first
+        assert events(one, "handover_declined", client.session_id)
+        assert result_of(await other.turn("say from replica two"))["result"] == "from replica two"
+        assert not events(two, "session_rehydrating", client.session_id)
+        await other.close()
         await client.close()
         await wait_suspended(one, client.session_id)
         moved = await Client.connect(two, client.session_id)

@@ -1,7 +1,8 @@
 """Any replica answers any request (issue 16): two and three service processes on one PostgreSQL,
 driven by the unmodified official ``anthropic`` client. A session runs where it started; a stream
 on another replica follows it live from the durable log, and events posted to another replica
-reach it through the command table — the session never moves for it. A replica killed mid-turn is
+reach it through the command table — the session never moves for it; a WebSocket on another
+replica follows a busy session from the log and drives it the same way. A replica killed mid-turn is
 noticed by the others once its lease lapses: the stream says the turn was lost, and the next
 message resumes the session where it lands."""
 
@@ -14,9 +15,9 @@ from typing import Any
 
 import anthropic
 import pytest
-from ma_client import KEYS, client, close_all
+from ma_client import ACME, KEYS, client, close_all
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Service, events, pg_available, pg_database, run_service, scaled
+from support import Client, Service, events, pg_available, pg_database, result_of, run_service, scaled
 
 pytestmark = pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
 
@@ -121,6 +122,35 @@ def test_an_approval_posted_to_a_third_replica_unblocks_the_tool_waiting_on_the_
     assert text(next(e for e in done if e.type == "agent.message")) == "tool said: allowed from c"
     assert done[-1].stop_reason.type == "end_turn"
     assert not events(c, "session_rehydrating", session_id)
+
+
+async def test_a_websocket_on_another_replica_shares_a_busy_session_without_moving_it(
+    replicas: tuple[Service, Service, Service],
+) -> None:
+    """A client on A keeps the session busy there; a WebSocket to B for it is served on B, without
+    a handover: the replay, a pong, and a turn sent on B that runs on A — both clients get the
+    same frames with the same seqs."""
+    a, b, _ = replicas
+    on_a = await Client.connect(a, token=ACME)
+    await on_a.turn("say first on a")
+    sid = on_a.session_id
+    on_b = await Client.connect(b, sid, token=ACME, query="?after=0")
+    try:
+        assert on_b.first["type"] == "session" and on_b.first["state"] == "attached", on_b.first
+        assert result_of(await on_b.until("result"))["result"] == "first on a"  # replayed from the log
+        await on_b.send({"type": "ping", "id": "p1"})
+        assert (await on_b.until("pong"))[-1]["id"] == "p1"
+        from_b = await on_b.turn("say second from b")
+        from_a = await on_a.until("result")
+        assert result_of(from_b)["result"] == "second from b"
+        seqs = [(f["seq"], f["type"]) for f in from_b if "seq" in f]
+        assert seqs and seqs == [(f["seq"], f["type"]) for f in from_a if "seq" in f]
+        assert seqs[0][1] == "user_message"
+        assert events(a, "handover_declined", sid) and events(b, "client_attached_remotely", sid)
+        assert not events(b, "session_rehydrating", sid)
+    finally:
+        await on_b.close()
+        await on_a.close()
 
 
 def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere(model: ScriptedModelServer) -> None:
