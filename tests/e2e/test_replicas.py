@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from ma_client import ACME, KEYS, client, close_all
+from ma_client import ACME, GLOBEX, KEYS, client, close_all
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, Service, events, pg_available, pg_database, result_of, run_service, scaled
 
@@ -151,6 +151,27 @@ async def test_a_websocket_on_another_replica_shares_a_busy_session_without_movi
     finally:
         await on_b.close()
         await on_a.close()
+
+
+async def test_another_tenant_reaches_nothing_through_a_replica_that_does_not_run_the_session(
+    replicas: tuple[Service, Service, Service], model: ScriptedModelServer
+) -> None:
+    """Acme's session runs on A; globex, on B, gets exactly what an unknown id gets — over HTTP
+    (list, send, stream) and over the WebSocket — and no command reaches A for it."""
+    a, b, _ = replicas
+    session_id = session_on(client(a))
+    globex = client(b, GLOBEX)
+    with pytest.raises(anthropic.NotFoundError):
+        globex.beta.sessions.events.send(session_id, events=[say("say not yours")])
+    with pytest.raises(anthropic.NotFoundError):
+        globex.beta.sessions.events.list(session_id)
+    with pytest.raises(anthropic.NotFoundError):
+        globex.beta.sessions.events.stream(session_id)
+    ws = await Client.connect(b, session_id, token=GLOBEX)
+    assert ws.first["type"] == "error" and ws.first["code"] == "session_not_found"
+    await ws.close()
+    assert "not yours" not in json.dumps([r["messages"] for r in model.model.requests])
+    assert [e.type for e in client(a).beta.sessions.events.list(session_id)] == []  # nothing was logged
 
 
 def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere(model: ScriptedModelServer) -> None:
