@@ -86,6 +86,7 @@ bench: deps venv
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_eventlog.py
 	$(PY) bench/bench_rehydrate.py
+	$(PY) bench/bench_replicas.py
 	$(PY) bench/bench_load.py
 
 # Images need an engine: DOCKER_HOST if set, else a private dockerd
