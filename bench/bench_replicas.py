@@ -29,10 +29,10 @@ official ``anthropic`` client (``AsyncAnthropic``, open mode). One session, made
    share one event loop, as in a replica, so a delay can come out slightly negative: the
    notification was read before the writer's ``await`` resumed.
 
-Each measured request of parts 1 and 2 follows ``--pause-ms`` of quiet on its connection: on this
-service a request sent on a keep-alive connection right after the previous answer is answered
-~40 ms late (``GET /healthz`` too; a bare uvicorn app is not), a transport effect that would
-drown the routing this bench is about.
+Each measured request of parts 1 and 2 follows ``--pause-ms`` of quiet on its connection (default
+100; 0 sends back to back). Written when a request right after the previous answer on a kept-alive
+connection came ~40 ms late (Nagle: the listener left ``TCP_NODELAY`` off, fixed in
+``server.no_delay``); the pause keeps each request's figure its own.
 
 Latencies: p50 and p95 (p99 for notification delays), in ms. The host's load average is recorded
 at the start of each part and at the end. Prints one table and writes JSON. Nothing is judged
