@@ -131,6 +131,18 @@ def run_service(model_url: str, **overrides: str) -> Iterator[Service]:
         service.stopped_at = time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+async def refused_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``moorage serve`` with ``env`` where it must refuse to start: its exit and output (bounded)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "moorage", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+
+
 class Client:
     """A WebSocket client speaking protocol v1, with bounded waits."""
 

@@ -206,6 +206,15 @@ class WsConnection:
             self.queue.clear()
         self.queue.force(_CLOSE)
 
+    async def receive(self) -> str | bytes | None:
+        """The client's next frame, counted (``None``: it disconnected)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        self.metrics.frames.labels("in").inc()
+        text: str | None = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
     async def write(self) -> None:
         while (item := await self.queue.get()) is not _CLOSE:
             assert isinstance(item, str)
@@ -235,14 +244,7 @@ async def apply_command(services: Services, command: Command) -> dict[str, Any]:
 
 
 async def _read(services: Services, session: Session, conn: WsConnection) -> None:
-    while True:
-        message = await conn.ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        raw = message.get("text")
-        if raw is None:
-            raw = message.get("bytes") or b""
-        conn.metrics.frames.labels("in").inc()
+    while (raw := await conn.receive()) is not None:
         try:
             await _dispatch(services, session, conn, raw)
         except MoorageError as exc:

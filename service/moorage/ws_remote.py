@@ -174,14 +174,7 @@ async def _tail(conn: WsConnection, store: Any, session_id: str, listener: Any, 
 
 async def _read(services: Services, conn: WsConnection, record: SessionRecord) -> None:
     """The client's frames: pings answered here, the rest applied by whoever runs the session."""
-    while True:
-        message = await conn.ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        raw = message.get("text")
-        if raw is None:
-            raw = message.get("bytes") or b""
-        conn.metrics.frames.labels("in").inc()
+    while (raw := await conn.receive()) is not None:
         try:
             if wait := conn.bucket.take(time.monotonic()):
                 raise ProtocolError(f"too many frames: retry in {wait:.1f}s", code=Code.RATE_LIMITED)

@@ -33,7 +33,14 @@ from attacker_probes import (
     run_probe,
 )
 from moorage.errors import Code, ProtocolError
-from moorage.protocol import InterruptFrame, PingFrame, UserFrame, parse_client_frame
+from moorage.protocol import (
+    CustomToolResultFrame,
+    InterruptFrame,
+    PermissionResponseFrame,
+    PingFrame,
+    UserFrame,
+    parse_client_frame,
+)
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import (
     PG,
@@ -446,6 +453,8 @@ def expected_reply(raw: str | bytes) -> dict[str, Any] | None:
         return None
     if isinstance(frame, InterruptFrame):
         return {"type": "error", "code": str(Code.NO_TURN_RUNNING), "fatal": False}
+    if isinstance(frame, (PermissionResponseFrame, CustomToolResultFrame)):  # a well-formed answer nobody asked for
+        return {"type": "error", "code": str(Code.REQUEST_NOT_PENDING), "fatal": False}
     assert isinstance(frame, PingFrame)
     return json.loads(json.dumps({"type": "pong", "id": frame.id}))  # type: ignore[no-any-return]
 

@@ -23,6 +23,7 @@ from support import (
     pg_available,
     pg_database,
     prompts_seen,
+    refused_start,
     result_of,
     run_service,
     scaled,
@@ -206,14 +207,7 @@ async def test_a_second_replica_on_one_sqlite_database_refuses_to_start(
             "MOORAGE_DATABASE_URL": shared,
             "ANTHROPIC_BASE_URL": model.url,
         }
-        two = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "moorage", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=scaled(60),
-        )
+        two = await refused_start(env)
         assert two.returncode == 2, two.stderr
         (started,) = events(one, "service_started")
         assert f"moorage: cannot start: replica {started['replica']} uses this SQLite database" in two.stderr

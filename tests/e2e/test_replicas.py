@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
-from ma_client import ACME, GLOBEX, KEYS, client, close_all
+from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, close_all, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, events, pg_available, pg_database, result_of, run_service, scaled
+from support import Client, Service, events, pg_available, pg_database, result_of, run_service
 
 pytestmark = pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
-
-TOOLSET: Any = {"type": "agent_toolset_20260401"}
-ASK_BASH: Any = {
-    "type": "agent_toolset_20260401",
-    "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
-}
 
 
 def replica(model: ScriptedModelServer, database: str, **overrides: str) -> Any:
@@ -48,26 +42,6 @@ def replicas(model: ScriptedModelServer) -> Iterator[tuple[Service, Service, Ser
 def close_clients() -> Iterator[None]:
     yield
     close_all()
-
-
-def say(words: str) -> Any:
-    return {"type": "user.message", "content": [{"type": "text", "text": words}]}
-
-
-def text(event: Any) -> str:
-    return "".join(b.text for b in event.content if b.type == "text")
-
-
-def until(stream: Iterable[Any], *types: str, timeout: float = 60) -> list[Any]:
-    """Events of an open stream up to and including the first of ``types`` (bounded)."""
-    deadline = time.monotonic() + scaled(timeout)
-    seen: list[Any] = []
-    for event in stream:
-        seen.append(event)
-        if event.type in types:
-            return seen
-        assert time.monotonic() < deadline, [e.type for e in seen]
-    raise AssertionError(f"the stream ended before {types}: {[e.type for e in seen]}")
 
 
 def session_on(api: anthropic.Anthropic, *tools: Any) -> str:

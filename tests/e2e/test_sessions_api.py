@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
-from ma_client import ACME, GLOBEX, KEYS, client, close_all, code
+from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, close_all, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, Service, result_of, run_service, scaled
 
@@ -23,11 +23,6 @@ WEATHER: Any = {
     "name": "weather",
     "description": "The weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
-TOOLSET: Any = {"type": "agent_toolset_20260401"}
-ASK_BASH: Any = {
-    "type": "agent_toolset_20260401",
-    "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
 }
 # Every model request costs about $1.80 here, so a 1-cent budget is spent by the first one.
 PRICES = json.dumps({"pricey": {"input": 100_000.0, "output": 100_000.0, "cache_read": 0.0, "cache_creation": 0.0}})
@@ -49,26 +44,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
 def close_clients() -> Iterator[None]:
     yield
     close_all()
-
-
-def text(event: Any) -> str:
-    return "".join(b.text for b in event.content if b.type == "text")
-
-
-def say(words: str) -> Any:
-    return {"type": "user.message", "content": [{"type": "text", "text": words}]}
-
-
-def until(stream: Iterable[Any], *types: str, timeout: float = 60) -> list[Any]:
-    """Events of an open stream up to and including the first of ``types`` (bounded)."""
-    deadline = time.monotonic() + scaled(timeout)
-    seen: list[Any] = []
-    for event in stream:
-        seen.append(event)
-        if event.type in types:
-            return seen
-        assert time.monotonic() < deadline, [e.type for e in seen]
-    raise AssertionError(f"the stream ended before {types}: {[e.type for e in seen]}")
 
 
 def setup(api: anthropic.Anthropic, *tools: Any, name: str = "Demo") -> tuple[str, str]:

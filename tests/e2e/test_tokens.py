@@ -26,6 +26,7 @@ from support import (
     moorage_chat,
     pg_available,
     pg_database,
+    refused_start,
     result_of,
     run_service,
     scaled,
@@ -215,16 +216,9 @@ async def test_a_non_loopback_service_without_credentials_refuses_to_start_until
         "MOORAGE_PORT": str(free_port()),
         "MOORAGE_STATE_DIR": str(tmp_path),
     }
-    refused_start = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "moorage", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
-    assert refused_start.returncode == 2
-    assert "without authentication" in refused_start.stderr and "moorage tokens create" in refused_start.stderr
+    refused = await refused_start(env)
+    assert refused.returncode == 2
+    assert "without authentication" in refused.stderr and "moorage tokens create" in refused.stderr
     _, token = await create({k: v for k, v in env.items() if k.startswith("MOORAGE_")}, "acme")
     with run_service(model.url, MOORAGE_HOST="0.0.0.0", MOORAGE_STATE_DIR=str(tmp_path)) as svc:
         assert not events(svc, "auth_disabled")
