@@ -10,14 +10,16 @@ echo has an empty id, as the hosted service's may).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from moorage_session_store import SessionRecord, SessionRecords
 from moorage_session_store.commands import Command
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,11 +31,10 @@ from .http_api import ApiError, decode_page, encode_page, endpoint, json_body, l
 from .ma_events import event_id, timestamp
 from .ma_query import order_of, select, time_range
 from .ma_sessions import ClientEvent, Confirmation, CustomResult, Interrupt, parse_send
-from .ma_views import POLL_S, Projection
-from .pending import AgentTools
+from .ma_views import POLL_S, Listener, Projection
 from .protocol import UserFrame
 from .sessions import Session
-from .sessions_api import ACCEPT_WAIT_S, get_record, services_of
+from .sessions_api import ACCEPT_WAIT_S, get_record, projection_of, services_of
 
 if TYPE_CHECKING:
     from .app import Services
@@ -42,19 +43,6 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
-
-
-def tools_of(services: Services, record: SessionRecord) -> AgentTools:
-    """The tool policy the session runs with (its pinned agent's, else the operator's default)."""
-    agent = record.options.get("agent")
-    try:
-        return AgentTools.parse(agent if agent is not None else services.settings.default_agent)
-    except ValueError:
-        return AgentTools()
-
-
-async def projection_of(services: Services, record: SessionRecord) -> Projection:
-    return await services.projections.get(record.id, tools_of(services, record))
 
 
 # -- list -------------------------------------------------------------------------
@@ -179,17 +167,35 @@ async def _stream(request: Request, tenant: str, records: SessionRecords) -> Res
         raise ApiError("event_deltas[] takes agent.message, agent.thinking", code=Code.INVALID_REQUEST)
     record = await get_record(records, tenant, request.path_params["session_id"])
     projection = await projection_of(services, record)
-    return StreamingResponse(_frames(services, projection, kinds), headers=sse.HEADERS)
+    # In the step the projection was caught up in (no await since): what it holds came before the
+    # connection, and every later frame wakes this listener. Taken here, not in the body, which
+    # runs only after the client has the headers and may already have sent its message.
+    held = contextlib.ExitStack()
+    held.enter_context(services.projections.held(projection))
+    listener = held.enter_context(services.sessions.deps.watch.listen(projection.session_id, bool(kinds)))
+    sent, seen = len(projection.events), projection.projector.last_seq
+    body = _frames(services, projection, listener, (sent, seen), kinds, held)
+    # The background task lets go if the body never ran (the client left before it started).
+    return StreamingResponse(body, headers=sse.HEADERS, background=BackgroundTask(held.close))
 
 
-async def _frames(services: Services, projection: Projection, kinds: list[str]) -> AsyncIterator[bytes]:
-    """The stream: what the log gets from now on, previews in their place, keep-alives between."""
+async def _frames(
+    services: Services,
+    projection: Projection,
+    listener: Listener,
+    start: tuple[int, int],
+    kinds: list[str],
+    held: contextlib.ExitStack,
+) -> AsyncGenerator[bytes, None]:
+    """The stream: the events past ``start`` (how many it had, the last seq projected), previews
+    in their place, keep-alives between. The projection is shared with the session's other
+    streams and may be ahead of this one's news: a stream sends only up to what it was told of,
+    so a preview is never overtaken by the message it previews."""
     store = services.projections.store
-    watch = services.sessions.deps.watch
     preview = sse.Preview(kinds)
-    yield sse.keep_alive()  # the status line and headers go out now: the client waits for them
-    with services.projections.held(projection), watch.listen(projection.session_id, bool(kinds)) as listener:
-        sent = len(projection.events)  # only what comes after the connection
+    sent, seen = start  # events sent; the last seq this stream knows is logged
+    with held:
+        yield sse.keep_alive()  # the status line and headers are out: the client waits for a first byte
         quiet_since = time.monotonic()
         while not services.sessions.draining:
             await listener.wait(POLL_S)
@@ -200,15 +206,16 @@ async def _frames(services: Services, projection: Projection, kinds: list[str]) 
             try:
                 items: list[int | dict[str, Any] | None] = [*listener.take()] or [None]
                 for item in items:
-                    if isinstance(item, dict):  # a preview: after the durable frames before it, read already
-                        next_id = event_id(projection.projector.last_seq + 1)
-                        out += [sse.encode(frame) for frame in preview.feed(item, next_id)]
+                    if isinstance(item, dict):  # a preview: after the durable frames before it, sent already
+                        out += [sse.encode(frame) for frame in preview.feed(item, event_id(seen + 1))]
                         continue
                     # News up to seq ``item`` (not further: a preview queued after it must not be
                     # overtaken by the message it previews), or a poll (everything there is).
                     await projection.catch_up(store, item)
-                    out += [sse.encode_event(e) for e in projection.events[sent:]]
-                    sent = len(projection.events)
+                    seen = projection.projector.last_seq if item is None else max(seen, item)
+                    upto = projection.count_upto(seen)
+                    out += [sse.encode_event(e) for e in projection.events[sent:upto]]
+                    sent = max(sent, upto)
             except STORE_ERRORS as exc:
                 log.warning("event_stream_read_failed", session_id=projection.session_id, error=type(exc).__name__)
             if out:

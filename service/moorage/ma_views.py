@@ -20,6 +20,7 @@ in use by a stream stays), each the session's events as Managed Agents events.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from typing import Any
 from moorage_session_store.events import MAX_PAGE
 
 from .eventlog import EventStore, Kind, kind_of
-from .ma_events import MaEvent, Projector
+from .ma_events import MaEvent, Projector, event_id
 from .pending import AgentTools
 
 Frame = dict[str, Any]
@@ -62,6 +63,10 @@ class Projection:
                     self.events.extend(self.projector.project(frame))
                 if len(frames) < want:
                     return
+
+    def count_upto(self, seq: int) -> int:
+        """How many of ``events`` come from frames up to ``seq`` (ids sort in log order)."""
+        return bisect.bisect_left(self.events, event_id(seq + 1), key=lambda e: e.id)
 
     def index_of(self, event_id: str) -> int | None:
         """Where ``event_id`` is in ``events`` (ids sort in log order: a bisection)."""

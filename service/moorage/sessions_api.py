@@ -31,10 +31,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .agents_api import session_agent
+from .commands import owned_elsewhere
 from .errors import STORE_ERRORS, Code, MoorageError
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, next_time_page, time_page, when_param
 from .ma_sessions import MAX_INITIAL_EVENTS, Status, apply_update, parse_create, session_object
+from .ma_views import Projection
 from .manager import budget_usd, is_session_id
+from .pending import AgentTools
 
 if TYPE_CHECKING:
     from .app import Services
@@ -64,21 +67,38 @@ async def get_record(records: SessionRecords, tenant: str, session_id: str) -> S
     return record
 
 
-def status_of(services: Services, record: SessionRecord) -> Status:
+def tools_of(services: Services, record: SessionRecord) -> AgentTools:
+    """The tool policy the session runs with (its pinned agent's, else the operator's default)."""
+    agent = record.options.get("agent")
+    try:
+        return AgentTools.parse(agent if agent is not None else services.settings.default_agent)
+    except ValueError:
+        return AgentTools()
+
+
+async def projection_of(services: Services, record: SessionRecord) -> Projection:
+    """The session's events as Managed Agents events, caught up with its log (ma_views.py)."""
+    return await services.projections.get(record.id, tools_of(services, record))
+
+
+async def status_of(services: Services, record: SessionRecord) -> Status:
     """``running`` while a turn runs (or messages wait for it) and nothing waits for a client;
-    ``idle`` otherwise, suspended sessions included; ``rescheduling`` while its sandbox starts."""
+    ``idle`` otherwise, suspended sessions included; ``rescheduling`` while its sandbox starts.
+    A session another replica runs is as its log says (the last status event)."""
     if record.state == "closed":
         return "terminated"
     live = services.sessions.sessions.get(record.id)
     if live is None or live.closed:
+        if owned_elsewhere(record, services.settings.replica, datetime.now(UTC)):
+            return "running" if (await projection_of(services, record)).projector.running else "idle"
         return "idle"
     if not live.ready.is_set():
         return "rescheduling"
     return "running" if live.busy and not len(live.core.pending) else "idle"
 
 
-def to_object(services: Services, record: SessionRecord) -> dict[str, Any]:
-    return session_object(record, status_of(services, record), datetime.now(UTC))
+async def to_object(services: Services, record: SessionRecord) -> dict[str, Any]:
+    return session_object(record, await status_of(services, record), datetime.now(UTC))
 
 
 async def _create(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
@@ -118,7 +138,7 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
             await services.sessions.delete(session.id, tenant)
         raise
     record = await get_record(records, tenant, session.id)
-    return JSONResponse(to_object(services, record))
+    return JSONResponse(await to_object(services, record))
 
 
 async def _list(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
@@ -149,7 +169,7 @@ async def _list(request: Request, tenant: str, records: SessionRecords) -> JSONR
     page = await records.page(tenant, query, time_page(request), limit + 1)
     more = len(page) > limit
     page = page[:limit]
-    data = [to_object(services, r) for r in page]
+    data = [await to_object(services, r) for r in page]
     if statuses:  # a status is live state, not a column: filtered here (a page may come out short)
         data = [item for item in data if item["status"] in statuses]
     next_page = next_time_page(page[-1].created_at, page[-1].id) if more else None
@@ -158,7 +178,7 @@ async def _list(request: Request, tenant: str, records: SessionRecords) -> JSONR
 
 async def _retrieve(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
     record = await get_record(records, tenant, request.path_params["session_id"])
-    return JSONResponse(to_object(services_of(request), record))
+    return JSONResponse(await to_object(services_of(request), record))
 
 
 async def _update(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
@@ -184,7 +204,7 @@ async def _update(request: Request, tenant: str, records: SessionRecords) -> JSO
     if live is not None:  # a new budget applies from the next model request
         live.ledger.budget_usd = budget_usd(record.api)
     log.info("session_updated", session_id=session_id, tenant=tenant)
-    return JSONResponse(to_object(services, record))
+    return JSONResponse(await to_object(services, record))
 
 
 async def _archive(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
@@ -196,7 +216,7 @@ async def _archive(request: Request, tenant: str, records: SessionRecords) -> JS
     if record is None:
         raise not_found(session_id)
     log.info("session_archived", session_id=session_id, tenant=tenant)
-    return JSONResponse(to_object(services, record))
+    return JSONResponse(await to_object(services, record))
 
 
 async def _delete(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:

@@ -149,9 +149,10 @@ async def test_another_tenant_reaches_nothing_through_a_replica_that_does_not_ru
 
 
 def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere(model: ScriptedModelServer) -> None:
-    """kill -9 of A while its turn waits on the model: once A's lease lapses, B adopts the session
-    and its stream on B says the turn was lost (``session.error``, then idle); a message sent to B
-    rehydrates the session there, with its history, and the stream shows that turn too."""
+    """kill -9 of A while its turn waits on the model (B reports it running, from A's log): once
+    A's lease lapses, B adopts the session and its stream on B says the turn was lost
+    (``session.error``, then idle); a message sent to B rehydrates the session there, with its
+    history, and the stream shows that turn too."""
     lease = {"MOORAGE_LEASE_TTL_S": "3"}
     with pg_database("_killed") as name, replica(model, name, **lease) as a, replica(model, name, **lease) as b:
         on_a, on_b = client(a), client(b)
@@ -161,6 +162,8 @@ def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere
             until(stream, "session.status_idle")  # a turn in the transcript
             on_a.beta.sessions.events.send(session_id, events=[say("sleep 10")])
             until(stream, "session.status_running")
+            assert on_b.beta.sessions.retrieve(session_id).status == "running"  # as A's log says
+            assert [s.status for s in on_b.beta.sessions.list() if s.id == session_id] == ["running"]
             a.proc.kill()
             lost = until(stream, "session.status_idle", timeout=30)
             assert [e.type for e in lost][-2:] == ["session.error", "session.status_idle"], [e.type for e in lost]

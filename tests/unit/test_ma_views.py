@@ -5,17 +5,14 @@ projections kept per session (``Projection``, ``Projections``) over an in-memory
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from ma_frames import T0
+from ma_frames import T0, MemoryStore, said
 from moorage import ma_views
 from moorage.ma_events import MaEvent, Projector, event_id
 from moorage.ma_views import MAX_PREVIEW_FRAMES, Listener, LogWatch, Projection, Projections
 from moorage.pending import AgentTools
-from moorage_session_store import NewEvent, StoredEvent
 
 Frame = dict[str, Any]
 TOOLS = AgentTools()
@@ -23,10 +20,6 @@ TOOLS = AgentTools()
 
 def delta(n: int) -> Frame:
     return {"type": "stream_event", "event": {"n": n}}
-
-
-def said(text: str) -> Frame:
-    return {"type": "user_message", "message": {"role": "user", "content": [{"type": "text", "text": text}]}}
 
 
 # -- Listener ---------------------------------------------------------------------
@@ -164,35 +157,15 @@ def test_index_of_misses_are_none() -> None:
     assert projection_of().index_of(event_id(1)) is None
 
 
+def test_count_upto_is_the_events_of_frames_up_to_a_seq_further_events_included() -> None:
+    """What a stream told of the log up to seq N may send: never an event of a later frame, which
+    another stream sharing the projection may have read already."""
+    projection = projection_of(event_id(2), event_id(2, 1), event_id(5), event_id(10), event_id(10, 1))
+    assert [projection.count_upto(seq) for seq in (0, 1, 2, 4, 5, 9, 10, 11)] == [0, 0, 2, 2, 3, 3, 5, 5]
+    assert projection_of().count_upto(7) == 0
+
+
 # -- catching up from the store ---------------------------------------------------
-
-
-class MemoryStore:
-    """An in-memory ``EventStore`` that records its reads."""
-
-    def __init__(self) -> None:
-        self.rows: list[StoredEvent] = []
-        self.reads: list[tuple[int, int]] = []
-
-    def add(self, *frames: Frame) -> None:
-        for frame in frames:
-            seq = len(self.rows) + 1
-            self.rows.append(StoredEvent(seq, str(frame["type"]), frame, T0 + timedelta(seconds=seq)))
-
-    async def append(self, session_id: str, events: Sequence[NewEvent]) -> None:
-        raise AssertionError("a view does not write")
-
-    async def last_seq(self, session_id: str) -> int:
-        return len(self.rows)
-
-    async def bounds(self, session_id: str) -> tuple[int, int]:
-        return (1 if self.rows else 0), len(self.rows)
-
-    async def read(self, session_id: str, after: int, limit: int = 1000) -> list[StoredEvent]:
-        self.reads.append((after, limit))
-        page = [row for row in self.rows if row.seq > after][:limit]
-        await asyncio.sleep(0)  # a real read waits: another reader may run meanwhile
-        return page
 
 
 async def test_catch_up_reads_the_log_in_pages_until_a_short_one(monkeypatch: pytest.MonkeyPatch) -> None:
