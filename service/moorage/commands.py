@@ -56,6 +56,15 @@ def refused(message: str, code: Code, *, retry: bool) -> ApiError:
     return ApiError(message, code=code, headers={} if retry else {"x-should-retry": "false"})
 
 
+class SessionGone(ApiError):
+    """The command went with its session: deleted while the sender waited."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id} was deleted", code=Code.SESSION_NOT_FOUND, headers={"x-should-retry": "false"}
+        )
+
+
 def owned_elsewhere(record: SessionRecord, replica: str, now: datetime) -> bool:
     """Does another replica run the session now (an active session, its lease unexpired)?"""
     return (
@@ -141,7 +150,7 @@ class CommandRouter:
                     await self.store.forget(command_id)
                     return command.result
                 if step is Step.GONE:
-                    raise refused(f"session {record.id} was deleted", Code.SESSION_NOT_FOUND, retry=False)
+                    raise SessionGone(record.id)
                 if step is Step.UNCONFIRMED:
                     log.warning("command_unconfirmed", session_id=record.id, command_id=command_id)
                     raise refused(
@@ -162,6 +171,20 @@ class CommandRouter:
                 )
         finally:
             self._answered.pop(command_id, None)
+
+    async def forward(self, record: SessionRecord, body: dict[str, Any]) -> list[Any] | None:
+        """If another replica runs the session, have it apply ``body``: the data of its answer,
+        its refusal raised as it said it. ``None``: serve it here (nobody else runs it, or the
+        owner let it go before taking ``body``)."""
+        if self.runs_here(record.id) or not owned_elsewhere(record, self.replica, datetime.now(UTC)):
+            return None
+        answer = await self.send(record, body)
+        if answer is None:
+            return None
+        if "error" in answer:
+            raise refusal(answer["error"])
+        data: list[Any] = answer["data"]
+        return data
 
     def answered(self, payload: str) -> None:
         """A notification: command ``payload`` has its answer."""
@@ -249,4 +272,6 @@ def refusal(error: dict[str, Any]) -> ApiError:
         code = Code.INTERNAL
     headers = error.get("headers")
     kept = {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
-    return ApiError(str(error.get("message", "")), code=code, headers=kept)
+    refused = ApiError(str(error.get("message", "")), code=code, headers=kept)
+    refused.fatal = bool(error.get("fatal"))
+    return refused

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import sse
-from .commands import error_result, owned_elsewhere, refusal, store_error_result
+from .commands import error_result, store_error_result
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError
 from .http_api import ApiError, decode_page, encode_page, endpoint, json_body, limit_param
 from .ma_events import event_id, timestamp
@@ -82,16 +82,10 @@ async def _send(request: Request, tenant: str, records: SessionRecords) -> Respo
     record = await get_record(records, tenant, session_id)
     if record.archived_at is not None:
         raise ApiError(f"session {session_id} is archived: it takes no more events", code=Code.SESSION_ARCHIVED)
-    if not services.commands.runs_here(session_id) and owned_elsewhere(
-        record, services.settings.replica, datetime.now(UTC)
-    ):
-        # Another replica runs it: the owner applies the events (commands.py), the session stays there.
-        assert isinstance(body, dict)  # parse_send took it
-        answer = await services.commands.send(record, body)
-        if answer is not None:
-            if "error" in answer:
-                raise refusal(answer["error"])
-            return JSONResponse(answer)
+    # If another replica runs it, the owner applies the events (commands.py); it stays there.
+    assert isinstance(body, dict)  # parse_send took it
+    if (data := await services.commands.forward(record, body)) is not None:
+        return JSONResponse({"data": data})
     return JSONResponse({"data": await deliver(services, record, events)})
 
 

@@ -33,7 +33,7 @@ import structlog
 from moorage_session_store import SessionRecord
 from moorage_session_store.commands import Command
 
-from .commands import error_result, owned_elsewhere, refusal, store_error_result
+from .commands import SessionGone, error_result, owned_elsewhere, store_error_result
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .ma_views import POLL_S
 from .manager import is_session_id
@@ -199,20 +199,12 @@ async def _apply(services: Services, record: SessionRecord, raw: str, frame: Any
     """To the owner while another replica runs the session; here (rehydrating it) once none does."""
     if not services.sessions.runs(record.id):
         current = await services.sessions.records.get(record.id)
-        if current is not None and owned_elsewhere(current, services.settings.replica, datetime.now(UTC)):
-            try:
-                answer = await services.commands.send(current, {"frame": raw})
-            except MoorageError as exc:
-                if exc.code == Code.SESSION_NOT_FOUND:  # deleted meanwhile
-                    raise MoorageError("the session was deleted", code=Code.SESSION_DELETED, fatal=True) from None
-                raise
-            if answer is not None and "error" in answer:
-                error = refusal(answer["error"])
-                error.fatal = bool(answer["error"].get("fatal"))
-                raise error
-            if answer is not None:
+        try:
+            if current is not None and await services.commands.forward(current, {"frame": raw}) is not None:
                 return
-            # None: the owner let it go before taking the frame; it is ours now.
+        except SessionGone:
+            raise MoorageError("the session was deleted", code=Code.SESSION_DELETED, fatal=True) from None
+        # Nobody else runs it (or the owner let it go before taking the frame): it is ours now.
     session, _state = await services.sessions.attach(record.id, record.tenant)
     await deliver_frame(services, session, frame)
 
