@@ -1,5 +1,6 @@
 """SQLModel implementation of claude-agent-sdk's ``SessionStore`` protocol (SQLite and PostgreSQL),
-plus Moorage's session records (``moorage_session_store.records``) and API tokens (``.tokens``).
+plus Moorage's session records (``moorage_session_store.records``), API tokens (``.tokens``) and
+files (``.files``).
 
     db = await Database.connect("sqlite:///var/moorage.db")   # or postgresql://user@host/db
     await db.migrate()
@@ -17,6 +18,8 @@ from .errors import (
     EnvironmentArchived,
     EnvironmentNameTaken,
     EnvironmentNotFound,
+    FileNotFound,
+    FileTooLarge,
     InvalidRecord,
     MoorageStoreError,
     RevisionConflict,
@@ -25,6 +28,7 @@ from .errors import (
     UnsupportedDatabaseURL,
     VersionConflict,
 )
+from .files import FileRecord, Files
 from .events import EVENTS_CHANNEL, EventConflict, NewEvent, SessionEvents, StoredEvent
 from .records import SessionQuery, SessionRecord, SessionRecords, SessionState, TurnUsage
 from .replicas import Replicas
@@ -49,6 +53,10 @@ __all__ = [
     "EnvironmentRecord",
     "Environments",
     "EventConflict",
+    "FileNotFound",
+    "FileRecord",
+    "FileTooLarge",
+    "Files",
     "InvalidRecord",
     "MoorageStoreError",
     "NewEvent",

@@ -86,3 +86,19 @@ class RevisionConflict(MoorageStoreError):
     """``Environments.update`` was given a base revision that is no longer the environment's."""
 
     code = "revision_conflict"
+
+
+class FileNotFound(MoorageStoreError):
+    """No complete file of that id for that tenant (or it was deleted while it was read)."""
+
+    code = "file_not_found"
+
+
+class FileTooLarge(MoorageStoreError):
+    """``Files.put`` received more than its ``max_bytes`` (``limit``); nothing of it was kept."""
+
+    code = "file_too_large"
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit

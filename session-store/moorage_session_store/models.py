@@ -2,7 +2,8 @@
 service's session records (``sessions``, ``workspaces``, ``workspace_chunks``), each session's event log
 (``session_events``), the API tokens (``api_tokens``), the tenants' spend (``tenant_spend``), the
 agents (``agents``, ``agent_versions``), the environments (``environments``), the commands sent to a
-session's replica (``session_commands``) and the replicas' heartbeats (``replicas``).
+session's replica (``session_commands``), the replicas' heartbeats (``replicas``) and the Files API's
+files (``files``, ``file_chunks``).
 
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these models must
 match them (a unit test compares the two).
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -259,6 +261,44 @@ class EnvironmentRow(SQLModel, table=True):
     archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
+class FileRow(SQLModel, table=True):
+    """A file of one tenant (the Files API): its name, type, size and expiry, the session it belongs
+    to (``scope_session_id``: deleted with it), and whether its upload finished (``complete``: an
+    incomplete one is an upload in flight, or abandoned, and is never shown). Its bytes are in
+    ``file_chunks``."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        Index("ix_files_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_files_scope", "scope_session_id"),
+        Index("ix_files_expires", "expires_at"),
+    )
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    filename: str = Field(sa_column=Column(String, nullable=False))
+    mime_type: str = Field(sa_column=Column(String, nullable=False))
+    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    scope_session_id: str | None = Field(
+        default=None, sa_column=Column(String, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True)
+    )
+    downloadable: bool = Field(sa_column=Column(Boolean, nullable=False))
+    complete: bool = Field(sa_column=Column(Boolean, nullable=False))
+
+
+class FileChunkRow(SQLModel, table=True):
+    """One chunk of a file's bytes: the file is its chunks in ``seq`` order. Deleted with it."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: str = Field(sa_column=Column(String, ForeignKey("files.id", ondelete="CASCADE"), primary_key=True))
+    seq: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=Column(Integer, nullable=False))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -283,3 +323,5 @@ ENVIRONMENTS = table("environments")
 SESSION_EVENTS = table("session_events")
 SESSION_COMMANDS = table("session_commands")
 REPLICAS = table("replicas")
+FILES = table("files")
+FILE_CHUNKS = table("file_chunks")

@@ -32,6 +32,8 @@ from .database import Database
 from .errors import InvalidRecord, RevisionConflict, SessionExists, SessionNotFound
 from .models import (
     ENTRIES,
+    FILE_CHUNKS,
+    FILES,
     KEYS,
     SESSION_COMMANDS,
     SESSION_EVENTS,
@@ -498,21 +500,23 @@ class SessionRecords:
 
     async def delete(self, id: str) -> None:
         """Delete the session and everything it stored here: its workspace archives (every
-        generation), its event log, its commands and record (no-op if absent)."""
+        generation), its event log, its commands, its files and record (no-op if absent)."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 await conn.execute(delete(SESSION_COMMANDS).where(SESSION_COMMANDS.c.session_id == id))
                 await conn.execute(delete(SESSION_EVENTS).where(SESSION_EVENTS.c.session_id == id))
                 await conn.execute(delete(WORKSPACE_CHUNKS).where(WORKSPACE_CHUNKS.c.session_id == id))
                 await conn.execute(delete(WORKSPACES).where(WORKSPACES.c.session_id == id))
+                await conn.execute(delete(FILES).where(FILES.c.scope_session_id == id))  # chunks: cascade
                 await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))
 
     # --- storage: what a tenant keeps, and deleting it -----------------------------------------
 
     async def tenant_storage_bytes(self, tenant: str) -> int:
         """Bytes ``tenant`` has stored: its sessions' workspace snapshots, its transcript entries
-        (each entry's JSON text, subagent transcripts included) and its sessions' event logs (each
-        event's JSON body). The one place storage is counted.
+        (each entry's JSON text, subagent transcripts included), its sessions' event logs (each
+        event's JSON body) and its files (every stored chunk, uploads in flight included). The one
+        place storage is counted.
 
         Cost: a sum over the tenant's transcript rows (the ``(project_key, ...)`` and ``(key_id, id)``
         indexes find them); callers ask once per new session or workspace save, not per entry.
@@ -541,10 +545,16 @@ class SessionRecords:
             .where(SESSIONS.c.tenant == tenant)
             .scalar_subquery()
         )
+        files = (
+            select(func.coalesce(func.sum(FILE_CHUNKS.c.size), 0))
+            .select_from(FILE_CHUNKS.join(FILES, FILE_CHUNKS.c.file_id == FILES.c.id))
+            .where(FILES.c.tenant == tenant)
+            .scalar_subquery()
+        )
         with self._db.translate_errors():
             async with self._db.engine.connect() as conn:
-                total = (await conn.execute(select(workspaces, transcripts, events))).one()
-        return int(total[0]) + int(total[1]) + int(total[2])
+                total = (await conn.execute(select(workspaces, transcripts, events, files))).one()
+        return sum(int(part) for part in total)
 
     async def purge(self, id: str, owner: str | None = None) -> bool:
         """Delete the session and everything it stored (record, workspace, transcripts with their
@@ -585,8 +595,8 @@ class SessionRecords:
         return await self._delete_with_transcripts(stmt)
 
     async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
-        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces, event logs and
-        commands go by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
+        """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces, event logs,
+        commands and session-scoped files go by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()

@@ -1,0 +1,261 @@
+"""Files: the ``files`` table (one row per file of a tenant) and ``file_chunks`` (its bytes).
+
+A file's bytes are stored as ordered chunks of up to :data:`CHUNK_BYTES`, each written in its own
+short transaction while the upload streams in, so nothing holds a whole file in memory and no
+write lock is held while the sender is slow. The ``files`` row is written first with
+``complete = false`` (invisible to every read) and flipped to complete, with its size, in one
+statement at the end; an upload that fails, is cut, or grows past its ``max_bytes`` deletes its
+row and chunks before the error propagates, and one that a crash cut short is removed by
+:meth:`Files.delete_expired` once it is older than :data:`ABANDONED_AFTER`. A complete file never
+changes: reads fetch one chunk per query (no long transaction, no pinned connection); a file
+deleted while it is read ends the read with :class:`FileNotFound` instead of short bytes.
+
+Every read and write names the tenant; another tenant's file answers exactly like an unknown one.
+A file may belong to a session (``scope_session_id``): it is deleted with it, by the database
+(``ON DELETE CASCADE``), whichever way the session goes (a client's delete, the retention reaper).
+Its bytes count toward the tenant's stored bytes (``SessionRecords.tenant_storage_bytes``),
+an upload in flight included. Lists are newest first and paged by keyset (``created_at``, ``id``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .columns import utcnow
+from .database import Database
+from .errors import FileNotFound, FileTooLarge, SessionNotFound
+from .models import FILE_CHUNKS, FILES
+
+__all__ = ["ABANDONED_AFTER", "CHUNK_BYTES", "FileRecord", "Files", "new_file_id"]
+
+ID_PREFIX = "file_"
+#: Bytes per ``file_chunks`` row.
+CHUNK_BYTES = 1024 * 1024
+#: An upload not finished this long after it started was cut short by a crash: swept.
+ABANDONED_AFTER = timedelta(hours=24)
+#: Files deleted per transaction by the sweep.
+SWEEP_BATCH = 100
+
+
+def new_file_id() -> str:
+    """``file_`` and 24 lowercase hex characters (96 random bits)."""
+    return ID_PREFIX + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One complete file's metadata (a snapshot)."""
+
+    id: str
+    tenant: str
+    filename: str
+    mime_type: str
+    size_bytes: int
+    created_at: datetime
+    expires_at: datetime | None
+    scope_session_id: str | None
+    downloadable: bool
+
+    def expired(self, now: datetime) -> bool:
+        """Its ``expires_at`` has passed: its bytes are no longer served."""
+        return self.expires_at is not None and self.expires_at <= now
+
+
+_COLUMNS = (
+    FILES.c.id,
+    FILES.c.tenant,
+    FILES.c.filename,
+    FILES.c.mime_type,
+    FILES.c.size_bytes,
+    FILES.c.created_at,
+    FILES.c.expires_at,
+    FILES.c.scope_session_id,
+    FILES.c.downloadable,
+)
+
+
+def _record(row: Any) -> FileRecord:
+    return FileRecord(**dict(row._mapping))
+
+
+class Files:
+    """Async repository for files. Safe to share between tasks."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(
+        self,
+        tenant: str,
+        *,
+        filename: str,
+        mime_type: str,
+        chunks: AsyncIterable[bytes],
+        max_bytes: int,
+        scope_session_id: str | None = None,
+        downloadable: bool = True,
+        expires_at: datetime | None = None,
+    ) -> FileRecord:
+        """Store a new file as ``chunks`` stream in; it is visible once all of it is stored.
+
+        Raises :class:`FileTooLarge` as soon as more than ``max_bytes`` arrived, and
+        :class:`SessionNotFound` if ``scope_session_id`` names no session. On any error (the
+        source's own included, which propagate unchanged) nothing of the file remains."""
+        file_id, now = new_file_id(), utcnow()
+        row = {
+            "id": file_id,
+            "tenant": tenant,
+            "filename": filename,
+            "mime_type": mime_type,
+            "size_bytes": 0,
+            "created_at": now,
+            "expires_at": expires_at,
+            "scope_session_id": scope_session_id,
+            "downloadable": downloadable,
+            "complete": False,
+        }
+        try:
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(insert(FILES).values(**row))
+        except IntegrityError:  # the foreign key: no such session
+            raise SessionNotFound(f"no session {scope_session_id!r}") from None
+        try:
+            size = await self._write_chunks(file_id, chunks, max_bytes)
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(update(FILES).where(FILES.c.id == file_id).values(size_bytes=size, complete=True))
+        except BaseException:
+            await self._drop(file_id)
+            raise
+        return FileRecord(file_id, tenant, filename, mime_type, size, now, expires_at, scope_session_id, downloadable)
+
+    async def _write_chunks(self, file_id: str, chunks: AsyncIterable[bytes], max_bytes: int) -> int:
+        """Write ``chunks`` regrouped into rows of ``CHUNK_BYTES``; the total size."""
+        buffer, seq, size = bytearray(), 0, 0
+        async for piece in chunks:  # outside translate_errors: the source's errors are its own
+            size += len(piece)
+            if size > max_bytes:
+                raise FileTooLarge(f"the file is over {max_bytes} bytes", limit=max_bytes)
+            buffer += piece
+            while len(buffer) >= CHUNK_BYTES:
+                await self._write_chunk(file_id, seq, bytes(buffer[:CHUNK_BYTES]))
+                del buffer[:CHUNK_BYTES]
+                seq += 1
+        if buffer or seq == 0:
+            await self._write_chunk(file_id, seq, bytes(buffer))  # an empty file has one empty chunk
+        return size
+
+    async def _write_chunk(self, file_id: str, seq: int, data: bytes) -> None:
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                await conn.execute(insert(FILE_CHUNKS).values(file_id=file_id, seq=seq, size=len(data), data=data))
+
+    async def _drop(self, file_id: str) -> None:
+        """Delete a file being written (its chunks go by cascade); never raises: the sweep retries."""
+        try:
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(delete(FILES).where(FILES.c.id == file_id))
+        except Exception:  # noqa: BLE001 - the caller's error is the one to report
+            return
+
+    async def get(self, tenant: str, file_id: str) -> FileRecord | None:
+        """The tenant's complete file, expired or not; ``None`` if there is none."""
+        stmt = select(*_COLUMNS).where(FILES.c.id == file_id, FILES.c.tenant == tenant, FILES.c.complete.is_(True))
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                row = (await conn.execute(stmt)).first()
+        return None if row is None else _record(row)
+
+    async def read(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
+        """The file's bytes, one chunk (at most ``CHUNK_BYTES``) at a time, each fetched by its own
+        query. :class:`FileNotFound` if there is no such file, or if it is deleted before the last
+        chunk is read (never fewer bytes than its size without an error)."""
+        record = await self.get(tenant, file_id)
+        if record is None:
+            raise FileNotFound(f"file {file_id} not found")
+        seq = sent = 0
+        one = select(FILE_CHUNKS.c.data).where(FILE_CHUNKS.c.file_id == file_id)
+        while True:
+            with self._db.translate_errors():
+                async with self._db.engine.connect() as conn:
+                    data = (await conn.execute(one.where(FILE_CHUNKS.c.seq == seq))).scalar()
+            if data is None:
+                break
+            sent += len(data)
+            if data:
+                yield bytes(data)
+            seq += 1
+        if sent != record.size_bytes:
+            raise FileNotFound(f"file {file_id} was deleted while it was read")
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        scope_session_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        now: datetime | None = None,
+    ) -> builtins.list[FileRecord]:
+        """Up to ``limit`` of the tenant's complete files, newest first, older than the ``after``
+        key; only the session's (``scope_session_id``), only those named (``ids``), only those not
+        expired at ``now`` (when given)."""
+        c = FILES.c
+        stmt = select(*_COLUMNS).where(c.tenant == tenant, c.complete.is_(True))
+        if scope_session_id is not None:
+            stmt = stmt.where(c.scope_session_id == scope_session_id)
+        if ids is not None:
+            stmt = stmt.where(c.id.in_(list(ids)))
+        if now is not None:
+            stmt = stmt.where(or_(c.expires_at.is_(None), c.expires_at > now))
+        if after is not None:
+            at, last_id = after
+            stmt = stmt.where(or_(c.created_at < at, and_(c.created_at == at, c.id < last_id)))
+        stmt = stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        with self._db.translate_errors():
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        return [_record(row) for row in rows]
+
+    async def delete(self, tenant: str, file_id: str) -> bool:
+        """Delete the tenant's file with its bytes; ``False`` if there was none."""
+        stmt = delete(FILES).where(FILES.c.id == file_id, FILES.c.tenant == tenant, FILES.c.complete.is_(True))
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                gone = await conn.execute(stmt)
+        return bool(gone.rowcount == 1)
+
+    async def delete_scope(self, session_id: str) -> int:
+        """Delete every file of the session (what deleting the session does by cascade); how many."""
+        with self._db.translate_errors():
+            async with self._db.engine.begin() as conn:
+                gone = await conn.execute(delete(FILES).where(FILES.c.scope_session_id == session_id))
+        return int(gone.rowcount)
+
+    async def delete_expired(self, now: datetime) -> int:
+        """Delete the files expired at ``now`` and the uploads abandoned before ``now -
+        ABANDONED_AFTER``, ``SWEEP_BATCH`` per transaction; how many went."""
+        due = or_(
+            FILES.c.expires_at <= now,
+            and_(FILES.c.complete.is_(False), FILES.c.created_at < now - ABANDONED_AFTER),
+        )
+        deleted = 0
+        while True:
+            batch = select(FILES.c.id).where(due).limit(SWEEP_BATCH).scalar_subquery()
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    gone = int((await conn.execute(delete(FILES).where(FILES.c.id.in_(batch), due))).rowcount)
+            deleted += gone
+            if gone < SWEEP_BATCH:
+                return deleted
