@@ -16,6 +16,7 @@ import structlog
 from moorage_session_store import (
     Agents,
     Database,
+    Files,
     MoorageStoreError,
     Replicas,
     SQLModelSessionStore,
@@ -45,6 +46,7 @@ from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
 from .events_api import run_command
+from .files_api import routes as files_routes
 from .heartbeat import Heartbeat
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
@@ -493,6 +495,7 @@ def create_app(settings: Settings) -> Starlette:
                 metrics,
                 accounting,
                 SessionEvents(db),
+                files=Files(db),
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
@@ -565,6 +568,7 @@ def create_app(settings: Settings) -> Starlette:
             *events_routes(),
             *agents_routes(),
             *environments_routes(),
+            *files_routes(),
         ],
         lifespan=lifespan,
     )

@@ -64,6 +64,12 @@ class RecordStore(Protocol):
     async def reap_suspended(self, before: datetime, limit: int) -> builtins.list[str]: ...
 
 
+class FileStore(Protocol):
+    """What the retention sweep needs of the files (``moorage_session_store.Files``)."""
+
+    async def delete_expired(self, now: datetime) -> int: ...
+
+
 class TranscriptStore(Protocol):
     """The SDK's SessionStore, as the service's ``TranscriptSink`` uses it."""
 

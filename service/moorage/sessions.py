@@ -58,7 +58,7 @@ from .pool import WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
-from .seams import RecordStore, TranscriptStore
+from .seams import FileStore, RecordStore, TranscriptStore
 from .session_core import (
     Limits,
     SessionCore,
@@ -89,6 +89,7 @@ class Deps:
     events: EventStore  # the event log's table (SessionEvents)
     watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
     spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
+    files: FileStore | None = None  # the Files API's files: the sweep deletes expired ones
 
 
 def limits_of(settings: Settings) -> Limits:
