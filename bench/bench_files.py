@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import io
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -36,6 +33,7 @@ import anthropic
 from moorage.testing.scripted_model import ScriptedModelServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from hostprobe import machine, write_report
 from support import pg_available, pg_database, run_service
 
 OPEN_TOKEN = "bench-open-mode-token"  # loopback, no MOORAGE_API_KEYS: tenant "default"
@@ -97,6 +95,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results_files.json"))
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     data = os.urandom(args.mib * MIB)
     results: dict[str, Any] = {"plain_copy_mb_per_s": plain_copy(data, args.runs)}
     model = ScriptedModelServer().start()
@@ -128,20 +127,12 @@ def main() -> int:
             print(f"{label:<34}{median:>10.1f}{median / copy:>10.3f}x")
     report = {
         "schema": 1,
-        "machine": {
-            "nproc": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
+        "machine": machine(load_at_start),
         "config": {"mib": args.mib, "runs": args.runs},
         "summary": summary,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, report)
     return 0
 
 
