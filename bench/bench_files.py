@@ -1,6 +1,8 @@
 """``make bench``: Files API throughput — upload and download MB/s through the running service
 with the official ``anthropic`` client, against a plain copy of the same bytes on this machine,
-in one run.
+in one run; and, on PostgreSQL, the store alone: chunked rows (``Files``, what Moorage uses) against
+PostgreSQL large objects (``lo_put`` / ``lo_get`` of the same 1 MiB pieces, each in its own
+transaction like the rows), to back the storage choice with a number.
 
 For each database (SQLite, the default; PostgreSQL when reachable at 127.0.0.1:5432, in a temp
 database): a service starts (no warm sandboxes: files need none), then ``--runs`` times a file of
@@ -16,6 +18,7 @@ Run: ``.venv/bin/python bench/bench_files.py [--mib 32] [--runs 3]``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -25,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,51 @@ def plain_copy(data: bytes, runs: int) -> list[float]:
             speeds.append(mb_per_s(len(data), time.perf_counter() - t0))
             dst.unlink()
     return speeds
+
+
+async def store_only(url: str, data: bytes, runs: int) -> dict[str, list[float]]:
+    """MB/s of writing and reading ``data`` through ``Files`` (chunk rows) and through large objects."""
+    from moorage_session_store import Database, Files
+    from sqlalchemy import text
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 64 * 1024):  # what the HTTP side hands the store
+            yield data[start : start + 64 * 1024]
+
+    out: dict[str, list[float]] = {name: [] for name in ("rows_put", "rows_read", "lo_put", "lo_read")}
+    db = await Database.connect(url)
+    try:
+        await db.migrate()
+        files = Files(db)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            made = await files.put("bench", filename="b", mime_type="x/y", chunks=pieces(), max_bytes=len(data))
+            out["rows_put"].append(mb_per_s(len(data), time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            read = sum([len(chunk) async for chunk in files.read("bench", made.id)])
+            out["rows_read"].append(mb_per_s(read, time.perf_counter() - t0))
+            await files.delete("bench", made.id)
+
+            t0 = time.perf_counter()
+            async with db.engine.begin() as conn:
+                oid = (await conn.execute(text("SELECT lo_create(0)"))).scalar_one()
+            for start in range(0, len(data), MIB):
+                async with db.engine.begin() as conn:
+                    put = text("SELECT lo_put(:oid, :offset, :data)")
+                    await conn.execute(put, {"oid": oid, "offset": start, "data": data[start : start + MIB]})
+            out["lo_put"].append(mb_per_s(len(data), time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            read = 0
+            for start in range(0, len(data), MIB):
+                async with db.engine.connect() as conn:
+                    get = text("SELECT lo_get(:oid, :offset, :size)")
+                    read += len((await conn.execute(get, {"oid": oid, "offset": start, "size": MIB})).scalar_one())
+            out["lo_read"].append(mb_per_s(read, time.perf_counter() - t0))
+            async with db.engine.begin() as conn:
+                await conn.execute(text("SELECT lo_unlink(:oid)"), {"oid": oid})
+    finally:
+        await db.close()
+    return out
 
 
 def through_service(url: str, data: bytes, runs: int) -> dict[str, list[float]]:
@@ -108,6 +156,11 @@ def main() -> int:
             with database(kind) as db_env, run_service(model.url, **env, **db_env) as service:
                 results[kind] = through_service(service.url, data, args.runs)
                 shutil.rmtree(service.state_dir, ignore_errors=True)
+            if kind == "postgresql":
+                with database(kind) as db_env:
+                    results["postgresql_store"] = asyncio.run(
+                        store_only(db_env["MOORAGE_DATABASE_URL"], data, args.runs)
+                    )
     finally:
         model.stop()
 
@@ -125,6 +178,12 @@ def main() -> int:
             summary[f"{kind}_{what}"] = median
             label = f"{kind} {what.split('_')[0]} (service)"
             print(f"{label:<34}{median:>10.1f}{median / copy:>10.3f}x")
+    if "postgresql_store" in results:
+        store = {name: statistics.median(v) for name, v in results["postgresql_store"].items()}
+        summary["postgresql_store"] = store
+        print("postgresql, the store alone (MB/s)   write      read")
+        print(f"{'  chunk rows (Files)':<34}{store['rows_put']:>10.1f}{store['rows_read']:>10.1f}")
+        print(f"{'  large objects (lo_put/lo_get)':<34}{store['lo_put']:>10.1f}{store['lo_read']:>10.1f}")
     report = {
         "schema": 1,
         "machine": machine(load_at_start),
