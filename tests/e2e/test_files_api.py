@@ -143,6 +143,18 @@ def test_expires_in_seconds_sets_expiry_and_an_expired_file_is_gone(svc: Service
     assert made.id not in {f.id for f in files.list()}
 
 
+def test_a_file_that_is_not_downloadable_keeps_its_metadata_but_not_its_bytes(svc: Service) -> None:
+    """(Session outputs may be stored so; an upload never is.)"""
+    files = client(svc).beta.files
+    made = files.upload(file=("kept.txt", b"kept", "text/plain"))
+    with sqlite3.connect(svc.state_dir / "moorage.db", timeout=10) as db:
+        db.execute("UPDATE files SET downloadable = 0 WHERE id = ?", (made.id,))
+    assert files.retrieve_metadata(made.id).downloadable is False
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        files.download(made.id)
+    assert code(caught.value) == "file_not_downloadable"
+
+
 def test_malformed_forms_are_400_with_a_stable_code(svc: Service) -> None:
     form = "multipart/form-data; boundary=XyZ"
     cases: list[tuple[str, bytes]] = [
