@@ -55,6 +55,9 @@ class Code(StrEnum):
     NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
     SESSION_ARCHIVED = "session_archived"
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
+    WEBHOOK_URL_NOT_ALLOWED = "webhook_url_not_allowed"
+    TOO_MANY_WEBHOOKS = "too_many_webhooks"
     INTERNAL = "internal"
 
 
@@ -172,6 +175,10 @@ CODES: dict[Code, Spec] = {
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     # The sessions API (HTTP): an archived session is read-only.
     Code.SESSION_ARCHIVED: Spec(Fatal.NO, None, 400),
+    # The webhook endpoints API (HTTP only).
+    Code.WEBHOOK_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.WEBHOOK_URL_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
+    Code.TOO_MANY_WEBHOOKS: Spec(Fatal.NO, None, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

@@ -31,6 +31,14 @@ from .replicas import Replicas
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
+from .webhooks import (
+    Announcement,
+    Delivery,
+    EndpointRecord,
+    TooManyEndpoints,
+    WebhookEndpoints,
+    WebhookOutbox,
+)
 
 __all__ = [
     "COMMANDS_CHANNEL",
@@ -40,9 +48,12 @@ __all__ = [
     "AgentNotFound",
     "AgentRecord",
     "Agents",
+    "Announcement",
     "Command",
     "Database",
     "DatabaseUnavailable",
+    "Delivery",
+    "EndpointRecord",
     "EnvironmentArchived",
     "EnvironmentNameTaken",
     "EnvironmentNotFound",
@@ -68,7 +79,10 @@ __all__ = [
     "TokenCheck",
     "TokenRecord",
     "Tokens",
+    "TooManyEndpoints",
     "TurnUsage",
     "UnsupportedDatabaseURL",
     "VersionConflict",
+    "WebhookEndpoints",
+    "WebhookOutbox",
 ]
