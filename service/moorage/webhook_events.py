@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moorage_session_store import Announcement
-from moorage_session_store.events import NewEvent
 
 from .errors import Code
+from .ma_events import Logged
 
 #: Every webhook event type this server sends (an endpoint's ``enabled_events`` may name others:
 #: they are accepted and never sent).
@@ -58,7 +58,7 @@ def webhook_type(kind: str, body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def announcements(session_id: str, events: Sequence[NewEvent]) -> list[Announcement]:
+def announcements(session_id: str, events: Sequence[Logged]) -> list[Announcement]:
     """What a batch of ``session_id``'s log announces, in log order."""
     out = []
     for event in events:
