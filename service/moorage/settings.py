@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     webhook_allow_networks: str = ""
     # Attempts per event and endpoint; the wait before attempt n+1 is
     # base * 2^(n-1), at most webhook_backoff_max_s, with jitter (50-100 %).
-    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=100)
     webhook_backoff_base_ms: int = Field(default=5000, ge=1)
     webhook_backoff_max_s: float = Field(default=120.0, gt=0)
     # Events in a row that could not be delivered before the endpoint is disabled.
