@@ -57,6 +57,7 @@ class Receiver:
     got: list[Received] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -83,8 +84,9 @@ class Receiver:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def start(self) -> Receiver:
-        if not self._loop.is_running():
-            threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+            self._thread.start()
         self._call(self._start())
         return self
 
@@ -94,6 +96,9 @@ class Receiver:
     def close(self) -> None:
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
 
     def of(self, kind: str, subject: str | None = None) -> list[Received]:
         return [
