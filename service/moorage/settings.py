@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .accounting import DEFAULT_PRICES
 from .pending import AgentTools
+from .tunnel import parse_networks
 
 
 class Settings(BaseSettings):
@@ -194,6 +195,12 @@ class Settings(BaseSettings):
     @classmethod
     def _agent_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
         AgentTools.parse(value)  # a ValueError names the bad field at start-up
+        return value
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # a ValueError names the bad CIDR at start-up
         return value
 
     @property
