@@ -189,6 +189,7 @@ def test_a_receiver_that_was_down_gets_the_event_later_with_the_same_id(svc: Ser
         30,
         "attempts against a closed port",
     )
+    assert metric_value(svc, "moorage_webhook_outbox_depth") >= 1  # it waits in the outbox
     receiver.status = 200
     refused = len(receiver.of("session.created", first))
     receiver.start()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from moorage.webhook_events import announcements
 from moorage_session_store import (
+    Announcement,
     Database,
     EventConflict,
     NewEvent,
@@ -73,6 +75,23 @@ async def test_a_log_batch_and_its_webhook_events_commit_together_or_not_at_all(
     await SessionRecords(db).create(f"s-{uuid.uuid4().hex[:8]}", other, {})
     assert await outbox(db, other) == []
     assert {e for _, _, e in await outbox(db, who)} == {endpoint.id}
+
+
+async def test_an_outbox_write_that_fails_takes_the_log_batch_with_it(db: Database) -> None:
+    """The other half of "together": if the webhook rows cannot be written, neither is the batch,
+    so the log writer retries both (a status is never logged without its announcement)."""
+    who = tenant()
+    await WebhookEndpoints(db).create(who, "https://example.com/h", EVERYTHING)
+    sid = f"s-{uuid.uuid4().hex[:8]}"
+    await SessionRecords(db).create(sid, who, {})
+
+    def broken(session_id: str, events: Sequence[NewEvent]) -> list[Announcement]:
+        return [Announcement("session.status_idled", session_id, datetime.now(UTC)), None]  # type: ignore[list-item]
+
+    with pytest.raises(AttributeError):
+        await SessionEvents(db, announce=broken).append(sid, frames(1, {"type": "result", "subtype": "success"}))
+    assert await SessionEvents(db).read(sid, 0) == []
+    assert [t for t, _, _ in await outbox(db, who)] == ["session.created"]
 
 
 async def test_archive_and_delete_of_a_session_are_announced_in_their_own_transaction(db: Database) -> None:

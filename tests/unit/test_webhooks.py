@@ -13,10 +13,10 @@ from anthropic import Anthropic
 from ma_frames import frames_of, load
 from moorage.ma_events import Projector
 from moorage.tunnel import parse_networks
-from moorage.webhook_delivery import PinnedResolver, backoff_s, encode, signed_headers
+from moorage.webhook_delivery import PinnedResolver, WebhookConfig, attempt, backoff_s, encode, signed_headers
 from moorage.webhook_events import SESSION_EVENT_TYPES, announcements, webhook_type
 from moorage.webhook_policy import UrlRefused, check_addresses, parse_target
-from moorage_session_store.webhooks import Announcement, new_secret, payload
+from moorage_session_store.webhooks import Announcement, Delivery, new_secret, payload
 from standardwebhooks import Webhook, WebhookVerificationError
 
 LOOPBACK = parse_networks("127.0.0.0/8")
@@ -177,3 +177,23 @@ def test_the_pinned_resolver_answers_only_the_checked_addresses_for_the_checked_
             await resolver.resolve("other.example.com", 443)
 
     asyncio.run(run())
+
+
+def test_each_attempt_checks_the_target_again_before_connecting() -> None:
+    """An endpoint whose URL was fine when made is refused at send time when its address is not
+    (here: loopback, once the operator no longer allows it), without a connection."""
+
+    def config(networks: str) -> WebhookConfig:
+        return WebhookConfig(parse_networks(networks), 3, 0.1, 1.0, 3, 2.0, 0.1, 0)
+
+    delivery = Delivery(1, "whep_1", "acme", "wevt_1", "session.created", {"id": "wevt_1"}, 1, "", new_secret())
+    now = datetime.now(UTC)
+    for url, networks, outcome in [
+        ("http://127.0.0.1:9/hooks", "", "refused: url must be an https:// URL"),
+        ("https://127.0.0.1:9/hooks", "", "refused: 127.0.0.1 resolves to a non-public address"),
+        ("https://[::ffff:169.254.169.254]/", "127.0.0.0/8", "refused: "),
+        ("http://127.0.0.1:9/hooks", "127.0.0.0/8", "ClientConnectorError"),  # allowed: tried, nobody there
+    ]:
+        moved = Delivery(**{**{k: getattr(delivery, k) for k in delivery.__slots__}, "url": url})
+        error = asyncio.run(attempt(moved, config(networks), now))
+        assert error is not None and error.startswith(outcome), (url, error)
