@@ -23,7 +23,7 @@ from aiohttp import web
 from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, code, say
 from moorage.testing.scripted_model import ScriptedModelServer
 from standardwebhooks import WebhookVerificationError
-from support import Service, free_port, metric_value, run_service, wait_until
+from support import Service, free_port, metric_value, pg_available, pg_database, run_service, wait_until
 
 FAST = {
     "MOORAGE_API_KEYS": KEYS,
@@ -41,6 +41,7 @@ FAST = {
 class Received:
     headers: dict[str, str]
     body: str
+    path: str = "/hooks"
 
     @property
     def event(self) -> dict[str, Any]:
@@ -54,6 +55,7 @@ class Receiver:
 
     port: int = field(default_factory=free_port)
     status: int = 200
+    delay_s: float = 0.0  # how long each answer takes
     got: list[Received] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _runner: web.AppRunner | None = None
@@ -65,12 +67,14 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.got.append(Received(headers, await request.text()))
+        self.got.append(Received(headers, await request.text(), request.path))
+        await asyncio.sleep(self.delay_s)
         return web.Response(status=self.status, text="ok")
 
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/hooks", self._handle)
+        app.router.add_post("/hooks/{n}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -315,3 +319,33 @@ def test_repeated_failures_disable_the_endpoint(model: ScriptedModelServer, rece
         later = new_session(api)
         wait_until(lambda: bool(receiver.of("session.created", later)), 30, "a delivery after re-enabling")
         assert len(receiver.got) == 5
+
+
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
+def test_two_replicas_on_postgresql_send_each_delivery_once(model: ScriptedModelServer, receiver: Receiver) -> None:
+    """Both replicas poll the one outbox every 0.1 s while each answer takes 0.3 s: every
+    (endpoint, event) arrives exactly once."""
+    receiver.delay_s = 0.3
+    with pg_database() as name:
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        with (
+            run_service(model.url, **FAST, MOORAGE_DATABASE_URL=url) as a,
+            run_service(model.url, **FAST, MOORAGE_DATABASE_URL=url) as b,
+        ):
+            api = client(a)
+            for n in range(16):
+                api.beta.organization.webhooks.create(
+                    url=f"{receiver.url}/{n}",
+                    enabled_events=["session.created"],  # type: ignore[list-item]
+                )
+            sessions = [new_session(api), new_session(client(b))]
+
+            def recorded() -> float:
+                return sum(metric_value(svc, "moorage_webhook_deliveries_total", outcome="delivered") for svc in (a, b))
+
+            # Every delivery recorded: a second claim of any row would have been sent by now too
+            # (claims of one row can only overlap while the first attempt is in flight).
+            wait_until(lambda: recorded() >= 32, 60, "32 recorded deliveries")
+            keys = [(r.path, r.headers["webhook-id"]) for r in receiver.got]
+            assert len(keys) == 32 and len(set(keys)) == 32 and recorded() == 32
+            assert {r.event["data"]["id"] for r in receiver.got} == set(sessions)
