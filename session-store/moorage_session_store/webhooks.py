@@ -15,8 +15,9 @@ Contract, held on SQLite and PostgreSQL by ``tests/integration/test_webhook_stor
 - :meth:`WebhookOutbox.claim` takes due rows for one worker: it pushes their ``next_attempt_at``
   ``lease_s`` ahead (the lease: a worker that dies mid-attempt leaves the row to be retried after
   it) and names the worker in ``claimed_by``. On PostgreSQL the rows are selected ``FOR UPDATE
-  SKIP LOCKED``, so replicas claiming at once never get the same row; SQLite serialises writers
-  (and runs one replica). :meth:`~WebhookOutbox.delivered` and :meth:`~WebhookOutbox.failed`
+  SKIP LOCKED`` (claimers do not queue behind each other) and the ``UPDATE`` re-checks that each
+  row is still due, so replicas claiming at once never get the same row; SQLite serialises
+  writers (and runs one replica). :meth:`~WebhookOutbox.delivered` and :meth:`~WebhookOutbox.failed`
   record an attempt only if the row is still this worker's claim of that attempt.
 - An event whose last attempt failed counts against its endpoint (``failures``, reset by any
   success); at ``disable_after`` in a row the endpoint is disabled with a reason and its pending
@@ -351,15 +352,19 @@ class WebhookOutbox:
                 ids = [int(i) for i in (await conn.execute(due)).scalars()]
                 if not ids:
                     return []
-                await conn.execute(
+                # The UPDATE re-checks "due" (PostgreSQL re-reads a row it waited for), so a row
+                # another claim took between our SELECT and here is not taken twice.
+                taken = await conn.execute(
                     update(_DL)
-                    .where(_DL.c.id.in_(ids))
+                    .where(_DL.c.id.in_(ids), _DL.c.state == "pending", _DL.c.next_attempt_at <= now)
                     .values(
                         attempts=_DL.c.attempts + 1,
                         claimed_by=owner,
                         next_attempt_at=now + timedelta(seconds=lease_s),
                     )
+                    .returning(_DL.c.id)
                 )
+                ids = [int(i) for i in taken.scalars()]
                 rows = (await conn.execute(select(*columns).join(_EP).where(_DL.c.id.in_(ids)))).all()
         return [Delivery(**dict(row._mapping)) for row in rows]
 

@@ -113,14 +113,19 @@ async def test_claims_never_overlap_and_only_the_claim_records_its_attempt(db: D
     records = SessionRecords(db)
     for _ in range(20):
         await records.create(f"s-{uuid.uuid4().hex[:8]}", who, {})
-    a, b = await asyncio.gather(box.claim("a", lease_s=60, limit=15), box.claim("b", lease_s=60, limit=15))
-    assert len(a) + len(b) == 20 and not {d.id for d in a} & {d.id for d in b}
+    claims = await asyncio.gather(*(box.claim(f"r{n}", lease_s=60, limit=5) for n in range(8)))
+    taken = [d.id for claim in claims for d in claim]
+    assert taken and len(set(taken)) == len(taken)  # eight claimers at once: each row once
+    late = await box.claim("late", lease_s=60, limit=50)  # what lost a race is still there
+    assert len(taken) + len(late) == 20 and not set(taken) & {d.id for d in late}
     assert await box.claim("c", lease_s=60, limit=50) == []  # leased
+    a = next(claim for claim in claims if claim)
     first = a[0]
     assert first.attempts == 1 and first.secret.startswith("whsec_") and first.url == "https://example.com/h"
-    assert not await box.delivered(first, "b")  # not b's claim
-    assert await box.delivered(first, "a")
-    assert not await box.delivered(first, "a")  # recorded once
+    owner = next(f"r{n}" for n, claim in enumerate(claims) if claim is a)
+    assert not await box.delivered(first, "someone-else")  # not their claim
+    assert await box.delivered(first, owner)
+    assert not await box.delivered(first, owner)  # recorded once
     assert await box.depth() == 19
 
 
