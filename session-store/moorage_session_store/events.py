@@ -36,7 +36,7 @@ from sqlalchemy import exc as sa_exc
 from .database import Database
 from .errors import MoorageStoreError, SessionNotFound
 from .models import SESSION_EVENTS, SESSIONS
-from .webhooks import Announcement, enqueue
+from .webhooks import Announcement, enqueue_for_session
 
 __all__ = ["EVENTS_CHANNEL", "MAX_PAGE", "EventConflict", "NewEvent", "SessionEvents", "StoredEvent"]
 
@@ -110,10 +110,7 @@ class SessionEvents:
                         raise EventConflict(f"session {session_id!r}: batch starts at {first}, last stored is {last}")
                     await conn.execute(insert(_EV), rows)
                     if self._announce is not None and (said := self._announce(session_id, events)):
-                        tenant = select(SESSIONS.c.tenant).where(SESSIONS.c.id == session_id)
-                        owner = (await conn.execute(tenant)).scalar_one_or_none()
-                        if owner is not None:
-                            await enqueue(conn, owner, said)
+                        await enqueue_for_session(conn, session_id, said)
                     if self._db.dialect == "postgresql":
                         await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session_id} {events[-1].seq}")))
             except sa_exc.IntegrityError as err:
