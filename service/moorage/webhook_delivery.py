@@ -181,15 +181,10 @@ class WebhookSender:
         self.replica = replica
         self.metrics = metrics
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._housekept = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
-
-    def wake(self) -> None:
-        """Look for due deliveries now (something was just enqueued)."""
-        self._wake.set()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -206,10 +201,7 @@ class WebhookSender:
                 log.warning("webhook_outbox_unavailable", error=type(exc).__name__)
                 sent = 0
             if sent < CLAIM_BATCH:  # a full batch: more may be due at once
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.poll_s):
-                        await self._wake.wait()
-                self._wake.clear()
+                await asyncio.sleep(self.config.poll_s)
 
     async def round(self) -> int:
         """Claim what is due and send it; how many attempts were made."""
