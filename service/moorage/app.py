@@ -22,6 +22,7 @@ from moorage_session_store import (
     SQLModelSessionStore,
     TenantSpend,
     Tokens,
+    WebhookOutbox,
 )
 from moorage_session_store.commands import COMMANDS_CHANNEL, DONE_CHANNEL, Command, SessionCommands
 from moorage_session_store.events import EVENTS_CHANNEL, SessionEvents
@@ -68,6 +69,9 @@ from .sessions_api import routes as sessions_routes
 from .settings import Settings
 from .sweep import socket_prefix
 from .tunnel import Tunnel, parse_allowlist, parse_networks
+from .webhook_delivery import WebhookConfig, WebhookSender
+from .webhook_events import announcements
+from .webhooks_api import routes as webhooks_routes
 from .ws_remote import apply_frame, deliver_frame, runs_elsewhere, serve_remote
 
 log = structlog.get_logger(__name__)
@@ -494,7 +498,8 @@ def create_app(settings: Settings) -> Starlette:
                 settings.replica,
                 metrics,
                 accounting,
-                SessionEvents(db),
+                # A batch's webhook events go into the outbox in the batch's own transaction.
+                SessionEvents(db, announce=announcements),
                 files=Files(db),
             )
             proxy.observer = deps.spans  # each model request in its session's log
@@ -527,6 +532,8 @@ def create_app(settings: Settings) -> Starlette:
             )
             await notifications.start()
             revocations = asyncio.create_task(cut_revoked(services))
+            webhooks = WebhookSender(WebhookOutbox(db), WebhookConfig.of(settings), settings.replica, metrics)
+            webhooks.start()
             log.info(
                 "service_started",
                 backend=backend.name,
@@ -538,6 +545,7 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 revocations.cancel()
+                await webhooks.close()
                 await notifications.close()
                 await commands.close()
                 await pool.close()
@@ -569,6 +577,7 @@ def create_app(settings: Settings) -> Starlette:
             *agents_routes(),
             *environments_routes(),
             *files_routes(),
+            *webhooks_routes(),
         ],
         lifespan=lifespan,
     )

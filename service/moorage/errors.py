@@ -59,6 +59,9 @@ class Code(StrEnum):
     FILE_EXPIRED = "file_expired"
     FILE_TOO_LARGE = "file_too_large"
     FILE_NOT_DOWNLOADABLE = "file_not_downloadable"
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
+    WEBHOOK_URL_NOT_ALLOWED = "webhook_url_not_allowed"
+    TOO_MANY_WEBHOOKS = "too_many_webhooks"
     INTERNAL = "internal"
 
 
@@ -181,6 +184,10 @@ CODES: dict[Code, Spec] = {
     Code.FILE_EXPIRED: Spec(Fatal.NO, None, 404),
     Code.FILE_TOO_LARGE: Spec(Fatal.NO, None, 413),
     Code.FILE_NOT_DOWNLOADABLE: Spec(Fatal.NO, None, 400),
+    # The webhook endpoints API (HTTP only).
+    Code.WEBHOOK_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.WEBHOOK_URL_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
+    Code.TOO_MANY_WEBHOOKS: Spec(Fatal.NO, None, 400),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

@@ -28,6 +28,9 @@ DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id
 FILE_DELETE_REASONS = ("expired", "request")  # the sweep; DELETE /v1/files/{id}
 # What the start-up sweep removes (sweep.KINDS).
 SWEPT_KINDS = ("workspace", "probe", "mount", "cgroup", "socket_dir", "uid_lock")
+# What one webhook delivery attempt came to (webhook_delivery.py).
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "refused")
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 OTHER_MODEL = "other"
 _CODES = frozenset(str(code) for code in Code)
 
@@ -154,6 +157,22 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "moorage_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered; retrying, or failed for good, after a non-2xx "
+            "or no answer; refused: the target's address broke the SSRF rules at send time).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "moorage_webhook_attempt_seconds",
+            "Wall time of one webhook delivery attempt (connect, send, status).",
+            buckets=WEBHOOK_BUCKETS,
+            registry=r,
+        )
+        self.webhook_outbox_depth = Gauge(
+            "moorage_webhook_outbox_depth", "Webhook deliveries pending (every tenant, every replica).", registry=r
+        )
         self.sandbox_time = SandboxTime()
         r.register(self.sandbox_time)
         self._zero()
@@ -191,6 +210,8 @@ class Metrics:
             self.files_deleted.labels(reason)
         for direction in DIRECTIONS:
             self.file_bytes.labels(direction)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome)
 
     def count_error(self, code: object) -> None:
         """Count one error frame sent to clients. Only the service's own

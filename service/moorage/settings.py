@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .accounting import DEFAULT_PRICES
 from .pending import AgentTools
+from .tunnel import parse_networks
 
 
 class Settings(BaseSettings):
@@ -172,12 +173,37 @@ class Settings(BaseSettings):
     # The operator's default agent's tool policy, until stored agents land:
     # '{"ask_tools": ["Bash"], "custom_tools": [{"name", "description", "input_schema"}]}'.
     default_agent: dict[str, Any] = Field(default_factory=dict)
+    # -- webhooks (issue 13 item 4; webhook_delivery.py) --
+    # Non-public networks webhook targets may resolve to, where plain http:// is
+    # also allowed: "127.0.0.0/8" for a receiver on this host. Public addresses
+    # need no entry (and https://); everything else is refused.
+    webhook_allow_networks: str = ""
+    # Attempts per event and endpoint; the wait before attempt n+1 is
+    # base * 2^(n-1), at most webhook_backoff_max_s, with jitter (50-100 %).
+    webhook_max_attempts: int = Field(default=5, ge=1, le=100)
+    webhook_backoff_base_ms: int = Field(default=5000, ge=1)
+    webhook_backoff_max_s: float = Field(default=120.0, gt=0)
+    # Events in a row that could not be delivered before the endpoint is disabled.
+    webhook_disable_after: int = Field(default=5, ge=1)
+    # One attempt: connect + send + status line, at most this long.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # How often each replica looks for due deliveries (and at most this much
+    # later than due an attempt starts); a claim holds a row this long.
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    # Delivered, failed and dropped deliveries are deleted after this long.
+    webhook_keep_s: float = Field(default=7 * 24 * 3600.0, ge=0)
     log_level: str = "info"
 
     @field_validator("default_agent")
     @classmethod
     def _agent_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
         AgentTools.parse(value)  # a ValueError names the bad field at start-up
+        return value
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # a ValueError names the bad CIDR at start-up
         return value
 
     @property

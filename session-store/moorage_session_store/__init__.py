@@ -35,6 +35,14 @@ from .replicas import Replicas
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
+from .webhooks import (
+    Announcement,
+    Delivery,
+    EndpointRecord,
+    TooManyEndpoints,
+    WebhookEndpoints,
+    WebhookOutbox,
+)
 
 __all__ = [
     "COMMANDS_CHANNEL",
@@ -44,9 +52,12 @@ __all__ = [
     "AgentNotFound",
     "AgentRecord",
     "Agents",
+    "Announcement",
     "Command",
     "Database",
     "DatabaseUnavailable",
+    "Delivery",
+    "EndpointRecord",
     "EnvironmentArchived",
     "EnvironmentNameTaken",
     "EnvironmentNotFound",
@@ -76,7 +87,10 @@ __all__ = [
     "TokenCheck",
     "TokenRecord",
     "Tokens",
+    "TooManyEndpoints",
     "TurnUsage",
     "UnsupportedDatabaseURL",
     "VersionConflict",
+    "WebhookEndpoints",
+    "WebhookOutbox",
 ]

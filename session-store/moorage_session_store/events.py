@@ -15,13 +15,17 @@ with no gaps), in the ``session_events`` table.
 - On PostgreSQL, ``append`` sends ``NOTIFY moorage_events, '<session id> <last seq>'`` in its
   transaction (delivered at commit), which wakes the streams of other replicas; it is only a
   wake-up, readers poll too.
+- ``append`` also writes, in the same transaction, the webhook events its batch announces
+  (``announce``: the service's pure mapping from logged frames to webhook event types) into the
+  outbox of the session's tenant (``webhooks.enqueue``): a status that is logged is announced,
+  and one that is not, is not, whatever crashes when.
 - Events go with their session: ``ON DELETE CASCADE`` from ``sessions`` (``SessionRecords.delete``,
   ``purge`` and ``reap_suspended``), and they count toward ``tenant_storage_bytes``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 from .database import Database
 from .errors import MoorageStoreError, SessionNotFound
 from .models import SESSION_EVENTS, SESSIONS
+from .webhooks import Announcement, enqueue_for_session
 
 __all__ = ["EVENTS_CHANNEL", "MAX_PAGE", "EventConflict", "NewEvent", "SessionEvents", "StoredEvent"]
 
@@ -70,11 +75,17 @@ class StoredEvent:
     created_at: datetime
 
 
-class SessionEvents:
-    """Async repository for ``session_events``. Safe to share between tasks."""
+#: What a batch of a session's log announces to webhooks (the session id, the batch).
+Announce = Callable[[str, Sequence["NewEvent"]], list[Announcement]]
 
-    def __init__(self, db: Database) -> None:
+
+class SessionEvents:
+    """Async repository for ``session_events``. Safe to share between tasks. ``announce``: the
+    webhook events a batch causes, written with it (none without it)."""
+
+    def __init__(self, db: Database, announce: Announce | None = None) -> None:
         self._db = db
+        self._announce = announce
 
     async def append(self, session_id: str, events: Sequence[NewEvent]) -> None:
         """Append ``events`` (seqs contiguous, the first one past the last stored) in one
@@ -98,6 +109,8 @@ class SessionEvents:
                     if first != last + 1:
                         raise EventConflict(f"session {session_id!r}: batch starts at {first}, last stored is {last}")
                     await conn.execute(insert(_EV), rows)
+                    if self._announce is not None and (said := self._announce(session_id, events)):
+                        await enqueue_for_session(conn, session_id, said)
                     if self._db.dialect == "postgresql":
                         await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{session_id} {events[-1].seq}")))
             except sa_exc.IntegrityError as err:

@@ -299,6 +299,61 @@ class FileChunkRow(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class WebhookEndpointRow(SQLModel, table=True):
+    """Where one tenant's webhook events go: a URL, the event types it takes, its signing secret
+    (``whsec_…``: the service signs with it, the API shows it only on create and regenerate),
+    whether deliveries go (``state``) and how many events in a row failed (``failures``)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant", "created_at", "id"),)
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    url: str = Field(sa_column=Column(String, nullable=False))
+    name: str = Field(sa_column=Column(String, nullable=False))
+    description: str = Field(sa_column=Column(String, nullable=False))
+    enabled_events: list[str] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    secret: str = Field(sa_column=Column(String, nullable=False))
+    state: str = Field(sa_column=Column(String, nullable=False))  # enabled | disabled
+    disabled_reason: str = Field(sa_column=Column(String, nullable=False))
+    failures: int = Field(sa_column=Column(Integer, nullable=False))  # events that failed in a row
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """One event for one endpoint: the outbox row its deliveries are sent from. Written in the same
+    transaction as what caused the event; ``next_attempt_at`` is also the claim's lease."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_tenant_state", "tenant", "state"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_PK, primary_key=True, autoincrement=True))
+    endpoint_id: str = Field(
+        sa_column=Column(String, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False)
+    )
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    event_id: str = Field(sa_column=Column(String, nullable=False))  # the webhook-id, the same on every try
+    event_type: str = Field(sa_column=Column(String, nullable=False))
+    payload: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    state: str = Field(sa_column=Column(String, nullable=False))  # pending | delivered | failed | dropped
+    attempts: int = Field(sa_column=Column(Integer, nullable=False))
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    claimed_by: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    done_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -325,3 +380,5 @@ SESSION_COMMANDS = table("session_commands")
 REPLICAS = table("replicas")
 FILES = table("files")
 FILE_CHUNKS = table("file_chunks")
+WEBHOOK_ENDPOINTS = table("webhook_endpoints")
+WEBHOOK_DELIVERIES = table("webhook_deliveries")

@@ -43,6 +43,7 @@ from .models import (
     SessionRow,
     WorkspaceRow,
 )
+from .webhooks import Announcement, enqueue
 
 __all__ = [
     "SESSION_STATES",
@@ -167,6 +168,7 @@ class SessionRecords:
             try:
                 async with self._db.engine.begin() as conn:
                     await conn.execute(insert(SESSIONS).values(**asdict(record)))
+                    await enqueue(conn, tenant, [Announcement("session.created", id, now)])
             except sa_exc.IntegrityError as err:
                 raise SessionExists(f"session {id!r} already exists") from err
         return record
@@ -239,11 +241,13 @@ class SessionRecords:
         now = utcnow()
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
-                await conn.execute(
+                archived = await conn.execute(
                     update(SESSIONS)
                     .where(SESSIONS.c.id == id, SESSIONS.c.tenant == tenant, SESSIONS.c.archived_at.is_(None))
                     .values(archived_at=now, updated_at=now)
                 )
+                if archived.rowcount == 1:
+                    await enqueue(conn, tenant, [Announcement("session.archived", id, now)])
                 row = (
                     await conn.execute(select(SESSIONS).where(SESSIONS.c.id == id, SESSIONS.c.tenant == tenant))
                 ).first()
@@ -605,4 +609,7 @@ class SessionRecords:
                     pairs = [(tenant, session_id) for session_id, tenant in rows]
                     # Entries go with their key rows (ON DELETE CASCADE).
                     await conn.execute(delete(KEYS).where(tuple_(KEYS.c.project_key, KEYS.c.session_id).in_(pairs)))
+                    now = utcnow()
+                    for session_id, tenant in rows:
+                        await enqueue(conn, tenant, [Announcement("session.deleted", session_id, now)])
         return [session_id for session_id, _tenant in rows]

@@ -2,7 +2,7 @@
 expiry, the session it belongs to) and ``file_chunks`` (its bytes, in ordered chunks written while
 the upload streams in, like ``workspace_chunks``).
 
-Revision ID: 0011_files
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-02
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from moorage_session_store.columns import UTCDateTime
 
-revision = "0011_files"
+revision = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | None = None
 depends_on: str | None = None
