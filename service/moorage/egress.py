@@ -44,6 +44,8 @@ from .egress_gate import Gate
 from .egress_meter import ResponseMeter
 from .settings import Settings
 from .tunnel import Tunnel
+from .vault_proxy import PREFIX as MCP_PREFIX
+from .vault_proxy import McpProxy
 
 log = structlog.get_logger(__name__)
 
@@ -185,6 +187,8 @@ class ModelProxy:
         self.observer: RequestObserver | None = None
         # HTTPS egress to the hosts each sandbox's session allows (tunnel.py, egress_policy.py).
         self.tunnel: Tunnel | None = None
+        # ``/mcp/<server>``: the session's MCP servers, with its vault credentials added (vault_proxy.py).
+        self.mcp: McpProxy | None = None
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +219,8 @@ class ModelProxy:
         (bounded by ``drain_timeout_s``) and are charged as usual."""
         if self.tunnel is not None:
             await self.tunnel.close_sandbox(sandbox_id)
+        if self.mcp is not None:
+            self.mcp.forget(sandbox_id)
         entry = self._sites.pop(sandbox_id, None)
         if entry is None:
             return
@@ -237,6 +243,8 @@ class ModelProxy:
             await self._runner.cleanup()
         if self._client is not None:
             await self._client.close()
+        if self.mcp is not None:
+            await self.mcp.close()
         if self._own_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
@@ -264,6 +272,8 @@ class ModelProxy:
         sandbox_id = self._sandbox_of(request)
         if sandbox_id is None:
             return error_response(403, "forbidden", "unknown sandbox")
+        if self.mcp is not None and request.path.startswith(MCP_PREFIX):
+            return await self.mcp.handle(request, sandbox_id)
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             return error_response(404, "not_found_error", "only the Messages API is reachable")
         observer = self.observer if request.path == "/v1/messages" else None

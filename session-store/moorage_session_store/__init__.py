@@ -13,6 +13,7 @@ from .environments import EnvironmentRecord, Environments
 from .errors import (
     AgentArchived,
     AgentNotFound,
+    CredentialConflict,
     DatabaseUnavailable,
     EnvironmentArchived,
     EnvironmentNameTaken,
@@ -23,6 +24,9 @@ from .errors import (
     SessionExists,
     SessionNotFound,
     UnsupportedDatabaseURL,
+    VaultArchived,
+    VaultFull,
+    VaultNotFound,
     VersionConflict,
 )
 from .events import EVENTS_CHANNEL, EventConflict, NewEvent, SessionEvents, StoredEvent
@@ -31,16 +35,20 @@ from .replicas import Replicas
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
+from .vaults import MAX_CREDENTIALS, CredentialRecord, VaultRecord, Vaults
 
 __all__ = [
     "COMMANDS_CHANNEL",
     "DONE_CHANNEL",
     "EVENTS_CHANNEL",
+    "MAX_CREDENTIALS",
     "AgentArchived",
     "AgentNotFound",
     "AgentRecord",
     "Agents",
     "Command",
+    "CredentialConflict",
+    "CredentialRecord",
     "Database",
     "DatabaseUnavailable",
     "EnvironmentArchived",
@@ -70,5 +78,10 @@ __all__ = [
     "Tokens",
     "TurnUsage",
     "UnsupportedDatabaseURL",
+    "VaultArchived",
+    "VaultFull",
+    "VaultNotFound",
+    "VaultRecord",
+    "Vaults",
     "VersionConflict",
 ]

@@ -86,3 +86,27 @@ class RevisionConflict(MoorageStoreError):
     """``Environments.update`` was given a base revision that is no longer the environment's."""
 
     code = "revision_conflict"
+
+
+class VaultNotFound(MoorageStoreError):
+    """No vault (or credential) of that id for that tenant."""
+
+    code = "vault_not_found"
+
+
+class VaultArchived(MoorageStoreError):
+    """The vault (or credential) is archived: it is read-only."""
+
+    code = "vault_archived"
+
+
+class CredentialConflict(MoorageStoreError):
+    """The vault already holds a live credential for that MCP server URL (or secret name)."""
+
+    code = "credential_conflict"
+
+
+class VaultFull(MoorageStoreError):
+    """The vault holds its limit of live credentials."""
+
+    code = "vault_full"
