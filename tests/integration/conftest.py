@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 from moorage_session_store import Database
-from moorage_session_store.models import AGENTS, API_TOKENS, ENVIRONMENTS, REPLICAS, SESSION_COMMANDS, TENANT_SPEND
+from moorage_session_store.models import (
+    AGENTS,
+    API_TOKENS,
+    ENVIRONMENTS,
+    REPLICAS,
+    SESSION_COMMANDS,
+    TENANT_SPEND,
+    VAULT_CREDENTIALS,
+    VAULTS,
+)
 from support import pg_available, pg_database
 
 
@@ -23,7 +32,7 @@ def pg_name() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated database, per backend, with no tokens, no tenant spend, no agents, no environments,
-    no session commands and no replicas (the PostgreSQL one is shared by a module's tests)."""
+    no session commands, no replicas and no vaults (the PostgreSQL one is shared by a module's tests)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     else:
@@ -38,6 +47,8 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
             await conn.execute(ENVIRONMENTS.delete())
             await conn.execute(SESSION_COMMANDS.delete())
             await conn.execute(REPLICAS.delete())
+            await conn.execute(VAULT_CREDENTIALS.delete())
+            await conn.execute(VAULTS.delete())
         yield database
     finally:
         await database.close()
