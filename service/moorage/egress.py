@@ -7,6 +7,10 @@ put in place of the sandbox's placeholder; request bodies are streamed up (at
 most ``request_max_bytes``) and responses (SSE or not) are passed through
 chunk by chunk, never buffered.
 
+Requests to ``/mcp/<server>`` are the session's MCP servers that a vault credential is for: they
+are forwarded to the server's real URL with the credential added (``vault_proxy.McpProxy``), the
+same promise as the API key's — the sandbox uses the credential, never holds it.
+
 Every upstream response is metered, whatever the sandbox does: usage is read
 from the bytes as they pass (``egress_meter``) and charged from
 ``message_start`` on, then once more in a ``finally`` when the response ends.
