@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import structlog
@@ -48,8 +48,9 @@ from .egress_gate import Gate
 from .egress_meter import ResponseMeter
 from .settings import Settings
 from .tunnel import Tunnel
-from .vault_proxy import PREFIX as MCP_PREFIX
-from .vault_proxy import McpProxy
+
+if TYPE_CHECKING:
+    from .vault_proxy import McpProxy
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +75,7 @@ SANDBOX_ID_KEY = web.RequestKey("moorage_sandbox_id", str)
 # treated as a hang-up (the response is drained, not held).
 WRITE_STALL_S = 60.0
 BODY_CHUNK = 64 * 1024
+MCP_PREFIX = "/mcp/"  # a session's MCP servers with a vault credential (vault_proxy.py)
 
 Charge = Callable[[str, dict[str, int]], None]  # (model, token delta)
 
@@ -131,6 +133,21 @@ class ProxyLimits:
 
 class RequestTooLarge(Exception):
     pass
+
+
+async def bounded_body(request: web.Request, cap: int, deadline: float) -> AsyncIterator[bytes]:
+    """A request body, streamed: at most ``cap`` bytes (else ``RequestTooLarge``), all of it
+    before ``deadline`` (loop time; else ``TimeoutError``)."""
+    seen = 0
+    while True:
+        async with asyncio.timeout_at(deadline):
+            chunk = await request.content.read(BODY_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if seen > cap:
+            raise RequestTooLarge
+        yield chunk
 
 
 def error_response(status: int, kind: str, message: str) -> web.Response:
@@ -325,17 +342,8 @@ class ModelProxy:
         deadline = loop.time() + self.limits.request_timeout_s
 
         async def body() -> AsyncIterator[bytes]:
-            """The request body, streamed: bounded in bytes and in time."""
-            seen = 0
             try:
-                while True:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await request.content.read(BODY_CHUNK)
-                    if not chunk:
-                        return
-                    seen += len(chunk)
-                    if seen > self.limits.request_max_bytes:
-                        raise RequestTooLarge
+                async for chunk in bounded_body(request, self.limits.request_max_bytes, deadline):
                     yield chunk
             except (RequestTooLarge, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
                 body_failed.append(exc)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -36,14 +36,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from moorage_session_store import Vaults
 
+from .egress import MCP_PREFIX, RequestTooLarge, bounded_body
 from .tunnel import Network, Policy, address_allowed
 from .vault_crypto import SealedSecretError, SecretBox, open_secrets
 from .vaults import MCP_KINDS, Held, bearer_of, environment_secrets, mcp_key, proxied_servers
 
 log = structlog.get_logger(__name__)
 
-PREFIX = "/mcp/"
-CHUNK = 64 * 1024
 WRITE_STALL_S = 60.0
 DROP_REQUEST_HEADERS = frozenset(
     {
@@ -214,7 +213,7 @@ class McpProxy:
 
     async def handle(self, request: web.Request, sandbox_id: str) -> web.StreamResponse:
         grant = self._grants.get(sandbox_id)
-        name = request.path[len(PREFIX) :]
+        name = request.path[len(MCP_PREFIX) :]
         url = grant.servers.get(name) if grant is not None else None
         if grant is None or url is None:
             return error(404, f"no credentialed MCP server {name[:64]!r} for this session")
@@ -249,21 +248,7 @@ class McpProxy:
                 return error(413, f"request body exceeds {self.request_max_bytes} bytes")
             headers["Content-Length"] = str(length)
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
-        cap = self.request_max_bytes
-
-        async def body() -> AsyncIterator[bytes]:
-            seen = 0
-            while True:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await request.content.read(CHUNK)
-                if not chunk:
-                    return
-                seen += len(chunk)
-                if seen > cap:
-                    raise ValueError("request body too large")
-                yield chunk
-
-        data = body() if request.body_exists else None
+        data = bounded_body(request, self.request_max_bytes, deadline) if request.body_exists else None
         client = self._clients[urlsplit(url).scheme]
         try:
             upstream = await client.request(request.method, url, headers=headers, data=data, allow_redirects=False)
@@ -273,7 +258,9 @@ class McpProxy:
                 return error(403, str(exc.os_error))
             bound.info("mcp_proxy_failed", error=type(exc).__name__)
             return error(502, "the MCP server is unreachable")
-        except (aiohttp.ClientError, TimeoutError, ValueError, ConnectionError) as exc:
+        except RequestTooLarge:
+            return error(413, f"request body exceeds {self.request_max_bytes} bytes")
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             bound.info("mcp_proxy_failed", error=type(exc).__name__)
             return error(502, "the MCP server is unreachable")
         async with upstream:
