@@ -487,6 +487,7 @@ def create_app(settings: Settings) -> Starlette:
                 parse_networks(settings.egress_allow_networks),
                 proxy.limits.request_max_bytes,
                 proxy.limits.request_timeout_s,
+                lambda outcome: metrics.vault_requests.labels(outcome).inc(),
             )
             await proxy.mcp.start()
             if rules := parse_allowlist(settings.egress_allow):

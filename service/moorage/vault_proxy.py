@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -172,8 +172,10 @@ class McpProxy:
         networks: tuple[Network, ...] = (),
         request_max_bytes: int = 32 * 1024 * 1024,
         request_timeout_s: float = 30.0,
+        on_outcome: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
+        self.on_outcome = on_outcome  # "forwarded", "refused" or "failed" per request, for metrics
         self.networks = networks
         self.request_max_bytes = request_max_bytes
         self.request_timeout_s = request_timeout_s
@@ -214,38 +216,53 @@ class McpProxy:
     async def handle(self, request: web.Request, sandbox_id: str) -> web.StreamResponse:
         grant = self._grants.get(sandbox_id)
         name = request.path[len(MCP_PREFIX) :]
+        bound = log.bind(sandbox_id=sandbox_id, server=name[:64])
         url = grant.servers.get(name) if grant is not None else None
         if grant is None or url is None:
-            return error(404, f"no credentialed MCP server {name[:64]!r} for this session")
-        bound = log.bind(sandbox_id=sandbox_id, tenant=grant.tenant, server=name)
+            return self._refused(bound, 404, f"no credentialed MCP server {name[:64]!r} for this session", "no_grant")
+        bound = bound.bind(tenant=grant.tenant)
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if not grant.policy.allows(host, port):
-            bound.info("mcp_proxy_refused", reason="not_allowlisted", host=host, port=port)
-            return error(403, f"{host}:{port} is not allowed for this session")
+            return self._refused(bound, 403, f"{host}:{port} is not allowed for this session", "not_allowlisted")
         with contextlib.suppress(ValueError):
             ipaddress.ip_address(host)  # an address literal skips the resolver: check it here
             if (why := target_refusal(parts.scheme, [host], self.networks)) is not None:
-                bound.info("mcp_proxy_refused", reason=why, host=host)
-                return error(403, why)
+                return self._refused(bound, 403, why, "address")
         try:
             token = await self.source.bearer(grant.tenant, grant.vault_ids, url)
         except SealedSecretError as exc:
-            bound.warning("mcp_proxy_refused", reason="secret_unavailable", detail=str(exc))
-            return error(503, "the credential cannot be opened on this server (MOORAGE_SECRET_KEY)")
+            bound.warning("mcp_proxy_secret_unavailable", detail=str(exc))
+            message = "the credential cannot be opened on this server (MOORAGE_SECRET_KEY)"
+            return self._refused(bound, 503, message, "secret_unavailable")
         if token is None:
-            bound.info("mcp_proxy_refused", reason="no_credential")
-            return error(403, f"the session's vaults no longer hold a credential for MCP server {name!r}")
+            message = f"the session's vaults no longer hold a credential for MCP server {name!r}"
+            return self._refused(bound, 403, message, "no_credential")
         return await self._forward(request, url, token, bound)
+
+    def _refused(self, bound: Any, status: int, message: str, reason: str) -> web.Response:
+        bound.info("mcp_proxy_refused", reason=reason, status=status)
+        self._count("refused")
+        return error(status, message)
+
+    def _failed(self, bound: Any, exc: BaseException) -> web.Response:
+        bound.info("mcp_proxy_failed", error=type(exc).__name__)
+        self._count("failed")
+        return error(502, "the MCP server is unreachable")
+
+    def _count(self, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     async def _forward(self, request: web.Request, url: str, token: str, bound: Any) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST_HEADERS}
         headers["Authorization"] = f"Bearer {token}"
+        too_large = f"request body exceeds {self.request_max_bytes} bytes"
         length = request.content_length
         if length is not None:
             if length > self.request_max_bytes:
-                return error(413, f"request body exceeds {self.request_max_bytes} bytes")
+                return self._refused(bound, 413, too_large, "too_large")
             headers["Content-Length"] = str(length)
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         data = bounded_body(request, self.request_max_bytes, deadline) if request.body_exists else None
@@ -254,17 +271,15 @@ class McpProxy:
             upstream = await client.request(request.method, url, headers=headers, data=data, allow_redirects=False)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, TargetRefused):
-                bound.info("mcp_proxy_refused", reason=str(exc.os_error))
-                return error(403, str(exc.os_error))
-            bound.info("mcp_proxy_failed", error=type(exc).__name__)
-            return error(502, "the MCP server is unreachable")
+                return self._refused(bound, 403, str(exc.os_error), "address")
+            return self._failed(bound, exc)
         except RequestTooLarge:
-            return error(413, f"request body exceeds {self.request_max_bytes} bytes")
+            return self._refused(bound, 413, too_large, "too_large")
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-            bound.info("mcp_proxy_failed", error=type(exc).__name__)
-            return error(502, "the MCP server is unreachable")
+            return self._failed(bound, exc)
         async with upstream:
             bound.info("mcp_proxied", method=request.method, status=upstream.status)
+            self._count("forwarded")
             return await self._relay(request, upstream)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:

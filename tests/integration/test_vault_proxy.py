@@ -105,6 +105,9 @@ async def test_the_credential_replaces_the_sandboxs_and_sse_streams_unbuffered(
     up, url = upstream
     sock = await p.open("sb-1")
     assert await grant(p, credentials, "sb-1", url, allowing(url)) == ["secure"]
+    outcomes: list[str] = []
+    assert p.mcp is not None
+    p.mcp.on_outcome = outcomes.append
     async with http(sock) as client:
         sent = {"authorization": "Bearer forged", "mcp-session-id": "s-1", "accept": "text/event-stream"}
         resp = await client.post("http://bridge/mcp/secure", json={"jsonrpc": "2.0"}, headers=sent)
@@ -116,6 +119,7 @@ async def test_the_credential_replaces_the_sandboxs_and_sse_streams_unbuffered(
     seen = up.seen[-1]
     assert seen["authorization"] == f"Bearer {TOKEN}" and seen["mcp-session-id"] == "s-1"
     assert seen.getall("authorization") == [f"Bearer {TOKEN}"]
+    assert outcomes == ["forwarded"]  # moorage_vault_requests_total{outcome}
 
 
 async def test_only_this_sandboxs_live_credentialed_servers_on_allowed_hosts_are_reached(
@@ -127,6 +131,9 @@ async def test_only_this_sandboxs_live_credentialed_servers_on_allowed_hosts_are
     mine, other, narrow = await p.open("sb-1"), await p.open("sb-2"), await p.open("sb-3")
     await grant(p, credentials, "sb-1", url, allowing(url))
     await grant(p, credentials, "sb-3", url, Policy((Rule("elsewhere.example"),)))
+    outcomes: list[str] = []
+    assert p.mcp is not None
+    p.mcp.on_outcome = outcomes.append
     async with http(mine) as a, http(other) as b, http(narrow) as c:
         assert (await a.post("http://bridge/mcp/plain")).status == 404  # no credential for it: not granted
         assert (await a.post("http://bridge/mcp/secure/../x")).status == 404
@@ -137,8 +144,7 @@ async def test_only_this_sandboxs_live_credentialed_servers_on_allowed_hosts_are
         revoked = await a.post("http://bridge/mcp/secure")
         assert revoked.status == 403 and "no longer hold" in await revoked.text()
         assert (await a.post("http://bridge/v1/other")).status == 404  # the model routes are unchanged
-    assert up.seen == []
-    assert p.mcp is not None
+    assert up.seen == [] and outcomes == ["refused"] * 5
     p.mcp.networks = ()  # loopback is not an operator network any more: refused before connecting
     credentials.token = TOKEN
     async with http(mine) as a:
