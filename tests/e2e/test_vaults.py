@@ -161,7 +161,8 @@ async def test_a_vault_credential_reaches_the_mcp_server_and_never_the_sandbox(
 async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(model: ScriptedModelServer) -> None:
     """A session naming a vault with an ``environment_variable`` credential: 501
     ``credential_not_supported`` (not retried); an archived vault: 400 ``vault_archived``; a
-    server without ``MOORAGE_SECRET_KEY`` keeps vaults but refuses credentials (503, not retried)."""
+    server without ``MOORAGE_SECRET_KEY`` keeps vaults but refuses credentials (503, not retried);
+    a malformed key refuses the start."""
     with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_SECRET_KEY=KEY, MOORAGE_WARM_SANDBOXES="0") as svc:
         api = client(svc)
         agent = api.beta.agents.create(name="Plain", model="claude-opus-5", tools=[TOOLSET])
@@ -208,3 +209,6 @@ async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(mod
         assert no_key.value.status_code == 503 and code(no_key.value) == "secret_key_unavailable"
         assert no_key.value.response.request.headers.get("x-stainless-retry-count") == "0"
         assert list(api.beta.vaults.credentials.list(vault.id)) == []
+    short = base64.b64encode(os.urandom(16)).decode()
+    malformed = await refused_start({**keyless.env, "MOORAGE_SECRET_KEY": short})
+    assert malformed.returncode == 2 and "MOORAGE_SECRET_KEY must decode to 32 bytes" in malformed.stderr

@@ -457,6 +457,12 @@ def test_a_session_without_http_fields_or_an_agent_still_has_every_field() -> No
     )
     assert out["archived_at"] == "2026-12-02T03:00:00Z" and out["status"] == "terminated"
     assert out["stats"]["duration_seconds"] == 0.0  # a clock behind the record is not a negative duration
+    assert out["vault_ids"] == []
+
+
+def test_the_session_object_shows_the_vaults_it_was_made_with() -> None:
+    api = {"title": None, "metadata": {}, "environment_id": "env_01", "vault_ids": ["vlt_b", "vlt_a"]}
+    assert session_object(record(api=api), "idle", T0)["vault_ids"] == ["vlt_b", "vlt_a"]
 
 
 def test_the_agent_snapshot_is_the_pinned_version_without_timestamps() -> None:
