@@ -461,7 +461,7 @@ def test_a_session_without_http_fields_or_an_agent_still_has_every_field() -> No
 
 
 def test_the_session_object_shows_the_vaults_it_was_made_with() -> None:
-    api = {"title": None, "metadata": {}, "environment_id": "env_01", "vault_ids": ["vlt_b", "vlt_a"]}
+    api: dict[str, Any] = {"title": None, "metadata": {}, "environment_id": "env_01", "vault_ids": ["vlt_b", "vlt_a"]}
     assert session_object(record(api=api), "idle", T0)["vault_ids"] == ["vlt_b", "vlt_a"]
 
 
