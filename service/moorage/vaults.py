@@ -99,18 +99,18 @@ def vault_ids(value: object) -> tuple[str, ...]:
 
 def mcp_key(url: str) -> str:
     """The normalised form of an MCP server URL (see the module docstring); ``BodyError`` if it is
-    not an http(s) URL with a host (and no user or password in it)."""
+    not an http(s) URL with a host (and no user or password in it). Errors never echo the URL."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError:
-        raise fail(f"{url[:100]!r} is not a valid URL") from None
+        raise fail("the MCP server URL is not a valid URL") from None
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")
     if scheme not in ("http", "https") or not host:
-        raise fail(f"{url[:100]!r} must be an http(s) URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise fail(f"{url[:100]!r}: put the credential in the vault, not in the URL")
+        raise fail("the MCP server URL must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:  # not echoed: it may hold a password
+        raise fail("an MCP server URL must not carry a user or password: put the credential in the vault")
     if ":" in host:
         host = f"[{host}]"
     default = 443 if scheme == "https" else 80
