@@ -153,3 +153,32 @@ async def test_only_this_sandboxs_live_credentialed_servers_on_allowed_hosts_are
     assert up.seen == []
     await p.close_sandbox("sb-1")
     assert p.mcp._grants.keys() == {"sb-3"}
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_a_host_name_is_judged_by_the_addresses_the_connection_resolves(
+    upstream: tuple[Upstream, str], tmp_path: Path, allowed: bool
+) -> None:
+    """A name (not an address literal) is checked in the connection's own resolver: ``localhost``
+    reaches the server only while loopback is an operator network; otherwise 403, nothing sent."""
+    up, url = upstream
+    up.release.set()
+    named = url.replace("127.0.0.1", "localhost")
+    credentials = Credentials()
+    networks = (*LOOPBACK, ipaddress.ip_network("::1/128")) if allowed else ()
+    p = ModelProxy(tmp_path / "egress", "http://127.0.0.1:9", "sk-real")
+    p.mcp = McpProxy(credentials, networks)
+    await p.start()
+    await p.mcp.start()
+    try:
+        sock = await p.open("sb-1")
+        await grant(p, credentials, "sb-1", named, Policy((Rule("localhost", int(url.split(":")[2].split("/")[0])),)))
+        async with http(sock) as client:
+            resp = await client.post("http://bridge/mcp/secure", json={})
+            if allowed:
+                assert resp.status == 200 and b"second" in await resp.read()
+                assert up.seen[-1]["authorization"] == f"Bearer {TOKEN}"
+            else:
+                assert resp.status == 403 and "non-public" in await resp.text() and up.seen == []
+    finally:
+        await p.close()
