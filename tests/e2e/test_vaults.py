@@ -160,7 +160,8 @@ async def test_a_vault_credential_reaches_the_mcp_server_and_never_the_sandbox(
 
 async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(model: ScriptedModelServer) -> None:
     """A session naming a vault with an ``environment_variable`` credential: 501
-    ``credential_not_supported`` (not retried); an archived vault: 400 ``vault_archived``; a
+    ``credential_not_supported`` (not retried); a second credential for one key: 409; the rest of
+    the API (update, pages, delete, ``mcp_oauth_validate`` 501); an archived vault: 400 ``vault_archived``; a
     server without ``MOORAGE_SECRET_KEY`` keeps vaults but refuses credentials (503, not retried);
     a malformed key refuses the start."""
     with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_SECRET_KEY=KEY, MOORAGE_WARM_SANDBOXES="0") as svc:
@@ -192,6 +193,24 @@ async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(mod
                 },
             )
         assert code(twice.value) == "credential_conflict"
+        # The rest of the API as the client sends it: update (metadata patch), pages, delete, validate.
+        renamed = api.beta.vaults.update(vault.id, display_name="Bobby", metadata={"team": "x"})
+        assert (renamed.display_name, renamed.metadata) == ("Bobby", {"team": "x"})
+        assert api.beta.vaults.update(vault.id, metadata={"team": None}).metadata == {}
+        extra = [api.beta.vaults.create(display_name=f"page-{n}") for n in range(3)]
+        paged = [v.id for v in api.beta.vaults.list(limit=1)]  # auto-paginated, one per page
+        assert paged == [v.id for v in reversed(extra)] + [vault.id]
+        bearer = api.beta.vaults.credentials.create(
+            extra[0].id, auth={"type": "static_bearer", "mcp_server_url": "https://mcp.example.com", "token": TOKEN}
+        )
+        with pytest.raises(anthropic.APIStatusError) as validate:
+            api.beta.vaults.credentials.mcp_oauth_validate(bearer.id, vault_id=extra[0].id)
+        assert validate.value.status_code == 501 and code(validate.value) == "not_supported"
+        gone = api.beta.vaults.credentials.delete(bearer.id, vault_id=extra[0].id)
+        assert (gone.id, gone.type) == (bearer.id, "vault_credential_deleted")
+        with pytest.raises(anthropic.NotFoundError) as deleted:
+            api.beta.vaults.credentials.retrieve(bearer.id, vault_id=extra[0].id)
+        assert code(deleted.value) == "credential_not_found"
         api.beta.vaults.archive(vault.id)
         with pytest.raises(anthropic.BadRequestError) as archived:
             api.beta.sessions.create(agent=agent.id, environment_id=env_id, vault_ids=[vault.id])
