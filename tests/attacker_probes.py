@@ -41,6 +41,11 @@ async def run_probe(client: Client, body: str, timeout: float = 90, **args: Any)
     return result
 
 
+def halves(text: str) -> list[str]:
+    """A secret as two pieces, so the probe never carries it whole."""
+    return [text[: len(text) // 2], text[len(text) // 2 :]]
+
+
 class HostListeners:
     """A TCP, a UDP and an abstract unix listener on the host that count what reaches them."""
 

@@ -8,7 +8,10 @@
   URL path ends in ``/sse``), only the agent's (``strict_mcp_config``); an mcp toolset whose
   default is disabled and enables no tool leaves its server out, a tool disabled by its config is
   disallowed (``mcp__<server>__<tool>``). They are reached through the egress tunnel, so only
-  hosts on the service's egress allowlist answer.
+  hosts on the service's egress allowlist answer — except the servers the ``start`` frame names in
+  ``mcp_proxy``: a vault credential of the session is for them, so they are reached through the
+  model bridge at ``<base_url>/mcp/<name>``, where the service adds the credential (the sandbox
+  never sees it).
 - ``max_turns`` is applied by the service (it is already in ``options``).
 - Permission policies (``always_ask``) and ``custom`` tools are carried in the spec for the
   approvals and client-tools code; this module does not act on them.
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 TOOLSET = "agent_toolset_20260401"
@@ -43,8 +47,9 @@ def _mcp_config(url: str) -> dict[str, str]:
     return {"type": kind, "url": url}
 
 
-def agent_options(agent: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for ``ClaudeAgentOptions`` from an agent spec."""
+def agent_options(agent: dict[str, Any], base_url: str = "", proxied: Collection[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``ClaudeAgentOptions`` from an agent spec; the servers named in
+    ``proxied`` are reached at ``base_url/mcp/<name>`` (the service's model proxy)."""
     options: dict[str, Any] = {}
     system = agent.get("system")
     if isinstance(system, str) and system:
@@ -68,7 +73,10 @@ def agent_options(agent: dict[str, Any]) -> dict[str, Any]:
         configs = [c for c in toolset_.get("configs") or [] if isinstance(c, dict)]
         if not default_on and not any(c.get("enabled") for c in configs):
             continue
-        mcp[name] = _mcp_config(url)
+        config = _mcp_config(url)
+        if name in proxied and base_url:
+            config["url"] = f"{base_url.rstrip('/')}/mcp/{name}"
+        mcp[name] = config
         disallowed += [f"mcp__{name}__{c['name']}" for c in configs if c.get("enabled") is False]
     options["mcp_servers"] = mcp
     options["strict_mcp_config"] = True

@@ -75,7 +75,9 @@ def build_options(
         env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
     )
     if agent is not None:
-        options = replace(options, **agent_options(agent))
+        proxied = start.get("mcp_proxy")
+        names = [n for n in proxied if isinstance(n, str)] if isinstance(proxied, list) else []
+        options = replace(options, **agent_options(agent, base_url, names))
     if approvals is not None:
         extra = approvals.options()
         extra["mcp_servers"] = {**cast(dict[str, Any], options.mcp_servers), **extra["mcp_servers"]}

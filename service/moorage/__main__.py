@@ -21,9 +21,9 @@ from .settings import Settings
 
 async def _check_database(settings: Settings, need_tokens: bool) -> str | None:
     """Connect once (exit 2 early when the database is unreachable) and migrate; why not to start,
-    if anything: another replica on this SQLite database (``heartbeat.join``), or, with
-    ``need_tokens``, no API token issued yet."""
-    from moorage_session_store import Database, Tokens
+    if anything: another replica on this SQLite database (``heartbeat.join``), with
+    ``need_tokens`` no API token issued yet, or vault credentials stored and no key to open them."""
+    from moorage_session_store import Database, Tokens, Vaults
 
     from .heartbeat import join
 
@@ -38,6 +38,11 @@ async def _check_database(settings: Settings, need_tokens: bool) -> str | None:
                 "MOORAGE_API_KEYS (tenant:token,...), issue a token with `moorage tokens create --tenant T`, "
                 "or bind to a loopback address"
             )
+        if not settings.secret_key.get_secret_value().strip() and await Vaults(db).any_credential():
+            return (
+                "vault credentials are stored in this database but MOORAGE_SECRET_KEY is not set: "
+                "set the key they were sealed with (32 bytes, base64; see the README)"
+            )
         return None
     finally:
         await db.close()
@@ -49,10 +54,11 @@ def serve(settings: Settings) -> None:
 
     from .app import create_app
     from .auth import AuthConfigError, is_loopback
+    from .vault_crypto import SecretKeyError
 
     try:
         app = create_app(settings)
-    except AuthConfigError as exc:
+    except (AuthConfigError, SecretKeyError) as exc:
         print(f"moorage: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
     if settings.metrics_port and settings.metrics_port == settings.port:

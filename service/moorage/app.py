@@ -22,6 +22,7 @@ from moorage_session_store import (
     SQLModelSessionStore,
     TenantSpend,
     Tokens,
+    Vaults,
     WebhookOutbox,
 )
 from moorage_session_store.commands import COMMANDS_CHANNEL, DONE_CHANNEL, Command, SessionCommands
@@ -69,6 +70,9 @@ from .sessions_api import routes as sessions_routes
 from .settings import Settings
 from .sweep import socket_prefix
 from .tunnel import Tunnel, parse_allowlist, parse_networks
+from .vault_crypto import SecretBox
+from .vault_proxy import McpProxy, StoreCredentials
+from .vaults_api import routes as vaults_routes
 from .webhook_delivery import WebhookConfig, WebhookSender
 from .webhook_events import announcements
 from .webhooks_api import routes as webhooks_routes
@@ -96,6 +100,8 @@ class Services:
     commands: CommandRouter  # requests for sessions another replica runs (commands.py)
     # Open connections that came in with a database token, by token id.
     token_conns: dict[WsConnection, str] = field(default_factory=dict)
+    # Seals and opens vault credentials (MOORAGE_SECRET_KEY, vault_crypto.py); None: no key set.
+    vault_box: SecretBox | None = None
 
 
 async def cut_revoked(services: Services) -> None:
@@ -433,6 +439,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     keys = parse_api_keys(settings.api_keys)  # AuthConfigError before anything starts
+    box = SecretBox.from_setting(settings.secret_key.get_secret_value())  # SecretKeyError, likewise
     try:
         origins = OriginPolicy.build(settings.allowed_origins, settings.host, settings.port)
     except ValueError as exc:
@@ -480,6 +487,15 @@ def create_app(settings: Settings) -> Starlette:
                 proxy.limits.connections_per_sandbox,
                 proxy.limits.request_timeout_s,
             )
+            # A session's MCP servers with a vault credential, reached through its model socket.
+            proxy.mcp = McpProxy(
+                StoreCredentials(Vaults(db), box),
+                parse_networks(settings.egress_allow_networks),
+                proxy.limits.request_max_bytes,
+                proxy.limits.request_timeout_s,
+                lambda outcome: metrics.vault_requests.labels(outcome).inc(),
+            )
+            await proxy.mcp.start()
             if rules := parse_allowlist(settings.egress_allow):
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
             await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods
@@ -516,7 +532,7 @@ def create_app(settings: Settings) -> Starlette:
                 settings.sandbox_start_timeout_s + ACCEPT_WAIT_S,  # the owner may be starting it
             )
             app.state.services = services = Services(
-                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands
+                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands, vault_box=box
             )
             commands.start(functools.partial(apply_command, services))
             # PostgreSQL: other replicas' appends wake this one's streams, commands wake owners
@@ -578,6 +594,7 @@ def create_app(settings: Settings) -> Starlette:
             *environments_routes(),
             *files_routes(),
             *webhooks_routes(),
+            *vaults_routes(),
         ],
         lifespan=lifespan,
     )

@@ -222,6 +222,9 @@ class Start:
     # The session's agent (``agents.runner_agent``: id, version, the stored spec and its tool
     # policy ``ask_tools``/``custom_tools``, pending.AgentTools); None: the operator's default.
     agent: dict[str, Any] | None = None
+    # The agent's MCP servers to reach through the model bridge at ``/mcp/<name>`` (their vault
+    # credential is added outside the sandbox: vault_proxy.py), by name; the others go direct.
+    mcp_proxy: tuple[str, ...] = ()
 
     def wire(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -235,6 +238,8 @@ class Start:
             frame["egress_proxy"] = self.egress_proxy
         if self.agent is not None:
             frame["agent"] = self.agent
+        if self.mcp_proxy:
+            frame["mcp_proxy"] = list(self.mcp_proxy)
         return frame
 
 

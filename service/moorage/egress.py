@@ -7,6 +7,10 @@ put in place of the sandbox's placeholder; request bodies are streamed up (at
 most ``request_max_bytes``) and responses (SSE or not) are passed through
 chunk by chunk, never buffered.
 
+Requests to ``/mcp/<server>`` are the session's MCP servers that a vault credential is for: they
+are forwarded to the server's real URL with the credential added (``vault_proxy.McpProxy``), the
+same promise as the API key's — the sandbox uses the credential, never holds it.
+
 Every upstream response is metered, whatever the sandbox does: usage is read
 from the bytes as they pass (``egress_meter``) and charged from
 ``message_start`` on, then once more in a ``finally`` when the response ends.
@@ -34,7 +38,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import structlog
@@ -44,6 +48,9 @@ from .egress_gate import Gate
 from .egress_meter import ResponseMeter
 from .settings import Settings
 from .tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from .vault_proxy import McpProxy
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +75,7 @@ SANDBOX_ID_KEY = web.RequestKey("moorage_sandbox_id", str)
 # treated as a hang-up (the response is drained, not held).
 WRITE_STALL_S = 60.0
 BODY_CHUNK = 64 * 1024
+MCP_PREFIX = "/mcp/"  # a session's MCP servers with a vault credential (vault_proxy.py)
 
 Charge = Callable[[str, dict[str, int]], None]  # (model, token delta)
 
@@ -125,6 +133,21 @@ class ProxyLimits:
 
 class RequestTooLarge(Exception):
     pass
+
+
+async def bounded_body(request: web.Request, cap: int, deadline: float) -> AsyncIterator[bytes]:
+    """A request body, streamed: at most ``cap`` bytes (else ``RequestTooLarge``), all of it
+    before ``deadline`` (loop time; else ``TimeoutError``)."""
+    seen = 0
+    while True:
+        async with asyncio.timeout_at(deadline):
+            chunk = await request.content.read(BODY_CHUNK)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if seen > cap:
+            raise RequestTooLarge
+        yield chunk
 
 
 def error_response(status: int, kind: str, message: str) -> web.Response:
@@ -185,6 +208,8 @@ class ModelProxy:
         self.observer: RequestObserver | None = None
         # HTTPS egress to the hosts each sandbox's session allows (tunnel.py, egress_policy.py).
         self.tunnel: Tunnel | None = None
+        # ``/mcp/<server>``: the session's MCP servers, with its vault credentials added (vault_proxy.py).
+        self.mcp: McpProxy | None = None
 
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +240,8 @@ class ModelProxy:
         (bounded by ``drain_timeout_s``) and are charged as usual."""
         if self.tunnel is not None:
             await self.tunnel.close_sandbox(sandbox_id)
+        if self.mcp is not None:
+            self.mcp.forget(sandbox_id)
         entry = self._sites.pop(sandbox_id, None)
         if entry is None:
             return
@@ -237,6 +264,8 @@ class ModelProxy:
             await self._runner.cleanup()
         if self._client is not None:
             await self._client.close()
+        if self.mcp is not None:
+            await self.mcp.close()
         if self._own_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
@@ -264,6 +293,8 @@ class ModelProxy:
         sandbox_id = self._sandbox_of(request)
         if sandbox_id is None:
             return error_response(403, "forbidden", "unknown sandbox")
+        if self.mcp is not None and request.path.startswith(MCP_PREFIX):
+            return await self.mcp.handle(request, sandbox_id)
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             return error_response(404, "not_found_error", "only the Messages API is reachable")
         observer = self.observer if request.path == "/v1/messages" else None
@@ -311,17 +342,8 @@ class ModelProxy:
         deadline = loop.time() + self.limits.request_timeout_s
 
         async def body() -> AsyncIterator[bytes]:
-            """The request body, streamed: bounded in bytes and in time."""
-            seen = 0
             try:
-                while True:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await request.content.read(BODY_CHUNK)
-                    if not chunk:
-                        return
-                    seen += len(chunk)
-                    if seen > self.limits.request_max_bytes:
-                        raise RequestTooLarge
+                async for chunk in bounded_body(request, self.limits.request_max_bytes, deadline):
                     yield chunk
             except (RequestTooLarge, TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
                 body_failed.append(exc)

@@ -62,6 +62,12 @@ class Code(StrEnum):
     WEBHOOK_NOT_FOUND = "webhook_not_found"
     WEBHOOK_URL_NOT_ALLOWED = "webhook_url_not_allowed"
     TOO_MANY_WEBHOOKS = "too_many_webhooks"
+    VAULT_NOT_FOUND = "vault_not_found"
+    VAULT_ARCHIVED = "vault_archived"
+    CREDENTIAL_NOT_FOUND = "credential_not_found"
+    CREDENTIAL_CONFLICT = "credential_conflict"
+    CREDENTIAL_NOT_SUPPORTED = "credential_not_supported"
+    SECRET_KEY_UNAVAILABLE = "secret_key_unavailable"
     INTERNAL = "internal"
 
 
@@ -188,6 +194,14 @@ CODES: dict[Code, Spec] = {
     Code.WEBHOOK_NOT_FOUND: Spec(Fatal.NO, None, 404),
     Code.WEBHOOK_URL_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
     Code.TOO_MANY_WEBHOOKS: Spec(Fatal.NO, None, 400),
+    # The vaults API (HTTP; vault_proxy.py). credential_not_supported also refuses a session whose
+    # vaults hold a credential kind this server cannot inject yet, and is a notice at its start.
+    Code.VAULT_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.VAULT_ARCHIVED: Spec(Fatal.NO, None, 400),
+    Code.CREDENTIAL_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.CREDENTIAL_CONFLICT: Spec(Fatal.NO, None, 409),
+    Code.CREDENTIAL_NOT_SUPPORTED: Spec(Fatal.NO, None, 501),
+    Code.SECRET_KEY_UNAVAILABLE: Spec(Fatal.NO, None, 503),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

@@ -45,7 +45,15 @@ Repo = TypeVar("Repo")
 R = TypeVar("R", bound=Response)
 #: Refusals a retry would only repeat (the client retries 409 and 5xx unless told not to).
 NO_RETRY_CODES = frozenset(
-    {Code.NOT_SUPPORTED, Code.REQUEST_NOT_PENDING, Code.VERSION_CONFLICT, Code.ENVIRONMENT_NAME_TAKEN}
+    {
+        Code.NOT_SUPPORTED,
+        Code.REQUEST_NOT_PENDING,
+        Code.VERSION_CONFLICT,
+        Code.ENVIRONMENT_NAME_TAKEN,
+        Code.CREDENTIAL_CONFLICT,
+        Code.CREDENTIAL_NOT_SUPPORTED,
+        Code.SECRET_KEY_UNAVAILABLE,
+    }
 )
 
 

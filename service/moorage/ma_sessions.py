@@ -3,8 +3,9 @@
 ../shared/MANAGED_AGENTS.md) built from a stored record.
 
 Every body is checked before anything happens: a field Moorage cannot honour is refused with a
-stable code, never silently ignored (``not_supported`` 501 for a feature not built here — vaults,
-resources, outcomes, agent overrides, file-sourced blocks; ``invalid_request`` 400 for a
+stable code, never silently ignored (``not_supported`` 501 for a feature not built here —
+resources, outcomes, agent overrides, file-sourced blocks, a session's ``vault_ids`` changed after
+create; ``invalid_request`` 400 for a
 malformed body). Client events become the WebSocket's client frames (docs/protocol.md) through
 the WebSocket's own parser, so the two views accept exactly the same messages and answers.
 """
@@ -28,6 +29,7 @@ from .protocol import (
     UserFrame,
     parse_client_frame,
 )
+from .vaults import vault_ids as parse_vault_ids
 
 Json = dict[str, Any]
 Status = Literal["idle", "running", "rescheduling", "terminated"]
@@ -64,22 +66,22 @@ class SessionCreate:
     metadata: dict[str, str] = field(default_factory=dict)
     budget_cents: int | None = None
     initial_events: tuple[UserFrame, ...] = ()
+    vault_ids: tuple[str, ...] = ()  # checked against the store by sessions_api
 
     def api_fields(self) -> Json:
-        """What the record's ``api`` column keeps."""
+        """What the record's ``api`` column keeps (``vault_ids`` too: a rehydration uses them)."""
         return {
             "title": self.title,
             "metadata": self.metadata,
             "environment_id": self.environment_id,
             "budget_cents": self.budget_cents,
+            "vault_ids": list(self.vault_ids),
         }
 
 
 def parse_create(body: object) -> SessionCreate:
     obj = as_object(body, "the request body")
     only(obj, _CREATE_FIELDS, "session")
-    if as_list(obj.get("vault_ids"), "vault_ids"):
-        raise unsupported("vault_ids (vaults)")
     if as_list(obj.get("resources"), "resources"):
         raise unsupported("resources (files and repositories in the sandbox)")
     env = obj.get("environment_id")
@@ -103,6 +105,7 @@ def parse_create(body: object) -> SessionCreate:
         metadata=metadata(obj.get("metadata")),
         budget_cents=_budget(obj.get("budget")),
         initial_events=tuple(messages),
+        vault_ids=parse_vault_ids(obj.get("vault_ids")),
     )
 
 
@@ -159,7 +162,7 @@ def apply_update(api: Mapping[str, Any], body: object) -> Json:
     obj = as_object(body, "the request body")
     only(obj, _UPDATE_FIELDS, "session update")
     if "vault_ids" in obj:
-        raise unsupported("vault_ids (vaults)")
+        raise unsupported("changing a session's vault_ids (they are set at create)")
     if obj.get("agent") is not None:
         raise unsupported("changing a session's agent (start a new session)")
     out = dict(api)
@@ -311,7 +314,7 @@ def session_object(record: SessionRecord, status: Status, now: datetime) -> Json
         "environment_id": api.get("environment_id"),
         "agent": agent_snapshot(record.options.get("agent")),
         "resources": [],
-        "vault_ids": [],
+        "vault_ids": session_vault_ids(api),
         "metadata": api.get("metadata") or {},
         "budget": budget_object(api.get("budget_cents")),
         "outcome_evaluations": [],
@@ -325,6 +328,12 @@ def session_object(record: SessionRecord, status: Status, now: datetime) -> Json
         "updated_at": timestamp(record.updated_at),
         "archived_at": timestamp(record.archived_at) if record.archived_at is not None else None,
     }
+
+
+def session_vault_ids(api: Mapping[str, Any] | None) -> list[str]:
+    """The vaults a session was made with (its record's ``api``; none for a WebSocket session)."""
+    ids = (api or {}).get("vault_ids") or []
+    return [str(v) for v in ids] if isinstance(ids, list) else []
 
 
 _SNAPSHOT_FIELDS = ("name", "description", "model", "system", "tools", "mcp_servers", "skills", "metadata")

@@ -31,6 +31,7 @@ from moorage_session_store.records import SessionRecord
 from .egress import socket_base
 from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
+from .ma_sessions import session_vault_ids
 from .metrics import SWEPT_KINDS
 from .sandbox.uids import reserving
 from .sessions import Deps, Session
@@ -219,6 +220,7 @@ class SessionManager:
             environment=environment,
             egress=egress,
             budget_usd=budget_usd(api),
+            vault_ids=tuple(session_vault_ids(api)),
         )
         return self._launch(session, token)
 
@@ -338,6 +340,7 @@ class SessionManager:
             environment=environment,
             egress=egress,
             budget_usd=budget_usd(record.api),
+            vault_ids=tuple(session_vault_ids(record.api)),  # kept in the record: the same vaults again
         )
         await self._storage_notices(session, record.options)
         return self._launch(session, token)

@@ -27,6 +27,7 @@ BUDGET_SCOPES = ("session", "tenant")
 DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
 FILE_DELETE_REASONS = ("expired", "request")  # the sweep; DELETE /v1/files/{id}
 # What the start-up sweep removes (sweep.KINDS).
+VAULT_OUTCOMES = ("forwarded", "refused", "failed")  # vault_proxy.McpProxy
 SWEPT_KINDS = ("workspace", "probe", "mount", "cgroup", "socket_dir", "uid_lock")
 # What one webhook delivery attempt came to (webhook_delivery.py).
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "refused")
@@ -133,6 +134,13 @@ class Metrics:
             ["verdict"],
             registry=r,
         )
+        self.vault_requests = Counter(
+            "moorage_vault_requests_total",
+            "MCP requests from sandboxes to a server a vault credential is for: sent on with it "
+            "(forwarded), refused (no grant, egress policy, address, revoked, too large) or undeliverable (failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.sessions_deleted = Counter(
             "moorage_sessions_deleted_total",
             "Sessions deleted with everything they stored, by reason (retention reaper, client request).",
@@ -202,6 +210,8 @@ class Metrics:
             self.budget_exceeded.labels(scope)
         for verdict in ("allowed", "refused"):
             self.egress_connections.labels(verdict)
+        for outcome in VAULT_OUTCOMES:
+            self.vault_requests.labels(outcome)
         for reason in DELETE_REASONS:
             self.sessions_deleted.labels(reason)
         for kind in SWEPT_KINDS:

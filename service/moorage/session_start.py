@@ -54,11 +54,12 @@ async def start_sandbox(session: Session) -> float:
     handle = {**session.sandbox.handle, "workspace": str(session.workspace)}
     try:
         await session.records.update(session.id, state="active", sandbox=handle)
+        proxied = await _grant_credentials(session)
         if session.rehydrate:
             await _restore_workspace(session)
     except STORE_ERRORS as exc:
         raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
-    first = await _until(session, _start_frame(session), ReadyFrame)
+    first = await _until(session, _start_frame(session, proxied), ReadyFrame)
     if not isinstance(first, ReadyFrame):
         detail = first.message if first is not None else "the runner exited before it was ready"
         raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
@@ -71,12 +72,31 @@ async def start_sandbox(session: Session) -> float:
         sandbox_id=session.sandbox_id,
         rehydrated=session.rehydrate,
         environment_id=(session.environment or {}).get("id"),
+        mcp_credentials=len(proxied),
         **describe(session.egress),
     )
     return started_s
 
 
-def _start_frame(session: Session) -> Start:
+async def _grant_credentials(session: Session) -> list[str]:
+    """Grant the sandbox its session's MCP servers that a vault credential is for (vault_proxy.py):
+    their names, for the runner to reach them through the model bridge. A vault credential that
+    cannot be injected (``environment_variable``, added after the session was made) is a notice."""
+    mcp = session.proxy.mcp
+    if mcp is None or not session.vault_ids:
+        return []
+    servers = [s for s in (session.agent or {}).get("mcp_servers") or [] if isinstance(s, dict)]
+    names, unsupported = await mcp.grant(session.sandbox_id, session.tenant, session.vault_ids, servers, session.egress)
+    for held in unsupported:
+        session.notice_code(
+            Code.CREDENTIAL_NOT_SUPPORTED,
+            f"vault {held.vault_id} holds environment_variable credential {held.id}, which this server cannot "
+            "inject yet: the agent's requests go out without it",
+        )
+    return names
+
+
+def _start_frame(session: Session, proxied: list[str]) -> Start:
     settings = session.settings
     options: dict[str, Any] = {"session_id": session.id, "max_turns": settings.max_turns, "resume": session.resume}
     # The SDK must carry any user message the service lets through (issue 10 item 10).
@@ -94,7 +114,12 @@ def _start_frame(session: Session) -> Start:
     # HTTPS_PROXY only where the tunnel lets something through (its socket is there either way).
     tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None and not session.egress.allows_nothing else None
     return Start(
-        options, MODEL_PROXY, store=True, egress_proxy=tunnel, agent=session.agent or session.agent_tools.wire()
+        options,
+        MODEL_PROXY,
+        store=True,
+        egress_proxy=tunnel,
+        agent=session.agent or session.agent_tools.wire(),
+        mcp_proxy=tuple(proxied),
     )
 
 

@@ -116,8 +116,10 @@ class Session:
         environment: dict[str, Any] | None = None,
         egress: Policy = NO_EGRESS,
         budget_usd: float | None = None,
+        vault_ids: tuple[str, ...] = (),
     ) -> None:
         self.id = session_id
+        self.vault_ids = vault_ids  # its vaults' MCP credentials are injected outside it (vault_proxy.py)
         self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.environment = environment  # {"id", "spec"} as pinned at creation, or None
         self.egress = egress  # what its sandbox may reach through the tunnel (egress_policy.session_policy)

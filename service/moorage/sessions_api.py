@@ -25,6 +25,7 @@ from moorage_session_store import (
     SessionQuery,
     SessionRecord,
     SessionRecords,
+    Vaults,
 )
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -38,6 +39,7 @@ from .ma_sessions import MAX_INITIAL_EVENTS, Status, apply_update, parse_create,
 from .ma_views import Projection
 from .manager import budget_usd, is_session_id
 from .pending import AgentTools
+from .vaults_api import check_session_vaults
 
 if TYPE_CHECKING:
     from .app import Services
@@ -121,6 +123,7 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
         )
     version = str(spec.agent.version) if spec.agent.version is not None else None
     agent = await session_agent(Agents(services.db), tenant, spec.agent.id, version)
+    await check_session_vaults(Vaults(services.db), tenant, spec.vault_ids)
     environment = {"id": env.id, "spec": env.spec}  # its egress (egress_policy.py), kept for rehydration
     session = await services.sessions.create(tenant, agent, environment=environment, api=spec.api_fields())
     log.info(

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Non-public networks the tunnel may still reach (an internal mirror):
     # "10.1.0.0/16". Public addresses need no entry; everything else is refused.
     egress_allow_networks: str = ""
+    # The key that seals vault credentials at rest (vault_crypto.py): 32 random bytes, base64.
+    # Without it no credential can be created, and the service refuses to start once any exists.
+    secret_key: SecretStr = SecretStr("")
     # Whether a tenant's environment may ask for unrestricted networking
     # (environments.py); off: only "limited" with allowed_hosts.
     allow_unrestricted_network: bool = False

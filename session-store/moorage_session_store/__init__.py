@@ -14,6 +14,7 @@ from .environments import EnvironmentRecord, Environments
 from .errors import (
     AgentArchived,
     AgentNotFound,
+    CredentialConflict,
     DatabaseUnavailable,
     EnvironmentArchived,
     EnvironmentNameTaken,
@@ -26,6 +27,9 @@ from .errors import (
     SessionExists,
     SessionNotFound,
     UnsupportedDatabaseURL,
+    VaultArchived,
+    VaultFull,
+    VaultNotFound,
     VersionConflict,
 )
 from .events import EVENTS_CHANNEL, EventConflict, NewEvent, SessionEvents, StoredEvent
@@ -35,6 +39,7 @@ from .replicas import Replicas
 from .spend import TenantSpend
 from .store import SQLModelSessionStore
 from .tokens import TokenCheck, TokenRecord, Tokens
+from .vaults import MAX_CREDENTIALS, CredentialRecord, VaultRecord, Vaults
 from .webhooks import (
     Announcement,
     Delivery,
@@ -48,12 +53,15 @@ __all__ = [
     "COMMANDS_CHANNEL",
     "DONE_CHANNEL",
     "EVENTS_CHANNEL",
+    "MAX_CREDENTIALS",
     "AgentArchived",
     "AgentNotFound",
     "AgentRecord",
     "Agents",
     "Announcement",
     "Command",
+    "CredentialConflict",
+    "CredentialRecord",
     "Database",
     "DatabaseUnavailable",
     "Delivery",
@@ -90,6 +98,11 @@ __all__ = [
     "TooManyEndpoints",
     "TurnUsage",
     "UnsupportedDatabaseURL",
+    "VaultArchived",
+    "VaultFull",
+    "VaultNotFound",
+    "VaultRecord",
+    "Vaults",
     "VersionConflict",
     "WebhookEndpoints",
     "WebhookOutbox",

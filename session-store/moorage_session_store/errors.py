@@ -102,3 +102,27 @@ class FileTooLarge(MoorageStoreError):
     def __init__(self, message: str, *, limit: int) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class VaultNotFound(MoorageStoreError):
+    """No vault (or credential) of that id for that tenant."""
+
+    code = "vault_not_found"
+
+
+class VaultArchived(MoorageStoreError):
+    """The vault (or credential) is archived: it is read-only."""
+
+    code = "vault_archived"
+
+
+class CredentialConflict(MoorageStoreError):
+    """The vault already holds a live credential for that MCP server URL (or secret name)."""
+
+    code = "credential_conflict"
+
+
+class VaultFull(MoorageStoreError):
+    """The vault holds its limit of live credentials."""
+
+    code = "vault_full"

@@ -354,6 +354,52 @@ class WebhookDeliveryRow(SQLModel, table=True):
     done_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
 
 
+class VaultRow(SQLModel, table=True):
+    """A tenant's collection of credentials (a Managed Agents vault), named by sessions' ``vault_ids``."""
+
+    __tablename__ = "vaults"
+    __table_args__ = (Index("ix_vaults_tenant_created", "tenant", "created_at", "id"),)
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    display_name: str = Field(sa_column=Column(String, nullable=False))
+    meta: dict[str, Any] = Field(sa_column=Column("metadata", JSON_DOC, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class VaultCredentialRow(SQLModel, table=True):
+    """One credential of a vault: what it is for (``kind``; ``match_key``, the normalised MCP server
+    URL or the secret's name, unique among the vault's live credentials), what the API shows
+    (``public``: the auth object without its secrets, display name, metadata) and its secrets,
+    sealed by the service (``sealed``; this package never sees them in clear). Deleted with its vault."""
+
+    __tablename__ = "vault_credentials"
+    __table_args__ = (
+        Index("ix_vault_credentials_vault_created", "vault_id", "created_at", "id"),
+        Index(
+            "ux_vault_credentials_live_key",
+            "vault_id",
+            "match_key",
+            unique=True,
+            sqlite_where=text("archived_at IS NULL"),
+            postgresql_where=text("archived_at IS NULL"),
+        ),
+    )
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    vault_id: str = Field(sa_column=Column(String, ForeignKey("vaults.id", ondelete="CASCADE"), nullable=False))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    kind: str = Field(sa_column=Column(String, nullable=False))
+    match_key: str = Field(sa_column=Column(String, nullable=False))
+    public: dict[str, Any] = Field(sa_column=Column(JSON_DOC, nullable=False))
+    sealed: str = Field(sa_column=Column(String, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    archived_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
 def entry_uuid(entry: Mapping[str, Any]) -> str | None:
     """The value of ``session_store_entries.uuid`` for an entry: its ``uuid`` if that is a string."""
     value = entry.get("uuid")
@@ -382,3 +428,5 @@ FILES = table("files")
 FILE_CHUNKS = table("file_chunks")
 WEBHOOK_ENDPOINTS = table("webhook_endpoints")
 WEBHOOK_DELIVERIES = table("webhook_deliveries")
+VAULTS = table("vaults")
+VAULT_CREDENTIALS = table("vault_credentials")

@@ -29,6 +29,7 @@ from attacker_probes import (
     OPEN_PATHS,
     PRIVILEGES,
     HostListeners,
+    halves,
     host_addresses,
     run_probe,
 )
@@ -75,11 +76,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_IDLE_TIMEOUT_S="2",
     ) as service:
         yield service
-
-
-def halves(text: str) -> list[str]:
-    """A secret as two pieces, so the probe never carries it whole."""
-    return [text[: len(text) // 2], text[len(text) // 2 :]]
 
 
 def refused(outcomes: dict[str, Any]) -> dict[str, Any]:

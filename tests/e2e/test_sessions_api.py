@@ -269,10 +269,13 @@ def test_errors_raise_the_clients_typed_exceptions(svc: Service) -> None:
     with pytest.raises(anthropic.NotFoundError) as no_env:
         api.beta.sessions.create(agent=agent_id, environment_id="env_nope")
     assert code(no_env.value) == "environment_not_found"
-    with pytest.raises(anthropic.APIStatusError) as vaults:
+    with pytest.raises(anthropic.NotFoundError) as vaults:
         api.beta.sessions.create(agent=agent_id, environment_id=env_id, vault_ids=["vlt_1"])
-    assert vaults.value.status_code == 501 and code(vaults.value) == "not_supported"
-    assert vaults.value.response.request.headers.get("x-stainless-retry-count") == "0"
+    assert code(vaults.value) == "vault_not_found"
+    with pytest.raises(anthropic.APIStatusError) as later:
+        api.beta.sessions.update(mine.id, vault_ids=[])
+    assert later.value.status_code == 501 and code(later.value) == "not_supported"
+    assert later.value.response.request.headers.get("x-stainless-retry-count") == "0"
 
 
 def test_the_async_client_streams_and_sends(svc: Service) -> None:

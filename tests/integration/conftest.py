@@ -15,6 +15,8 @@ from moorage_session_store.models import (
     REPLICAS,
     SESSION_COMMANDS,
     TENANT_SPEND,
+    VAULT_CREDENTIALS,
+    VAULTS,
 )
 from support import pg_available, pg_database
 
@@ -31,7 +33,8 @@ def pg_name() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated database, per backend, with no tokens, no tenant spend, no agents, no environments,
-    no session commands, no replicas and no files (the PostgreSQL one is shared by a module's tests)."""
+    no session commands, no replicas, no files and no vaults (the PostgreSQL one is shared by a module's
+    tests)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     else:
@@ -47,6 +50,8 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
             await conn.execute(SESSION_COMMANDS.delete())
             await conn.execute(REPLICAS.delete())
             await conn.execute(FILES.delete())  # their chunks by cascade
+            await conn.execute(VAULT_CREDENTIALS.delete())
+            await conn.execute(VAULTS.delete())
         yield database
     finally:
         await database.close()

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 import structlog
 from moorage.channel import Phase, Ready, RunnerChannel
+from moorage.errors import Code
 from moorage.metrics import Metrics
 from moorage.model_spans import ModelSpans
 from moorage.pending import AgentTools
@@ -19,6 +20,7 @@ from moorage.session_start import start_sandbox
 from moorage.sessions import Session
 from moorage.settings import Settings
 from moorage.tunnel import NO_EGRESS, Policy, Rule
+from moorage.vaults import Held
 
 
 class Tunnel:
@@ -54,7 +56,22 @@ class Records:
         pass
 
 
-def session(egress: Policy, tunnel: Tunnel | None) -> tuple[Session, WarmSandbox]:
+class Grants:
+    """The vault route's grant (vault_proxy.McpProxy.grant): records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, tuple[str, ...], list[str]]] = []
+
+    async def grant(
+        self, sandbox_id: str, tenant: str, vault_ids: Any, servers: list[dict[str, str]], policy: Policy
+    ) -> tuple[list[str], list[Held]]:
+        self.asked.append((sandbox_id, tenant, tuple(vault_ids), [s["name"] for s in servers]))
+        return ["gh"], [Held("vcrd_2", "vlt_1", "environment_variable", "env:API_KEY")]
+
+
+def session(
+    egress: Policy, tunnel: Tunnel | None, mcp: Grants | None = None, vault_ids: tuple[str, ...] = ()
+) -> tuple[Session, WarmSandbox]:
     sandbox = WarmSandbox(tunnel or Tunnel())
     loaded = Loaded(cast(Any, sandbox), "warm-1", Path("/nonexistent/warm-1"))
     settings = Settings()
@@ -62,7 +79,10 @@ def session(egress: Policy, tunnel: Tunnel | None) -> tuple[Session, WarmSandbox
         id="s-1",
         settings=settings,
         pool=SimpleNamespace(take=lambda: loaded),
-        proxy=SimpleNamespace(tunnel=tunnel),
+        proxy=SimpleNamespace(tunnel=tunnel, mcp=mcp),
+        tenant="acme",
+        vault_ids=vault_ids,
+        notices=[],
         deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans()),
         ledger=object(),
         records=Records(),
@@ -80,6 +100,7 @@ def session(egress: Policy, tunnel: Tunnel | None) -> tuple[Session, WarmSandbox
         log=structlog.get_logger("test"),
         emit=lambda frame: None,
     )
+    fake.notice_code = lambda code, message: fake.notices.append((code, message))
     return cast(Session, fake), sandbox
 
 
@@ -107,3 +128,18 @@ async def test_without_a_tunnel_the_runner_gets_no_proxy() -> None:
     s, sandbox = session(Policy(any_host=True), None)
     await start_sandbox(s)
     assert "egress_proxy" not in sandbox.seen[0][2]
+
+
+async def test_a_sessions_credentialed_mcp_servers_are_granted_before_the_runner_starts() -> None:
+    """The vault route knows the sandbox's servers before ``start`` names them in ``mcp_proxy``; a
+    credential that cannot be injected is a ``credential_not_supported`` notice; no vaults, no grant."""
+    grants = Grants()
+    s, sandbox = session(NO_EGRESS, Tunnel(), grants, ("vlt_1",))
+    s.agent = {"id": "agent_1", "version": 1, "mcp_servers": [{"type": "url", "name": "gh", "url": "https://g/mcp"}]}
+    await start_sandbox(s)
+    assert grants.asked == [("warm-1", "acme", ("vlt_1",), ["gh"])]
+    assert sandbox.seen[0][2]["mcp_proxy"] == ["gh"]
+    assert [code for code, _ in cast(Any, s).notices] == [Code.CREDENTIAL_NOT_SUPPORTED]
+    plain, plain_sandbox = session(NO_EGRESS, Tunnel(), Grants())
+    await start_sandbox(plain)
+    assert "mcp_proxy" not in plain_sandbox.seen[0][2]

@@ -98,7 +98,13 @@ def test_a_bare_create_has_no_title_metadata_budget_or_events() -> None:
     parsed = parse_create(create())
     assert parsed.environment_id == "env_01"
     assert (parsed.title, parsed.metadata, parsed.budget_cents, parsed.initial_events) == (None, {}, None, ())
-    assert parsed.api_fields() == {"title": None, "metadata": {}, "environment_id": "env_01", "budget_cents": None}
+    assert parsed.api_fields() == {
+        "title": None,
+        "metadata": {},
+        "environment_id": "env_01",
+        "budget_cents": None,
+        "vault_ids": [],
+    }
 
 
 def test_title_and_metadata_are_bounded() -> None:
@@ -178,13 +184,20 @@ def test_initial_events_other_than_user_messages_are_refused() -> None:
     )
 
 
-def test_vaults_and_resources_are_not_supported_but_empty_lists_are_accepted() -> None:
+def test_resources_are_not_supported_but_an_empty_list_is_accepted() -> None:
     parsed = parse_create(create(vault_ids=[], resources=[]))
     assert parsed.agent == AgentRef("agent_01")
-    assert "vault_ids" in refused(Code.NOT_SUPPORTED, parse_create, create(vault_ids=["vlt_01"]))
     resource = {"type": "file", "file_id": "file_01"}
     assert "resources" in refused(Code.NOT_SUPPORTED, parse_create, create(resources=[resource]))
+
+
+def test_vault_ids_are_kept_in_order_and_malformed_ones_refused() -> None:
+    parsed = parse_create(create(vault_ids=["vlt_b", "vlt_a"]))
+    assert parsed.vault_ids == ("vlt_b", "vlt_a") and parsed.api_fields()["vault_ids"] == ["vlt_b", "vlt_a"]
     assert "vault_ids" in refused(Code.INVALID_REQUEST, parse_create, create(vault_ids="vlt_01"))
+    assert "twice" in refused(Code.INVALID_REQUEST, parse_create, create(vault_ids=["vlt_a", "vlt_a"]))
+    assert "vault_ids" in refused(Code.INVALID_REQUEST, parse_create, create(vault_ids=[""]))
+    assert "at most" in refused(Code.INVALID_REQUEST, parse_create, create(vault_ids=[f"v{n}" for n in range(21)]))
 
 
 def test_unknown_fields_are_refused_naming_them() -> None:
@@ -444,6 +457,12 @@ def test_a_session_without_http_fields_or_an_agent_still_has_every_field() -> No
     )
     assert out["archived_at"] == "2026-12-02T03:00:00Z" and out["status"] == "terminated"
     assert out["stats"]["duration_seconds"] == 0.0  # a clock behind the record is not a negative duration
+    assert out["vault_ids"] == []
+
+
+def test_the_session_object_shows_the_vaults_it_was_made_with() -> None:
+    api: dict[str, Any] = {"title": None, "metadata": {}, "environment_id": "env_01", "vault_ids": ["vlt_b", "vlt_a"]}
+    assert session_object(record(api=api), "idle", T0)["vault_ids"] == ["vlt_b", "vlt_a"]
 
 
 def test_the_agent_snapshot_is_the_pinned_version_without_timestamps() -> None:

@@ -78,6 +78,23 @@ def test_mcp_servers_become_http_or_sse_configs() -> None:
     assert "mcp__gh__delete_repo" in options["disallowed_tools"]
 
 
+def test_a_server_with_a_vault_credential_is_reached_through_the_model_bridge() -> None:
+    """The start frame's ``mcp_proxy`` names it: its URL is the bridge's ``/mcp/<name>`` (the
+    service adds the credential); the others keep their own URL (through the egress tunnel)."""
+    agent = spec(
+        tools=[{"type": "mcp_toolset", "mcp_server_name": "gh"}, {"type": "mcp_toolset", "mcp_server_name": "open"}],
+        mcp_servers=[
+            {"type": "url", "name": "gh", "url": "https://mcp.example.com/mcp"},
+            {"type": "url", "name": "open", "url": "https://open.example.com/mcp"},
+        ],
+    )
+    options = runner_agent_options.agent_options(agent, "http://127.0.0.1:4567", ["gh"])
+    assert options["mcp_servers"] == {
+        "gh": {"type": "http", "url": "http://127.0.0.1:4567/mcp/gh"},
+        "open": {"type": "http", "url": "https://open.example.com/mcp"},
+    }
+
+
 def test_without_an_agent_the_options_are_todays() -> None:
     start = channel.Start({"session_id": "s"}, "unix:/m").wire()
     assert "agent" not in start
