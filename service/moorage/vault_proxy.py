@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from moorage_session_store import Vaults
 
 from .egress import MCP_PREFIX, RequestTooLarge, bounded_body
+from .ssrf import CheckedResolver, TargetRefused, in_networks
 from .tunnel import Network, Policy, address_allowed
 from .vault_crypto import SealedSecretError, SecretBox, open_secrets
 from .vaults import MCP_KINDS, Held, bearer_of, environment_secrets, mcp_key, proxied_servers
@@ -101,52 +101,9 @@ def target_refusal(scheme: str, addresses: Sequence[str], networks: tuple[Networ
         return "the host has no address"
     if not all(address_allowed(a, networks) for a in addresses):
         return "the host resolves to a non-public address"
-    if scheme == "http" and not all(_in(a, networks) for a in addresses):
+    if scheme == "http" and not all(in_networks(a, networks) for a in addresses):
         return "a credential goes over plain http only to a network in MOORAGE_EGRESS_ALLOW_NETWORKS; use https"
     return None
-
-
-def _in(text: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(text.split("%")[0])
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
-
-
-class TargetRefused(OSError):
-    """The resolver's refusal (a reason from ``target_refusal``)."""
-
-
-class CheckedResolver(AbstractResolver):
-    """Resolves a name and refuses (``TargetRefused``) unless ``target_refusal`` allows every address."""
-
-    def __init__(self, scheme: str, networks: tuple[Network, ...]) -> None:
-        self.scheme = scheme
-        self.networks = networks
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        addresses = sorted({str(info[4][0]) for info in infos})
-        if (why := target_refusal(self.scheme, addresses, self.networks)) is not None:
-            raise TargetRefused(why)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(info[4][0]),
-                port=port,
-                family=info[0],
-                proto=info[2],
-                flags=socket.AI_NUMERICHOST,
-            )
-            for info in infos
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -185,7 +142,9 @@ class McpProxy:
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=900)
         for scheme in ("http", "https"):
-            connector = aiohttp.TCPConnector(resolver=CheckedResolver(scheme, self.networks))
+            connector = aiohttp.TCPConnector(
+                resolver=CheckedResolver(functools.partial(target_refusal, scheme, networks=self.networks))
+            )
             self._clients[scheme] = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
     async def close(self) -> None:

@@ -10,8 +10,8 @@ concurrently, and records each attempt:
   (the same on every attempt and every replica), ``webhook-timestamp`` the attempt's time,
   ``webhook-signature`` ``v1,<base64 HMAC-SHA256>`` of ``id.timestamp.body``.
 - **Checked** before every attempt (``webhook_policy``): the host is resolved, every address must
-  pass the SSRF rules, and the connection goes to those addresses (:class:`PinnedResolver`), so DNS
-  that changed since the endpoint was made cannot lead inward.
+  pass the SSRF rules, and the connection's own resolver (``ssrf.CheckedResolver``) checks the
+  addresses it connects to, so DNS that changed since the endpoint was made cannot lead inward.
 - **Bounded**: ``webhook_timeout_s`` for the whole attempt, no redirects followed, the response
   body never read (only the status), at most ``CLAIM_BATCH`` attempts in flight per replica.
 - **Outcome**: any 2xx acknowledges. Anything else (3xx included, a refused connection, a
@@ -36,15 +36,15 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
-from aiohttp.abc import AbstractResolver, ResolveResult
 from moorage_session_store import Delivery, WebhookOutbox
 from standardwebhooks import Webhook
 
 from .errors import STORE_ERRORS
 from .metrics import Metrics
 from .settings import Settings
+from .ssrf import CheckedResolver, TargetRefused
 from .tunnel import Network, parse_networks
-from .webhook_policy import Target, UrlRefused, check_addresses, parse_target
+from .webhook_policy import Target, UrlRefused, parse_target, refusal
 
 log = structlog.get_logger(__name__)
 
@@ -106,51 +106,21 @@ def encode(payload: dict[str, object]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-async def resolve_checked(target: Target, networks: tuple[Network, ...]) -> list[str]:
-    """The addresses of ``target``'s host, each allowed by the SSRF rules (else ``UrlRefused``)."""
-    loop = asyncio.get_running_loop()
+async def resolve_checked(target: Target, networks: tuple[Network, ...]) -> None:
+    """Refuse (``UrlRefused``) unless every address ``target``'s host resolves to may be reached now."""
     try:
-        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+        await CheckedResolver(refusal(target, networks)).resolve(target.host, target.port, socket.AF_UNSPEC)
+    except TargetRefused as exc:
+        raise UrlRefused(str(exc)) from exc
+    except OSError as exc:
         raise UrlRefused(f"{target.host} does not resolve") from exc
-    addresses = sorted({str(info[4][0]) for info in infos})
-    check_addresses(target, addresses, networks)
-    return addresses
-
-
-class PinnedResolver(AbstractResolver):
-    """Answers aiohttp with the addresses already checked, so it connects to nothing else."""
-
-    def __init__(self, host: str, addresses: list[str]) -> None:
-        self._host = host
-        self._addresses = addresses
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if host != self._host:
-            raise OSError(f"{host} was not checked")
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in self._addresses
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 async def attempt(delivery: Delivery, config: WebhookConfig, now: datetime) -> str | None:
     """Send one attempt; ``None`` when acknowledged (2xx), else why it failed (short, no secrets)."""
     try:
         target = parse_target(delivery.url)
-        addresses = await resolve_checked(target, config.networks)
+        await resolve_checked(target, config.networks)  # an address literal skips the resolver below
     except UrlRefused as exc:
         return f"refused: {exc}"
     body = encode(delivery.payload)
@@ -159,7 +129,8 @@ async def attempt(delivery: Delivery, config: WebhookConfig, now: datetime) -> s
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
-    connector = aiohttp.TCPConnector(resolver=PinnedResolver(target.host, addresses), force_close=True)
+    # The connection's own resolver checks again: a name that re-resolved inward since is refused.
+    connector = aiohttp.TCPConnector(resolver=CheckedResolver(refusal(target, config.networks)), force_close=True)
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
     try:
         async with (
@@ -167,6 +138,10 @@ async def attempt(delivery: Delivery, config: WebhookConfig, now: datetime) -> s
             client.post(target.url, data=body.encode(), headers=headers, allow_redirects=False) as resp,
         ):
             status = resp.status  # the body is never read: the status is the answer
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, TargetRefused):
+            return f"refused: {exc.os_error}"
+        return type(exc).__name__
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return type(exc).__name__
     return None if 200 <= status < 300 else f"HTTP {status}"

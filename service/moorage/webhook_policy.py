@@ -7,16 +7,17 @@ host resolves to must be public, or lie in a network the operator allowed
 private, link-local, metadata (169.254.169.254) and the IPv6 forms that lead to them are refused
 otherwise. Plain ``http://`` is allowed only to the operator's networks; anything public needs
 ``https://``. The URL is checked when the endpoint is made or changed (a clear 400) and again
-before every attempt, and the attempt connects to the addresses that were checked, never to the
-name again (``webhook_delivery.PinnedResolver``): a name that re-resolves inward is refused then.
+before every attempt, in the attempt's own resolver (``ssrf.CheckedResolver``): the connection goes
+only to addresses that were checked, so a name that re-resolves inward is refused then.
 """
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .ssrf import in_networks
 from .tunnel import Network, address_allowed
 
 MAX_URL_LENGTH = 2048
@@ -64,16 +65,21 @@ def check_addresses(target: Target, addresses: list[str], networks: tuple[Networ
     ``https://``) or in the operator's ``networks`` (for either scheme)."""
     if not addresses:
         raise UrlRefused(f"{target.host} does not resolve")
-    inside = all(_in(a, networks) for a in addresses)
+    inside = all(in_networks(a, networks) for a in addresses)
     if target.scheme == "http" and not inside:
         raise UrlRefused("url must be an https:// URL (plain http:// only to networks the operator allows)")
     if not all(address_allowed(a, networks) for a in addresses):
         raise UrlRefused(f"{target.host} resolves to a non-public address this server does not send to")
 
 
-def _in(text: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(text.split("%")[0])
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
+def refusal(target: Target, networks: tuple[Network, ...]) -> Callable[[Sequence[str]], str | None]:
+    """``check_addresses`` for ``target`` as an ``ssrf.Refusal`` (the reason, or ``None``)."""
+
+    def why(addresses: Sequence[str]) -> str | None:
+        try:
+            check_addresses(target, list(addresses), networks)
+        except UrlRefused as exc:
+            return str(exc)
+        return None
+
+    return why

@@ -12,10 +12,11 @@ import pytest
 from anthropic import Anthropic
 from ma_frames import frames_of, load
 from moorage.ma_events import Projector
+from moorage.ssrf import CheckedResolver, TargetRefused
 from moorage.tunnel import parse_networks
-from moorage.webhook_delivery import PinnedResolver, WebhookConfig, attempt, backoff_s, encode, signed_headers
+from moorage.webhook_delivery import WebhookConfig, attempt, backoff_s, encode, signed_headers
 from moorage.webhook_events import SESSION_EVENT_TYPES, announcements, webhook_type
-from moorage.webhook_policy import UrlRefused, check_addresses, parse_target
+from moorage.webhook_policy import UrlRefused, check_addresses, parse_target, refusal
 from moorage_session_store.webhooks import Announcement, Delivery, new_secret, payload
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -167,14 +168,17 @@ def test_plain_http_only_to_the_operators_networks() -> None:
         check_addresses(local, [], LOOPBACK)
 
 
-def test_the_pinned_resolver_answers_only_the_checked_addresses_for_the_checked_host() -> None:
+def test_the_connections_resolver_answers_only_addresses_the_rule_allows() -> None:
+    """The resolver a webhook attempt connects with checks what the name resolves to *then*."""
+
     async def run() -> None:
-        resolver = PinnedResolver("hooks.example.com", ["93.184.216.34", "2606:2800::1"])
-        answers = await resolver.resolve("hooks.example.com", 443)
-        assert [a["host"] for a in answers] == ["93.184.216.34", "2606:2800::1"]
-        assert all(a["port"] == 443 and a["hostname"] == "hooks.example.com" for a in answers)
-        with pytest.raises(OSError):
-            await resolver.resolve("other.example.com", 443)
+        target = parse_target("https://localhost:9000/hooks")
+        answers = await CheckedResolver(refusal(target, parse_networks("127.0.0.0/8,::1/128"))).resolve(
+            "localhost", 9000
+        )
+        assert answers and all(a["host"] in ("127.0.0.1", "::1") and a["port"] == 9000 for a in answers)
+        with pytest.raises(TargetRefused, match="non-public"):
+            await CheckedResolver(refusal(target, ())).resolve("localhost", 9000)
 
     asyncio.run(run())
 
