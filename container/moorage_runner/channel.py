@@ -30,7 +30,9 @@ import sys
 from typing import Any
 
 # -- shared with service/moorage/channel.py (kept equal by a test) --
-CHANNEL_VERSION = 2  # 2: approvals and custom tools (an older runner would ignore ``agent``)
+# 2: approvals and custom tools (an older runner would ignore ``agent``);
+# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session.
+CHANNEL_VERSION = 3
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
@@ -38,7 +40,20 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 # the tool input's own depth; Python's parser fails near 1000.
 MAX_DEPTH = 100
 RUNNER_KINDS = frozenset(
-    {"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot", "permission_request", "custom_tool_use"}
+    {
+        "loaded",
+        "ready",
+        "sdk",
+        "rpc",
+        "error",
+        "restored",
+        "snapshot",
+        "permission_request",
+        "custom_tool_use",
+        "file_put",
+        "output",
+        "outputs_done",
+    }
 )
 SERVICE_KINDS = frozenset(
     {
@@ -51,8 +66,13 @@ SERVICE_KINDS = frozenset(
         "rpc_error",
         "permission_response",
         "custom_tool_result",
+        "put_file",
+        "collect_outputs",
     }
 )
+# Raw bytes per ``put_file`` / ``output`` frame (base64 adds a third).
+FILE_CHUNK_BYTES = 512 * 1024
+SESSION_DIR = "/mnt/session"  # a sized tmpfs in every sandbox: uploads/ and outputs/
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 

@@ -55,6 +55,14 @@ class Code(StrEnum):
     NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
     SESSION_ARCHIVED = "session_archived"
+    FILE_NOT_FOUND = "file_not_found"
+    FILE_EXPIRED = "file_expired"
+    FILE_TOO_LARGE = "file_too_large"
+    FILE_NOT_DOWNLOADABLE = "file_not_downloadable"
+    RESOURCE_NOT_FOUND = "resource_not_found"
+    RESOURCE_NOT_MOUNTED = "resource_not_mounted"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    OUTPUT_NOT_STORED = "output_not_stored"
     INTERNAL = "internal"
 
 
@@ -172,6 +180,16 @@ CODES: dict[Code, Spec] = {
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     # The sessions API (HTTP): an archived session is read-only.
     Code.SESSION_ARCHIVED: Spec(Fatal.NO, None, 400),
+    # The Files API (HTTP).
+    Code.FILE_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.FILE_EXPIRED: Spec(Fatal.NO, None, 404),
+    Code.FILE_TOO_LARGE: Spec(Fatal.NO, None, 413),
+    Code.FILE_NOT_DOWNLOADABLE: Spec(Fatal.NO, None, 400),
+    # Session resources (HTTP) and files in and out of a sandbox (notices on the session).
+    Code.RESOURCE_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.RESOURCE_NOT_MOUNTED: Spec(Fatal.NO, None, 500),
+    Code.OUTPUT_TOO_LARGE: Spec(Fatal.NO, None, 413),
+    Code.OUTPUT_NOT_STORED: Spec(Fatal.NO, None, 503),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

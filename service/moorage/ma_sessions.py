@@ -4,7 +4,7 @@
 
 Every body is checked before anything happens: a field Moorage cannot honour is refused with a
 stable code, never silently ignored (``not_supported`` 501 for a feature not built here — vaults,
-resources, outcomes, agent overrides, file-sourced blocks; ``invalid_request`` 400 for a
+repository and memory-store resources, outcomes, agent overrides, file-sourced blocks; ``invalid_request`` 400 for a
 malformed body). Client events become the WebSocket's client frames (docs/protocol.md) through
 the WebSocket's own parser, so the two views accept exactly the same messages and answers.
 """
@@ -28,6 +28,7 @@ from .protocol import (
     UserFrame,
     parse_client_frame,
 )
+from .resources import FileResource, parse_resources, resources_of
 
 Json = dict[str, Any]
 Status = Literal["idle", "running", "rescheduling", "terminated"]
@@ -64,14 +65,16 @@ class SessionCreate:
     metadata: dict[str, str] = field(default_factory=dict)
     budget_cents: int | None = None
     initial_events: tuple[UserFrame, ...] = ()
+    resources: tuple[FileResource, ...] = ()
 
-    def api_fields(self) -> Json:
-        """What the record's ``api`` column keeps."""
+    def api_fields(self, resources: list[Json] | None = None) -> Json:
+        """What the record's ``api`` column keeps (``resources``: as ``resources.stored`` made them)."""
         return {
             "title": self.title,
             "metadata": self.metadata,
             "environment_id": self.environment_id,
             "budget_cents": self.budget_cents,
+            "resources": resources or [],
         }
 
 
@@ -80,8 +83,7 @@ def parse_create(body: object) -> SessionCreate:
     only(obj, _CREATE_FIELDS, "session")
     if as_list(obj.get("vault_ids"), "vault_ids"):
         raise unsupported("vault_ids (vaults)")
-    if as_list(obj.get("resources"), "resources"):
-        raise unsupported("resources (files and repositories in the sandbox)")
+    resources = parse_resources(obj.get("resources"))
     env = obj.get("environment_id")
     if not isinstance(env, str) or not env:
         raise fail("environment_id is required")
@@ -103,6 +105,7 @@ def parse_create(body: object) -> SessionCreate:
         metadata=metadata(obj.get("metadata")),
         budget_cents=_budget(obj.get("budget")),
         initial_events=tuple(messages),
+        resources=resources,
     )
 
 
@@ -310,7 +313,7 @@ def session_object(record: SessionRecord, status: Status, now: datetime) -> Json
         "title": api.get("title"),
         "environment_id": api.get("environment_id"),
         "agent": agent_snapshot(record.options.get("agent")),
-        "resources": [],
+        "resources": resources_of(api),
         "vault_ids": [],
         "metadata": api.get("metadata") or {},
         "budget": budget_object(api.get("budget_cents")),

@@ -7,11 +7,12 @@ structurally; tests may hand in anything that does."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
 from claude_agent_sdk.types import SessionKey, SessionListSubkeysKey, SessionStoreEntry
+from moorage_session_store.files import FileRecord
 from moorage_session_store.records import SessionRecord, SessionState, TurnUsage
 
 
@@ -91,3 +92,25 @@ class Meter(Protocol):
 
     @property
     def store_errors(self) -> Counter: ...
+
+
+class FileStore(Protocol):
+    """A tenant's files (the Files API's store): a session reads its resources from it and
+    stores its outputs in it (``moorage_session_store.Files``)."""
+
+    async def put(
+        self,
+        tenant: str,
+        *,
+        filename: str,
+        mime_type: str,
+        chunks: AsyncIterable[bytes],
+        max_bytes: int,
+        scope_session_id: str | None = None,
+        downloadable: bool = True,
+        expires_at: datetime | None = None,
+    ) -> FileRecord: ...
+
+    async def get(self, tenant: str, file_id: str) -> FileRecord | None: ...
+
+    def read(self, tenant: str, file_id: str) -> AsyncIterator[bytes]: ...
