@@ -46,6 +46,7 @@ from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
 from .events_api import run_command
+from .files_api import routes as files_routes
 from .heartbeat import Heartbeat
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
@@ -500,7 +501,7 @@ def create_app(settings: Settings) -> Starlette:
                 metrics,
                 accounting,
                 SessionEvents(db),
-                files=Files(db),  # resources in, outputs out (session_files.py)
+                files=Files(db),  # the expiry sweep; resources in, outputs out (session_files.py)
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
@@ -574,6 +575,7 @@ def create_app(settings: Settings) -> Starlette:
             *agents_routes(),
             *environments_routes(),
             *resources_routes(),
+            *files_routes(),
         ],
         lifespan=lifespan,
     )

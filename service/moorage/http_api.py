@@ -187,7 +187,7 @@ def _constant(token: str) -> Any:
 DRAIN_BYTES = 16 * 1024 * 1024  # read past an over-size body, at most, so its sender gets the 413
 
 
-async def _drain(stream: AsyncIterator[bytes], limit: int) -> None:
+async def drain(stream: AsyncIterator[bytes], limit: int) -> None:
     """Read and drop the rest of a refused body (bounded): a connection closed with the
     client's bytes unread is reset, and the reset can destroy the 413 before it is read."""
     seen = 0
@@ -205,14 +205,14 @@ async def json_body(request: Request) -> object:
     stream = request.stream()
     if declared is not None and declared.isdigit() and int(declared) > cap:
         if int(declared) <= DRAIN_BYTES:
-            await _drain(stream, DRAIN_BYTES)
+            await drain(stream, DRAIN_BYTES)
         raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in stream:
         size += len(chunk)
         if size > cap:
-            await _drain(stream, DRAIN_BYTES - size)
+            await drain(stream, DRAIN_BYTES - size)
             raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)

@@ -134,8 +134,7 @@ class SessionManager:
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
-        if self.retention.enabled:
-            self._reaper_task = asyncio.create_task(self._reaper_loop())
+        self._reaper_task = asyncio.create_task(self._reaper_loop())
 
     def runs(self, session_id: str) -> bool:
         """Is the session live on this replica (started or starting, not ending)?"""
@@ -544,6 +543,21 @@ class SessionManager:
                 await self.reap_once(datetime.now(UTC))
             except STORE_ERRORS as exc:
                 log.warning("sessions_reap_failed", error=type(exc).__name__)
+            try:
+                await self.expire_files(datetime.now(UTC))
+            except STORE_ERRORS as exc:
+                log.warning("files_expire_failed", error=type(exc).__name__)
+
+    async def expire_files(self, now: datetime) -> int:
+        """One sweep of the files: delete those expired at ``now`` (their bytes with them) and
+        uploads a crash abandoned; one log line when any went."""
+        if self.deps.files is None:
+            return 0
+        deleted = await self.deps.files.delete_expired(now)
+        if deleted:
+            self.deps.metrics.files_deleted.labels("expired").inc(deleted)
+            log.info("files_expired", deleted=deleted)
+        return deleted
 
     async def reap_once(self, now: datetime) -> int:
         """One sweep: delete the sessions due under the retention policy, in batches; one log line."""

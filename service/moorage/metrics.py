@@ -26,6 +26,7 @@ REHYDRATION_OUTCOMES = ("ok", "failed")
 OUTPUT_OUTCOMES = ("stored", "too_large", "not_stored")
 BUDGET_SCOPES = ("session", "tenant")
 DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
+FILE_DELETE_REASONS = ("expired", "request")  # the sweep; DELETE /v1/files/{id}
 # What the start-up sweep removes (sweep.KINDS).
 SWEPT_KINDS = ("workspace", "probe", "mount", "cgroup", "socket_dir", "uid_lock")
 OTHER_MODEL = "other"
@@ -139,6 +140,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.files_deleted = Counter(
+            "moorage_files_deleted_total",
+            "Files (Files API) deleted with their bytes, by reason (expiry sweep, client request).",
+            ["reason"],
+            registry=r,
+        )
+        self.file_bytes = Counter(
+            "moorage_file_bytes_total",
+            "Bytes of files stored by uploads (in) and served by downloads (out).",
+            ["direction"],
+            registry=r,
+        )
         self.state_swept = Counter(
             "moorage_state_swept_total",
             "What the start-up sweep removed from the state dir that a crashed run left, by kind.",
@@ -180,6 +193,10 @@ class Metrics:
             self.sessions_deleted.labels(reason)
         for kind in SWEPT_KINDS:
             self.state_swept.labels(kind)
+        for reason in FILE_DELETE_REASONS:
+            self.files_deleted.labels(reason)
+        for direction in DIRECTIONS:
+            self.file_bytes.labels(direction)
 
     def count_error(self, code: object) -> None:
         """Count one error frame sent to clients. Only the service's own

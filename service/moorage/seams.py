@@ -95,8 +95,10 @@ class Meter(Protocol):
 
 
 class FileStore(Protocol):
-    """A tenant's files (the Files API's store): a session reads its resources from it and
-    stores its outputs in it (``moorage_session_store.Files``)."""
+    """A tenant's files (``moorage_session_store.Files``): the retention sweep deletes expired
+    ones; a session reads its resources from it and stores its outputs in it."""
+
+    async def delete_expired(self, now: datetime) -> int: ...
 
     async def put(
         self,

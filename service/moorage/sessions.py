@@ -93,7 +93,7 @@ class Deps:
     events: EventStore  # the event log's table (SessionEvents)
     watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
     spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
-    files: FileStore | None = None  # resources in, outputs out (session_files.py); None: neither
+    files: FileStore | None = None  # the Files API's store: expiry sweep, resources in, outputs out
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -132,9 +132,12 @@ class Settings(BaseSettings):
     # over (it does once no client uses it there) and wait this long for it.
     handover_wait_s: float = Field(default=15.0, ge=0)
     # storage: what a tenant may keep in the database (workspace snapshots +
-    # transcripts; 0 = unlimited). Over it, new sessions are refused and a
+    # transcripts + event logs + files; 0 = unlimited). Over it, new sessions are refused and a
     # workspace save that would grow it is skipped (the last save is kept).
     tenant_storage_bytes: int = Field(default=10 * 1024**3, ge=0)
+    # files (POST /v1/files): the largest upload, in bytes (413 file_too_large past it).
+    # Files count toward MOORAGE_TENANT_STORAGE_BYTES too.
+    file_max_bytes: int = Field(default=100 * 1024**2, ge=1)
     # storage: sessions suspended longer than this are deleted with all they
     # stored (0 = keep forever).
     session_retention_days: float = Field(default=30.0, ge=0)

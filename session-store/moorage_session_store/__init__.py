@@ -28,8 +28,8 @@ from .errors import (
     UnsupportedDatabaseURL,
     VersionConflict,
 )
-from .files import FileRecord, Files
 from .events import EVENTS_CHANNEL, EventConflict, NewEvent, SessionEvents, StoredEvent
+from .files import FileRecord, Files
 from .records import SessionQuery, SessionRecord, SessionRecords, SessionState, TurnUsage
 from .replicas import Replicas
 from .spend import TenantSpend

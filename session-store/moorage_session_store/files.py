@@ -132,7 +132,9 @@ class Files:
             size = await self._write_chunks(file_id, chunks, max_bytes)
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
-                    await conn.execute(update(FILES).where(FILES.c.id == file_id).values(size_bytes=size, complete=True))
+                    await conn.execute(
+                        update(FILES).where(FILES.c.id == file_id).values(size_bytes=size, complete=True)
+                    )
         except BaseException:
             await self._drop(file_id)
             raise
@@ -165,7 +167,7 @@ class Files:
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
                     await conn.execute(delete(FILES).where(FILES.c.id == file_id))
-        except Exception:  # noqa: BLE001 - the caller's error is the one to report
+        except Exception:
             return
 
     async def get(self, tenant: str, file_id: str) -> FileRecord | None:

@@ -596,7 +596,8 @@ class SessionRecords:
 
     async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
         """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces, event logs,
-        commands and session-scoped files go by ON DELETE CASCADE) and delete the transcripts of the rows it removed, in the same transaction."""
+        commands and session-scoped files go by ON DELETE CASCADE) and delete the transcripts of
+        the rows it removed, in the same transaction."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 rows = (await conn.execute(stmt)).all()

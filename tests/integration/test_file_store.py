@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from moorage_session_store import Database, Files, FileTooLarge, SessionNotFound, SessionRecords
-from moorage_session_store.files import ABANDONED_AFTER, CHUNK_BYTES, FileNotFound
+from moorage_session_store import Database, FileNotFound, Files, FileTooLarge, SessionNotFound, SessionRecords
+from moorage_session_store.files import ABANDONED_AFTER, CHUNK_BYTES
 from moorage_session_store.models import FILE_CHUNKS, FILES
 from sqlalchemy import func, insert, select
 
@@ -28,10 +28,18 @@ async def pieces(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def put(files: Files, owner: str, data: bytes, **extra: object) -> str:
+async def put(
+    files: Files, owner: str, data: bytes, *, scope_session_id: str | None = None, expires_at: datetime | None = None
+) -> str:
     record = await files.put(
-        owner, filename="f.bin", mime_type="application/octet-stream", chunks=pieces(data), max_bytes=10**9, **extra
-    )  # type: ignore[arg-type]
+        owner,
+        filename="f.bin",
+        mime_type="application/octet-stream",
+        chunks=pieces(data),
+        max_bytes=10**9,
+        scope_session_id=scope_session_id,
+        expires_at=expires_at,
+    )
     return record.id
 
 
@@ -197,9 +205,7 @@ async def test_file_bytes_count_toward_the_tenants_storage(db: Database) -> None
         counted.append(await records.tenant_storage_bytes(owner))  # an upload in flight counts
         yield b"z" * 5
 
-    file_id = (
-        await files.put(owner, filename="a", mime_type="x/y", chunks=watched(), max_bytes=10**9)
-    ).id
+    file_id = (await files.put(owner, filename="a", mime_type="x/y", chunks=watched(), max_bytes=10**9)).id
     assert counted == [CHUNK_BYTES]
     await put(files, other, b"q" * 999)
     assert await records.tenant_storage_bytes(owner) == CHUNK_BYTES + 10

@@ -108,3 +108,25 @@ async def test_no_sweep_when_sessions_are_kept_forever() -> None:
     records = FakeRecords([5])
     reaper, _ = manager(0, records)
     assert await reaper.reap_once(NOW) == 0 and records.cutoffs == []
+
+
+class FakeFiles:
+    def __init__(self, expired: int) -> None:
+        self.expired = expired
+        self.asked: list[datetime] = []
+
+    async def delete_expired(self, now: datetime) -> int:
+        self.asked.append(now)
+        return self.expired
+
+
+async def test_the_sweep_deletes_expired_files_and_counts_them() -> None:
+    metrics = Metrics(())
+    files = FakeFiles(7)
+    deps = SimpleNamespace(settings=Settings(), records=FakeRecords([]), metrics=metrics, replica="r1", files=files)
+    sweeper = SessionManager(cast(Any, deps))
+    assert await sweeper.expire_files(NOW) == 7 and files.asked == [NOW]
+    assert metrics.registry.get_sample_value("moorage_files_deleted_total", {"reason": "expired"}) == 7
+    assert metrics.registry.get_sample_value("moorage_files_deleted_total", {"reason": "request"}) == 0
+    deps.files = None  # no files store: nothing to sweep
+    assert await sweeper.expire_files(NOW) == 0

@@ -32,9 +32,7 @@ def upgrade() -> None:
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("expires_at", UTCDateTime(), nullable=True),
-        sa.Column(
-            "scope_session_id", sa.String(), sa.ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True
-        ),
+        sa.Column("scope_session_id", sa.String(), sa.ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True),
         sa.Column("downloadable", sa.Boolean(), nullable=False),
         sa.Column("complete", sa.Boolean(), nullable=False),
     )
