@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.beta.sessions.beta_managed_agents_file_resource import BetaManagedAgentsFileResource
 from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, Service, result_of, run_service, wait_suspended, wait_until
@@ -49,6 +50,13 @@ def setup(api: anthropic.Anthropic, name: str) -> tuple[str, str]:
     return agent.id, env.id
 
 
+def file_resources(items: Iterable[object]) -> list[BetaManagedAgentsFileResource]:
+    """Resources as the file resources they are (the client's type is a union of three)."""
+    listed = list(items)
+    assert all(isinstance(item, BetaManagedAgentsFileResource) for item in listed), listed
+    return [item for item in listed if isinstance(item, BetaManagedAgentsFileResource)]
+
+
 def turn(api: anthropic.Anthropic, session_id: str, words: str) -> str:
     """Send ``words``; the text of the turn's last agent message."""
     with api.beta.sessions.events.stream(session_id) as stream:
@@ -70,20 +78,23 @@ def test_uploads_are_mounted_read_only_and_again_after_rehydration(svc: Service)
             {"type": "file", "file_id": notes.id},
         ],
     )
-    assert [(r.file_id, r.mount_path) for r in session.resources] == [
+    resources = file_resources(session.resources)
+    assert len(resources) == 2
+    assert [(r.file_id, r.mount_path) for r in resources] == [
         (data.id, "/workspace/in/data.csv"),
         (notes.id, f"/mnt/session/uploads/{notes.id}"),
     ]
-    assert all(r.id.startswith("sesrsc_") and r.type == "file" for r in session.resources)
+    assert all(r.id.startswith("sesrsc_") and r.type == "file" for r in resources)
     said = turn(api, session.id, "bash cat /workspace/in/data.csv")
     assert said == "tool said: city,temp\nOslo,3"
     said = turn(
         api, session.id, f"bash stat -c %a /mnt/session/uploads/{notes.id} && cat /mnt/session/uploads/{notes.id}"
     )
     assert said == "tool said: 444\nremember the milk"
-    listed = api.beta.sessions.resources.list(session.id)
-    assert [r.id for r in listed] == [r.id for r in session.resources]
-    assert api.beta.sessions.resources.retrieve(session.resources[1].id, session_id=session.id).file_id == notes.id
+    listed = file_resources(api.beta.sessions.resources.list(session.id))
+    assert [r.id for r in listed] == [r.id for r in resources]
+    again = file_resources([api.beta.sessions.resources.retrieve(resources[1].id, session_id=session.id)])
+    assert again[0].file_id == notes.id
 
     # Suspended (idle, nobody attached), then rehydrated by the next message: uploads/ is a
     # tmpfs that went with the sandbox, so the file is there again only because it was put back.
@@ -104,7 +115,7 @@ def test_a_resource_added_to_a_live_session_is_there_for_its_next_turn(svc: Serv
     )
     assert added.mount_path == "/workspace/late.txt" and added.file_id == upload.id
     assert turn(api, session.id, "bash cat /workspace/late.txt") == "tool said: added later"
-    assert [r.id for r in api.beta.sessions.retrieve(session.id).resources] == [added.id]
+    assert [r.id for r in file_resources(api.beta.sessions.retrieve(session.id).resources)] == [added.id]
 
     deleted = api.beta.sessions.resources.delete(added.id, session_id=session.id)
     assert (deleted.id, deleted.type) == (added.id, "session_resource_deleted")
