@@ -21,7 +21,16 @@ import pytest
 from anthropic.types.beta.sessions.beta_managed_agents_file_resource import BetaManagedAgentsFileResource
 from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, result_of, run_service, wait_suspended, wait_until
+from support import (
+    DOCKER_URL,
+    Client,
+    Service,
+    docker_sandbox_image,
+    result_of,
+    run_service,
+    wait_suspended,
+    wait_until,
+)
 
 OUTPUT_CAP = 256 * 1024
 
@@ -202,3 +211,34 @@ async def test_outputs_become_session_files_and_the_websocket_hears_of_each(svc:
         return len(list(api.beta.files.list(scope_id=session.id))) == 3
 
     await asyncio.to_thread(wait_until, three, 10, "the changed report to be listed")
+
+
+def test_files_in_and_out_on_the_docker_backend(model: ScriptedModelServer) -> None:
+    """The same channel frames on a Docker sandbox: /mnt/session is the container's own tmpfs
+    (the sandbox user's), a resource is read by the agent, an output is stored and downloaded."""
+    image, why_not = docker_sandbox_image()
+    if image is None:
+        pytest.skip(why_not)
+    with run_service(
+        model.url,
+        MOORAGE_API_KEYS=KEYS,
+        MOORAGE_SANDBOX="docker",
+        MOORAGE_DOCKER_URL=DOCKER_URL,
+        MOORAGE_SANDBOX_IMAGE=image,
+        MOORAGE_WARM_SANDBOXES="0",
+    ) as docker:
+        api = client(docker)
+        agent_id, env_id = setup(api, "Docker")
+        upload = api.beta.files.upload(file=("in.txt", b"from the host", "text/plain"))
+        session = api.beta.sessions.create(
+            agent=agent_id, environment_id=env_id, resources=[{"type": "file", "file_id": upload.id}]
+        )
+        said = turn(api, session.id, f"bash cat /mnt/session/uploads/{upload.id} > /mnt/session/outputs/copy.txt")
+        assert said.startswith("tool said")
+
+        def stored() -> bool:
+            return bool(list(api.beta.files.list(scope_id=session.id)))
+
+        wait_until(stored, 10, "the output to be listed")
+        (copy,) = list(api.beta.files.list(scope_id=session.id))
+        assert copy.filename == "copy.txt" and api.beta.files.download(copy.id).read() == b"from the host"
