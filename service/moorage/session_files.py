@@ -25,8 +25,11 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
+from moorage_session_store import FileTooLarge
+
 from .channel import FILE_CHUNK_BYTES, CollectOutputs, FilePut, Output, OutputsDone, PutFile
 from .errors import STORE_ERRORS, Code, MoorageError
+from .files import UploadLimit, quota_refusal, upload_limit
 from .outputs import Chunk, OutputCollector, OutputLimits, TooLarge, mime_type
 from .seams import FileStore
 
@@ -60,8 +63,9 @@ def not_mounted(resource: dict[str, object], why: str) -> MoorageError:
 class _Upload:
     """One output on its way into the file store."""
 
-    def __init__(self, session: Session, files: FileStore, name: str) -> None:
+    def __init__(self, session: Session, files: FileStore, name: str, limit: UploadLimit) -> None:
         self.name = name
+        self.limit = limit
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
         self.task = asyncio.create_task(
             files.put(
@@ -69,7 +73,7 @@ class _Upload:
                 filename=name,
                 mime_type=mime_type(name),
                 chunks=self._chunks(),
-                max_bytes=session.settings.output_max_bytes,
+                max_bytes=limit.max_bytes,
                 scope_session_id=session.id,
             )
         )
@@ -80,7 +84,7 @@ class _Upload:
 
     async def offer(self, data: bytes | None) -> None:
         """Queue ``data`` (None: the end), waiting while the store is behind; a store that
-        failed takes nothing more (``finish`` reports it)."""
+        failed takes nothing more (``SessionFiles._stored`` reports it)."""
         put = asyncio.ensure_future(self.queue.put(data))
         await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
@@ -98,6 +102,7 @@ class SessionFiles:
         self._waiting: dict[str, asyncio.Future[FilePut]] = {}
         self._mounting = asyncio.Lock()  # one live mount at a time
         self._upload: _Upload | None = None
+        self._dropping = False  # the open output is not stored (the tenant is over its quota)
 
     # -- in --------------------------------------------------------------------
 
@@ -163,10 +168,33 @@ class SessionFiles:
             return
         await self._chunk(step)
 
+    async def _limit(self) -> tuple[UploadLimit | None, int]:
+        """What the next output may store — the per-file cap, or less under the tenant's storage
+        quota (outputs count toward it like uploads); None: the tenant is at or over it — and
+        what the tenant stores."""
+        settings, session = self.session.settings, self.session
+        quota = settings.tenant_storage_bytes
+        used = await session.records.tenant_storage_bytes(session.tenant) if quota > 0 else 0
+        return upload_limit(settings.output_max_bytes, quota, used), used
+
     async def _chunk(self, step: Chunk) -> None:
         assert self.store is not None
+        session = self.session
         if step.first:
-            self._upload = _Upload(self.session, self.store, step.name)
+            try:
+                limit, used = await self._limit()
+            except STORE_ERRORS as exc:
+                limit, used = None, -1
+                self._not_stored(step.name, exc)
+            if limit is not None:
+                self._upload = _Upload(session, self.store, step.name, limit)
+            elif used >= 0:  # at or over the quota: told, not stored
+                session.metrics.outputs.labels("not_stored").inc()
+                session.emit(quota_refusal(session.settings.tenant_storage_bytes, used).frame())
+            self._dropping = limit is None
+        if self._dropping:
+            self._dropping = not step.last
+            return
         upload = self._upload
         assert upload is not None
         if step.data:
@@ -176,19 +204,28 @@ class SessionFiles:
             await upload.offer(None)
             await self._stored(upload, step.size)
 
+    def _not_stored(self, name: str, exc: BaseException) -> None:
+        session = self.session
+        session.log.warning("output_not_stored", error=type(exc).__name__)
+        session.metrics.outputs.labels("not_stored").inc()
+        session.emit(
+            MoorageError(
+                f"output {name} could not be stored ({type(exc).__name__}); it stays in the sandbox",
+                code=Code.OUTPUT_NOT_STORED,
+            ).frame()
+        )
+
     async def _stored(self, upload: _Upload, size: int) -> None:
         session = self.session
         try:
             record = await upload.task
-        except FAILURES as exc:
-            session.log.warning("output_not_stored", error=type(exc).__name__)
+        except FileTooLarge:  # only under the quota: the per-file cap was checked already
             session.metrics.outputs.labels("not_stored").inc()
-            session.emit(
-                MoorageError(
-                    f"output {upload.name} could not be stored ({type(exc).__name__}); it stays in the sandbox",
-                    code=Code.OUTPUT_NOT_STORED,
-                ).frame()
-            )
+            cap = session.settings.tenant_storage_bytes
+            session.emit(upload.limit.refusal(session.settings.output_max_bytes, cap).frame())
+            return
+        except FAILURES as exc:
+            self._not_stored(upload.name, exc)
             return
         session.metrics.outputs.labels("stored").inc()
         session.log.info("output_stored", file_id=record.id, size=size)

@@ -213,6 +213,27 @@ async def test_outputs_become_session_files_and_the_websocket_hears_of_each(svc:
     await asyncio.to_thread(wait_until, three, 10, "the changed report to be listed")
 
 
+def test_an_output_past_the_tenants_storage_quota_is_noticed_and_not_kept(model: ScriptedModelServer) -> None:
+    """Outputs count toward MOORAGE_TENANT_STORAGE_BYTES like uploads: one that would take the
+    tenant past it is a ``storage_quota_exceeded`` notice (not fatal), and nothing is stored."""
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_TENANT_STORAGE_BYTES=str(400_000)) as small:
+        api = client(small)
+        agent_id, env_id = setup(api, "Quota")
+        session = api.beta.sessions.create(agent=agent_id, environment_id=env_id)
+
+        async def run() -> list[dict[str, Any]]:
+            ws = await Client.connect(small, session.id, token=ACME)
+            frames = await ws.turn("bash head -c 500000 /dev/zero > /mnt/session/outputs/big.bin", timeout=120)
+            assert result_of(frames)["subtype"] == "success"
+            notice = await ws.until("error", timeout=30)
+            await ws.close()
+            return notice
+
+        notice = asyncio.run(run())[-1]
+        assert notice["code"] == "storage_quota_exceeded" and notice["fatal"] is False
+        assert list(api.beta.files.list(scope_id=session.id)) == []
+
+
 def test_files_in_and_out_on_the_docker_backend(model: ScriptedModelServer) -> None:
     """The same channel frames on a Docker sandbox: /mnt/session is the container's own tmpfs
     (the sandbox user's), a resource is read by the agent, an output is stored and downloaded."""
