@@ -60,7 +60,7 @@ def not_mounted(resource: dict[str, object], why: str) -> MoorageError:
     )
 
 
-class _Upload:
+class OutputUpload:
     """One output on its way into the file store."""
 
     def __init__(self, session: Session, files: FileStore, name: str, limit: UploadLimit) -> None:
@@ -101,7 +101,7 @@ class SessionFiles:
         self.collector = OutputCollector(OutputLimits(settings.output_max_bytes, settings.output_turn_max_bytes))
         self._waiting: dict[str, asyncio.Future[FilePut]] = {}
         self._mounting = asyncio.Lock()  # one live mount at a time
-        self._upload: _Upload | None = None
+        self._upload: OutputUpload | None = None
         self._dropping = False  # the open output is not stored (the tenant is over its quota)
 
     # -- in --------------------------------------------------------------------
@@ -187,7 +187,7 @@ class SessionFiles:
                 limit, used = None, -1
                 self._not_stored(step.name, exc)
             if limit is not None:
-                self._upload = _Upload(session, self.store, step.name, limit)
+                self._upload = OutputUpload(session, self.store, step.name, limit)
             elif used >= 0:  # at or over the quota: told, not stored
                 session.metrics.outputs.labels("not_stored").inc()
                 session.emit(quota_refusal(session.settings.tenant_storage_bytes, used).frame())
@@ -215,7 +215,7 @@ class SessionFiles:
             ).frame()
         )
 
-    async def _stored(self, upload: _Upload, size: int) -> None:
+    async def _stored(self, upload: OutputUpload, size: int) -> None:
         session = self.session
         try:
             record = await upload.task
