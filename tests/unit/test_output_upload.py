@@ -52,7 +52,8 @@ async def test_the_pump_waits_while_the_store_is_behind() -> None:
     for _ in range(QUEUE_CHUNKS + 3):
         store.go.release()
     await up.offer(None)
-    assert await asyncio.wait_for(up.task, 5) == "stored"
+    stored: object = await asyncio.wait_for(up.task, 5)
+    assert stored == "stored"
     assert store.read[-1] == b"one too many" and len(store.read) == QUEUE_CHUNKS + 2
 
 
