@@ -8,13 +8,17 @@ at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 Service -> runner: ``restore`` (workspace chunks, before ``start``), ``start``
 (first, once), ``user``, ``interrupt``, ``snapshot`` (send the workspace back;
 backends that cannot read it from outside), ``rpc_result``/``rpc_error``,
-``permission_response`` / ``custom_tool_result`` (a client's answer).
+``permission_response`` / ``custom_tool_result`` (a client's answer),
+``put_file`` (a session resource's bytes, before ``start`` or while running),
+``collect_outputs`` (after each turn: report /mnt/session/outputs; files.py).
 Runner -> service: ``loaded`` (imports done, waiting for ``start``; carries
 the channel ``version``), ``restored``, ``ready`` (the SDK client is connected),
 ``sdk`` (one SDK message, the CLI's own JSON), ``rpc`` (a SessionStore call),
 ``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz
 chunks of the workspace), ``permission_request`` (an ``always_ask`` tool
-waits for a client), ``custom_tool_use`` (a client-executed tool was called). The service parses what we send strictly
+waits for a client), ``custom_tool_use`` (a client-executed tool was called), ``file_put``
+(a ``put_file``'s last chunk is in place, or not), ``output`` / ``outputs_done`` (the answer to
+``collect_outputs``). The service parses what we send strictly
 (service/moorage/channel.py) and ends the session on any frame it cannot
 accept: the constants below are its, copied (this package depends on
 nothing of the service's).
