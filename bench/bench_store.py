@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
+from hostprobe import write_report
 from moorage_session_store import Database, SQLModelSessionStore
 from moorage_session_store.database import async_url
 from sqlalchemy.engine import make_url
@@ -270,9 +271,7 @@ async def main() -> int:
         },
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, report)
     return 0
 
 

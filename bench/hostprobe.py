@@ -1,7 +1,7 @@
 """What the benches see of the host: processes, memory, cgroups, sockets, load.
 
 Read-only views of ``/proc``; nothing here starts or stops anything. Shared by
-``bench.py`` and ``bench_load.py``.
+``bench.py``, ``bench_load.py``, ``bench_store.py`` and ``bench_files.py``.
 """
 
 from __future__ import annotations
@@ -161,6 +161,13 @@ def machine(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
         "claude_agent_sdk": claude_agent_sdk.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a bench's results file (JSON) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written to {path}")
 
 
 def log_records(log_path: Path) -> list[dict[str, Any]]:

@@ -41,6 +41,14 @@ def raw(svc: Service, token: str = ACME) -> httpx.Client:
     return httpx.Client(base_url=svc.url, headers={"authorization": f"Bearer {token}"}, timeout=60)
 
 
+def assert_not_found(files: anthropic.resources.beta.Files, file_id: str) -> None:
+    """Retrieve, download and delete all answer 404 ``file_not_found``."""
+    for call in (files.retrieve_metadata, files.download, files.delete):
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            call(file_id)
+        assert code(caught.value) == "file_not_found"
+
+
 def test_upload_list_retrieve_download_delete(svc: Service) -> None:
     files = client(svc).beta.files
     text = files.upload(file=("notes/report.md", b"# Report\n", "text/markdown"))
@@ -69,14 +77,7 @@ def test_upload_list_retrieve_download_delete(svc: Service) -> None:
 
     deleted = files.delete(text.id)
     assert deleted.id == text.id and deleted.type == "file_deleted"
-    for call in (
-        lambda: files.retrieve_metadata(text.id),
-        lambda: files.download(text.id),
-        lambda: files.delete(text.id),
-    ):
-        with pytest.raises(anthropic.NotFoundError) as gone:
-            call()
-        assert code(gone.value) == "file_not_found"
+    assert_not_found(files, text.id)
     assert text.id not in {f.id for f in files.list()}
 
 
@@ -94,14 +95,7 @@ def test_a_non_ascii_name_downloads_under_its_exact_name(svc: Service) -> None:
 def test_another_tenants_file_is_not_found(svc: Service) -> None:
     mine = client(svc).beta.files.upload(file=("mine.txt", b"secret", "text/plain"))
     theirs = client(svc, GLOBEX).beta.files
-    for call in (
-        lambda: theirs.retrieve_metadata(mine.id),
-        lambda: theirs.download(mine.id),
-        lambda: theirs.delete(mine.id),
-    ):
-        with pytest.raises(anthropic.NotFoundError) as caught:
-            call()
-        assert code(caught.value) == "file_not_found"
+    assert_not_found(theirs, mine.id)
     assert mine.id not in {f.id for f in theirs.list()}
     assert list(theirs.list(ids=[mine.id])) == []
     assert client(svc).beta.files.download(mine.id).read() == b"secret"
@@ -147,6 +141,18 @@ def test_expires_in_seconds_sets_expiry_and_an_expired_file_is_gone(svc: Service
             call()
         assert code(expired.value) == "file_expired"
     assert made.id not in {f.id for f in files.list()}
+
+
+def test_a_file_that_is_not_downloadable_keeps_its_metadata_but_not_its_bytes(svc: Service) -> None:
+    """(Session outputs may be stored so; an upload never is.)"""
+    files = client(svc).beta.files
+    made = files.upload(file=("kept.txt", b"kept", "text/plain"))
+    with sqlite3.connect(svc.state_dir / "moorage.db", timeout=10) as db:
+        db.execute("UPDATE files SET downloadable = 0 WHERE id = ?", (made.id,))
+    assert files.retrieve_metadata(made.id).downloadable is False
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        files.download(made.id)
+    assert code(caught.value) == "file_not_downloadable"
 
 
 def test_malformed_forms_are_400_with_a_stable_code(svc: Service) -> None:
