@@ -4,8 +4,8 @@
 
 Every body is checked before anything happens: a field Moorage cannot honour is refused with a
 stable code, never silently ignored (``not_supported`` 501 for a feature not built here —
-resources, outcomes, agent overrides, file-sourced blocks, a session's ``vault_ids`` changed after
-create; ``invalid_request`` 400 for a
+repository and memory-store resources, outcomes, agent overrides, file-sourced blocks, a session's
+``vault_ids`` changed after create; ``invalid_request`` 400 for a
 malformed body). Client events become the WebSocket's client frames (docs/protocol.md) through
 the WebSocket's own parser, so the two views accept exactly the same messages and answers.
 """
@@ -29,6 +29,7 @@ from .protocol import (
     UserFrame,
     parse_client_frame,
 )
+from .resources import FileResource, parse_resources, resources_of
 from .vaults import vault_ids as parse_vault_ids
 
 Json = dict[str, Any]
@@ -67,23 +68,25 @@ class SessionCreate:
     budget_cents: int | None = None
     initial_events: tuple[UserFrame, ...] = ()
     vault_ids: tuple[str, ...] = ()  # checked against the store by sessions_api
+    resources: tuple[FileResource, ...] = ()
 
-    def api_fields(self) -> Json:
-        """What the record's ``api`` column keeps (``vault_ids`` too: a rehydration uses them)."""
+    def api_fields(self, resources: list[Json] | None = None) -> Json:
+        """What the record's ``api`` column keeps: ``vault_ids`` (a rehydration uses them) and
+        ``resources`` (as ``resources.stored`` made them)."""
         return {
             "title": self.title,
             "metadata": self.metadata,
             "environment_id": self.environment_id,
             "budget_cents": self.budget_cents,
             "vault_ids": list(self.vault_ids),
+            "resources": resources or [],
         }
 
 
 def parse_create(body: object) -> SessionCreate:
     obj = as_object(body, "the request body")
     only(obj, _CREATE_FIELDS, "session")
-    if as_list(obj.get("resources"), "resources"):
-        raise unsupported("resources (files and repositories in the sandbox)")
+    resources = parse_resources(obj.get("resources"))
     env = obj.get("environment_id")
     if not isinstance(env, str) or not env:
         raise fail("environment_id is required")
@@ -106,6 +109,7 @@ def parse_create(body: object) -> SessionCreate:
         budget_cents=_budget(obj.get("budget")),
         initial_events=tuple(messages),
         vault_ids=parse_vault_ids(obj.get("vault_ids")),
+        resources=resources,
     )
 
 
@@ -313,7 +317,7 @@ def session_object(record: SessionRecord, status: Status, now: datetime) -> Json
         "title": api.get("title"),
         "environment_id": api.get("environment_id"),
         "agent": agent_snapshot(record.options.get("agent")),
-        "resources": [],
+        "resources": resources_of(api),
         "vault_ids": session_vault_ids(api),
         "metadata": api.get("metadata") or {},
         "budget": budget_object(api.get("budget_cents")),
