@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import ssl
 import sys
 import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, SessionStore
@@ -34,6 +37,13 @@ from .store import ChannelSessionStore, Rpc
 # The sandbox never holds the real key; the proxy swaps this one out.
 PLACEHOLDER_API_KEY = "sk-ant-moorage-sandbox-placeholder"
 DISCONNECT_DEADLINE_S = 10.0
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+# Where the system's CA bundle is (Debian, then Red Hat, then whatever OpenSSL was built with).
+SYSTEM_CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    ssl.get_default_verify_paths().cafile or "",
+)
 
 # Quiet the CLI: no telemetry, updates or other traffic (there is no network).
 CLI_ENV = {
@@ -84,6 +94,33 @@ def build_options(
         extra["mcp_servers"] = {**cast(dict[str, Any], options.mcp_servers), **extra["mcp_servers"]}
         options = replace(options, **extra)
     return options
+
+
+def placeholders(start: dict[str, Any]) -> dict[str, str]:
+    """The vault placeholders the service sent (``env``): names that are variable names and that
+    the runner does not set itself (its own variables are merged over these anyway)."""
+    given = start.get("env")
+    if not isinstance(given, dict):
+        return {}
+    return {
+        k: v
+        for k, v in given.items()
+        if isinstance(k, str) and isinstance(v, str) and ENV_NAME.match(k) and k not in CLI_ENV and k != "PATH"
+    }
+
+
+def trust_bundle(ca_pem: str, home: Path | None = None) -> dict[str, str]:
+    """Write the system CAs plus the sandbox's egress CA to ``~/.moorage/``; the variables that
+    point TLS clients (OpenSSL, Python, requests and pip, curl, git, Node) at them."""
+    folder = (home or Path.home()) / ".moorage"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    system = next((Path(p) for p in SYSTEM_CA_FILES if p and Path(p).is_file()), None)
+    own = folder / "egress-ca.pem"
+    own.write_text(ca_pem)
+    bundle = folder / "ca-bundle.pem"
+    bundle.write_text((system.read_text() if system is not None else "") + "\n" + ca_pem)
+    names = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
+    return {**{name: str(bundle) for name in names}, "NODE_EXTRA_CA_CERTS": str(own)}
 
 
 def _buffer_size(value: object) -> int:
@@ -235,13 +272,18 @@ class Runner:
 
     async def _egress_env(self, start: dict[str, Any]) -> dict[str, str]:
         """With an egress allowlist, the service's tunnel is the HTTPS proxy
-        for the CLI and every tool it runs (the model stays direct)."""
+        for the CLI and every tool it runs (the model stays direct); with vault
+        placeholders, those too, and a trust bundle holding the sandbox's own
+        egress CA (the tunnel terminates TLS for the hosts they are for)."""
         if not start.get("egress_proxy"):
-            return {}
+            return placeholders(start)
         self.tunnel = ModelBridge(str(start["egress_proxy"]))
         url = f"http://127.0.0.1:{await self.tunnel.start()}"
         env = {name: url for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}
-        return {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        env |= {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        if isinstance(start.get("egress_ca"), str):
+            env |= await asyncio.to_thread(trust_bundle, start["egress_ca"])
+        return {**placeholders(start), **env}
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -44,6 +44,7 @@ from .bounded import ByteQueue, text_bytes
 from .commands import CommandRouter
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
+from .egress_intercept import Interceptor, upstream_context
 from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
@@ -502,6 +503,13 @@ def create_app(settings: Settings) -> Starlette:
                 lambda outcome: metrics.vault_requests.labels(outcome).inc(),
             )
             await proxy.mcp.start()
+            if box is not None:  # environment_variable credentials: TLS terminated for their hosts
+                proxy.tunnel.interceptor = Interceptor(
+                    StoreCredentials(Vaults(db), box),
+                    upstream_context(settings.egress_upstream_ca_file),
+                    box.mac,
+                    lambda outcome: metrics.vault_requests.labels(outcome).inc(),
+                )
             if rules := parse_allowlist(settings.egress_allow):
                 log.info("egress_allowlist", hosts=[f"{r.host}:{r.port}" for r in rules])
             await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods

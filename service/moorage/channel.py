@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Literal
 
@@ -281,6 +281,11 @@ class Start:
     # The agent's MCP servers to reach through the model bridge at ``/mcp/<name>`` (their vault
     # credential is added outside the sandbox: vault_proxy.py), by name; the others go direct.
     mcp_proxy: tuple[str, ...] = ()
+    # Variables for the CLI and its tools: the placeholders of the session's environment_variable
+    # vault credentials (egress_secrets.py), never a secret.
+    env: dict[str, str] = field(default_factory=dict)
+    # The PEM certificate of the sandbox's own egress CA, for its trust bundle (egress_ca.py).
+    egress_ca: str | None = None
 
     def wire(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -296,6 +301,10 @@ class Start:
             frame["agent"] = self.agent
         if self.mcp_proxy:
             frame["mcp_proxy"] = list(self.mcp_proxy)
+        if self.env:
+            frame["env"] = dict(self.env)
+        if self.egress_ca is not None:
+            frame["egress_ca"] = self.egress_ca
         return frame
 
 

@@ -27,7 +27,9 @@ from .channel import (
     Start,
 )
 from .channel import Ready as ReadyFrame
-from .egress_policy import describe
+from .egress_intercept import Grant
+from .egress_policy import TUNNEL_BACKENDS, describe
+from .egress_secrets import SecretsUnavailable
 from .errors import STORE_ERRORS, Code, SandboxError, store_unavailable
 from .pool import start_loaded
 from .resources import resources_of
@@ -69,13 +71,14 @@ async def start_sandbox(session: Session) -> float:
     try:
         await session.records.update(session.id, state="active", sandbox=handle)
         proxied = await _grant_credentials(session)
+        secrets = await _grant_secrets(session)
         if session.rehydrate:
             await _restore_workspace(session)
         record = await session.records.get(session.id)
     except STORE_ERRORS as exc:
         raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
     await mount_resources(session, resources_of(record.api if record is not None else None))
-    first = await _until(session, _start_frame(session, proxied), ReadyFrame)
+    first = await _until(session, _start_frame(session, proxied, secrets), ReadyFrame)
     if not isinstance(first, ReadyFrame):
         detail = first.message if first is not None else "the runner exited before it was ready"
         raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
@@ -89,6 +92,7 @@ async def start_sandbox(session: Session) -> float:
         rehydrated=session.rehydrate,
         environment_id=(session.environment or {}).get("id"),
         mcp_credentials=len(proxied),
+        env_credentials=len(secrets.plan.issued) if secrets is not None else 0,
         **describe(session.egress),
     )
     return started_s
@@ -96,23 +100,44 @@ async def start_sandbox(session: Session) -> float:
 
 async def _grant_credentials(session: Session) -> list[str]:
     """Grant the sandbox its session's MCP servers that a vault credential is for (vault_proxy.py):
-    their names, for the runner to reach them through the model bridge. A vault credential that
-    cannot be injected (``environment_variable``, added after the session was made) is a notice."""
+    their names, for the runner to reach them through the model bridge."""
     mcp = session.proxy.mcp
     if mcp is None or not session.vault_ids:
         return []
     servers = [s for s in (session.agent or {}).get("mcp_servers") or [] if isinstance(s, dict)]
-    names, unsupported = await mcp.grant(session.sandbox_id, session.tenant, session.vault_ids, servers, session.egress)
-    for held in unsupported:
+    return await mcp.grant(session.sandbox_id, session.tenant, session.vault_ids, servers, session.egress)
+
+
+async def _grant_secrets(session: Session) -> Grant | None:
+    """Placeholders for the session's ``environment_variable`` credentials and the sandbox's CA
+    (egress_intercept.py). One that cannot be set (a reserved name, a name an earlier vault set, a
+    backend whose sandboxes cannot reach the tunnel: added after the session was made) is a notice."""
+    tunnel = session.proxy.tunnel
+    interceptor = tunnel.interceptor if tunnel is not None else None
+    if interceptor is None or not session.vault_ids:
+        return None
+    try:
+        grant = await interceptor.grant(session.sandbox_id, session.tenant, session.vault_ids, session.id)
+    except SecretsUnavailable as exc:
+        raise SandboxError(
+            f"the session's vault credentials cannot be read: {exc}", code=Code.STORE_UNAVAILABLE
+        ) from exc
+    for credential, why in grant.plan.skipped:
+        session.notice_code(
+            Code.CREDENTIAL_NOT_SUPPORTED, f"environment_variable credential {credential.id} is not set: {why}"
+        )
+    if grant.plan.issued and session.backend.name not in TUNNEL_BACKENDS:
+        interceptor.forget(session.sandbox_id)
         session.notice_code(
             Code.CREDENTIAL_NOT_SUPPORTED,
-            f"vault {held.vault_id} holds environment_variable credential {held.id}, which this server cannot "
-            "inject yet: the agent's requests go out without it",
+            f"the {session.backend.name} sandbox backend cannot reach the egress tunnel, so the session's "
+            "environment_variable credentials are not set: the agent's requests go out without them",
         )
-    return names
+        return None
+    return grant
 
 
-def _start_frame(session: Session, proxied: list[str]) -> Start:
+def _start_frame(session: Session, proxied: list[str], secrets: Grant | None = None) -> Start:
     settings = session.settings
     options: dict[str, Any] = {"session_id": session.id, "max_turns": settings.max_turns, "resume": session.resume}
     # The SDK must carry any user message the service lets through (issue 10 item 10).
@@ -136,6 +161,8 @@ def _start_frame(session: Session, proxied: list[str]) -> Start:
         egress_proxy=tunnel,
         agent=session.agent or session.agent_tools.wire(),
         mcp_proxy=tuple(proxied),
+        env=secrets.plan.env if secrets is not None else {},
+        egress_ca=secrets.ca_pem if secrets is not None else None,
     )
 
 

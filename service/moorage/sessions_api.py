@@ -134,7 +134,7 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
         )
     version = str(spec.agent.version) if spec.agent.version is not None else None
     agent = await session_agent(Agents(services.db), tenant, spec.agent.id, version)
-    await check_session_vaults(Vaults(services.db), tenant, spec.vault_ids)
+    await check_session_vaults(Vaults(services.db), tenant, spec.vault_ids, services.backend.name)
     environment = {"id": env.id, "spec": env.spec}  # its egress (egress_policy.py), kept for rehydration
     await check_files(services, tenant, spec.resources)
     now = timestamp(datetime.now(UTC))

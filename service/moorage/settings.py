@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Non-public networks the tunnel may still reach (an internal mirror):
     # "10.1.0.0/16". Public addresses need no entry; everything else is refused.
     egress_allow_networks: str = ""
+    # A PEM file of CAs the tunnel also trusts, besides the system's, when it connects on to a host
+    # an environment_variable vault credential is for (an internal server, tests).
+    egress_upstream_ca_file: str = ""
     # The key that seals vault credentials at rest (vault_crypto.py): 32 random bytes, base64.
     # Without it no credential can be created, and the service refuses to start once any exists.
     secret_key: SecretStr = SecretStr("")

@@ -29,8 +29,12 @@ Each sandbox's socket holds at most ``connections_per_sandbox`` connections
 arrive within ``head_timeout_s``.
 
 TLS stays end to end (the service never sees the content); the tunnel sees
-only host names, which it logs with the session. Anything else gets a short
-HTTP error and the connection is closed.
+only host names, which it logs with the session — except for a host that one
+of the sandbox's ``environment_variable`` vault credentials is for: there the
+``interceptor`` (egress_intercept.py) connects upstream over verified TLS and
+terminates the sandbox's TLS with the sandbox's own CA, to swap placeholders
+for secrets. Anything else gets a short HTTP error and the connection is
+closed.
 """
 
 from __future__ import annotations
@@ -41,11 +45,18 @@ import ipaddress
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+from .egress_secrets import SecretsUnavailable
+
+if TYPE_CHECKING:
+    from .egress_intercept import Interceptor
 
 log = structlog.get_logger(__name__)
 
@@ -203,6 +214,8 @@ class Tunnel:
         self._servers: dict[str, tuple[asyncio.Server, Path]] = {}
         self._policies: dict[str, Policy] = {}
         self._handlers: dict[str, set[asyncio.Task[None]]] = {}  # each open connection's task
+        # Terminates TLS for hosts a sandbox's vault credentials are for (egress_intercept.py).
+        self.interceptor: Interceptor | None = None
 
     def policy(self, sandbox_id: str) -> Policy:
         return self._policies.get(sandbox_id, NO_EGRESS)
@@ -227,6 +240,8 @@ class Tunnel:
 
     async def close_sandbox(self, sandbox_id: str) -> None:
         self._policies.pop(sandbox_id, None)
+        if self.interceptor is not None:
+            self.interceptor.forget(sandbox_id)
         entry = self._servers.pop(sandbox_id, None)
         if entry is None:
             return
@@ -280,20 +295,32 @@ class Tunnel:
             await _refuse(writer, 405, "only CONNECT host:port is proxied")
             return
         host, port = target
-        upstream = await self._connect(sandbox_id, host, port, writer)
+        interceptor = self.interceptor if self.policy(sandbox_id).allows(host, port) else None
+        try:
+            intercept = interceptor is not None and await interceptor.wants(sandbox_id, host)
+        except SecretsUnavailable:
+            await _refuse(writer, 503, "the session's credentials cannot be read now; try again")
+            return
+        tls = interceptor.upstream if interceptor is not None and intercept else None
+        upstream = await self._connect(sandbox_id, host, port, writer, tls)
         if upstream is None:
             return
         up_r, up_w = upstream
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         try:
-            await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            if interceptor is not None and intercept:
+                await interceptor.relay(sandbox_id, host, reader, writer, up_r, up_w)
+            else:
+                await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
         finally:
             for w in (up_w, writer):
                 w.close()
 
     async def _connect(
-        self, sandbox_id: str, host: str, port: int, writer: asyncio.StreamWriter
+        self, sandbox_id: str, host: str, port: int, writer: asyncio.StreamWriter, tls: ssl.SSLContext | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The upstream connection (over TLS checked against ``tls`` and ``host`` if given), or None
+        once the sandbox was told why not."""
         bound = log.bind(sandbox_id=sandbox_id, host=host, port=port)
         if not self.policy(sandbox_id).allows(host, port):
             bound.info("egress_refused", reason="not_allowlisted")
@@ -311,7 +338,15 @@ class Tunnel:
                     await _refuse(writer, 403, f"{host} resolves to a non-public address")
                     return None
                 # Connect to an address we checked, not to the name again.
-                upstream = await asyncio.open_connection(addresses[0], port)
+                if tls is None:
+                    upstream = await asyncio.open_connection(addresses[0], port)
+                else:
+                    upstream = await asyncio.open_connection(addresses[0], port, ssl=tls, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            bound.warning("egress_failed", error=type(exc).__name__, reason="upstream_certificate")
+            self._verdict(sandbox_id, False)
+            await _refuse(writer, 502, f"the certificate of {host}:{port} is not trusted")
+            return None
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
             bound.info("egress_failed", error=type(exc).__name__)
             await _refuse(writer, 502, f"cannot reach {host}:{port}")
@@ -326,7 +361,7 @@ class Tunnel:
 
 
 async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
-    reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}[status]
+    reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
     body = f"moorage egress: {why}\n".encode()
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
@@ -338,7 +373,7 @@ async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
     writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while chunk := await reader.read(65536):
             writer.write(chunk)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 
@@ -57,6 +58,7 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise SecretKeyError(f"MOORAGE_SECRET_KEY must decode to {KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(key)
+        self._mac_key = hmac.new(key, b"moorage-mac-key", hashlib.sha256).digest()
         self.key_id = key_id(key)
 
     @classmethod
@@ -65,6 +67,10 @@ class SecretBox:
         if not text.strip():
             return None
         return cls(_b64decode(text))
+
+    def mac(self, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under a key derived from this one (not the sealing key)."""
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
 
     def seal(self, plaintext: bytes, context: str) -> str:
         nonce = os.urandom(NONCE_BYTES)

@@ -36,10 +36,12 @@ from aiohttp import web
 from moorage_session_store import Vaults
 
 from .egress import MCP_PREFIX, RequestTooLarge, bounded_body
+from .egress_secrets import EnvCredential, Opened, SecretsUnavailable
+from .errors import STORE_ERRORS
 from .ssrf import CheckedResolver, TargetRefused, in_networks
 from .tunnel import Network, Policy, address_allowed
 from .vault_crypto import SealedSecretError, SecretBox, open_secrets
-from .vaults import MCP_KINDS, Held, bearer_of, environment_secrets, mcp_key, proxied_servers
+from .vaults import MCP_KINDS, Held, bearer_of, mcp_key, proxied_servers
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,24 @@ class StoreCredentials:
     async def held(self, tenant: str, vault_ids: Sequence[str]) -> list[Held]:
         records = await self.vaults.live_credentials(tenant, vault_ids)
         return [Held(r.id, r.vault_id, r.kind, r.match_key) for r in records]
+
+    async def environment(self, tenant: str, vault_ids: Sequence[str]) -> list[Opened]:
+        """``egress_intercept.SecretSource``: the live ``environment_variable`` credentials, opened."""
+        try:
+            records = await self.vaults.live_credentials(tenant, vault_ids)
+            wanted = [r for r in records if r.kind == "environment_variable"]
+            if wanted and self.box is None:
+                raise SealedSecretError("this server has no MOORAGE_SECRET_KEY")
+            return [
+                Opened(
+                    EnvCredential.of(r.id, r.public["auth"]),
+                    open_secrets(self.box, r.sealed, r.tenant, r.vault_id, r.id)["secret_value"],
+                )
+                for r in wanted
+                if self.box is not None
+            ]
+        except (SealedSecretError, KeyError, *STORE_ERRORS) as exc:  # type: ignore[misc]
+            raise SecretsUnavailable(type(exc).__name__) from exc
 
     async def bearer(self, tenant: str, vault_ids: Sequence[str], url: str) -> str | None:
         records = await self.vaults.live_credentials(tenant, vault_ids, "mcp:" + mcp_key(url))
@@ -160,14 +180,13 @@ class McpProxy:
         vault_ids: Sequence[str],
         servers: Sequence[dict[str, str]],
         policy: Policy,
-    ) -> tuple[list[str], list[Held]]:
-        """Grant a starting sandbox its session's credentialed MCP servers: their names (for the
-        runner), and the ``environment_variable`` credentials found, which are not injected."""
+    ) -> list[str]:
+        """Grant a starting sandbox its session's credentialed MCP servers: their names (for the runner)."""
         held = await self.source.held(tenant, vault_ids)
         chosen = proxied_servers(servers, held)
         urls = {s["name"]: s["url"] for s in servers if s.get("name") in chosen}
         self._grants[sandbox_id] = Grant(tenant, tuple(vault_ids), urls, policy)
-        return sorted(chosen), environment_secrets(held)
+        return sorted(chosen)
 
     def forget(self, sandbox_id: str) -> None:
         self._grants.pop(sandbox_id, None)

@@ -159,11 +159,6 @@ def proxied_servers(servers: Iterable[Mapping[str, Any]], held: Sequence[Held]) 
     return out
 
 
-def environment_secrets(held: Sequence[Held]) -> list[Held]:
-    """The ``environment_variable`` credentials among ``held`` (not injected yet: docs/security.md)."""
-    return [c for c in held if c.kind == "environment_variable"]
-
-
 # -- credentials --------------------------------------------------------------------------
 
 

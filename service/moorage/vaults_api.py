@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .egress_policy import TUNNEL_BACKENDS
 from .errors import Code
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, time_page, time_paged, timestamp
 from .vault_crypto import SealedSecretError, SecretBox, open_secrets, seal_secrets
@@ -97,9 +98,10 @@ def _box(request: Request) -> SecretBox:
     return box
 
 
-async def check_session_vaults(vaults: Vaults, tenant: str, vault_ids: Sequence[str]) -> None:
+async def check_session_vaults(vaults: Vaults, tenant: str, vault_ids: Sequence[str], backend: str) -> None:
     """Refuse a new session's ``vault_ids`` unless each is the tenant's and live, and none holds a
-    credential this server cannot inject (``environment_variable``: see docs/security.md)."""
+    credential this server cannot inject: ``environment_variable`` ones on a backend whose
+    sandboxes cannot reach the egress tunnel (Kubernetes; docs/security.md)."""
     found = await vaults.get_many(tenant, vault_ids)
     for vault_id in vault_ids:
         record = found.get(vault_id)
@@ -107,11 +109,14 @@ async def check_session_vaults(vaults: Vaults, tenant: str, vault_ids: Sequence[
             raise vault_not_found(vault_id)
         if record.archived_at is not None:
             raise ApiError(f"vault {vault_id} is archived: new sessions cannot use it", code=Code.VAULT_ARCHIVED)
+    if backend in TUNNEL_BACKENDS:
+        return
     for held in await vaults.live_credentials(tenant, vault_ids):
         if held.kind == "environment_variable":
             raise ApiError(
-                f"vault {held.vault_id} holds environment_variable credential {held.id}: this server cannot "
-                "inject environment-variable secrets into a sandbox's requests yet; use vaults without them",
+                f"vault {held.vault_id} holds environment_variable credential {held.id}: the {backend} sandbox "
+                "backend cannot reach the egress tunnel that injects it; use vaults without them, or the local "
+                "or docker backend",
                 code=Code.CREDENTIAL_NOT_SUPPORTED,
             )
 

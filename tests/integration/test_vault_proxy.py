@@ -93,9 +93,7 @@ async def grant(p: ModelProxy, credentials: Credentials, sandbox: str, url: str,
     credentials.held_list = [Held("vcrd_1", "vlt_1", "static_bearer", "mcp:" + mcp_key(url))]
     servers = [{"name": "secure", "url": url}, {"name": "plain", "url": "https://plain.example/mcp"}]
     assert p.mcp is not None
-    names, unsupported = await p.mcp.grant(sandbox, "acme", ["vlt_1"], servers, policy)
-    assert unsupported == []
-    return names
+    return await p.mcp.grant(sandbox, "acme", ["vlt_1"], servers, policy)
 
 
 async def test_the_credential_replaces_the_sandboxs_and_sse_streams_unbuffered(
