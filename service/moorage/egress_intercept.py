@@ -204,7 +204,9 @@ class _Relay:
 
     async def forward(self, request: h11.Request, replaced: Swaps) -> int:
         """Send ``request`` (and its body) upstream with the placeholders replaced; relay the response."""
-        headers = substitute_headers([(k, v) for k, v in request.headers if k != b"expect"], replaced.header)
+        headers = substitute_headers(
+            [(k, v) for k, v in request.headers.raw_items() if k.lower() != b"expect"], replaced.header
+        )
         if self.client.they_are_waiting_for_100_continue:
             await _write(self.writer, _send(self.client, h11.InformationalResponse(status_code=100, headers=[])))
         buffered, done = b"", False
@@ -252,7 +254,9 @@ class _Relay:
                     return 101
             elif isinstance(event, h11.Response):
                 status = event.status_code
-                out = h11.Response(status_code=event.status_code, headers=list(event.headers), reason=event.reason)
+                out = h11.Response(
+                    status_code=event.status_code, headers=list(event.headers.raw_items()), reason=event.reason
+                )
                 await _write(self.writer, _send(self.client, out))
             elif isinstance(event, h11.Data):
                 await _write(self.writer, _send(self.client, event))
