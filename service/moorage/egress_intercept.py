@@ -44,7 +44,7 @@ from .egress_secrets import (
     swaps,
     wanted,
 )
-from .tunnel import pipe
+from .tunnel import ESTABLISHED, pipe
 
 log = structlog.get_logger(__name__)
 
@@ -137,13 +137,19 @@ class Interceptor:
         up_r: asyncio.StreamReader,
         up_w: asyncio.StreamWriter,
     ) -> None:
-        """Serve the sandbox's requests on an answered ``CONNECT`` to ``host`` (see the module docstring)."""
+        """Answer the sandbox's ``CONNECT`` to ``host`` and serve its requests (see the module docstring)."""
         granted = self._grants.get(sandbox_id)
         if granted is None:
             return
         bound = log.bind(sandbox_id=sandbox_id, host=host)
         try:
             context = await asyncio.to_thread(granted.ca.context, host)
+            # Nothing may be read as plain data between the answer and the TLS layer: the
+            # sandbox's ClientHello follows the answer at once, and it belongs to TLS.
+            transport = writer.transport
+            assert isinstance(transport, asyncio.ReadTransport)
+            transport.pause_reading()
+            writer.write(ESTABLISHED)
             await writer.start_tls(context, ssl_handshake_timeout=HANDSHAKE_S)
         except (OSError, TimeoutError) as exc:  # the sandbox does not trust its CA, or hung up
             bound.info("egress_tls_refused", error=type(exc).__name__)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MAX_HEADER_BYTES = 8192
+ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 CONNECT_TIMEOUT_S = 15.0
 
 
@@ -306,11 +307,11 @@ class Tunnel:
         if upstream is None:
             return
         up_r, up_w = upstream
-        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         try:
-            if interceptor is not None and intercept:
+            if interceptor is not None and intercept:  # it answers the CONNECT itself (egress_intercept.py)
                 await interceptor.relay(sandbox_id, host, reader, writer, up_r, up_w)
             else:
+                writer.write(ESTABLISHED)
                 await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
         finally:
             for w in (up_w, writer):
