@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from moorage.vaults import (
     vault_ids,
     without_secrets,
 )
+from moorage.vaults_api import check_session_vaults
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
@@ -190,3 +192,28 @@ def test_a_bearer_token_goes_only_to_public_or_operator_addresses_and_http_only_
 ) -> None:
     refusal = target_refusal(scheme, addresses, NETS)
     assert refusal is None if why is None else (refusal is not None and why in refusal)
+
+
+class FakeVaults:
+    """The two reads ``check_session_vaults`` makes, over one live vault holding ``kinds``."""
+
+    def __init__(self, *kinds: str) -> None:
+        self.kinds = kinds
+
+    async def get_many(self, tenant: str, vault_ids: Any) -> dict[str, Any]:
+        return {v: SimpleNamespace(id=v, archived_at=None) for v in vault_ids}
+
+    async def live_credentials(self, tenant: str, vault_ids: Any) -> list[Any]:
+        return [SimpleNamespace(id=f"vcrd_{n}", vault_id="vlt_1", kind=k) for n, k in enumerate(self.kinds)]
+
+
+async def test_environment_credentials_are_refused_where_sandboxes_cannot_reach_the_tunnel() -> None:
+    """Local and docker sandboxes reach the egress tunnel that injects ``environment_variable``
+    credentials; Kubernetes pods do not, so a session naming one there is refused, not run without it."""
+    env_vault = FakeVaults("static_bearer", "environment_variable")
+    for backend in ("local", "docker"):
+        await check_session_vaults(env_vault, "acme", ["vlt_1"], backend)  # type: ignore[arg-type]
+    await check_session_vaults(FakeVaults("static_bearer"), "acme", ["vlt_1"], "kubernetes")  # type: ignore[arg-type]
+    with pytest.raises(MoorageError) as refused:
+        await check_session_vaults(env_vault, "acme", ["vlt_1"], "kubernetes")  # type: ignore[arg-type]
+    assert refused.value.code == Code.CREDENTIAL_NOT_SUPPORTED and "vcrd_1" in str(refused.value)
