@@ -11,6 +11,8 @@ from typing import Any, cast
 import pytest
 import structlog
 from moorage.channel import Phase, Ready, RunnerChannel
+from moorage.egress_intercept import Grant
+from moorage.egress_secrets import EnvCredential, Plan
 from moorage.errors import Code
 from moorage.metrics import Metrics
 from moorage.model_spans import ModelSpans
@@ -20,14 +22,31 @@ from moorage.session_start import start_sandbox
 from moorage.sessions import Session
 from moorage.settings import Settings
 from moorage.tunnel import NO_EGRESS, Policy, Rule
-from moorage.vaults import Held
+
+
+class Interceptor:
+    """The tunnel's TLS termination (egress_intercept.Interceptor): grants one placeholder, skips one."""
+
+    def __init__(self) -> None:
+        self.granted: list[tuple[str, str, tuple[str, ...], str]] = []
+        self.forgotten: list[str] = []
+
+    async def grant(self, sandbox_id: str, tenant: str, vault_ids: Any, session_id: str) -> Grant:
+        self.granted.append((sandbox_id, tenant, tuple(vault_ids), session_id))
+        skipped = EnvCredential("vcrd_3", "PATH", None, True, False)
+        made = Plan({"API_KEY": "moorage-secret-api-key-00"}, {"vcrd_2": "moorage-secret-api-key-00"}, [(skipped, "x")])
+        return Grant(made, "-----BEGIN CERTIFICATE-----\n")
+
+    def forget(self, sandbox_id: str) -> None:
+        self.forgotten.append(sandbox_id)
 
 
 class Tunnel:
     """Records the policy each sandbox holds (``Tunnel.allow``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interceptor: Interceptor | None = None) -> None:
         self.policies: dict[str, Policy] = {"warm-1": NO_EGRESS}
+        self.interceptor = interceptor
 
     def allow(self, sandbox_id: str, policy: Policy) -> None:
         self.policies[sandbox_id] = policy
@@ -55,6 +74,9 @@ class Records:
     async def update(self, session_id: str, **fields: Any) -> None:
         pass
 
+    async def get(self, session_id: str) -> None:
+        return None
+
 
 class Grants:
     """The vault route's grant (vault_proxy.McpProxy.grant): records what it was asked."""
@@ -64,9 +86,9 @@ class Grants:
 
     async def grant(
         self, sandbox_id: str, tenant: str, vault_ids: Any, servers: list[dict[str, str]], policy: Policy
-    ) -> tuple[list[str], list[Held]]:
+    ) -> list[str]:
         self.asked.append((sandbox_id, tenant, tuple(vault_ids), [s["name"] for s in servers]))
-        return ["gh"], [Held("vcrd_2", "vlt_1", "environment_variable", "env:API_KEY")]
+        return ["gh"]
 
 
 def session(
@@ -83,7 +105,7 @@ def session(
         tenant="acme",
         vault_ids=vault_ids,
         notices=[],
-        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans()),
+        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans(), files=None),
         ledger=object(),
         records=Records(),
         rehydrate=False,
@@ -131,15 +153,35 @@ async def test_without_a_tunnel_the_runner_gets_no_proxy() -> None:
 
 
 async def test_a_sessions_credentialed_mcp_servers_are_granted_before_the_runner_starts() -> None:
-    """The vault route knows the sandbox's servers before ``start`` names them in ``mcp_proxy``; a
-    credential that cannot be injected is a ``credential_not_supported`` notice; no vaults, no grant."""
+    """The vault route knows the sandbox's servers before ``start`` names them in ``mcp_proxy``;
+    no vaults, no grant."""
     grants = Grants()
     s, sandbox = session(NO_EGRESS, Tunnel(), grants, ("vlt_1",))
     s.agent = {"id": "agent_1", "version": 1, "mcp_servers": [{"type": "url", "name": "gh", "url": "https://g/mcp"}]}
     await start_sandbox(s)
     assert grants.asked == [("warm-1", "acme", ("vlt_1",), ["gh"])]
     assert sandbox.seen[0][2]["mcp_proxy"] == ["gh"]
-    assert [code for code, _ in cast(Any, s).notices] == [Code.CREDENTIAL_NOT_SUPPORTED]
     plain, plain_sandbox = session(NO_EGRESS, Tunnel(), Grants())
     await start_sandbox(plain)
     assert "mcp_proxy" not in plain_sandbox.seen[0][2]
+
+
+async def test_environment_credentials_are_granted_before_the_runner_starts_where_the_tunnel_reaches() -> None:
+    """``start`` carries the placeholders and the sandbox's CA (granted first); a skipped credential
+    is a notice; on a backend without the tunnel nothing is set, the grant is dropped, and a notice
+    says why."""
+    interceptor = Interceptor()
+    s, sandbox = session(Policy((Rule("api.example.com"),)), Tunnel(interceptor), None, ("vlt_1",))
+    await start_sandbox(s)
+    frame = sandbox.seen[0][2]
+    assert interceptor.granted == [("warm-1", "acme", ("vlt_1",), "s-1")]
+    assert frame["env"] == {"API_KEY": "moorage-secret-api-key-00"} and frame["egress_ca"].startswith("-----BEGIN")
+    assert [code for code, _ in cast(Any, s).notices] == [Code.CREDENTIAL_NOT_SUPPORTED]
+    kube, kube_sandbox = session(Policy((Rule("api.example.com"),)), Tunnel(Interceptor()), None, ("vlt_1",))
+    kube.backend = cast(Any, SimpleNamespace(name="kubernetes"))
+    await start_sandbox(kube)
+    assert "env" not in kube_sandbox.seen[0][2] and "egress_ca" not in kube_sandbox.seen[0][2]
+    assert len(cast(Any, kube).notices) == 2 and "kubernetes" in cast(Any, kube).notices[-1][1]
+    none, none_sandbox = session(NO_EGRESS, Tunnel(Interceptor()))
+    await start_sandbox(none)
+    assert "env" not in none_sandbox.seen[0][2]
