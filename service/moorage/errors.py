@@ -199,7 +199,8 @@ CODES: dict[Code, Spec] = {
     Code.WEBHOOK_URL_NOT_ALLOWED: Spec(Fatal.NO, None, 400),
     Code.TOO_MANY_WEBHOOKS: Spec(Fatal.NO, None, 400),
     # The vaults API (HTTP; vault_proxy.py). credential_not_supported also refuses a session whose
-    # vaults hold a credential kind this server cannot inject yet, and is a notice at its start.
+    # vaults hold a credential this backend cannot inject (environment_variable on Kubernetes), and is
+    # a notice at a sandbox's start (that, or a variable that cannot be set: egress_secrets.py).
     Code.VAULT_NOT_FOUND: Spec(Fatal.NO, None, 404),
     Code.VAULT_ARCHIVED: Spec(Fatal.NO, None, 400),
     Code.CREDENTIAL_NOT_FOUND: Spec(Fatal.NO, None, 404),

@@ -140,8 +140,10 @@ class Metrics:
         )
         self.vault_requests = Counter(
             "moorage_vault_requests_total",
-            "MCP requests from sandboxes to a server a vault credential is for: sent on with it "
-            "(forwarded), refused (no grant, egress policy, address, revoked, too large) or undeliverable (failed).",
+            "Requests from sandboxes that a vault credential is for (MCP requests through the model proxy, "
+            "HTTPS requests the egress tunnel puts an environment secret into): sent on with it (forwarded), "
+            "refused (no grant, egress policy, address, revoked, too large, credentials unreadable) or "
+            "undeliverable (failed).",
             ["outcome"],
             registry=r,
         )
