@@ -171,6 +171,9 @@ class Sink:
     async def drain(self) -> None:
         return None
 
+    def can_write_eof(self) -> bool:
+        return False
+
 
 def fed(data: bytes) -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
@@ -210,6 +213,22 @@ async def test_a_body_over_the_limit_goes_on_unchanged_and_streamed() -> None:
     request = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     up, _ = await relay_once(request, OK, Swaps((), ((b"PH", b"secret"),)))
     assert up.endswith(body) and b"secret" not in up
+
+
+async def test_a_switch_of_protocols_becomes_a_pipe_after_the_handshake() -> None:
+    """A WebSocket upgrade: the secret goes into the handshake's headers, then bytes flow both ways."""
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Key: PH\r\n\r\nfrom-sandbox"
+    )
+    response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nfrom-server"
+    to_sandbox, to_upstream = Sink(), Sink()
+    relay = _Relay(fed(request), to_sandbox, fed(response), to_upstream)  # type: ignore[arg-type]
+    head = await relay.request()
+    assert head is not None
+    assert await relay.forward(head, Swaps(((b"PH", b"secret"),), ())) == 101
+    assert b"X-Key: secret\r\n" in to_upstream.data and to_upstream.data.endswith(b"\r\n\r\nfrom-sandbox")
+    assert to_sandbox.data.startswith(b"HTTP/1.1 101 ") and to_sandbox.data.endswith(b"\r\n\r\nfrom-server")
+    assert not await relay.next_cycle()
 
 
 async def test_a_malformed_or_oversized_head_is_a_protocol_error() -> None:
