@@ -105,6 +105,12 @@ class Services:
     token_conns: dict[WsConnection, str] = field(default_factory=dict)
     # Seals and opens vault credentials (MOORAGE_SECRET_KEY, vault_crypto.py); None: no key set.
     vault_box: SecretBox | None = None
+    # Files, their bytes where MOORAGE_FILE_STORE says (file_blobs.py); None: in the database.
+    files: Files | None = None
+
+    def files_repo(self) -> Files:
+        """The files repository every handler uses (one object store client, shared)."""
+        return self.files if self.files is not None else Files(self.db)
 
 
 async def cut_revoked(services: Services) -> None:
@@ -547,7 +553,18 @@ def create_app(settings: Settings) -> Starlette:
                 settings.sandbox_start_timeout_s + ACCEPT_WAIT_S,  # the owner may be starting it
             )
             app.state.services = services = Services(
-                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands, vault_box=box
+                settings,
+                backend,
+                proxy,
+                sessions,
+                db,
+                metrics,
+                auth,
+                turn_limits,
+                projections,
+                commands,
+                vault_box=box,
+                files=files,
             )
             commands.start(functools.partial(apply_command, services))
             # PostgreSQL: other replicas' appends wake this one's streams, commands wake owners
