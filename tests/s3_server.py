@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ ACCESS_KEY_ID, SECRET_ACCESS_KEY = "moorage-test", "moorage-test-secret"
 @contextmanager
 def moto_s3() -> Iterator[str]:
     """A moto S3 server on a free loopback port, for the ``with`` block: its endpoint URL."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
