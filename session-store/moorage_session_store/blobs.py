@@ -115,10 +115,15 @@ class S3Blobs:
         return f"S3Blobs(s3://{self.location.bucket}/{self.location.prefix})"
 
     async def start(self) -> None:
-        from aiobotocore.session import get_session  # only when a bucket is configured
+        from aiobotocore.config import AioConfig  # only when a bucket is configured
+        from aiobotocore.session import get_session
 
-        config = {k: v for k, v in self._config.items() if v is not None}
-        self._client = await self._stack.enter_async_context(get_session().create_client("s3", **config))
+        options = {k: v for k, v in self._config.items() if v is not None}
+        # Checksums only where S3 requires them: several S3-compatible servers refuse the
+        # trailing CRC32 botocore adds to every upload by default.
+        config = AioConfig(request_checksum_calculation="when_required", response_checksum_validation="when_required")
+        client = get_session().create_client("s3", config=config, **options)
+        self._client = await self._stack.enter_async_context(client)
 
     async def close(self) -> None:
         await self._stack.aclose()
