@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from moorage.file_blobs import blob_store
+from moorage.file_blobs import BlobJanitor, blob_store
+from moorage.metrics import Metrics
 from moorage.settings import Settings
 from moorage_session_store import BlobLocation, S3Blobs, parse_location
 from moorage_session_store.blobs import _regroup
@@ -83,3 +84,46 @@ def test_an_upload_is_cut_into_whole_parts_and_a_shorter_last_one(sizes: list[in
     assert all(size == part for size in got[:-1]) and 0 <= got[-1] <= part
     assert got[-1] < part or total % part == 0  # a shorter last piece only when bytes are left over
     assert got != [0] or total == 0
+
+
+class FakeFiles:
+    """What the janitor calls on ``Files``: the first drain fails like an outage."""
+
+    def __init__(self, blobs: object | None) -> None:
+        self.blobs = blobs
+        self.drains = self.sweeps = 0
+        self.enough = asyncio.Event()  # three drains, and a sweep when there is a store
+
+    def _check(self) -> None:
+        if self.drains >= 3 and (self.blobs is None or self.sweeps >= 1):
+            self.enough.set()
+
+    async def drain_deletions(self) -> int:
+        self.drains += 1
+        self._check()
+        if self.drains == 1:
+            raise OSError("the object store is down")
+        return 1
+
+    async def sweep_orphans(self, now: datetime, grace: timedelta) -> int:
+        assert grace == timedelta(seconds=60)
+        self.sweeps += 1
+        self._check()
+        return 2
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+async def test_the_janitor_keeps_draining_after_an_error_and_sweeps_only_an_object_store(with_store: bool) -> None:
+    fake = FakeFiles(object() if with_store else None)
+    settings = Settings(file_store_drain_s=0.01, file_store_sweep_s=0.05, file_store_orphan_grace_s=60)
+    metrics = Metrics(())
+    janitor = BlobJanitor(fake, settings, metrics)  # type: ignore[arg-type]
+    janitor.start()
+    try:
+        await asyncio.wait_for(fake.enough.wait(), 10)
+    finally:
+        await janitor.close()
+    assert fake.drains >= 3  # the failed round did not end the loop
+    assert (fake.sweeps >= 1) == with_store
+    drained = metrics.registry.get_sample_value("moorage_file_objects_deleted_total", {"way": "outbox"})
+    assert drained is not None and drained >= 2
