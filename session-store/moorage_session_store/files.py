@@ -13,8 +13,16 @@ deleted while it is read ends the read with :class:`FileNotFound` instead of sho
 Every read and write names the tenant; another tenant's file answers exactly like an unknown one.
 A file may belong to a session (``scope_session_id``): it is deleted with it, by the database
 (``ON DELETE CASCADE``), whichever way the session goes (a client's delete, the retention reaper).
-Its bytes count toward the tenant's stored bytes (``SessionRecords.tenant_storage_bytes``),
-an upload in flight included. Lists are newest first and paged by keyset (``created_at``, ``id``).
+Its bytes count toward the tenant's stored bytes (``SessionRecords.tenant_storage_bytes``, the sum
+of ``size_bytes``, which grows as each chunk or part is stored: an upload in flight included).
+Lists are newest first and paged by keyset (``created_at``, ``id``).
+
+With a blob store (``Files(db, blobs)``, blobs.py) the bytes are one object per file instead of
+chunk rows; everything else is the same. Rows are deleted in SQL the store never sees one by one
+(a session's cascade, the sweep), so every delete first names its files in the
+``file_blob_deletions`` outbox in the same transaction (:func:`queue_blob_deletions`), which
+:meth:`Files.drain_deletions` turns into object deletes; :meth:`Files.sweep_orphans` deletes the
+objects no row names that the outbox missed. A row is always written before its object.
 """
 
 from __future__ import annotations
