@@ -2,7 +2,10 @@
 with the official ``anthropic`` client, against a plain copy of the same bytes on this machine,
 in one run; and, on PostgreSQL, the store alone: chunked rows (``Files``, what Moorage uses) against
 PostgreSQL large objects (``lo_put`` / ``lo_get`` of the same 1 MiB pieces, each in its own
-transaction like the rows), to back the storage choice with a number.
+transaction like the rows), to back the storage choice with a number. The ``s3`` column is the
+service with ``MOORAGE_FILE_STORE=s3://…`` (SQLite metadata, bytes in a bucket of moto's local S3
+server, a Python server on a thread of this process: a floor for the client side, not a
+measure of a real object store).
 
 For each database (SQLite, the default; PostgreSQL when reachable at 127.0.0.1:5432, in a temp
 database): a service starts (no warm sandboxes: files need none), then ``--runs`` times a file of
@@ -37,10 +40,12 @@ from moorage.testing.scripted_model import ScriptedModelServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from hostprobe import machine, write_report
+from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, moto_s3, new_bucket
 from support import pg_available, pg_database, run_service
 
 OPEN_TOKEN = "bench-open-mode-token"  # loopback, no MOORAGE_API_KEYS: tenant "default"
 MIB = 1024 * 1024
+KINDS = ("sqlite", "postgresql", "s3")
 
 
 def mb_per_s(size: int, seconds: float) -> float:
@@ -130,8 +135,25 @@ def through_service(url: str, data: bytes, runs: int) -> dict[str, list[float]]:
 
 @contextlib.contextmanager
 def database(kind: str) -> Iterator[dict[str, str]]:
+    """The service's settings for ``kind``: SQLite, PostgreSQL, or SQLite with an S3 bucket."""
     if kind == "sqlite":
         yield {}
+        return
+    if kind == "s3":
+        with moto_s3() as endpoint:
+
+            async def made() -> str:
+                blobs = await new_bucket(endpoint, prefix="bench")
+                await blobs.close()
+                return f"s3://{blobs.location.bucket}/bench"
+
+            yield {
+                "MOORAGE_FILE_STORE": asyncio.run(made()),
+                "MOORAGE_S3_ENDPOINT_URL": endpoint,
+                "MOORAGE_S3_REGION": REGION,
+                "MOORAGE_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                "MOORAGE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            }
         return
     with pg_database("bench_files") as name:
         yield {"MOORAGE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}"}
@@ -148,7 +170,7 @@ def main() -> int:
     results: dict[str, Any] = {"plain_copy_mb_per_s": plain_copy(data, args.runs)}
     model = ScriptedModelServer().start()
     try:
-        for kind in ("sqlite", "postgresql"):
+        for kind in KINDS:
             if kind == "postgresql" and not pg_available():
                 results[kind] = {"skipped": "PostgreSQL unreachable at 127.0.0.1:5432"}
                 continue
@@ -168,7 +190,7 @@ def main() -> int:
     summary: dict[str, Any] = {"plain_copy_mb_per_s": copy}
     print(f"{args.mib} MiB, median of {args.runs}   (MB/s; ratio to a plain file copy)")
     print(f"{'plain copy (shutil.copyfile)':<34}{copy:>10.1f}")
-    for kind in ("sqlite", "postgresql"):
+    for kind in KINDS:
         res = results[kind]
         if "skipped" in res:
             print(f"{kind:<34}{'skipped':>10}")

@@ -49,6 +49,7 @@ from .environments_api import routes as environments_routes
 from .errors import STORE_ERRORS, Code, MoorageError, ProtocolError, close_code, store_unavailable
 from .events_api import routes as events_routes
 from .events_api import run_command
+from .file_blobs import BlobJanitor, blob_store
 from .files_api import routes as files_routes
 from .heartbeat import Heartbeat
 from .limits import TenantBuckets, TokenBucket
@@ -105,6 +106,12 @@ class Services:
     token_conns: dict[WsConnection, str] = field(default_factory=dict)
     # Seals and opens vault credentials (MOORAGE_SECRET_KEY, vault_crypto.py); None: no key set.
     vault_box: SecretBox | None = None
+    # Files, their bytes where MOORAGE_FILE_STORE says (file_blobs.py); None: in the database.
+    files: Files | None = None
+
+    def files_repo(self) -> Files:
+        """The files repository every handler uses (one object store client, shared)."""
+        return self.files if self.files is not None else Files(self.db)
 
 
 async def cut_revoked(services: Services) -> None:
@@ -458,6 +465,8 @@ def create_app(settings: Settings) -> Starlette:
         db = await Database.connect(settings.database_url_or_default)
         # This replica's heartbeat (heartbeat.py): from start until the clean stop, which leaves.
         heartbeat = Heartbeat(Replicas(db), settings.replica, settings.lease_ttl_s / 3)
+        blobs = blob_store(settings)  # files' bytes: the database, or an object store
+        janitor: BlobJanitor | None = None
         try:
             await db.migrate()
             await heartbeat.start()
@@ -518,6 +527,12 @@ def create_app(settings: Settings) -> Starlette:
                 backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics
             )
             records = SessionRecords(db)
+            if blobs is not None:
+                await blobs.start()
+                log.info("file_store", location=repr(blobs))
+            files = Files(db, blobs)
+            janitor = BlobJanitor(files, settings, metrics)  # deleted files' objects go
+            janitor.start()
             deps = Deps(
                 settings,
                 backend,
@@ -530,7 +545,7 @@ def create_app(settings: Settings) -> Starlette:
                 accounting,
                 # A batch's webhook events go into the outbox in the batch's own transaction.
                 SessionEvents(db, announce=announcements),
-                files=Files(db),  # the expiry sweep; resources in, outputs out (session_files.py)
+                files=files,  # the expiry sweep; resources in, outputs out (session_files.py)
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
@@ -546,7 +561,18 @@ def create_app(settings: Settings) -> Starlette:
                 settings.sandbox_start_timeout_s + ACCEPT_WAIT_S,  # the owner may be starting it
             )
             app.state.services = services = Services(
-                settings, backend, proxy, sessions, db, metrics, auth, turn_limits, projections, commands, vault_box=box
+                settings,
+                backend,
+                proxy,
+                sessions,
+                db,
+                metrics,
+                auth,
+                turn_limits,
+                projections,
+                commands,
+                vault_box=box,
+                files=files,
             )
             commands.start(functools.partial(apply_command, services))
             # PostgreSQL: other replicas' appends wake this one's streams, commands wake owners
@@ -587,6 +613,10 @@ def create_app(settings: Settings) -> Starlette:
                 await backend.close()
                 log.info("service_stopped")
         finally:
+            if janitor is not None:
+                await janitor.close()
+            if blobs is not None:
+                await blobs.close()
             await heartbeat.stop()
             await db.close()
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
-from moorage_session_store import FileRecord, Files, FileTooLarge
+from moorage_session_store import Database, FileRecord, Files, FileTooLarge
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -239,7 +239,10 @@ async def _delete(request: Request, tenant: str, files: Files) -> Response:
 
 
 def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    return endpoint(handler, Files)
+    async def with_files(request: Request, tenant: str, _db: Database) -> Response:
+        return await handler(request, tenant, _services(request).files_repo())  # the configured store
+
+    return endpoint(with_files, lambda db: db)
 
 
 def routes() -> list[Route]:

@@ -159,6 +159,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.file_objects_deleted = Counter(
+            "moorage_file_objects_deleted_total",
+            "Objects of deleted files removed from the object store, by way (outbox drain, orphan sweep).",
+            ["way"],
+            registry=r,
+        )
         self.file_bytes = Counter(
             "moorage_file_bytes_total",
             "Bytes of files stored by uploads (in) and served by downloads (out).",

@@ -21,7 +21,6 @@ import structlog
 from moorage_session_store import (
     Agents,
     Environments,
-    Files,
     RevisionConflict,
     SessionQuery,
     SessionRecord,
@@ -74,7 +73,7 @@ async def get_record(records: SessionRecords, tenant: str, session_id: str) -> S
 
 async def check_files(services: Services, tenant: str, resources: tuple[FileResource, ...]) -> None:
     """Each resource's file is the tenant's (another tenant's answers like an unknown one)."""
-    files = Files(services.db)
+    files = services.files_repo()
     for resource in resources:
         if await files.get(tenant, resource.file_id) is None:
             raise ApiError(f"file {resource.file_id} not found", code=Code.FILE_NOT_FOUND)

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+from moorage_session_store.blobs import parse_location
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -145,6 +146,22 @@ class Settings(BaseSettings):
     # files (POST /v1/files): the largest upload, in bytes (413 file_too_large past it).
     # Files count toward MOORAGE_TENANT_STORAGE_BYTES too.
     file_max_bytes: int = Field(default=100 * 1024**2, ge=1)
+    # Where files' bytes go: "" = the database (file_chunks rows), or "s3://bucket[/prefix]"
+    # for an S3-compatible object store (metadata stays in the database; file_blobs.py). The
+    # endpoint (empty: AWS itself), region and credentials; credentials left empty come from
+    # botocore's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+    # ~/.aws, an instance or pod role). The secret is never logged.
+    file_store: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Objects of deleted files go within this long (the deletion outbox is drained); objects
+    # with no files row (a crash mid-way) are looked for this often and deleted once older than
+    # the grace period.
+    file_store_drain_s: float = Field(default=10.0, gt=0)
+    file_store_sweep_s: float = Field(default=3600.0, gt=0)
+    file_store_orphan_grace_s: float = Field(default=3600.0, ge=0)
     # storage: sessions suspended longer than this are deleted with all they
     # stored (0 = keep forever).
     session_retention_days: float = Field(default=30.0, ge=0)
@@ -218,6 +235,13 @@ class Settings(BaseSettings):
     @classmethod
     def _networks(cls, value: str) -> str:
         parse_networks(value)  # a ValueError names the bad CIDR at start-up
+        return value
+
+    @field_validator("file_store")
+    @classmethod
+    def _file_store(cls, value: str) -> str:
+        if value:
+            parse_location(value)  # a ValueError names the bad location at start-up
         return value
 
     @property

@@ -8,6 +8,7 @@ files (``.files``).
 """
 
 from .agents import AgentRecord, Agents
+from .blobs import BlobLocation, S3Blobs, parse_location
 from .commands import COMMANDS_CHANNEL, DONE_CHANNEL, Command, SessionCommands
 from .database import Database
 from .environments import EnvironmentRecord, Environments
@@ -59,6 +60,7 @@ __all__ = [
     "AgentRecord",
     "Agents",
     "Announcement",
+    "BlobLocation",
     "Command",
     "CredentialConflict",
     "CredentialRecord",
@@ -81,6 +83,7 @@ __all__ = [
     "NewEvent",
     "Replicas",
     "RevisionConflict",
+    "S3Blobs",
     "SQLModelSessionStore",
     "SessionCommands",
     "SessionEvents",
@@ -106,4 +109,5 @@ __all__ = [
     "VersionConflict",
     "WebhookEndpoints",
     "WebhookOutbox",
+    "parse_location",
 ]

@@ -13,8 +13,16 @@ deleted while it is read ends the read with :class:`FileNotFound` instead of sho
 Every read and write names the tenant; another tenant's file answers exactly like an unknown one.
 A file may belong to a session (``scope_session_id``): it is deleted with it, by the database
 (``ON DELETE CASCADE``), whichever way the session goes (a client's delete, the retention reaper).
-Its bytes count toward the tenant's stored bytes (``SessionRecords.tenant_storage_bytes``),
-an upload in flight included. Lists are newest first and paged by keyset (``created_at``, ``id``).
+Its bytes count toward the tenant's stored bytes (``SessionRecords.tenant_storage_bytes``, the sum
+of ``size_bytes``, which grows as each chunk or part is stored: an upload in flight included).
+Lists are newest first and paged by keyset (``created_at``, ``id``).
+
+With a blob store (``Files(db, blobs)``, blobs.py) the bytes are one object per file instead of
+chunk rows; everything else is the same. Rows are deleted in SQL the store never sees one by one
+(a session's cascade, the sweep), so every delete first names its files in the
+``file_blob_deletions`` outbox in the same transaction (:func:`queue_blob_deletions`), which
+:meth:`Files.drain_deletions` turns into object deletes; :meth:`Files.sweep_orphans` deletes the
+objects no row names that the outbox missed. A row is always written before its object.
 """
 
 from __future__ import annotations
@@ -26,23 +34,51 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .blobs import BlobMissing, BlobStore
 from .columns import utcnow
 from .database import Database
 from .errors import FileNotFound, FileTooLarge, SessionNotFound
-from .models import FILE_CHUNKS, FILES
+from .models import FILE_BLOB_DELETIONS, FILE_CHUNKS, FILES
 
-__all__ = ["ABANDONED_AFTER", "CHUNK_BYTES", "FileRecord", "Files", "new_file_id"]
+__all__ = [
+    "ABANDONED_AFTER",
+    "CHUNK_BYTES",
+    "ORPHAN_GRACE",
+    "FileRecord",
+    "Files",
+    "new_file_id",
+    "orphans",
+    "queue_blob_deletions",
+]
 
 ID_PREFIX = "file_"
 #: Bytes per ``file_chunks`` row.
 CHUNK_BYTES = 1024 * 1024
 #: An upload not finished this long after it started was cut short by a crash: swept.
 ABANDONED_AFTER = timedelta(hours=24)
-#: Files deleted per transaction by the sweep.
+#: Files deleted per transaction by the sweep; outbox rows drained per round.
 SWEEP_BATCH = 100
+#: An object with no ``files`` row is deleted by the reconciliation sweep once it is this old.
+ORPHAN_GRACE = timedelta(hours=1)
+
+
+async def queue_blob_deletions(conn: AsyncConnection, which: ColumnElement[bool]) -> None:
+    """In the caller's transaction, before it deletes the ``files`` rows matching ``which`` (or
+    rows that cascade to them): name them in the ``file_blob_deletions`` outbox, so their objects
+    are deleted once the transaction commits (:meth:`Files.drain_deletions`). A name queued for a
+    row that then survives is harmless: the drain skips ids that still have a row."""
+    rows = select(FILES.c.id, FILES.c.tenant, literal(utcnow(), FILE_BLOB_DELETIONS.c.queued_at.type)).where(which)
+    await conn.execute(insert(FILE_BLOB_DELETIONS).from_select(["file_id", "tenant", "queued_at"], rows))
+
+
+def orphans(listed: Sequence[tuple[str, str, datetime]], alive: set[str], before: datetime) -> builtins.list[str]:
+    """Of the objects ``listed`` (key, file id, last modified), the keys to delete: those of files
+    with no row (not in ``alive``) last written before ``before``."""
+    return [key for key, file_id, modified in listed if file_id not in alive and modified < before]
 
 
 def new_file_id() -> str:
@@ -87,10 +123,12 @@ def _record(row: Any) -> FileRecord:
 
 
 class Files:
-    """Async repository for files. Safe to share between tasks."""
+    """Async repository for files; their bytes in ``file_chunks`` rows, or in ``blobs`` (an
+    object store, one object per file) when given. Safe to share between tasks."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, blobs: BlobStore | None = None) -> None:
         self._db = db
+        self.blobs = blobs
 
     async def put(
         self,
@@ -129,7 +167,10 @@ class Files:
         except IntegrityError:  # the foreign key: no such session
             raise SessionNotFound(f"no session {scope_session_id!r}") from None
         try:
-            size = await self._write_chunks(file_id, chunks, max_bytes)
+            if self.blobs is None:
+                size = await self._write_chunks(file_id, chunks, max_bytes)
+            else:
+                size = await self._write_blob(self.blobs.key(tenant, file_id), file_id, chunks, max_bytes)
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
                     await conn.execute(
@@ -160,15 +201,48 @@ class Files:
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
                 await conn.execute(insert(FILE_CHUNKS).values(file_id=file_id, seq=seq, size=len(data), data=data))
+                await self._grow(conn, file_id, len(data))
+
+    async def _grow(self, conn: AsyncConnection, file_id: str, stored: int) -> None:
+        """Count ``stored`` more bytes of an upload in flight (the tenant's quota sees them)."""
+        await conn.execute(update(FILES).where(FILES.c.id == file_id).values(size_bytes=FILES.c.size_bytes + stored))
+
+    async def _write_blob(self, key: str, file_id: str, chunks: AsyncIterable[bytes], max_bytes: int) -> int:
+        """Stream ``chunks`` into the object ``key``; the total size."""
+        assert self.blobs is not None
+        size = 0
+
+        async def capped() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for piece in chunks:
+                size += len(piece)
+                if size > max_bytes:
+                    raise FileTooLarge(f"the file is over {max_bytes} bytes", limit=max_bytes)
+                yield piece
+
+        async def stored(count: int) -> None:
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    await self._grow(conn, file_id, count)
+
+        await self.blobs.write(key, capped(), stored)
+        return size
 
     async def _drop(self, file_id: str) -> None:
-        """Delete a file being written (its chunks go by cascade); never raises: the sweep retries."""
+        """Delete a file being written (its chunks go by cascade, its object by the outbox); never
+        raises: the sweep retries."""
         try:
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
-                    await conn.execute(delete(FILES).where(FILES.c.id == file_id))
+                    await self._delete(conn, FILES.c.id == file_id)
         except Exception:
             return
+
+    async def _delete(self, conn: AsyncConnection, which: ColumnElement[bool]) -> int:
+        """Delete the ``files`` rows matching ``which``, their objects queued; how many."""
+        if self.blobs is not None:
+            await queue_blob_deletions(conn, which)
+        return int((await conn.execute(delete(FILES).where(which))).rowcount)
 
     async def get(self, tenant: str, file_id: str) -> FileRecord | None:
         """The tenant's complete file, expired or not; ``None`` if there is none."""
@@ -185,6 +259,17 @@ class Files:
         record = await self.get(tenant, file_id)
         if record is None:
             raise FileNotFound(f"file {file_id} not found")
+        if self.blobs is not None:
+            sent = 0
+            try:
+                async for piece in self.blobs.read(self.blobs.key(tenant, file_id)):
+                    sent += len(piece)
+                    yield piece
+            except BlobMissing:
+                raise FileNotFound(f"file {file_id} was deleted while it was read") from None
+            if sent != record.size_bytes:
+                raise FileNotFound(f"file {file_id} was deleted while it was read")
+            return
         seq = sent = 0
         one = select(FILE_CHUNKS.c.data).where(FILE_CHUNKS.c.file_id == file_id)
         while True:
@@ -232,18 +317,17 @@ class Files:
 
     async def delete(self, tenant: str, file_id: str) -> bool:
         """Delete the tenant's file with its bytes; ``False`` if there was none."""
-        stmt = delete(FILES).where(FILES.c.id == file_id, FILES.c.tenant == tenant, FILES.c.complete.is_(True))
+        which = and_(FILES.c.id == file_id, FILES.c.tenant == tenant, FILES.c.complete.is_(True))
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
-                gone = await conn.execute(stmt)
-        return bool(gone.rowcount == 1)
+                gone = await self._delete(conn, which)
+        return gone == 1
 
     async def delete_scope(self, session_id: str) -> int:
         """Delete every file of the session (what deleting the session does by cascade); how many."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
-                gone = await conn.execute(delete(FILES).where(FILES.c.scope_session_id == session_id))
-        return int(gone.rowcount)
+                return await self._delete(conn, FILES.c.scope_session_id == session_id)
 
     async def delete_expired(self, now: datetime) -> int:
         """Delete the files expired at ``now`` and the uploads abandoned before ``now -
@@ -254,10 +338,67 @@ class Files:
         )
         deleted = 0
         while True:
-            batch = select(FILES.c.id).where(due).limit(SWEEP_BATCH).scalar_subquery()
             with self._db.translate_errors():
                 async with self._db.engine.begin() as conn:
-                    gone = int((await conn.execute(delete(FILES).where(FILES.c.id.in_(batch), due))).rowcount)
+                    batch = (await conn.execute(select(FILES.c.id).where(due).limit(SWEEP_BATCH))).scalars().all()
+                    gone = await self._delete(conn, and_(FILES.c.id.in_(batch), due)) if batch else 0
             deleted += gone
             if gone < SWEEP_BATCH:
                 return deleted
+
+    async def drain_deletions(self) -> int:
+        """Delete the objects the outbox names, oldest first, and their outbox rows (an id that
+        has a ``files`` row again is skipped); how many objects went. Without an object store the
+        outbox is only emptied. An object store error propagates; the rows stay for the next round."""
+        q, drained = FILE_BLOB_DELETIONS.c, 0
+        queued = (q.seq, q.file_id, q.tenant)
+        while True:
+            with self._db.translate_errors():
+                async with self._db.engine.connect() as conn:
+                    rows = (await conn.execute(select(*queued).order_by(q.seq).limit(SWEEP_BATCH))).all()
+                    alive = await self._alive(conn, [row.file_id for row in rows])
+            if not rows:
+                return drained
+            if self.blobs is not None:
+                keys = [self.blobs.key(row.tenant, row.file_id) for row in rows if row.file_id not in alive]
+                await self.blobs.delete(keys)
+                drained += len(keys)
+            with self._db.translate_errors():
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(delete(FILE_BLOB_DELETIONS).where(q.seq.in_([row.seq for row in rows])))
+            if len(rows) < SWEEP_BATCH:
+                return drained
+
+    async def _alive(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that have a ``files`` row (complete or not)."""
+        if not ids:
+            return set()
+        return set((await conn.execute(select(FILES.c.id).where(FILES.c.id.in_(list(ids))))).scalars())
+
+    async def sweep_orphans(self, now: datetime, grace: timedelta = ORPHAN_GRACE) -> int:
+        """The reconciliation sweep: delete every object under the store's prefix whose file has
+        no ``files`` row and that was last written before ``now - grace`` (what a crash between
+        the object's write and the row's delete, or a lost outbox drain, leaves); how many."""
+        if self.blobs is None:
+            return 0
+        deleted = 0
+        listed: builtins.list[tuple[str, str, datetime]] = []
+
+        async def settle() -> int:
+            with self._db.translate_errors():
+                async with self._db.engine.connect() as conn:
+                    alive = await self._alive(conn, [file_id for _, file_id, _ in listed])
+            keys = orphans(listed, alive, now - grace)
+            if keys:
+                assert self.blobs is not None
+                await self.blobs.delete(keys)
+            listed.clear()
+            return len(keys)
+
+        async for key, modified in self.blobs.listing():
+            file_id = self.blobs.file_id(key)
+            if file_id is not None:
+                listed.append((key, file_id, modified))
+            if len(listed) >= SWEEP_BATCH * 10:
+                deleted += await settle()
+        return deleted + await settle()

@@ -299,6 +299,19 @@ class FileChunkRow(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class FileBlobDeletionRow(SQLModel, table=True):
+    """A file whose bytes may live in the object store and whose row was deleted (the outbox):
+    written in the transaction that deletes the ``files`` row, drained by the service, which
+    deletes the object unless a ``files`` row with that id exists again (files.py)."""
+
+    __tablename__ = "file_blob_deletions"
+
+    seq: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    file_id: str = Field(sa_column=Column(String, nullable=False))
+    tenant: str = Field(sa_column=Column(String, nullable=False))
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 class WebhookEndpointRow(SQLModel, table=True):
     """Where one tenant's webhook events go: a URL, the event types it takes, its signing secret
     (``whsec_…``: the service signs with it, the API shows it only on create and regenerate),
@@ -426,6 +439,7 @@ SESSION_COMMANDS = table("session_commands")
 REPLICAS = table("replicas")
 FILES = table("files")
 FILE_CHUNKS = table("file_chunks")
+FILE_BLOB_DELETIONS = table("file_blob_deletions")
 WEBHOOK_ENDPOINTS = table("webhook_endpoints")
 WEBHOOK_DELIVERIES = table("webhook_deliveries")
 VAULTS = table("vaults")

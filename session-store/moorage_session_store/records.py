@@ -30,9 +30,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .columns import utcnow
 from .database import Database
 from .errors import InvalidRecord, RevisionConflict, SessionExists, SessionNotFound
+from .files import queue_blob_deletions
 from .models import (
     ENTRIES,
-    FILE_CHUNKS,
     FILES,
     KEYS,
     SESSION_COMMANDS,
@@ -511,6 +511,7 @@ class SessionRecords:
                 await conn.execute(delete(SESSION_EVENTS).where(SESSION_EVENTS.c.session_id == id))
                 await conn.execute(delete(WORKSPACE_CHUNKS).where(WORKSPACE_CHUNKS.c.session_id == id))
                 await conn.execute(delete(WORKSPACES).where(WORKSPACES.c.session_id == id))
+                await queue_blob_deletions(conn, FILES.c.scope_session_id == id)
                 await conn.execute(delete(FILES).where(FILES.c.scope_session_id == id))  # chunks: cascade
                 await conn.execute(delete(SESSIONS).where(SESSIONS.c.id == id))
 
@@ -519,7 +520,7 @@ class SessionRecords:
     async def tenant_storage_bytes(self, tenant: str) -> int:
         """Bytes ``tenant`` has stored: its sessions' workspace snapshots, its transcript entries
         (each entry's JSON text, subagent transcripts included), its sessions' event logs (each
-        event's JSON body) and its files (every stored chunk, uploads in flight included). The one
+        event's JSON body) and its files (their sizes, the bytes stored so far of uploads in flight included). The one
         place storage is counted.
 
         Cost: a sum over the tenant's transcript rows (the ``(project_key, ...)`` and ``(key_id, id)``
@@ -549,11 +550,8 @@ class SessionRecords:
             .where(SESSIONS.c.tenant == tenant)
             .scalar_subquery()
         )
-        files = (
-            select(func.coalesce(func.sum(FILE_CHUNKS.c.size), 0))
-            .select_from(FILE_CHUNKS.join(FILES, FILE_CHUNKS.c.file_id == FILES.c.id))
-            .where(FILES.c.tenant == tenant)
-            .scalar_subquery()
+        files = (  # ``size_bytes`` grows as an upload's bytes are stored, wherever they are
+            select(func.coalesce(func.sum(FILES.c.size_bytes), 0)).where(FILES.c.tenant == tenant).scalar_subquery()
         )
         with self._db.translate_errors():
             async with self._db.engine.connect() as conn:
@@ -573,8 +571,9 @@ class SessionRecords:
         free = [SESSIONS.c.owner.is_(None), SESSIONS.c.lease_expires_at < now]
         if owner is not None:
             free.append(SESSIONS.c.owner == owner)
-        stmt = delete(SESSIONS).where(SESSIONS.c.id == id, or_(*free)).returning(SESSIONS.c.id, SESSIONS.c.tenant)
-        return bool(await self._delete_with_transcripts(stmt))
+        which = [SESSIONS.c.id == id, or_(*free)]
+        stmt = delete(SESSIONS).where(*which).returning(SESSIONS.c.id, SESSIONS.c.tenant)
+        return bool(await self._delete_with_transcripts(stmt, select(SESSIONS.c.id).where(*which)))
 
     async def reap_suspended(self, before: datetime, limit: int) -> builtins.list[str]:
         """Delete up to ``limit`` sessions suspended since before ``before`` (their last update) that
@@ -596,14 +595,16 @@ class SessionRecords:
             .where(SESSIONS.c.id.in_(oldest.scalar_subquery()), *expired)
             .returning(SESSIONS.c.id, SESSIONS.c.tenant)
         )
-        return await self._delete_with_transcripts(stmt)
+        return await self._delete_with_transcripts(stmt, oldest)
 
-    async def _delete_with_transcripts(self, stmt: Any) -> builtins.list[str]:
+    async def _delete_with_transcripts(self, stmt: Any, sessions: Any) -> builtins.list[str]:
         """Run a ``DELETE ... RETURNING id, tenant`` on ``sessions`` (workspaces, event logs,
         commands and session-scoped files go by ON DELETE CASCADE) and delete the transcripts of
-        the rows it removed, in the same transaction."""
+        the rows it removed, in the same transaction; the objects of the files of ``sessions`` (a
+        ``SELECT`` of the ids it may delete) are queued for deletion first (files.py)."""
         with self._db.translate_errors():
             async with self._db.engine.begin() as conn:
+                await queue_blob_deletions(conn, FILES.c.scope_session_id.in_(sessions.scalar_subquery()))
                 rows = (await conn.execute(stmt)).all()
                 if rows:
                     pairs = [(tenant, session_id) for session_id, tenant in rows]

@@ -255,7 +255,7 @@ async def test_migrate_is_idempotent_and_matches_the_models(db: Database) -> Non
     async with db.engine.connect() as conn:
         version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
         differences = await conn.run_sync(diff)
-    assert version == ["0013"]
+    assert version == ["0014"]
     assert differences == []
 
 
@@ -275,7 +275,7 @@ async def test_concurrent_migrations_of_a_fresh_database_all_succeed(backend: st
         await asyncio.gather(*(db.migrate() for db in dbs))
         async with dbs[0].engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
-        assert version == ["0013"]
+        assert version == ["0014"]
     finally:
         for db in dbs:
             await db.close()

@@ -132,7 +132,7 @@ async def test_migrations_upgrade_a_0001_database_keeping_its_rows(tmp_path: Pat
         await db.migrate()
         async with db.engine.connect() as conn:
             version = (await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars().all()
-        assert version == ["0013"]
+        assert version == ["0014"]
         assert (await SessionRecords(db).get("s1")) is not None
         assert not await Tokens(db).any()
     finally:
