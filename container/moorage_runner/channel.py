@@ -8,13 +8,17 @@ at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 Service -> runner: ``restore`` (workspace chunks, before ``start``), ``start``
 (first, once), ``user``, ``interrupt``, ``snapshot`` (send the workspace back;
 backends that cannot read it from outside), ``rpc_result``/``rpc_error``,
-``permission_response`` / ``custom_tool_result`` (a client's answer).
+``permission_response`` / ``custom_tool_result`` (a client's answer),
+``put_file`` (a session resource's bytes, before ``start`` or while running),
+``collect_outputs`` (after each turn: report /mnt/session/outputs; files.py).
 Runner -> service: ``loaded`` (imports done, waiting for ``start``; carries
 the channel ``version``), ``restored``, ``ready`` (the SDK client is connected),
 ``sdk`` (one SDK message, the CLI's own JSON), ``rpc`` (a SessionStore call),
 ``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz
 chunks of the workspace), ``permission_request`` (an ``always_ask`` tool
-waits for a client), ``custom_tool_use`` (a client-executed tool was called). The service parses what we send strictly
+waits for a client), ``custom_tool_use`` (a client-executed tool was called), ``file_put``
+(a ``put_file``'s last chunk is in place, or not), ``output`` / ``outputs_done`` (the answer to
+``collect_outputs``). The service parses what we send strictly
 (service/moorage/channel.py) and ends the session on any frame it cannot
 accept: the constants below are its, copied (this package depends on
 nothing of the service's).
@@ -30,7 +34,9 @@ import sys
 from typing import Any
 
 # -- shared with service/moorage/channel.py (kept equal by a test) --
-CHANNEL_VERSION = 2  # 2: approvals and custom tools (an older runner would ignore ``agent``)
+# 2: approvals and custom tools (an older runner would ignore ``agent``);
+# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session.
+CHANNEL_VERSION = 3
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
@@ -38,7 +44,20 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 # the tool input's own depth; Python's parser fails near 1000.
 MAX_DEPTH = 100
 RUNNER_KINDS = frozenset(
-    {"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot", "permission_request", "custom_tool_use"}
+    {
+        "loaded",
+        "ready",
+        "sdk",
+        "rpc",
+        "error",
+        "restored",
+        "snapshot",
+        "permission_request",
+        "custom_tool_use",
+        "file_put",
+        "output",
+        "outputs_done",
+    }
 )
 SERVICE_KINDS = frozenset(
     {
@@ -51,8 +70,13 @@ SERVICE_KINDS = frozenset(
         "rpc_error",
         "permission_response",
         "custom_tool_result",
+        "put_file",
+        "collect_outputs",
     }
 )
+# Raw bytes per ``put_file`` / ``output`` frame (base64 adds a third).
+FILE_CHUNK_BYTES = 512 * 1024
+SESSION_DIR = "/mnt/session"  # a sized tmpfs in every sandbox: uploads/ and outputs/
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 

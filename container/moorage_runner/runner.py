@@ -26,6 +26,7 @@ from .agent import agent_options
 from .approvals import Approvals, Asks
 from .bridge import ModelBridge
 from .channel import CHANNEL_VERSION, MAX_FRAME_BYTES, ChannelOut, open_stdin, read_frame, start_agent
+from .files import Outputs, Uploads, prepare
 from .restore import Restore
 from .snapshot import snapshot_frames
 from .store import ChannelSessionStore, Rpc
@@ -105,16 +106,21 @@ class Runner:
         self.bridge: ModelBridge | None = None
         self.tunnel: ModelBridge | None = None
         self.commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.uploads = Uploads()
+        self.outputs = Outputs()
+        self._collecting = asyncio.Lock()  # one ``collect_outputs`` answer at a time, in order
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _before_start(self) -> dict[str, Any] | None:
-        """Frames before ``start``: workspace restore chunks. Returns ``start``."""
+        """Frames before ``start``: workspace restore chunks, then the session's files. Returns ``start``."""
         restore = Restore()
         while (frame := await read_frame(self.stdin)) is not None:
             kind = frame.get("kind")
             if kind == "start":
                 return frame
-            if kind == "restore":
+            if kind == "put_file":
+                await self._put_file(frame)
+            elif kind == "restore":
                 restore.feed(str(frame.get("data", "")))
                 if frame.get("last"):
                     try:
@@ -134,12 +140,17 @@ class Runner:
                     self.rpc.resolve(frame)
                 elif frame.get("kind") in ("permission_response", "custom_tool_result"):
                     self.asks.resolve(frame)  # not queued: a waiting tool call holds the command loop
+                elif frame.get("kind") == "put_file":
+                    await self._put_file(frame)  # not queued: a turn may be running
+                elif frame.get("kind") == "collect_outputs":
+                    self._spawn(self._collect(int(frame.get("max_bytes", 0)), int(frame.get("max_total_bytes", 0))))
                 else:
                     self.commands.put_nowait(frame)
         finally:
             self.commands.put_nowait(None)
 
     async def run(self) -> int:
+        prepare()  # /mnt/session/{uploads,outputs}
         # Imports are done: say so, so a warm pool can hold us until needed.
         await self.out.send({"kind": "loaded", "version": CHANNEL_VERSION})
         start = await self._before_start()
@@ -210,6 +221,17 @@ class Runner:
             frames = [{"kind": "snapshot", "ok": False, "message": str(exc)[:500]}]
         for frame in frames:
             await self.out.send(frame)
+
+    async def _put_file(self, frame: dict[str, Any]) -> None:
+        if (answer := await asyncio.to_thread(self.uploads.feed, frame)) is not None:
+            await self.out.send(answer)
+
+    async def _collect(self, max_bytes: int, max_total_bytes: int) -> None:
+        """The new or changed files under /mnt/session/outputs, read one chunk at a time."""
+        async with self._collecting:
+            frames = self.outputs.frames(max_bytes, max_total_bytes)
+            while (frame := await asyncio.to_thread(next, frames, None)) is not None:
+                await self.out.send(frame)
 
     async def _egress_env(self, start: dict[str, Any]) -> dict[str, str]:
         """With an egress allowlist, the service's tunnel is the HTTPS proxy

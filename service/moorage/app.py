@@ -63,6 +63,8 @@ from .protocol import (
     parse_client_frame,
 )
 from .replay import Plan, ReplayGate, parse_after, plan, replay
+from .resources_api import mount_command
+from .resources_api import routes as resources_routes
 from .sandbox.base import SandboxBackend
 from .sessions import Deps, Session
 from .sessions_api import ACCEPT_WAIT_S
@@ -149,6 +151,7 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             workspace_bytes=settings.workspace_max_bytes,
             tmp_bytes=settings.sandbox_tmp_bytes,
             start_timeout_s=settings.sandbox_start_timeout_s,
+            session_bytes=settings.session_files_bytes,
         )
         await backend.check()
         return backend
@@ -169,6 +172,7 @@ async def make_backend(settings: Settings) -> SandboxBackend:
             uids,
             settings.state_dir,
             settings.workspace_max_bytes,
+            settings.session_files_bytes,
         )
         await docker.check()
         return docker
@@ -252,6 +256,8 @@ async def apply_command(services: Services, command: Command) -> dict[str, Any]:
     client's frame (ws_remote.py) or a ``POST …/events`` body (events_api.py)."""
     if "frame" in command.body:
         return await apply_frame(services, command)
+    if "mount_resource" in command.body:
+        return await mount_command(services, command)
     return await run_command(services, command)
 
 
@@ -516,7 +522,7 @@ def create_app(settings: Settings) -> Starlette:
                 accounting,
                 # A batch's webhook events go into the outbox in the batch's own transaction.
                 SessionEvents(db, announce=announcements),
-                files=Files(db),
+                files=Files(db),  # the expiry sweep; resources in, outputs out (session_files.py)
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
@@ -592,6 +598,7 @@ def create_app(settings: Settings) -> Starlette:
             *events_routes(),
             *agents_routes(),
             *environments_routes(),
+            *resources_routes(),
             *files_routes(),
             *webhooks_routes(),
             *vaults_routes(),

@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, Literal
 
+from .session_paths import output_name_problem
+
 # -- shared with container/moorage_runner/channel.py (kept equal by a test) --
-CHANNEL_VERSION = 2  # 2: approvals and custom tools (an older runner would ignore ``agent``)
+# 2: approvals and custom tools (an older runner would ignore ``agent``);
+# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session.
+CHANNEL_VERSION = 3
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
@@ -34,7 +38,20 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 # the tool input's own depth; Python's parser fails near 1000.
 MAX_DEPTH = 100
 RUNNER_KINDS = frozenset(
-    {"loaded", "ready", "sdk", "rpc", "error", "restored", "snapshot", "permission_request", "custom_tool_use"}
+    {
+        "loaded",
+        "ready",
+        "sdk",
+        "rpc",
+        "error",
+        "restored",
+        "snapshot",
+        "permission_request",
+        "custom_tool_use",
+        "file_put",
+        "output",
+        "outputs_done",
+    }
 )
 SERVICE_KINDS = frozenset(
     {
@@ -47,8 +64,13 @@ SERVICE_KINDS = frozenset(
         "rpc_error",
         "permission_response",
         "custom_tool_result",
+        "put_file",
+        "collect_outputs",
     }
 )
+# Raw bytes per ``put_file`` / ``output`` frame (base64 adds a third).
+FILE_CHUNK_BYTES = 512 * 1024
+SESSION_DIR = "/mnt/session"  # a sized tmpfs in every sandbox: uploads/ and outputs/
 RPC_METHODS = frozenset({"store.append", "store.load", "store.list_subkeys"})
 # -- end of the shared constants --
 
@@ -61,6 +83,7 @@ MAX_RPC_ID_CHARS = 64
 MAX_TEXT_CHARS = 64 * 1024  # error / restore / snapshot messages (the session keeps less)
 MAX_REQUEST_ID_CHARS = 128  # a permission request's or custom tool call's id (a tool_use id is ~30)
 MAX_TOOL_NAME_CHARS = 256
+MAX_PATH_CHARS = 1024  # a ``file_put``'s path (the service sent it: session_paths.MAX_MOUNT_PATH_CHARS)
 
 RpcMethod = Literal["store.append", "store.load", "store.list_subkeys"]
 
@@ -177,6 +200,36 @@ class CustomToolUse:
 
 
 @dataclass(frozen=True)
+class FilePut:
+    """The answer to a ``put_file`` whose ``last`` frame went out: the file is at ``path``
+    (renamed into place, read-only), or not (``message`` says why: runner text)."""
+
+    path: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """One chunk of a file under /mnt/session/outputs (``name``: relative to it, checked by
+    ``session_paths.output_name_problem``), or, with ``too_large``, a file over the cap
+    (no data). ``size`` is the runner's claim: the service counts the bytes itself."""
+
+    name: str
+    size: int
+    data: str  # base64
+    last: bool
+    too_large: bool = False
+
+
+@dataclass(frozen=True)
+class OutputsDone:
+    """The end of the answer to ``collect_outputs``: ``count`` files reported."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class Garbage:
     """A line that is not meant as a frame (a stray print); ignored."""
 
@@ -205,6 +258,9 @@ RunnerFrame = (
     | Snapshot
     | PermissionRequest
     | CustomToolUse
+    | FilePut
+    | Output
+    | OutputsDone
     | Garbage
     | Violation
 )
@@ -316,8 +372,43 @@ class CustomToolResult:
         return {"kind": "custom_tool_result", "id": self.id, "content": self.content, "is_error": self.is_error}
 
 
+@dataclass(frozen=True)
+class PutFile:
+    """One chunk (``FILE_CHUNK_BYTES`` raw at most) of a file for the sandbox, at ``path``
+    (absolute, checked by ``session_paths.mount_path_problem``); ``last`` asks for ``file_put``."""
+
+    path: str
+    data: str  # base64
+    last: bool
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "put_file", "path": self.path, "data": self.data, "last": self.last}
+
+
+@dataclass(frozen=True)
+class CollectOutputs:
+    """Report the files under /mnt/session/outputs that are new or changed since the last
+    report: each up to ``max_bytes`` (else ``too_large``), ``max_total_bytes`` in all."""
+
+    max_bytes: int
+    max_total_bytes: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": "collect_outputs", "max_bytes": self.max_bytes, "max_total_bytes": self.max_total_bytes}
+
+
 ServiceFrame = (
-    Start | User | Interrupt | Restore | SnapshotRequest | RpcResult | RpcError | PermissionResponse | CustomToolResult
+    Start
+    | User
+    | Interrupt
+    | Restore
+    | SnapshotRequest
+    | RpcResult
+    | RpcError
+    | PermissionResponse
+    | CustomToolResult
+    | PutFile
+    | CollectOutputs
 )
 
 
@@ -483,6 +574,8 @@ def parse_runner_line(line: bytes) -> RunnerFrame:
         if kind == "permission_request":
             return PermissionRequest(request_id, _bounded(data, "tool", MAX_TOOL_NAME_CHARS), tool_input)
         return CustomToolUse(request_id, _bounded(data, "name", MAX_TOOL_NAME_CHARS), tool_input)
+    if kind in ("file_put", "output", "outputs_done"):
+        return _file_frame(kind, data)
     if kind == "restored":
         ok: bool = _field(data, "ok", bool)
         files: int = _field(data, "files", int, 0)
@@ -494,6 +587,30 @@ def parse_runner_line(line: bytes) -> RunnerFrame:
         raise ChannelViolation(Reason.TOO_LARGE)
     last: bool = _field(data, "last", bool, False)
     return Snapshot(ok, data_b64, last, _text(data, "message"))
+
+
+def _count(data: dict[str, Any], name: str) -> int:
+    value: int = _field(data, name, int)
+    if not 0 <= value < 2**63:
+        raise ChannelViolation(Reason.BAD_FIELD, f"{data.get('kind')}.{name} is out of range")
+    return value
+
+
+def _file_frame(kind: str, data: dict[str, Any]) -> FilePut | Output | OutputsDone:
+    if kind == "outputs_done":
+        return OutputsDone(_count(data, "count"))
+    if kind == "file_put":
+        return FilePut(_bounded(data, "path", MAX_PATH_CHARS), _field(data, "ok", bool), _text(data, "message"))
+    name: str = _field(data, "name", str)
+    if (problem := output_name_problem(name)) is not None:
+        raise ChannelViolation(Reason.BAD_FIELD, f"output.name: {problem}")
+    chunk: str = _field(data, "data", str, "")
+    if len(chunk) > MAX_FRAME_BYTES:
+        raise ChannelViolation(Reason.TOO_LARGE)
+    too_large: bool = _field(data, "too_large", bool, False)
+    if too_large and chunk:
+        raise ChannelViolation(Reason.BAD_FIELD, "output: a too_large output carries no data")
+    return Output(name, _count(data, "size"), chunk, _field(data, "last", bool, False), too_large)
 
 
 def decode_frame(line: bytes) -> RunnerFrame:
@@ -527,9 +644,15 @@ class RunnerChannel:
 
     def __init__(self, phase: Phase = Phase.LOADING) -> None:
         self.phase = phase
+        self.puts: set[str] = set()  # paths whose last ``put_file`` went out: a ``file_put`` each
+        self.collects = 0  # ``collect_outputs`` sent and not yet answered with ``outputs_done``
 
     def sent(self, frame: ServiceFrame) -> None:
-        if isinstance(frame, Restore) and frame.last and self.phase is Phase.LOADED:
+        if isinstance(frame, PutFile) and frame.last:
+            self.puts.add(frame.path)
+        elif isinstance(frame, CollectOutputs):
+            self.collects += 1
+        elif isinstance(frame, Restore) and frame.last and self.phase is Phase.LOADED:
             self.phase = Phase.RESTORING
         elif isinstance(frame, Start) and self.phase is Phase.LOADED:
             self.phase = Phase.STARTING
@@ -541,6 +664,8 @@ class RunnerChannel:
             raise frame.error()
         if isinstance(frame, (Garbage, RunnerError)):
             return frame
+        if isinstance(frame, (FilePut, Output, OutputsDone)):
+            return self._file_frame(frame)
         expected = {
             Loaded: (Phase.LOADING,),
             Restored: (Phase.RESTORING,),
@@ -564,4 +689,17 @@ class RunnerChannel:
             self.phase = Phase.LOADED
         elif isinstance(frame, Ready):
             self.phase = Phase.READY
+        return frame
+
+    def _file_frame(self, frame: FilePut | Output | OutputsDone) -> FilePut | Output | OutputsDone:
+        """``file_put`` only for a put that was sent; ``output``/``outputs_done`` only while a
+        ``collect_outputs`` is unanswered (the runner answers them in order, one at a time)."""
+        if isinstance(frame, FilePut):
+            if frame.path not in self.puts:
+                raise ChannelViolation(Reason.OUT_OF_ORDER, "file_put for no put_file")
+            self.puts.discard(frame.path)
+        elif self.collects <= 0 or self.phase is not Phase.READY:
+            raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(frame).__name__.lower()} unasked")
+        elif isinstance(frame, OutputsDone):
+            self.collects -= 1
         return frame

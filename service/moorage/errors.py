@@ -68,6 +68,10 @@ class Code(StrEnum):
     CREDENTIAL_CONFLICT = "credential_conflict"
     CREDENTIAL_NOT_SUPPORTED = "credential_not_supported"
     SECRET_KEY_UNAVAILABLE = "secret_key_unavailable"
+    RESOURCE_NOT_FOUND = "resource_not_found"
+    RESOURCE_NOT_MOUNTED = "resource_not_mounted"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    OUTPUT_NOT_STORED = "output_not_stored"
     INTERNAL = "internal"
 
 
@@ -202,6 +206,11 @@ CODES: dict[Code, Spec] = {
     Code.CREDENTIAL_CONFLICT: Spec(Fatal.NO, None, 409),
     Code.CREDENTIAL_NOT_SUPPORTED: Spec(Fatal.NO, None, 501),
     Code.SECRET_KEY_UNAVAILABLE: Spec(Fatal.NO, None, 503),
+    # Session resources (HTTP) and files in and out of a sandbox (notices on the session).
+    Code.RESOURCE_NOT_FOUND: Spec(Fatal.NO, None, 404),
+    Code.RESOURCE_NOT_MOUNTED: Spec(Fatal.NO, None, 500),
+    Code.OUTPUT_TOO_LARGE: Spec(Fatal.NO, None, 413),
+    Code.OUTPUT_NOT_STORED: Spec(Fatal.NO, None, 503),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 

@@ -4,8 +4,8 @@
 
 Every body is checked before anything happens: a field Moorage cannot honour is refused with a
 stable code, never silently ignored (``not_supported`` 501 for a feature not built here —
-resources, outcomes, agent overrides, file-sourced blocks, a session's ``vault_ids`` changed after
-create; ``invalid_request`` 400 for a
+repository and memory-store resources, outcomes, agent overrides, file-sourced blocks, a
+session's ``vault_ids`` changed after create; ``invalid_request`` 400 for a
 malformed body). Client events become the WebSocket's client frames (docs/protocol.md) through
 the WebSocket's own parser, so the two views accept exactly the same messages and answers.
 """
@@ -29,6 +29,7 @@ from .protocol import (
     UserFrame,
     parse_client_frame,
 )
+from .resources import FileResource, parse_resources, resources_of
 from .vaults import vault_ids as parse_vault_ids
 
 Json = dict[str, Any]
@@ -66,15 +67,18 @@ class SessionCreate:
     metadata: dict[str, str] = field(default_factory=dict)
     budget_cents: int | None = None
     initial_events: tuple[UserFrame, ...] = ()
+    resources: tuple[FileResource, ...] = ()
     vault_ids: tuple[str, ...] = ()  # checked against the store by sessions_api
 
-    def api_fields(self) -> Json:
-        """What the record's ``api`` column keeps (``vault_ids`` too: a rehydration uses them)."""
+    def api_fields(self, resources: list[Json] | None = None) -> Json:
+        """What the record's ``api`` column keeps (``resources``: as ``resources.stored`` made them;
+        ``vault_ids`` too: a rehydration uses them)."""
         return {
             "title": self.title,
             "metadata": self.metadata,
             "environment_id": self.environment_id,
             "budget_cents": self.budget_cents,
+            "resources": resources or [],
             "vault_ids": list(self.vault_ids),
         }
 
@@ -82,8 +86,7 @@ class SessionCreate:
 def parse_create(body: object) -> SessionCreate:
     obj = as_object(body, "the request body")
     only(obj, _CREATE_FIELDS, "session")
-    if as_list(obj.get("resources"), "resources"):
-        raise unsupported("resources (files and repositories in the sandbox)")
+    resources = parse_resources(obj.get("resources"))
     env = obj.get("environment_id")
     if not isinstance(env, str) or not env:
         raise fail("environment_id is required")
@@ -105,6 +108,7 @@ def parse_create(body: object) -> SessionCreate:
         metadata=metadata(obj.get("metadata")),
         budget_cents=_budget(obj.get("budget")),
         initial_events=tuple(messages),
+        resources=resources,
         vault_ids=parse_vault_ids(obj.get("vault_ids")),
     )
 
@@ -313,7 +317,7 @@ def session_object(record: SessionRecord, status: Status, now: datetime) -> Json
         "title": api.get("title"),
         "environment_id": api.get("environment_id"),
         "agent": agent_snapshot(record.options.get("agent")),
-        "resources": [],
+        "resources": resources_of(api),
         "vault_ids": session_vault_ids(api),
         "metadata": api.get("metadata") or {},
         "budget": budget_object(api.get("budget_cents")),

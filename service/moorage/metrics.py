@@ -23,6 +23,7 @@ TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
 COST_SOURCES = ("proxy", "sdk")
 DIRECTIONS = ("in", "out")
 REHYDRATION_OUTCOMES = ("ok", "failed")
+OUTPUT_OUTCOMES = ("stored", "too_large", "not_stored")
 BUDGET_SCOPES = ("session", "tenant")
 DELETE_REASONS = ("retention", "request")  # the reaper; DELETE /v1/sessions/{id}
 FILE_DELETE_REASONS = ("expired", "request")  # the sweep; DELETE /v1/files/{id}
@@ -123,6 +124,9 @@ class Metrics:
         self.rehydrations = Counter(
             "moorage_rehydrations_total", "Suspended sessions brought back.", ["outcome"], registry=r
         )
+        self.outputs = Counter(
+            "moorage_session_outputs_total", "Files found in sandboxes' outputs/, by outcome.", ["outcome"], registry=r
+        )
         self.frames = Counter("moorage_ws_frames_total", "Client frames by direction.", ["direction"], registry=r)
         self.errors = Counter("moorage_errors_total", "Error frames sent to clients, by code.", ["code"], registry=r)
         self.store_errors = Counter(
@@ -202,6 +206,8 @@ class Metrics:
                 self.tokens.labels(model, kind)
         for outcome in REHYDRATION_OUTCOMES:
             self.rehydrations.labels(outcome)
+        for outcome in OUTPUT_OUTCOMES:
+            self.outputs.labels(outcome)
         for direction in DIRECTIONS:
             self.frames.labels(direction)
         for code in Code:

@@ -7,11 +7,12 @@ structurally; tests may hand in anything that does."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
 from claude_agent_sdk.types import SessionKey, SessionListSubkeysKey, SessionStoreEntry
+from moorage_session_store.files import FileRecord
 from moorage_session_store.records import SessionRecord, SessionState, TurnUsage
 
 
@@ -64,12 +65,6 @@ class RecordStore(Protocol):
     async def reap_suspended(self, before: datetime, limit: int) -> builtins.list[str]: ...
 
 
-class FileStore(Protocol):
-    """What the retention sweep needs of the files (``moorage_session_store.Files``)."""
-
-    async def delete_expired(self, now: datetime) -> int: ...
-
-
 class TranscriptStore(Protocol):
     """The SDK's SessionStore, as the service's ``TranscriptSink`` uses it."""
 
@@ -97,3 +92,27 @@ class Meter(Protocol):
 
     @property
     def store_errors(self) -> Counter: ...
+
+
+class FileStore(Protocol):
+    """A tenant's files (``moorage_session_store.Files``): the retention sweep deletes expired
+    ones; a session reads its resources from it and stores its outputs in it."""
+
+    async def delete_expired(self, now: datetime) -> int: ...
+
+    async def put(
+        self,
+        tenant: str,
+        *,
+        filename: str,
+        mime_type: str,
+        chunks: AsyncIterable[bytes],
+        max_bytes: int,
+        scope_session_id: str | None = None,
+        downloadable: bool = True,
+        expires_at: datetime | None = None,
+    ) -> FileRecord: ...
+
+    async def get(self, tenant: str, file_id: str) -> FileRecord | None: ...
+
+    def read(self, tenant: str, file_id: str) -> AsyncIterator[bytes]: ...

@@ -75,6 +75,7 @@ async def wind_down(session: Session, error: MoorageError | None) -> None:
             task.cancel()
     if session.sandbox is not None:
         await _step(session, "sandbox_stop", _stop_sandbox(session, session.sandbox))
+    await _step(session, "outputs_close", session.files.close())  # an output half stored is dropped
     metrics = session.metrics
     if session.active:
         metrics.sessions_active.labels(session.backend.name).dec()

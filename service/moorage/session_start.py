@@ -13,19 +13,33 @@ import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bounded import sdk_buffer_bytes
-from .channel import ChannelViolation, Garbage, Reason, Restore, Restored, Rpc, RunnerError, ServiceFrame, Start
+from .channel import (
+    ChannelViolation,
+    FilePut,
+    Garbage,
+    PutFile,
+    Reason,
+    Restore,
+    Restored,
+    Rpc,
+    RunnerError,
+    ServiceFrame,
+    Start,
+)
 from .channel import Ready as ReadyFrame
 from .egress_policy import describe
 from .errors import STORE_ERRORS, Code, SandboxError, store_unavailable
 from .pool import start_loaded
+from .resources import resources_of
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET
+from .session_files import not_mounted, put_frames
 from .workspaces import restore_frames
 
 if TYPE_CHECKING:
     from .sessions import Session
 
 MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
-_Want = TypeVar("_Want", ReadyFrame, Restored)
+_Want = TypeVar("_Want", ReadyFrame, Restored, FilePut)
 
 
 async def start_sandbox(session: Session) -> float:
@@ -57,8 +71,10 @@ async def start_sandbox(session: Session) -> float:
         proxied = await _grant_credentials(session)
         if session.rehydrate:
             await _restore_workspace(session)
+        record = await session.records.get(session.id)
     except STORE_ERRORS as exc:
         raise SandboxError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE) from exc
+    await mount_resources(session, resources_of(record.api if record is not None else None))
     first = await _until(session, _start_frame(session, proxied), ReadyFrame)
     if not isinstance(first, ReadyFrame):
         detail = first.message if first is not None else "the runner exited before it was ready"
@@ -178,3 +194,33 @@ async def _restore_workspace(session: Session) -> None:
         session.notice_code(Code.WORKSPACE_NOT_RESTORED, f"the saved workspace could not be restored: {detail}")
     else:
         session.log.info("workspace_restored", files=restored.files, bytes=size)
+
+
+async def mount_resources(session: Session, resources: list[dict[str, Any]]) -> None:
+    """Put every resource of the session into the sandbox, before ``start`` (a new session, a
+    rehydrated one, a warm sandbox alike). One that cannot be put is a notice."""
+    files = session.deps.files
+    if files is None:
+        return
+    for resource in resources:
+        path = str(resource["mount_path"])
+        last: PutFile | None = None
+        try:
+            async with asyncio.timeout(session.settings.sandbox_start_timeout_s):
+                async for frame in put_frames(files, session.tenant, str(resource["file_id"]), path):
+                    if frame.last:
+                        last = frame
+                    else:
+                        await _send(session, frame)
+        except STORE_ERRORS as exc:  # the file is gone (deleted since), or the database is
+            session.notice(not_mounted(resource, type(exc).__name__))
+            continue
+        except (TimeoutError, SandboxError) as exc:
+            raise SandboxError(f"sandbox did not start: {exc or 'timed out'}", code=Code.SANDBOX_START_FAILED) from exc
+        assert last is not None
+        put = await _until(session, last, FilePut)
+        if not isinstance(put, FilePut) or not put.ok:
+            why = put.message if put is not None else "the runner exited"
+            session.notice(not_mounted(resource, why[:300] or "refused"))
+        else:
+            session.log.info("resource_mounted", file_id=resource.get("file_id"), live=False)

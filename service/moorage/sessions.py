@@ -36,7 +36,10 @@ from .accounting import Accounting, Ledger, budget_error
 from .channel import (
     ChannelViolation,
     CustomToolUse,
+    FilePut,
     Interrupt,
+    Output,
+    OutputsDone,
     PermissionRequest,
     Phase,
     Rpc,
@@ -64,6 +67,7 @@ from .session_core import (
     SessionCore,
 )
 from .session_end import STOP_GRACE_S, crash_error, wind_down
+from .session_files import SessionFiles
 from .session_start import start_sandbox
 from .settings import Settings
 from .transcripts import TranscriptSink
@@ -89,7 +93,7 @@ class Deps:
     events: EventStore  # the event log's table (SessionEvents)
     watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
     spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
-    files: FileStore | None = None  # the Files API's files: the sweep deletes expired ones
+    files: FileStore | None = None  # the Files API's store: expiry sweep, resources in, outputs out
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -144,6 +148,7 @@ class Session:
         self.ledger = Ledger(tenant, prior_usd=prior_cost_usd, budget_usd=budget_usd)
         self.checks = AfterTurn(settings)
         self.checkpoints = Checkpoints(self.records, session_id, settings, self.log)
+        self.files = SessionFiles(self, deps.files)
         self.sandbox: Sandbox | None = None
         self.channel = RunnerChannel(Phase.LOADED)  # the pool's start consumed ``loaded``
         self.violation: ChannelViolation | None = None
@@ -222,6 +227,9 @@ class Session:
                 if isinstance(frame, (PermissionRequest, CustomToolUse)):
                     await self.feed(ev.RunnerRequest(frame, time.monotonic()))
                     continue
+                if isinstance(frame, (FilePut, Output, OutputsDone)):
+                    await self._on_file_frame(frame)  # an output waits while the store is behind
+                    continue
             except ChannelViolation as exc:
                 self.violated(exc)
                 await self.feed(ev.ChannelBroken(exc.message))  # killed: a hostile runner gets no grace period
@@ -235,6 +243,22 @@ class Session:
                 await self.feed(ev.RunnerFailed(frame.message))
         # The runner's last flush (on shutdown) may still be in the queue.
         await self.relay.drain(STOP_GRACE_S)
+
+    async def _on_file_frame(self, frame: FilePut | Output | OutputsDone) -> None:
+        if isinstance(frame, FilePut):
+            self.files.answered(frame)
+        elif isinstance(frame, Output):
+            await self.files.output(frame)
+        else:
+            self.files.done(frame)
+
+    async def send_runner(self, frame: ServiceFrame, room: int) -> None:
+        """Queue ``frame`` for the runner; wait while more than ``room`` frames are queued."""
+        if self.closed:
+            raise SessionError("the session is closed", code=Code.SESSION_CLOSED)
+        self._outbox.put_nowait(frame)
+        if self._outbox.qsize() > room:
+            await self._outbox.join()
 
     async def _on_sdk(self, message: dict[str, Any]) -> None:
         await self.feed(ev.SdkMessage(message, time.monotonic()))
@@ -252,6 +276,8 @@ class Session:
                 pass  # the sandbox is gone: the pump sees the end
             except Exception:  # a bug here must not leave later frames unsent silently
                 self.log.exception("runner_send_failed", frame=type(frame).__name__)
+            finally:
+                self._outbox.task_done()
 
     async def _clock(self) -> None:
         """Tick the core at its next deadline (turn guard, idle timeout)."""
@@ -394,6 +420,8 @@ class Session:
         await self._check_workspace()
         if self.workspace is not None:
             self.checkpoints.after_turn(self.workspace)
+        if self.deps.files is not None:  # what the turn left in /mnt/session/outputs
+            self._outbox.put_nowait(self.files.collect())
 
     async def _check_workspace(self) -> None:
         """A workspace that filled up or grew past what a suspension saves:

@@ -21,6 +21,7 @@ import structlog
 from moorage_session_store import (
     Agents,
     Environments,
+    Files,
     RevisionConflict,
     SessionQuery,
     SessionRecord,
@@ -35,10 +36,12 @@ from .agents_api import session_agent
 from .commands import owned_elsewhere
 from .errors import STORE_ERRORS, Code, MoorageError
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, next_time_page, time_page, when_param
+from .ma_events import timestamp
 from .ma_sessions import MAX_INITIAL_EVENTS, Status, apply_update, parse_create, session_object
 from .ma_views import Projection
 from .manager import budget_usd, is_session_id
 from .pending import AgentTools
+from .resources import FileResource, stored
 from .vaults_api import check_session_vaults
 
 if TYPE_CHECKING:
@@ -67,6 +70,14 @@ async def get_record(records: SessionRecords, tenant: str, session_id: str) -> S
     if record is None or record.tenant != tenant or record.state == "closed":
         raise not_found(session_id)
     return record
+
+
+async def check_files(services: Services, tenant: str, resources: tuple[FileResource, ...]) -> None:
+    """Each resource's file is the tenant's (another tenant's answers like an unknown one)."""
+    files = Files(services.db)
+    for resource in resources:
+        if await files.get(tenant, resource.file_id) is None:
+            raise ApiError(f"file {resource.file_id} not found", code=Code.FILE_NOT_FOUND)
 
 
 def tools_of(services: Services, record: SessionRecord) -> AgentTools:
@@ -125,7 +136,10 @@ async def _create(request: Request, tenant: str, records: SessionRecords) -> JSO
     agent = await session_agent(Agents(services.db), tenant, spec.agent.id, version)
     await check_session_vaults(Vaults(services.db), tenant, spec.vault_ids)
     environment = {"id": env.id, "spec": env.spec}  # its egress (egress_policy.py), kept for rehydration
-    session = await services.sessions.create(tenant, agent, environment=environment, api=spec.api_fields())
+    await check_files(services, tenant, spec.resources)
+    now = timestamp(datetime.now(UTC))
+    api = spec.api_fields([stored(resource, now) for resource in spec.resources])
+    session = await services.sessions.create(tenant, agent, environment=environment, api=api)
     log.info(
         "session_created", session_id=session.id, tenant=tenant, view="http", initial_events=len(spec.initial_events)
     )

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     allow_unrestricted_network: bool = False
     # Size of each of the sandbox's tmpfs (/tmp, HOME, /dev/shm, /run).
     sandbox_tmp_bytes: int = Field(default=256 * 1024**2, ge=16 * 1024**2)
+    # Size of every sandbox's /mnt/session (a tmpfs: uploads/ holds the session's file
+    # resources, outputs/ what the agent leaves for the client). Like every tmpfs, what it
+    # holds counts toward the sandbox's memory limit.
+    session_files_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
+    # Outputs (/mnt/session/outputs -> session-scoped files): the largest one kept (bigger:
+    # an output_too_large notice), and the most one turn's outputs may hold in all.
+    output_max_bytes: int = Field(default=100 * 1024**2, ge=1)
+    output_turn_max_bytes: int = Field(default=256 * 1024**2, ge=1)
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
     # Docker backend: the engine's API ("" = DOCKER_HOST or /var/run/docker.sock).

@@ -65,7 +65,10 @@ CALLS: list[tuple[str, int, object]] = [
 @pytest.fixture(scope="module")
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
     with run_service(
-        model.url, MOORAGE_WORKSPACE_MAX_BYTES=str(WORKSPACE_BYTES), MOORAGE_SANDBOX_TMP_BYTES=str(TMP_BYTES)
+        model.url,
+        MOORAGE_WORKSPACE_MAX_BYTES=str(WORKSPACE_BYTES),
+        MOORAGE_SANDBOX_TMP_BYTES=str(TMP_BYTES),
+        MOORAGE_SESSION_FILES_BYTES=str(TMP_BYTES),
     ) as service:
         yield service
 
@@ -102,9 +105,10 @@ async def test_filling_the_workspace_stops_at_its_size(svc: Service) -> None:
 
 
 async def test_filling_tmp_stops_at_its_size(svc: Service) -> None:
-    """/tmp, HOME and /dev/shm are sized: filling one ends in ENOSPC, not in the memory limit's OOM killer."""
+    """/tmp, HOME, /dev/shm and /mnt/session are sized: filling one ends in ENOSPC, not in the memory
+    limit's OOM killer."""
     client = await Client.connect(svc)
-    for where in ("/tmp", "/home/agent", "/dev/shm"):
+    for where in ("/tmp", "/home/agent", "/dev/shm", "/mnt/session/outputs"):
         # The CLI keeps the Bash tool's output under /tmp: report once there is room again.
         fill = f"dd if=/dev/zero of={where}/fill bs=1M count=96 2>/workspace/dd.log"
         frames = await client.turn(f"bash {fill}; rm {where}/fill; cat /workspace/dd.log")

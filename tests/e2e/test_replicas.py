@@ -17,7 +17,7 @@ import anthropic
 import pytest
 from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, close_all, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, events, pg_available, pg_database, result_of, run_service
+from support import Client, Service, events, pg_available, pg_database, result_of, run_service, wait_until
 
 pytestmark = pytest.mark.skipif(not pg_available(), reason="PostgreSQL is not reachable at 127.0.0.1:5432")
 
@@ -96,6 +96,29 @@ def test_an_approval_posted_to_a_third_replica_unblocks_the_tool_waiting_on_the_
     assert text(next(e for e in done if e.type == "agent.message")) == "tool said: allowed from c"
     assert done[-1].stop_reason.type == "end_turn"
     assert not events(c, "session_rehydrating", session_id)
+
+
+def test_a_resource_added_on_another_replica_reaches_the_sandbox_where_the_session_runs(
+    replicas: tuple[Service, Service, Service],
+) -> None:
+    """The session runs on A; a file uploaded to B and added on B is put into A's sandbox (the
+    add is forwarded, not the session moved) before B answers: A's next turn reads it; an output
+    written there is listed and downloaded through C."""
+    a, b, c = replicas
+    on_a, on_b, on_c = client(a), client(b), client(c)
+    session_id = session_on(on_a)
+    upload = on_b.beta.files.upload(file=("far.txt", b"from replica b", "text/plain"))
+    on_b.beta.sessions.resources.add(session_id, type="file", file_id=upload.id, mount_path="/workspace/far.txt")
+    with on_a.beta.sessions.events.stream(session_id) as stream:
+        on_a.beta.sessions.events.send(session_id, events=[say("bash cp /workspace/far.txt /mnt/session/outputs/")])
+        done = until(stream, "session.status_idle")
+    assert "tool said" in text(next(e for e in done if e.type == "agent.message"))
+    assert [e["live"] for e in events(a, "resource_mounted", session_id)] == [True]
+    assert not events(b, "session_rehydrating", session_id)
+    wait_until(lambda: bool(list(on_c.beta.files.list(scope_id=session_id))), 30, "the output to be listed")
+    listed = list(on_c.beta.files.list(scope_id=session_id))
+    assert [f.filename for f in listed] == ["far.txt"]
+    assert on_c.beta.files.download(listed[0].id).read() == b"from replica b"
 
 
 async def test_a_websocket_on_another_replica_shares_a_busy_session_without_moving_it(

@@ -5,13 +5,14 @@ inside the sandbox). ``run(name)`` plays one behaviour from ``BEHAVIOURS``."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 
-LOADED = b'{"kind":"loaded","version":2}\n'  # channel.CHANNEL_VERSION
+LOADED = b'{"kind":"loaded","version":3}\n'  # channel.CHANNEL_VERSION
 READY = b'{"kind":"ready"}\n'
 BIG = 33 * 1024 * 1024  # over the channel's 32 MiB line cap
 
@@ -116,9 +117,40 @@ def ready_before_loaded() -> None:
 
 
 def old_channel_version() -> None:
-    """A runner from an older sandbox image: it speaks channel version 1."""
-    write(b'{"kind":"loaded","version":1}\n')
+    """A runner from an older sandbox image: it speaks channel version 2."""
+    write(b'{"kind":"loaded","version":2}\n')
     hang()
+
+
+def wait_for(kind: bytes) -> None:
+    """Read the service's frames up to one of ``kind`` (b'"user"', b'"collect_outputs"')."""
+    while line := sys.stdin.buffer.readline():
+        if b'"kind":' + kind in line:
+            return
+    sys.exit(0)
+
+
+def after_a_turn(*lines: bytes) -> Callable[[], None]:
+    """Ready; answer the first user turn with a result; on the ``collect_outputs`` that
+    follows, send ``lines`` (the turn's "outputs"), then hang."""
+
+    def play() -> None:
+        write(LOADED)
+        read_start()
+        write(READY)
+        wait_for(b'"user"')
+        write(b'{"kind":"sdk","message":{"type":"result","subtype":"success","result":"done","is_error":false}}\n')
+        wait_for(b'"collect_outputs"')
+        for line in lines:
+            write(line)
+        hang()
+
+    return play
+
+
+def output(name: str, size: int, data: bytes, last: bool = True) -> bytes:
+    frame = {"kind": "output", "name": name, "size": size, "data": base64.b64encode(data).decode(), "last": last}
+    return json.dumps(frame).encode() + b"\n"
 
 
 def exit_before_loaded() -> None:
@@ -165,6 +197,16 @@ BEHAVIOURS: dict[str, Callable[[], None]] = {
     "old_channel_version": old_channel_version,
     "never_answers": never_answers,
     "garbage_then_ready": garbage_then_ready,
+    # Files out (channel 3): outputs nobody asked for, a size that lies, a file over the cap not
+    # marked too_large, a name that leaves outputs/, a file_put for no put_file.
+    "output_unasked": ready_then(output("a.txt", 1, b"a")),
+    "outputs_done_unasked": ready_then(b'{"kind":"outputs_done","count":0}\n'),
+    "file_put_unasked": ready_then(b'{"kind":"file_put","path":"/workspace/x","ok":true}\n'),
+    "output_lying_size": after_a_turn(output("report.csv", 2, b"abcdef")),
+    "output_short_of_its_size": after_a_turn(output("report.csv", 9, b"abc"), b'{"kind":"outputs_done","count":1}\n'),
+    "output_over_the_cap": after_a_turn(output("huge.bin", 1 << 40, b"a", last=False)),
+    "output_bad_name": after_a_turn(output("../../etc/passwd", 1, b"a")),
+    "outputs_done_miscounted": after_a_turn(output("a.txt", 1, b"a"), b'{"kind":"outputs_done","count":5}\n'),
 }
 
 

@@ -40,7 +40,7 @@ from moorage.sessions import Deps, Session
 from moorage.settings import Settings
 from moorage.testing.scripted_model import ScriptedModelServer
 from moorage.transcripts import TranscriptSink
-from moorage_session_store import Database, SQLModelSessionStore
+from moorage_session_store import Database, Files, SQLModelSessionStore
 from moorage_session_store.events import SessionEvents
 from moorage_session_store.records import SessionRecords
 from prometheus_client import generate_latest
@@ -79,6 +79,8 @@ else:
 class Outcome:
     code: str | None  # the fatal error a client sees (None: the session was ready; the test closes it)
     protocol: bool = True  # the message says the sandbox broke the channel protocol
+    turn: bool = False  # the behaviour waits for a user turn (the test sends one once it is ready)
+    words: str = ""  # what the message says (our words for the reason)
 
 
 # Each behaviour of tests/hostile_runner/hostile.py and how its session must end.
@@ -112,6 +114,14 @@ OUTCOMES: dict[str, Outcome] = {
     "old_channel_version": Outcome("sandbox_start_failed", protocol=False),
     "never_answers": Outcome("sandbox_start_failed", protocol=False),
     "garbage_then_ready": Outcome(None, protocol=False),
+    "output_unasked": Outcome("sandbox_crashed", words="output unasked"),
+    "outputs_done_unasked": Outcome("sandbox_crashed", words="outputsdone unasked"),
+    "file_put_unasked": Outcome("sandbox_crashed", words="file_put for no put_file"),
+    "output_lying_size": Outcome("sandbox_crashed", turn=True, words="more bytes than its size"),
+    "output_short_of_its_size": Outcome("sandbox_crashed", turn=True, words="fewer bytes than its size"),
+    "output_over_the_cap": Outcome("sandbox_crashed", turn=True, words="not marked too_large"),
+    "output_bad_name": Outcome("sandbox_crashed", turn=True, words="output.name"),
+    "outputs_done_miscounted": Outcome("sandbox_crashed", turn=True, words="counts another number"),
 }
 
 
@@ -223,6 +233,7 @@ async def harness(model: ScriptedModelServer, tmp_path_factory: pytest.TempPathF
         metrics,
         accounting,
         SessionEvents(db),
+        files=Files(db),  # outputs collected after every turn (session_files.py)
     )
     manager = SessionManager(deps)
     await manager.start()
@@ -307,6 +318,9 @@ async def test_hostile_runner_ends_only_its_session(harness: Harness, behaviour:
     session: Session = await harness.manager.create("tenant-hostile")
     client = Recorder()
     session.attach(client)
+    if expected.turn:
+        await asyncio.wait_for(session.ready.wait(), scaled(60))
+        await session.submit(UserFrame({"role": "user", "content": "write outputs"}))
     if expected.code is None:
         await asyncio.wait_for(session.ready.wait(), scaled(60))
         assert not session.closed and session.start_error is None, client.errors()
@@ -318,11 +332,12 @@ async def test_hostile_runner_ends_only_its_session(harness: Harness, behaviour:
     if expected.code is not None:
         assert [e["code"] for e in errors] == [expected.code], errors
         if behaviour == "old_channel_version":
-            assert "channel version 1" in errors[0]["message"] and "make images" in errors[0]["message"]
+            assert "channel version 2" in errors[0]["message"] and "make images" in errors[0]["message"]
         assert errors[0]["fatal"] is True
         assert (PROTOCOL in errors[0]["message"]) is expected.protocol, errors[0]["message"]
         if expected.protocol:
             assert len(errors[0]["message"]) < 200, "the reason is ours, not the runner's bytes"
+        assert expected.words in errors[0]["message"], errors[0]["message"]
         assert client.closed is not None and client.closed[0] == 1011
     exposition = generate_latest(harness.metrics.registry).decode()
     assert "moorage_injected_total" not in exposition and "evil" not in exposition

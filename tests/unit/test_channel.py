@@ -42,7 +42,16 @@ from moorage.channel import (
     parse_runner_line,
 )
 
-SHARED = ("CHANNEL_VERSION", "MAX_FRAME_BYTES", "MAX_DEPTH", "RUNNER_KINDS", "SERVICE_KINDS", "RPC_METHODS")
+SHARED = (
+    "CHANNEL_VERSION",
+    "MAX_FRAME_BYTES",
+    "MAX_DEPTH",
+    "RUNNER_KINDS",
+    "SERVICE_KINDS",
+    "RPC_METHODS",
+    "FILE_CHUNK_BYTES",
+    "SESSION_DIR",
+)
 
 
 def line(frame: Any) -> bytes:

@@ -48,8 +48,10 @@ def test_only_the_workspace_and_the_model_socket_come_from_the_host() -> None:
         {"Type": "bind", "Source": "/state/workspaces/sbx1", "Target": "/workspace"},
         {"Type": "bind", "Source": "/run/egress/a.sock", "Target": MODEL_SOCKET, "ReadOnly": True},
     ]
-    assert set(host["Tmpfs"]) == {"/tmp", "/home/agent", "/dev/shm"}
+    assert set(host["Tmpfs"]) == {"/tmp", "/home/agent", "/dev/shm", "/mnt/session"}
     assert all("size=268435456" in opts for opts in host["Tmpfs"].values()), "tmpfs is sized (memory-charged)"
+    # The session's files (uploads/, outputs/) belong to the sandbox user.
+    assert host["Tmpfs"]["/mnt/session"] == "rw,nosuid,nodev,size=268435456,uid=1000,gid=1000,mode=0700"
     assert "Binds" not in host and "Volumes" not in config()
 
 

@@ -55,6 +55,9 @@ class Records:
     async def update(self, session_id: str, **fields: Any) -> None:
         pass
 
+    async def get(self, session_id: str) -> None:  # no record: no resources to mount
+        return None
+
 
 class Grants:
     """The vault route's grant (vault_proxy.McpProxy.grant): records what it was asked."""
@@ -83,7 +86,7 @@ def session(
         tenant="acme",
         vault_ids=vault_ids,
         notices=[],
-        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans()),
+        deps=SimpleNamespace(accounting=SimpleNamespace(ledgers={}), spans=ModelSpans(), files=None),
         ledger=object(),
         records=Records(),
         rehydrate=False,

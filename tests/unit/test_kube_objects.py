@@ -85,15 +85,18 @@ def test_resources_come_from_the_sandbox_limits() -> None:
 
 
 def test_only_size_limited_empty_dirs_are_writable() -> None:
-    """/workspace, HOME and /tmp are emptyDirs with size limits; the workspace limit is the snapshot limit."""
+    """/workspace, HOME, /tmp and /mnt/session are emptyDirs with size limits; the workspace limit
+    is the snapshot limit; /mnt/session (uploads, outputs) is memory-backed: it counts in the pod's
+    memory limit, like the tmpfs of the other backends."""
     pod = make_pod(SPEC, CONFIG)
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert set(volumes) == {"workspace", "home", "tmp"}
+    assert set(volumes) == {"workspace", "home", "tmp", "session"}
     assert all(set(v) == {"name", "emptyDir"} for v in volumes.values())
     assert volumes["workspace"]["emptyDir"]["sizeLimit"] == str(256 * 1024**2)
     assert all("sizeLimit" in v["emptyDir"] for v in volumes.values())
+    assert volumes["session"]["emptyDir"] == {"medium": "Memory", "sizeLimit": str(CONFIG.session_bytes)}
     mounts = {m["mountPath"] for m in runner(pod)["volumeMounts"]}
-    assert mounts == {"/workspace", "/home/agent", "/tmp"}
+    assert mounts == {"/workspace", "/home/agent", "/tmp", "/mnt/session"}
 
 
 def test_runner_stdin_is_open_for_one_attach_and_waits_for_it() -> None:

@@ -305,8 +305,9 @@ def test_a_fatal_error_mid_turn_idles_the_session_and_notices_do_not() -> None:
 
 
 def test_frames_with_no_managed_agents_event() -> None:
-    quiet = frames_of({"type": "queued", "position": 1}, {"type": "system", "subtype": "compact_boundary"})
-    assert Projector().project_all(quiet) == []
+    output = {"type": "output_file", "name": "r.csv", "size": 8, "file_id": "file_1", "mime_type": "text/csv"}
+    quiet = frames_of({"type": "queued", "position": 1}, {"type": "system", "subtype": "compact_boundary"}, output)
+    assert Projector().project_all(quiet) == []  # outputs: listed by files.list(scope_id=…), not streamed
 
 
 SCRIPTED = {"input_tokens": 11, "output_tokens": 7, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}

@@ -27,6 +27,7 @@ from moorage.ma_sessions import (
     session_object,
 )
 from moorage.protocol import CustomToolResultFrame, PermissionResponseFrame, UserFrame
+from moorage.resources import FileResource
 from moorage_session_store import SessionRecord
 
 Json = dict[str, Any]
@@ -103,6 +104,7 @@ def test_a_bare_create_has_no_title_metadata_budget_or_events() -> None:
         "metadata": {},
         "environment_id": "env_01",
         "budget_cents": None,
+        "resources": [],
         "vault_ids": [],
     }
 
@@ -184,11 +186,15 @@ def test_initial_events_other_than_user_messages_are_refused() -> None:
     )
 
 
-def test_resources_are_not_supported_but_an_empty_list_is_accepted() -> None:
+def test_non_file_resources_are_not_supported_but_empty_lists_are_accepted() -> None:
     parsed = parse_create(create(vault_ids=[], resources=[]))
     assert parsed.agent == AgentRef("agent_01")
-    resource = {"type": "file", "file_id": "file_01"}
-    assert "resources" in refused(Code.NOT_SUPPORTED, parse_create, create(resources=[resource]))
+    repo = {"type": "github_repository", "url": "https://github.com/o/r"}
+    assert "github_repository" in refused(Code.NOT_SUPPORTED, parse_create, create(resources=[repo]))
+    file = {"type": "file", "file_id": "file_01"}
+    assert parse_create(create(resources=[file])).resources == (
+        FileResource("file_01", "/mnt/session/uploads/file_01"),
+    )
 
 
 def test_vault_ids_are_kept_in_order_and_malformed_ones_refused() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 # The channel's codec, re-exported for every backend.
+from ..channel import SESSION_DIR as SESSION_DIR
 from ..channel import RunnerFrame
 from ..channel import decode_frame as decode_frame
 from ..channel import encode_frame as encode_frame
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 MODEL_SOCKET = "/run/moorage/model.sock"
 TUNNEL_SOCKET = "/run/moorage/tunnel.sock"
+# Every sandbox's /mnt/session (SESSION_DIR) is a tmpfs of this size by default
+# (MOORAGE_SESSION_FILES_BYTES): counted, like every tmpfs, in the sandbox's memory.
+SESSION_FILES_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)

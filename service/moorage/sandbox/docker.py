@@ -45,6 +45,8 @@ from ..workspaces import remove_workspace
 from .base import (
     MODEL_SOCKET,
     SANDBOX_HOME,
+    SESSION_DIR,
+    SESSION_FILES_BYTES,
     TUNNEL_SOCKET,
     SandboxSpec,
     decode_frame,
@@ -84,6 +86,7 @@ def container_config(
     tmp_bytes: int = TMPFS_BYTES,
     uid: int = SANDBOX_UID,
     etc_dir: Path | None = None,
+    session_bytes: int = SESSION_FILES_BYTES,
 ) -> dict[str, Any]:
     """The Engine API body that creates one sandbox container (pure; unit-tested).
 
@@ -142,6 +145,8 @@ def container_config(
                 "/tmp": f"{tmpfs_opts},mode=1777",
                 SANDBOX_HOME: f"{tmpfs_opts},uid={uid},gid={uid},mode=0700",
                 "/dev/shm": f"{tmpfs_opts},mode=1777",
+                # The session's files (uploads/, outputs/: session_files.py), the sandbox user's.
+                SESSION_DIR: f"rw,nosuid,nodev,size={session_bytes},uid={uid},gid={uid},mode=0700",
             },
             "Mounts": mounts,
             "LogConfig": {"Type": "none", "Config": {}},
@@ -354,7 +359,9 @@ class DockerBackend:
         uids: UidPool | None = None,
         state_dir: Path | None = None,
         workspace_bytes: int = 0,
+        session_bytes: int = SESSION_FILES_BYTES,
     ) -> None:
+        self.session_bytes = session_bytes
         # With a pool (the service runs as root), each container runs as a
         # host uid of its own, as local sandboxes do: no two sandboxes, and no
         # user of this host, share one. Without, the image's uid 1000.
@@ -426,7 +433,9 @@ class DockerBackend:
             if spec.workspace.parent.stat().st_uid == 0:
                 spec.workspace.parent.chmod(0o700)
         spec.workspace.chmod(0o700)
-        config = container_config(spec, self.image, self.limits, self.owner, self.tmp_bytes, uid, etc_dir)
+        config = container_config(
+            spec, self.image, self.limits, self.owner, self.tmp_bytes, uid, etc_dir, self.session_bytes
+        )
         container: DockerContainer | None = None
         stream: Stream | None = None
         try:

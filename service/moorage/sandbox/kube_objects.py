@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .base import SandboxSpec
+from .base import SESSION_DIR, SESSION_FILES_BYTES, SandboxSpec
 
 NAME = "app.kubernetes.io/name"
 COMPONENT = "app.kubernetes.io/component"
@@ -65,6 +65,8 @@ class PodConfig:
     image_pull_policy: str = "IfNotPresent"
     # The service pod that owns the sandboxes (name, uid), when known.
     owner_pod: tuple[str, str] | None = None
+    # /mnt/session (uploads/, outputs/): memory-backed, so it counts toward memory_bytes.
+    session_bytes: int = SESSION_FILES_BYTES
 
 
 def label_value(text: str) -> str:
@@ -134,6 +136,7 @@ def make_pod(spec: SandboxSpec, config: PodConfig) -> dict[str, Any]:
             {"name": "workspace", "mountPath": "/workspace"},
             {"name": "home", "mountPath": HOME},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "session", "mountPath": SESSION_DIR},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -164,6 +167,7 @@ def make_pod(spec: SandboxSpec, config: PodConfig) -> dict[str, Any]:
             {"name": "workspace", "emptyDir": workspace},
             {"name": "home", "emptyDir": {"sizeLimit": str(SCRATCH_BYTES)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": str(SCRATCH_BYTES)}},
+            {"name": "session", "emptyDir": {"medium": "Memory", "sizeLimit": str(config.session_bytes)}},
         ],
     }
     if config.runtime_class:

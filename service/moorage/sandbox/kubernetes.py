@@ -337,6 +337,7 @@ def from_settings(settings: Settings) -> KubernetesBackend:
         memory_bytes=settings.sandbox_memory_bytes,
         cpus=settings.sandbox_cpus,
         workspace_bytes=settings.workspace_max_bytes,
+        session_bytes=settings.session_files_bytes,
         runtime_class=settings.k8s_runtime_class or None,
         owner_pod=own if own is not None and namespace == default_namespace() else None,
     )

@@ -35,6 +35,8 @@ from ..workspaces import remove_workspace
 from .base import (
     MODEL_SOCKET,
     SANDBOX_HOME,
+    SESSION_DIR,
+    SESSION_FILES_BYTES,
     TUNNEL_SOCKET,
     SandboxSpec,
     decode_frame,
@@ -96,6 +98,7 @@ def bwrap_argv(
     etc_dir: Path,
     seccomp_fd: int | None = None,
     tmp_bytes: int = 0,
+    session_bytes: int = SESSION_FILES_BYTES,
 ) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested).
 
@@ -139,6 +142,8 @@ def bwrap_argv(
         # Sized, so a filler gets ENOSPC before it eats the memory limit
         # (tmpfs pages are charged to the sandbox's memory cgroup).
         argv += [*(("--size", str(tmp_bytes)) if tmp_bytes else ()), "--tmpfs", tmpfs]
+    # The session's files: uploads/ (resources) and outputs/ (session_files.py), also charged.
+    argv += ["--size", str(session_bytes), "--tmpfs", SESSION_DIR]
     for source, dest, writable in mounts:
         argv += ["--bind" if writable else "--ro-bind", source, dest]
     argv += ["--chdir", "/workspace"]
@@ -347,12 +352,14 @@ class LocalBackend:
         workspace_bytes: int = 0,
         tmp_bytes: int = 0,
         start_timeout_s: float = 60.0,
+        session_bytes: int = SESSION_FILES_BYTES,
     ) -> None:
         self.start_timeout_s = start_timeout_s
         self.state_dir = state_dir.resolve()
         self.seccomp = seccomp
         self.workspace_bytes = workspace_bytes  # 0: the workspace is a plain directory
         self.tmp_bytes = tmp_bytes
+        self.session_bytes = session_bytes
         self._seccomp_program: Path | None = None
         self.runtime = runtime or Runtime.discover()
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
@@ -451,7 +458,7 @@ class LocalBackend:
             self._prepare_workspace(spec.workspace, uid)
             if self._seccomp_program is not None:
                 seccomp_fd = open_program(self._seccomp_program)
-            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd, self.tmp_bytes)
+            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd, self.tmp_bytes, self.session_bytes)
             argv = [*argv[: -len(RUNNER_ARGS)], *python_args]
             if cg is not None:
                 argv = entry_argv(cg, argv)
