@@ -212,11 +212,16 @@ class Bot:
             self._watch_until.pop(session_id, None)
 
     async def _post_outputs(self, session_id: str) -> None:
+        """New outputs as links, after the words of the turn that wrote them: a turn's outputs are
+        stored after its messages are logged, so catching up first keeps the thread in order
+        (this may run before that turn's webhook arrives)."""
         thread = self.store.thread_of(session_id)
         assert thread is not None
-        async for file in self.client.beta.files.list(scope_id=session_id):
-            if self.store.posted(file.id):
-                continue
+        new = [f async for f in self.client.beta.files.list(scope_id=session_id) if not self.store.posted(f.id)]
+        if not new:
+            return
+        await self._catch_up(session_id)
+        for file in reversed(new):  # the list is newest first
             link = f"{self.settings.public_url}/files/{file.id}"
             await self.chat.post(thread, f"{file.filename} ({file.size_bytes} bytes): {link}")
             self.store.mark_posted(file.id, session_id)

@@ -34,7 +34,9 @@ from support import Service, free_port, run_service, scaled, wait_until
 SERVICE_ENV = {
     "MOORAGE_API_KEYS": KEYS,
     "MOORAGE_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",  # the bot listens on loopback
-    "MOORAGE_WEBHOOK_POLL_S": "0.1",
+    # Deliveries start up to a second after a turn ends, when its outputs are already listed: the
+    # bot must still post a turn's words before its files.
+    "MOORAGE_WEBHOOK_POLL_S": "1",
     "MOORAGE_WEBHOOK_BACKOFF_BASE_MS": "100",
     "MOORAGE_WEBHOOK_BACKOFF_MAX_S": "0.4",
     "MOORAGE_MAX_TURNS": "5",
@@ -167,10 +169,14 @@ def test_attachments_are_mounted_and_the_agent_reads_them(svc: Service, bot: Run
 
 def test_an_output_comes_back_as_a_link_that_downloads_the_same_bytes(svc: Service, bot: RunningBot) -> None:
     write = "bash mkdir -p /mnt/session/outputs && seq 1 20000 > /mnt/session/outputs/numbers.txt && echo written"
+    bot.message("thread-out", "say ready")
+    assert bot.await_post("thread-out", 1) == ["ready"]
+    # The bot still looks for the first turn's outputs when the second one writes one: the link
+    # comes after the words of the turn that wrote it all the same.
     bot.message("thread-out", write)
-    said = bot.await_post("thread-out", 2)
-    assert said[0] == "tool said: written"
-    link = re.fullmatch(rf"numbers\.txt \({len(NUMBERS)} bytes\): (http://\S+)", said[1])
+    said = bot.await_post("thread-out", 3)
+    assert said[1] == "tool said: written"
+    link = re.fullmatch(rf"numbers\.txt \({len(NUMBERS)} bytes\): (http://\S+)", said[2])
     assert link is not None, said
     got = httpx.get(link.group(1), timeout=scaled(60))
     assert got.status_code == 200 and got.content == NUMBERS
