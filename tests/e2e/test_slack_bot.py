@@ -3,9 +3,10 @@ real sandboxes), the bot's Starlette app served by uvicorn in this process, and 
 platform that records what the bot posts and serves attachments. The bot uses only the official
 ``anthropic`` client; it holds no stream open, so every answer posted here came through a signed
 ``session.status_idled`` webhook that the bot verified with ``client.beta.webhooks.unwrap``: a
-thread message gets the agent's answer, a second one goes to the same session, an attachment is
-read by the agent where the bot said it is, an output comes back as a link that downloads the same
-bytes, and a forged delivery is refused with 400 and posts nothing."""
+thread message gets the agent's answer, a second one after its session was suspended goes to the
+same session, an attachment is read by the agent where the bot said it is, an output comes back as
+a link (after the words of its turn) that downloads the same bytes, and a forged delivery is
+refused with 400 and posts nothing."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from moorage.testing.scripted_model import ScriptedModelServer
 from slack_bot.app import create_app
 from slack_bot.bot import BotSettings
 from standardwebhooks import Webhook
-from support import Service, free_port, run_service, scaled, wait_until
+from support import Service, free_port, run_service, scaled, wait_suspended, wait_until
 
 SERVICE_ENV = {
     "MOORAGE_API_KEYS": KEYS,
@@ -40,6 +41,7 @@ SERVICE_ENV = {
     "MOORAGE_WEBHOOK_BACKOFF_BASE_MS": "100",
     "MOORAGE_WEBHOOK_BACKOFF_MAX_S": "0.4",
     "MOORAGE_MAX_TURNS": "5",
+    "MOORAGE_IDLE_TIMEOUT_S": "2",  # a thread silent for a while: its session is suspended
 }
 NUMBERS = "".join(f"{n}\n" for n in range(1, 20001)).encode()  # what `seq 1 20000` writes
 
@@ -137,6 +139,9 @@ def close_clients() -> Iterator[None]:
 def test_a_thread_is_one_session_and_the_webhook_brings_each_answer(svc: Service, bot: RunningBot) -> None:
     first = bot.message("thread-hello", "say hello from the agent")
     assert bot.await_post("thread-hello", 1) == ["hello from the agent"]
+    # Days of silence, shortened: the session is suspended, its sandbox gone. The bot does
+    # nothing special; Moorage rehydrates the session for the thread's next message.
+    asyncio.run(wait_suspended(svc, first))
     second = bot.message("thread-hello", "say and again")
     assert second == first, "a second message of a thread goes to its session"
     assert bot.await_post("thread-hello", 2) == ["hello from the agent", "and again"]
