@@ -6,8 +6,9 @@ start of the session's sandbox (``session_start.mount_resources``: a rehydration
 One added to a session that runs puts the file into its sandbox before the answer: here if it
 runs here, else through the replica that runs it (``commands.py``: the body
 ``{"mount_resource": …}``, applied by ``mount_command``); a suspended session gets it when it is
-next rehydrated. Deleting a resource removes it from the record only: the copy in a running
-sandbox stays until the sandbox ends (a rehydrated sandbox does not get it).
+next rehydrated. Deleting a resource removes it from the record only: no later sandbox gets it,
+and the copy in a running sandbox stays (under uploads/ until the sandbox ends; under /workspace/
+as a workspace file, saved with the workspace, until the agent removes it).
 """
 
 from __future__ import annotations
