@@ -156,6 +156,16 @@ def test_a_thread_is_one_session_and_the_webhook_brings_each_answer(svc: Service
     assert bot.chat.said("thread-hello") == ["hello from the agent", "and again"]
 
 
+def test_a_thread_whose_session_was_deleted_gets_a_new_one(svc: Service, bot: RunningBot) -> None:
+    first = bot.message("thread-gone", "say before")
+    assert bot.await_post("thread-gone", 1) == ["before"]
+    client(svc).beta.sessions.delete(first)  # as retention would, after long enough
+    notes = bot.chat.attach("notes.txt", b"still here")
+    second = bot.message("thread-gone", "bash cat /mnt/session/uploads/*/notes.txt", [notes])
+    assert second != first
+    assert bot.await_post("thread-gone", 2) == ["before", "tool said: still here"]
+
+
 def test_attachments_are_mounted_and_the_agent_reads_them(svc: Service, bot: RunningBot) -> None:
     notes = bot.chat.attach("notes.txt", b"remember the milk")
     session_id = bot.message("thread-files", "bash cat /mnt/session/uploads/*/notes.txt", [notes])
