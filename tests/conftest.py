@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))  # examples/slack_bot
 
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
