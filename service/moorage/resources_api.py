@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from moorage_session_store import RevisionConflict, SessionRecord, SessionRecords
+from moorage_session_store import SessionRecord, SessionRecords
 from moorage_session_store.commands import Command
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,7 +29,7 @@ from .errors import STORE_ERRORS, Code, MoorageError
 from .http_api import ApiError, decode_page, encode_page, endpoint, json_body, limit_param
 from .ma_events import timestamp
 from .resources import check_can_add, parse_resource, resources_of, stored
-from .sessions_api import check_files, get_record, not_found, services_of
+from .sessions_api import change_api, check_files, get_record, services_of
 
 if TYPE_CHECKING:
     from .app import Services
@@ -44,20 +44,6 @@ def _resource(record: SessionRecord, resource_id: str) -> dict[str, Any]:
         if item.get("id") == resource_id:
             return item
     raise ApiError(f"resource {resource_id} not found", code=Code.RESOURCE_NOT_FOUND)
-
-
-async def _change(
-    records: SessionRecords, tenant: str, session_id: str, change: Callable[[SessionRecord], dict[str, Any]]
-) -> SessionRecord:
-    try:
-        record = await records.change_api(session_id, tenant, change)
-    except RevisionConflict:
-        raise ApiError(
-            f"session {session_id} kept changing under this update; try again", code=Code.VERSION_CONFLICT
-        ) from None
-    if record is None:
-        raise not_found(session_id)
-    return record
 
 
 async def _add(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
@@ -75,7 +61,7 @@ async def _add(request: Request, tenant: str, records: SessionRecords) -> JSONRe
         check_can_add(existing, (resource,))
         return {**(current.api or {}), "resources": [*existing, added]}
 
-    record = await _change(records, tenant, session_id, change)
+    record = await change_api(records, tenant, session_id, change)
     log.info("resource_added", session_id=session_id, tenant=tenant, file_id=resource.file_id)
     await _mount(services, record, added)
     return JSONResponse(added)
@@ -145,7 +131,7 @@ async def _delete(request: Request, tenant: str, records: SessionRecords) -> JSO
         kept = [item for item in resources_of(current.api) if item.get("id") != resource_id]
         return {**(current.api or {}), "resources": kept}
 
-    await _change(records, tenant, session_id, change)
+    await change_api(records, tenant, session_id, change)
     log.info("resource_deleted", session_id=session_id, tenant=tenant)
     return JSONResponse({"id": resource_id, "type": "session_resource_deleted"})
 

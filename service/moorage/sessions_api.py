@@ -197,6 +197,22 @@ async def _retrieve(request: Request, tenant: str, records: SessionRecords) -> J
     return JSONResponse(await to_object(services_of(request), record))
 
 
+async def change_api(
+    records: SessionRecords, tenant: str, session_id: str, change: Callable[[SessionRecord], dict[str, Any]]
+) -> SessionRecord:
+    """Apply ``change`` to the session's ``api`` fields under the record's compare-and-set: 404 for
+    an unknown (or another tenant's) session, ``version_conflict`` when other writers kept winning."""
+    try:
+        record = await records.change_api(session_id, tenant, change)
+    except RevisionConflict:
+        raise ApiError(
+            f"session {session_id} kept changing under this update; try again", code=Code.VERSION_CONFLICT
+        ) from None
+    if record is None:
+        raise not_found(session_id)
+    return record
+
+
 async def _update(request: Request, tenant: str, records: SessionRecords) -> JSONResponse:
     services = services_of(request)
     session_id = request.path_params["session_id"]
@@ -208,14 +224,7 @@ async def _update(request: Request, tenant: str, records: SessionRecords) -> JSO
             raise ApiError(f"session {session_id} is archived and cannot change", code=Code.SESSION_ARCHIVED)
         return apply_update(record.api or {}, body)
 
-    try:
-        record = await records.change_api(session_id, tenant, change)
-    except RevisionConflict:
-        raise ApiError(
-            f"session {session_id} kept changing under this update; try again", code=Code.VERSION_CONFLICT
-        ) from None
-    if record is None:
-        raise not_found(session_id)
+    record = await change_api(records, tenant, session_id, change)
     live = services.sessions.sessions.get(session_id)
     if live is not None:  # a new budget applies from the next model request
         live.ledger.budget_usd = budget_usd(record.api)
