@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat python3-venv util-linux procps
 PACKAGES := -e service -e container -e session-store
 
-.PHONY: help deps venv run demo chat test test-repeat test-unit lint format bench images constraints clean
+.PHONY: help deps test-deps venv run demo chat test test-repeat test-unit lint format bench images constraints clean
 
 help:
 	@echo "make run     the service on 127.0.0.1:8080 (SQLite + local bubblewrap sandboxes)"
@@ -52,14 +52,23 @@ demo: deps venv
 chat: venv
 	$(PY) -m moorage chat
 
-test: deps venv
+# The browser the console's tests drive (tests/e2e/test_console.py); they skip without it.
+TEST_APT_PACKAGES := chromium
+
+test-deps: deps
+	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(TEST_APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing: $(TEST_APT_PACKAGES)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES) >/dev/null; \
+	fi
+
+test: test-deps venv
 	$(PY) -m pytest
 
 # The whole suite N times in a row, stopping at the first failing run (a flake
 # hunt). ONE_CORE=1 pins it (and every process it starts) to CPU 0 to shake timing.
 N ?= 5
 ONE_CORE ?=
-test-repeat: deps venv
+test-repeat: test-deps venv
 	@pin=""; if [ -n "$(ONE_CORE)" ]; then pin="taskset -c 0"; fi; \
 	for i in $$(seq 1 $(N)); do \
 	  echo "== test-repeat: run $$i of $(N)$${pin:+ (on one core: $$pin)}"; \

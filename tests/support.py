@@ -288,9 +288,10 @@ async def wait_suspended(svc: Service, session_id: str) -> None:
 
 
 class Cuttable:
-    """A TCP proxy to PostgreSQL that a test can cut and restore."""
+    """A TCP proxy (to PostgreSQL unless told otherwise) that a test can cut and restore."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: tuple[str, int] = PG) -> None:
+        self.target = target
         self.port = free_port()
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -324,7 +325,7 @@ class Cuttable:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(PG, timeout=5)
+                upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
                 continue

@@ -42,6 +42,7 @@ from .agents_api import session_agent
 from .auth import AuthConfigError, Authenticator, credentials, is_loopback, parse_api_keys
 from .bounded import ByteQueue, text_bytes
 from .commands import CommandRouter
+from .console import console_routes
 from .edge import EdgeGuard, OriginPolicy
 from .egress import ModelProxy, ProxyLimits
 from .egress_intercept import Interceptor, upstream_context
@@ -627,6 +628,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         middleware=[Middleware(EdgeGuard, policy=origins, metrics_port=settings.metrics_port, on_refused=refused)],
         routes=[
+            *console_routes(),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
