@@ -271,8 +271,9 @@ async def test_a_crashed_sandbox_is_explained_and_reconnect_resumes(svc: Service
     session = await c.new_session()
     await c.say("bash echo kept > kept.txt && echo saved")
     await expect(c.results()).to_have_count(1)
-    await c.say("bash sleep 120")
+    await c.say("bash python3 -c 'import time; time.sleep(120)'")
     await expect(c.page.locator('details.tool[data-tool="Bash"]')).to_have_count(2)
+    await expect(c.page.locator("#working")).to_be_visible()  # mid-turn
     for pid in session_pids(session):
         os.kill(pid, signal.SIGKILL)
     banner = c.page.locator("#banner")
@@ -298,6 +299,7 @@ async def test_a_spent_budget_and_rate_limits_are_shown(model: ScriptedModelServ
             await c.say(f"say {n}")
         await expect(c.page.locator("#banner")).to_contain_text("Too fast")
         await c.shot("limits")
+        await expect(c.page.locator("#banner")).to_be_hidden()  # a passing notice, not a standing state
         c.clean()
 
 

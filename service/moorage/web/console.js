@@ -453,7 +453,7 @@ class Chat {
       this.inflight = 0;
       showBanner(explain(frame), true);
     } else if (frame.code === "rate_limited" || frame.code === "queue_full") {
-      showBanner(explain(frame), false);
+      showBanner(explain(frame), false, null, null, true);
     } else {
       this.transcript.notice(frame);
     }
@@ -549,7 +549,12 @@ function agentName(id) {
   return agents.find((a) => a.id === id)?.name || id;
 }
 
-function showBanner(text, bad, actionText, action) {
+let bannerTimer = null;
+const PASSING_S = 6; // how long a passing notice (rate limited, queue full) stays up
+
+function showBanner(text, bad, actionText, action, passing = false) {
+  clearTimeout(bannerTimer);
+  if (passing) bannerTimer = setTimeout(hideBanner, PASSING_S * 1000);
   $("banner").hidden = false;
   $("banner").classList.toggle("bad", !!bad);
   $("banner-text").textContent = text;
@@ -562,6 +567,7 @@ function showBanner(text, bad, actionText, action) {
 }
 
 function hideBanner() {
+  clearTimeout(bannerTimer);
   $("banner").hidden = true;
 }
 
