@@ -153,7 +153,7 @@ def banner(host: str, port: int, model_url: str) -> str:
             f"  console    http://{where}:{port}/",
             f"  WebSocket  ws://{where}:{port}/v1/sessions",
             "  chat       make chat   (in another terminal; make chat SESSION=<id> reconnects)",
-            "  try        say hello  ·  bash ls -la",
+            "  try        say hello, or bash ls -la",
             "",
         ]
     )
