@@ -50,7 +50,7 @@ run: deps venv
 	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage serve
 
 demo: deps venv
-	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage demo
+	@MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage demo
 
 # SESSION=<id> reconnects to a session (the client prints its id when it quits); AFTER=0 replays it.
 SESSION ?=
