@@ -4,6 +4,8 @@
 SYSTEM_PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# -qq: errors only (not pip's and setuptools' warnings about the build); a failure still says why.
+PIP := $(PY) -m pip -qq --disable-pip-version-check
 STAMP := $(VENV)/.installed
 APT_PACKAGES := bubblewrap socat python3-venv util-linux procps
 PACKAGES := -e service -e container -e session-store
@@ -13,7 +15,7 @@ PACKAGES := -e service -e container -e session-store
 help:
 	@echo "make run     the service on 127.0.0.1:8080 (SQLite + local bubblewrap sandboxes)"
 	@echo "make demo    the same, against the scripted model (no API key needed)"
-	@echo "make chat    a terminal client for a running service"
+	@echo "make chat [SESSION=id] [AFTER=seq]   a terminal client for a running service (SESSION: reconnect to that session)"
 	@echo "make test    every test (unit, integration, e2e)"
 	@echo "make test-repeat [N=5] [ONE_CORE=1]   the whole suite N times in a row (on one core), stop at the first failure"
 	@echo "make lint    ruff + mypy"
@@ -37,9 +39,10 @@ venv: $(STAMP)
 
 $(STAMP): service/pyproject.toml container/pyproject.toml session-store/pyproject.toml requirements-dev.txt constraints.txt
 	@test -x $(SYSTEM_PYTHON) || { echo "$(SYSTEM_PYTHON) not found (apt-get install python3 python3-venv)"; exit 1; }
-	$(SYSTEM_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt $(PACKAGES) -r requirements-dev.txt
+	@echo "setting up $(VENV) (pinned versions from constraints.txt; a minute or two the first time)"
+	@$(SYSTEM_PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@$(PIP) install -c constraints.txt $(PACKAGES) -r requirements-dev.txt
 	@touch $@
 
 run: deps venv
@@ -47,10 +50,13 @@ run: deps venv
 	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage serve
 
 demo: deps venv
-	MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage demo
+	@MOORAGE_ALLOW_UNRESTRICTED_NETWORK=$${MOORAGE_ALLOW_UNRESTRICTED_NETWORK:-true} $(PY) -m moorage demo
 
+# SESSION=<id> reconnects to a session (the client prints its id when it quits); AFTER=0 replays it.
+SESSION ?=
+AFTER ?=
 chat: venv
-	$(PY) -m moorage chat
+	$(PY) -m moorage chat $(if $(SESSION),--session $(SESSION)) $(if $(AFTER),--after $(AFTER))
 
 # The browser the console's tests drive (tests/e2e/test_console.py); they skip without it.
 TEST_APT_PACKAGES := chromium

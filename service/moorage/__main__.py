@@ -1,4 +1,4 @@
-"""Command line: ``moorage serve | demo | chat | tokens | sessions``."""
+"""Command line: ``moorage serve | demo | chat | tokens | sessions | agents``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from . import sessions_cli, tokens
+from . import agents_cli, sessions_cli, tokens
 from .logs import configure
 from .server import connection_cap, guarded_protocol, raise_nofile_limit
 from .settings import Settings
@@ -143,15 +143,28 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def banner(host: str, port: int, model_url: str) -> str:
+    """Where to connect to a demo service, for a person (printed before the JSON logs)."""
+    where = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    where = f"[{where}]" if ":" in where else where
+    return "\n".join(
+        [
+            f"Moorage demo: the scripted model on {model_url} stands in for Claude (no API key needed)",
+            f"  console    http://{where}:{port}/",
+            f"  WebSocket  ws://{where}:{port}/v1/sessions",
+            "  chat       make chat   (in another terminal; make chat SESSION=<id> reconnects)",
+            "  try        say hello, or bash ls -la",
+            "",
+        ]
+    )
+
+
 def demo(settings: Settings) -> None:
     """The service against the scripted model: try it with no API key."""
     from .testing.scripted_model import ScriptedModelServer
 
     model = ScriptedModelServer().start()
-    print(
-        f"demo: scripted model on {model.url}; try prompts like 'say hello' or 'bash ls -la'",
-        file=sys.stderr,
-    )
+    print(banner(settings.host, settings.port, model.url), file=sys.stderr, flush=True)
     try:
         serve(settings.model_copy(update={"anthropic_base_url": model.url, "anthropic_api_key": SecretStr("demo")}))
     finally:
@@ -175,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--token", default=None, help="bearer token (from MOORAGE_API_KEYS or `moorage tokens create`)")
     tokens.add_parser(sub)
     sessions_cli.add_parser(sub)
+    agents_cli.add_parser(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "serve":
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return tokens.run(args, settings)
     elif args.command == "sessions":
         return sessions_cli.run(args, settings)
+    elif args.command == "agents":
+        return agents_cli.run(args, settings)
     return 0
 
 

@@ -53,6 +53,7 @@ from .events_api import run_command
 from .file_blobs import BlobJanitor, blob_store
 from .files_api import routes as files_routes
 from .heartbeat import Heartbeat
+from .http_api import api_routes
 from .limits import TenantBuckets, TokenBucket
 from .ma_views import Projections
 from .manager import SessionManager
@@ -488,6 +489,7 @@ def create_app(settings: Settings) -> Starlette:
                 prefix=socket_prefix(settings.state_dir),  # found again by the next start's sweep
             )
             metrics = Metrics(tuple(settings.prices))
+            metrics.zero_http(api_routes(app.routes))
             accounting = Accounting(metrics, settings.prices, settings.max_budget_usd, settings.tenant_daily_budget_usd)
             proxy.meter = accounting
             accounting.spend = TenantSpend(db)

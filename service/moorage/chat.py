@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import threading
 from typing import Any
 
 import websockets
@@ -134,12 +136,18 @@ class Conversation:
             self.settled.clear()
 
 
-async def _prompts(lines: asyncio.Queue[str | None]) -> None:
-    while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
-        await lines.put(line or None)
-        if not line:
-            return
+def farewell(session_id: str) -> str:
+    """What the client says on the way out: how to come back to the session."""
+    return f"session {session_id}: reconnect with make chat SESSION={session_id}"
+
+
+def _read_prompts(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
+    """Typed lines into ``lines``, then ``None`` at end of input. A daemon thread: one blocked in
+    ``readline`` must not keep Ctrl-C (or the end of a conversation) from ending the process."""
+    with contextlib.suppress(RuntimeError):  # the loop closed first: nobody is reading
+        for line in iter(sys.stdin.readline, ""):
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, None)
 
 
 async def _converse(ws: Any, talk: Conversation, lines: asyncio.Queue[str | None]) -> bool:
@@ -185,7 +193,7 @@ async def chat(url: str, session_id: str | None, token: str | None = None, after
     headers = {"Authorization": f"Bearer {token}"} if token else None
     talk = Conversation(session_id, after)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = asyncio.create_task(_prompts(lines))
+    threading.Thread(target=_read_prompts, args=(asyncio.get_running_loop(), lines), daemon=True).start()
     tries = 0
     try:
         while True:
@@ -206,8 +214,9 @@ async def chat(url: str, session_id: str | None, token: str | None = None, after
                 return 1
             print(f"[connection lost; reconnecting from seq {talk.last_seq}]", file=sys.stderr, flush=True)
             await asyncio.sleep(min(0.5 * 2**tries, 8))
-    finally:
-        reader.cancel()
+    finally:  # every way out (end of input, Ctrl-C, a closed session, a failure) says how to come back
+        if talk.session_id is not None:
+            print(farewell(talk.session_id), file=sys.stderr, flush=True)
 
 
 def run_chat(url: str, session_id: str | None, token: str | None = None, after: int | None = None) -> int:

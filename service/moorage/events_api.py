@@ -168,6 +168,8 @@ async def _stream(request: Request, tenant: str, records: SessionRecords) -> Res
     held.enter_context(services.projections.held(projection))
     listener = held.enter_context(services.sessions.deps.watch.listen(projection.session_id, bool(kinds)))
     sent, seen = len(projection.events), projection.projector.last_seq
+    services.metrics.sse_streams_active.inc()  # until the stream ends, or its body never runs
+    held.callback(services.metrics.sse_streams_active.dec)
     body = _frames(services, projection, listener, (sent, seen), kinds, held)
     # The background task lets go if the body never ran (the client left before it started).
     return StreamingResponse(body, headers=sse.HEADERS, background=BackgroundTask(held.close))

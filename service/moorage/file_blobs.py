@@ -8,7 +8,9 @@ transaction; the :class:`BlobJanitor` drains the outbox every ``MOORAGE_FILE_STO
 (deleting the objects, then the outbox rows: an outage leaves the rows for the next round) and,
 every ``MOORAGE_FILE_STORE_SWEEP_S``, lists the bucket and deletes the objects that have no
 ``files`` row and are older than ``MOORAGE_FILE_STORE_ORPHAN_GRACE_S`` (the reconciliation sweep:
-whatever the outbox missed). Every replica runs one; both rounds are idempotent.
+whatever the outbox missed). Every replica runs one; both rounds are idempotent. It also refreshes
+``moorage_tenant_file_bytes`` from the database, at start and every ``FILE_USAGE_S`` (one grouped
+query over the ``files`` rows).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["BlobJanitor", "blob_store"]
+__all__ = ["FILE_USAGE_S", "BlobJanitor", "blob_store"]
+
+FILE_USAGE_S = 60.0  # how stale moorage_tenant_file_bytes may get (this replica's own changes: at once)
 
 
 def blob_store(settings: Settings) -> S3Blobs | None:
@@ -75,10 +79,21 @@ class BlobJanitor:
             log.info("file_objects_orphaned", deleted=deleted)
         return deleted
 
+    async def count(self) -> None:
+        """Every tenant's ``moorage_tenant_file_bytes``, from the database."""
+        self._metrics.tenant_file_bytes.replace(await self._files.bytes_by_tenant())
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self._sweep_s if self._files.blobs is not None else float("inf")
+        next_count = loop.time()
         while True:
+            if loop.time() >= next_count:
+                next_count = loop.time() + FILE_USAGE_S
+                try:
+                    await self.count()
+                except Exception as exc:  # the database's: the gauge keeps its last figures until next time
+                    log.warning("file_usage_unread", error=type(exc).__name__)
             try:
                 await self.drain()
                 if loop.time() >= next_sweep:

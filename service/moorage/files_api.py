@@ -20,6 +20,7 @@ at most 16 parts.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .errors import Code, MoorageError
+from .errors import STORE_ERRORS, Code, MoorageError
 from .files import (
     UploadLimit,
     clean_filename,
@@ -182,6 +183,7 @@ async def _upload(request: Request, tenant: str, files: Files) -> Response:
     else:
         services.metrics.file_bytes.labels("in").inc(record.size_bytes)
         log.info("file_uploaded", tenant=tenant, file_id=record.id, size_bytes=record.size_bytes)
+        await _recount(services, files, tenant)
         return JSONResponse(file_object(record))
     await parts.aclose()
     log.info("file_upload_refused", tenant=tenant, code=str(refusal.code))
@@ -235,7 +237,16 @@ async def _delete(request: Request, tenant: str, files: Files) -> Response:
         raise _not_found(file_id)
     _services(request).metrics.files_deleted.labels("request").inc()
     log.info("file_deleted", tenant=tenant, file_id=file_id)
+    await _recount(_services(request), files, tenant)
     return JSONResponse({"id": file_id, "type": "file_deleted"})
+
+
+async def _recount(services: Services, files: Files, tenant: str) -> None:
+    """The tenant's ``moorage_tenant_file_bytes`` at once (the file janitor refreshes every
+    tenant's each ``FILE_USAGE_S``: other replicas' uploads, expiries, sessions' outputs)."""
+    with contextlib.suppress(*STORE_ERRORS):  # the upload or delete is done: the gauge can wait
+        used = (await files.bytes_by_tenant(tenant)).get(tenant, 0)
+        services.metrics.tenant_file_bytes.set(tenant, used)
 
 
 def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -21,6 +21,7 @@ import structlog
 from moorage_session_store import Database
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from .auth import credentials
 from .errors import STORE_ERRORS, Code, MoorageError, http_status, store_unavailable
@@ -239,9 +240,22 @@ def endpoint(
     handler: Callable[[Request, str, Repo], Awaitable[R]], repo: Callable[[Database], Repo]
 ) -> Callable[[Request], Awaitable[R | JSONResponse]]:
     """``handler`` behind auth, with the caller's tenant and ``repo(db)``; a ``MoorageError`` it
-    raises (or the database being down) answers in the §1.6 envelope; every answer has ``request-id``."""
+    raises (or the database being down) answers in the §1.6 envelope; every answer has ``request-id``
+    and is counted (``moorage_http_requests_total``: its route's template, never the path)."""
 
     async def run(request: Request) -> R | JSONResponse:
+        status = 500  # what an exception that escapes becomes
+        try:
+            response = await answer(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            if isinstance(route, Route):
+                metrics = request.app.state.services.metrics
+                metrics.http_requests.labels(request.method, route.path, metrics.status_class(status)).inc()
+
+    async def answer(request: Request) -> R | JSONResponse:
         request_id = "req_" + secrets.token_hex(12)
         services = request.app.state.services
         try:
@@ -269,3 +283,12 @@ def endpoint(
         return response
 
     return run
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
+    """``(method, path template)`` of every HTTP API route (``/v1/…``), for the metric's zeros."""
+    found = set()
+    for route in routes:
+        if isinstance(route, Route) and route.path.startswith("/v1/"):
+            found |= {(method, route.path) for method in route.methods or () if method != "HEAD"}
+    return sorted(found)

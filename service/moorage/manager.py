@@ -32,7 +32,7 @@ from .egress import socket_base
 from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .ma_sessions import session_vault_ids
-from .metrics import SWEPT_KINDS
+from .metrics import SWEPT_KINDS, Waits
 from .sandbox.uids import reserving
 from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
@@ -125,12 +125,17 @@ class SessionManager:
         self._starting: dict[Session, asyncio.Task[None]] = {}
         self.draining = False
 
+    def waits(self) -> list[Waits]:
+        """What each live session waits with: its queued messages, its requests for a client."""
+        return [(len(s.core.queue), s.core.pending.kinds()) for s in self.sessions.values()]
+
     @functools.cached_property
     def egress(self) -> EgressConfig:
         """The operator's side of every session's egress policy (built once, at first use)."""
         return EgressConfig.of(self.settings, self.deps.backend.name)
 
     async def start(self) -> None:
+        self.deps.metrics.session_waits.source = self.waits  # read at every scrape
         await self.recover(after_crash=True)
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
         self._lease_task = asyncio.create_task(self._lease_loop())

@@ -1,17 +1,20 @@
 """Every Prometheus metric the service exports, defined once.
 
 Names carry base units and ``_total`` on counters; labels come from small
-fixed sets (never a session, tenant or user id), and every labelled series
-is created at start so dashboards show zeros instead of gaps.
+fixed sets (never a session or user id), and every labelled series is created
+at start so dashboards show zeros instead of gaps. One exception, bounded on
+purpose: ``moorage_tenant_file_bytes`` has a ``tenant`` label (tenant names are
+the operator's: API keys and issued tokens), for the ``TENANT_SERIES`` largest
+tenants only, the rest summed as ``_other``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .errors import Code
@@ -34,6 +37,12 @@ SWEPT_KINDS = ("workspace", "probe", "mount", "cgroup", "socket_dir", "uid_lock"
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "refused")
 WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 OTHER_MODEL = "other"
+# HTTP API answers by class (http_api.endpoint); routes are the app's own path templates.
+HTTP_STATUS_CLASSES = ("2xx", "4xx", "5xx")
+# What a live session's turn waits on a client for (pending.Request.kind).
+APPROVAL_KINDS = ("permission_request", "custom_tool_use")
+TENANT_SERIES = 20  # tenants with a moorage_tenant_file_bytes series of their own
+OTHER_TENANTS = "_other"  # the rest, summed (no tenant can be named so: auth.TENANT_RE)
 _CODES = frozenset(str(code) for code in Code)
 
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
@@ -69,6 +78,76 @@ class SandboxTime(Collector):
             totals[backend] = totals.get(backend, 0.0) + now - started
         for backend, seconds in totals.items():
             family.add_metric([backend], seconds)
+        yield family
+
+
+# What one live session waits with: user messages queued behind its running turn, and the kinds
+# of the requests (approvals, client tools) it waits on a client for.
+Waits = tuple[int, Iterable[str]]
+
+
+class SessionWaits(Collector):
+    """``moorage_turns_queued`` and ``moorage_approvals_pending``: read from the live sessions at
+    scrape time (``source``, set by the session manager), so no count can drift from the truth."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[Waits]] = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queued = 0
+        pending = dict.fromkeys(APPROVAL_KINDS, 0)
+        for depth, kinds in self.source():
+            queued += depth
+            for kind in kinds:
+                if kind in pending:
+                    pending[kind] += 1
+        yield GaugeMetricFamily(
+            "moorage_turns_queued", "User messages waiting behind a running turn, in live sessions.", value=queued
+        )
+        family = GaugeMetricFamily(
+            "moorage_approvals_pending",
+            "Requests live sessions wait on a client for: tool approvals and client-executed custom tools.",
+            labels=["kind"],
+        )
+        for kind, count in pending.items():
+            family.add_metric([kind], count)
+        yield family
+
+
+def top_tenants(usage: dict[str, int], keep: int = TENANT_SERIES) -> dict[str, int]:
+    """The ``keep`` largest tenants by bytes (ties by name), the rest summed as ``_other`` (always
+    there, 0 when nobody else stores anything): a bounded set of series however many tenants."""
+    ranked = sorted(usage.items(), key=lambda item: (-item[1], item[0]))
+    shown = dict(ranked[:keep])
+    shown[OTHER_TENANTS] = sum(used for _, used in ranked[keep:])
+    return shown
+
+
+class TenantFileBytes(Collector):
+    """``moorage_tenant_file_bytes``: bytes of Files API files each tenant stores (uploads in
+    flight included), from the database: refreshed whole by the file janitor, per tenant after
+    this replica's uploads and deletions. Every replica exports the same figures (use ``max``)."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, int] = {}
+
+    def replace(self, usage: dict[str, int]) -> None:
+        self.usage = {tenant: used for tenant, used in usage.items() if used > 0}
+
+    def set(self, tenant: str, used: int) -> None:
+        if used > 0:
+            self.usage[tenant] = used
+        else:
+            self.usage.pop(tenant, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "moorage_tenant_file_bytes",
+            f"Bytes of files (Files API) stored per tenant: the {TENANT_SERIES} largest, the rest as {OTHER_TENANTS}.",
+            labels=["tenant"],
+        )
+        for tenant, used in top_tenants(self.usage).items():
+            family.add_metric([tenant], used)
         yield family
 
 
@@ -193,8 +272,21 @@ class Metrics:
         self.webhook_outbox_depth = Gauge(
             "moorage_webhook_outbox_depth", "Webhook deliveries pending (every tenant, every replica).", registry=r
         )
+        self.http_requests = Counter(
+            "moorage_http_requests_total",
+            "HTTP API requests answered, by method, route (the path template) and status class.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.sse_streams_active = Gauge(
+            "moorage_sse_streams_active", "Open server-sent event streams (GET …/events/stream).", registry=r
+        )
         self.sandbox_time = SandboxTime()
         r.register(self.sandbox_time)
+        self.session_waits = SessionWaits()
+        r.register(self.session_waits)
+        self.tenant_file_bytes = TenantFileBytes()
+        r.register(self.tenant_file_bytes)
         self._zero()
 
     def _zero(self) -> None:
@@ -236,6 +328,17 @@ class Metrics:
             self.file_bytes.labels(direction)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
+
+    def zero_http(self, routes: Iterable[tuple[str, str]]) -> None:
+        """Create the request series of every ``(method, route)`` the HTTP API serves (at start)."""
+        for method, route in routes:
+            for status in HTTP_STATUS_CLASSES:
+                self.http_requests.labels(method, route, status)
+
+    @staticmethod
+    def status_class(status: int) -> str:
+        """``2xx``, ``4xx``, ``5xx`` (and ``1xx``, ``3xx``): one of five labels whatever the code."""
+        return f"{min(max(status // 100, 1), 5)}xx"
 
     def count_error(self, code: object) -> None:
         """Count one error frame sent to clients. Only the service's own

@@ -251,6 +251,10 @@ class Pending:
         """What the turn waits on (``requires_action.event_ids``)."""
         return list(self._requests)
 
+    def kinds(self) -> list[str]:
+        """The kind of each request waiting (``permission_request``, ``custom_tool_use``)."""
+        return [r.kind for r in self._requests.values()]
+
     def clear(self) -> None:
         """The runner is gone: nothing is waiting any more."""
         self._requests.clear()

@@ -1,6 +1,7 @@
-"""``moorage sessions list | delete``: look at and delete sessions in the database.
+"""``moorage sessions list | show | delete``: look at and delete sessions in the database.
 
-Uses the service's own ``Settings`` like ``moorage tokens``. ``delete`` removes a session and
+Uses the service's own ``Settings`` like ``moorage tokens``. ``show`` prints one session's record
+(state, agent, usage, storage, the last seq of its event log). ``delete`` removes a session and
 everything it stored (record, transcripts, workspace) unless a running service holds its lease:
 a live session is stopped by its service, so delete it there (``DELETE /v1/sessions/{id}``) or
 once it is suspended.
@@ -15,7 +16,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from moorage_session_store import Database, MoorageStoreError, SessionRecords
+from moorage_session_store import Database, MoorageStoreError, SessionEvents, SessionRecord, SessionRecords
 
 from .settings import Settings
 
@@ -27,6 +28,9 @@ def add_parser(sub: Any) -> None:
     listing = actions.add_parser("list", help="list sessions with the bytes their tenant stores")
     listing.add_argument("--tenant", default=None, help="only this tenant's sessions")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = actions.add_parser("show", help="one session's record: state, agent, turns, cost, tokens, storage")
+    show.add_argument("id", help="the session id")
+    show.add_argument("--json", action="store_true", help="one JSON object")
     delete = actions.add_parser("delete", help="delete a session: record, transcripts and workspace")
     delete.add_argument("id", help="the session id")
 
@@ -67,6 +71,15 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             for tenant, used in stored.items():
                 print(f"tenant {tenant} stores {used} bytes", file=sys.stderr)
             return 0
+        if args.action == "show":
+            record = await records.get(args.id)
+            if record is None:
+                print(f"moorage sessions: no session {args.id!r}", file=sys.stderr)
+                return 1
+            last_seq = await SessionEvents(db).last_seq(record.id)
+            shown = described(record, await records.workspace_bytes(record.id), last_seq)
+            print(json.dumps(shown) if args.json else "\n".join(show_lines(shown)))
+            return 0
         if await records.purge(args.id):
             print(f"deleted session {args.id} and everything it stored", file=sys.stderr)
             return 0
@@ -82,6 +95,62 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         return 1
     finally:
         await db.close()
+
+
+def described(record: SessionRecord, workspace_bytes: int, last_seq: int) -> dict[str, Any]:
+    """What ``sessions show`` says of a session (its ``--json`` object)."""
+    agent = None
+    if record.agent_id is not None:
+        agent = {"id": record.agent_id, "version": record.agent_version}
+    return {
+        "id": record.id,
+        "tenant": record.tenant,
+        "state": record.state,
+        "owner": record.owner,
+        "agent": agent,
+        "turns": record.turns,
+        "cost_usd": record.cost_usd,
+        "tokens": {
+            "input": record.input_tokens,
+            "output": record.output_tokens,
+            "cache_read": record.cache_read_tokens,
+            "cache_creation": record.cache_creation_tokens,
+        },
+        "active_seconds": record.active_seconds,
+        "created_at": _when(record.created_at),
+        "updated_at": _when(record.updated_at),
+        "last_active_at": _when(record.last_active_at),
+        "archived_at": _when(record.archived_at),
+        "workspace_bytes": workspace_bytes,
+        "last_seq": last_seq,
+    }
+
+
+def show_lines(shown: dict[str, Any]) -> list[str]:
+    """``described`` as aligned ``name  value`` lines for a person."""
+    agent = shown["agent"]
+    tokens = shown["tokens"]
+    state = shown["state"] + (f" (on {shown['owner']})" if shown["owner"] else "")
+    rows = [
+        ("session", shown["id"]),
+        ("tenant", shown["tenant"]),
+        ("state", state + (", archived" if shown["archived_at"] else "")),
+        ("agent", f"{agent['id']} version {agent['version']}" if agent else "the default agent"),
+        ("turns", str(shown["turns"])),
+        ("cost", f"${shown['cost_usd']:.4f}"),
+        (
+            "tokens",
+            f"{tokens['input']} in, {tokens['output']} out, "
+            f"{tokens['cache_read']} cache read, {tokens['cache_creation']} cache write",
+        ),
+        ("created", shown["created_at"] or "-"),
+        ("updated", shown["updated_at"] or "-"),
+        ("last active", shown["last_active_at"] or "-"),
+        ("workspace", f"{shown['workspace_bytes']} bytes saved"),
+        ("last seq", str(shown["last_seq"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return [f"{name.ljust(width)}  {value}" for name, value in rows]
 
 
 def _when(at: datetime | None) -> str | None:

@@ -242,6 +242,20 @@ async def test_file_bytes_count_toward_the_tenants_storage(db: Database, files: 
     assert await records.tenant_storage_bytes(owner) == 0
 
 
+async def test_bytes_by_tenant_sums_each_tenants_files(files: Files) -> None:
+    """What moorage_tenant_file_bytes is refreshed from: every tenant's sum, or one tenant's."""
+    owner, other = tenant(), tenant()
+    await put(files, owner, b"a" * 10)
+    await put(files, owner, b"b" * 5)
+    gone = await put(files, other, b"c" * 7)
+    everyone = await files.bytes_by_tenant()
+    assert everyone[owner] == 15 and everyone[other] == 7
+    assert await files.bytes_by_tenant(owner) == {owner: 15}
+    assert await files.delete(other, gone)
+    assert other not in await files.bytes_by_tenant()
+    assert await files.bytes_by_tenant(tenant()) == {}
+
+
 async def test_a_file_deleted_while_it_is_read_ends_the_read_with_an_error(files: Files) -> None:
     owner = tenant()
     data = os.urandom(2 * CHUNK_BYTES + 1)

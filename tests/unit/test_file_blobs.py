@@ -91,7 +91,7 @@ class FakeFiles:
 
     def __init__(self, blobs: object | None) -> None:
         self.blobs = blobs
-        self.drains = self.sweeps = 0
+        self.drains = self.sweeps = self.counts = 0
         self.enough = asyncio.Event()  # three drains, and a sweep when there is a store
 
     def _check(self) -> None:
@@ -111,6 +111,12 @@ class FakeFiles:
         self._check()
         return 2
 
+    async def bytes_by_tenant(self) -> dict[str, int]:
+        self.counts += 1
+        if self.counts == 1:
+            raise OSError("the database is down")  # the first count fails: the drains go on
+        return {"acme": 5, "globex": 0}
+
 
 @pytest.mark.parametrize("with_store", [True, False])
 async def test_the_janitor_keeps_draining_after_an_error_and_sweeps_only_an_object_store(with_store: bool) -> None:
@@ -127,3 +133,21 @@ async def test_the_janitor_keeps_draining_after_an_error_and_sweeps_only_an_obje
     assert (fake.sweeps >= 1) == with_store
     drained = metrics.registry.get_sample_value("moorage_file_objects_deleted_total", {"way": "outbox"})
     assert drained is not None and drained >= 2
+    assert fake.counts == 1  # at start; the next one is FILE_USAGE_S later
+
+
+async def test_the_janitor_counts_each_tenants_file_bytes_at_start() -> None:
+    """moorage_tenant_file_bytes comes from the database when the janitor starts (a tenant with
+    nothing stored has no series)."""
+    fake = FakeFiles(None)
+    fake.counts = 1  # past the failing first count
+    metrics = Metrics(())
+    janitor = BlobJanitor(fake, Settings(file_store_drain_s=0.01), metrics)  # type: ignore[arg-type]
+    janitor.start()
+    try:
+        await asyncio.wait_for(fake.enough.wait(), 10)
+    finally:
+        await janitor.close()
+    assert metrics.registry.get_sample_value("moorage_tenant_file_bytes", {"tenant": "acme"}) == 5
+    assert metrics.registry.get_sample_value("moorage_tenant_file_bytes", {"tenant": "globex"}) is None
+    assert metrics.registry.get_sample_value("moorage_tenant_file_bytes", {"tenant": "_other"}) == 0

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from moorage.app import create_app
+from moorage.http_api import api_routes
 from moorage.metrics import Metrics
+from moorage.settings import Settings
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,10 +34,16 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-def exported_samples() -> set[str]:
-    """Every sample name in the exposition of a freshly built Metrics."""
+def started_metrics() -> Metrics:
+    """Metrics as a started service has them: the HTTP API's series zeroed from the app's real routes."""
     metrics = Metrics(("claude-opus",))
-    text = generate_latest(metrics.registry).decode()
+    metrics.zero_http(api_routes(create_app(Settings()).routes))
+    return metrics
+
+
+def exported_samples() -> set[str]:
+    """Every sample name in the exposition of a freshly started service's Metrics."""
+    text = generate_latest(started_metrics().registry).decode()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
@@ -93,6 +102,20 @@ def test_exposition_has_the_sample_names_the_assets_rely_on() -> None:
         "moorage_turns_total",
         "moorage_sandbox_seconds_total",
     } <= exported
+
+
+def test_http_request_series_exist_from_start_for_every_api_route() -> None:
+    """moorage_http_requests_total has a zero for each method and route template of the HTTP API
+    (never a path with a real id), so the dashboard shows zeros, not gaps."""
+    registry = started_metrics().registry
+    for method, route in (("POST", "/v1/agents"), ("GET", "/v1/sessions/{session_id}/events/stream")):
+        for status in ("2xx", "4xx", "5xx"):
+            labels = {"method": method, "route": route, "status": status}
+            assert registry.get_sample_value("moorage_http_requests_total", labels) == 0, labels
+    assert registry.get_sample_value("moorage_sse_streams_active") == 0
+    assert registry.get_sample_value("moorage_turns_queued") == 0
+    assert registry.get_sample_value("moorage_approvals_pending", {"kind": "permission_request"}) == 0
+    assert registry.get_sample_value("moorage_tenant_file_bytes", {"tenant": "_other"}) == 0
 
 
 def test_dashboard_expressions_use_only_exported_metrics() -> None:
