@@ -56,10 +56,11 @@ base_image() {
 wheelhouse() {
   local name=$1 dir key
   shift
-  # the key covers the arguments, the pins and any local project given as a path
+  # the key covers the arguments, the pins and any local project given as a path (its code, its
+  # build files and the console's assets)
   key=$({ echo "$*"; cat constraints.txt container/requirements-image.txt; for a in "$@"; do
     if [ -d "$a" ]; then
-      find "$a" \( -name '*.py' -o -name '*.toml' -o -name '*.ini' -o -name '*.mako' \) -not -path '*/build/*' | sort | xargs cat
+      find "$a" \( -name '*.py' -o -name '*.toml' -o -name '*.ini' -o -name '*.mako' -o -path '*/web/*' \) -not -path '*/build/*' | sort | xargs cat
     fi
   done; } | digest)
   dir="$CACHE/wheels-$name-$key"

@@ -160,7 +160,13 @@ async def test_an_approval_is_answered_in_the_page(svc: Service, browser: Browse
                 {
                     "type": "agent_toolset_20260401",
                     "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}],
-                }
+                },
+                {
+                    "type": "custom",
+                    "name": "weather",
+                    "description": "The weather in a city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                },
             ],
         },
     )
@@ -182,7 +188,31 @@ async def test_an_approval_is_answered_in_the_page(svc: Service, browser: Browse
     await expect(second.locator("[data-settled]")).to_contain_text("Denied (client)")
     await expect(c.results()).to_have_count(2)
     await expect(c.answers("tool said: must-not-run")).to_have_count(0)
+
+    await c.say('tool mcp__client__weather {"city": "Oslo"}')
+    call = c.page.locator("li[data-request]").nth(2)
+    await expect(call).to_contain_text("The agent calls your tool weather")
+    await expect(call).to_contain_text('"city": "Oslo"')
+    await call.locator("textarea").fill("9C and clear")
+    await call.get_by_role("button", name="Send result").click()
+    await expect(call.locator("[data-settled]")).to_have_text("Answered (client)")
+    await expect(c.answers("tool said: 9C and clear")).to_have_count(1)
     await c.shot("settled")
+    c.clean()
+
+
+async def test_a_message_sent_during_a_turn_is_shown_queued_until_it_runs(svc: Service, browser: Browser) -> None:
+    c = await console(browser, svc, "queued")
+    await c.new_session()
+    await c.say("sleep 2")
+    await expect(c.users("sleep 2")).to_have_count(1)
+    await c.say("say after the wait")
+    badge = c.users("say after the wait").locator('[data-badge="queued"]')
+    await expect(badge).to_have_text("queued #1")
+    await c.shot("queued")
+    await expect(c.answers("after the wait")).to_have_count(1)
+    await expect(badge).to_have_count(0)  # it ran
+    await expect(c.results()).to_have_count(2)
     c.clean()
 
 
