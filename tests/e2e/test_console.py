@@ -116,12 +116,24 @@ def post_json(svc: Service, path: str, body: dict[str, Any]) -> dict[str, Any]:
 async def test_chat_streams_the_answer_and_counts_tokens_and_cost(svc: Service, browser: Browser) -> None:
     """Open the page, start a session, chat: the answer shows, the turn's tokens and cost are
     under it, and the session is in the list with its state."""
-    c = await console(browser, svc, "chat")
+    page = await browser.new_page()
+    # Note every text delta the page shows while the answer streams in (the service sends
+    # stream_event frames: MOORAGE_STREAM_DELTAS=true).
+    await page.add_init_script(
+        "window.streamed = [];"
+        "new MutationObserver(() => { const s = document.querySelector('.streaming');"
+        " if (s) window.streamed.push(s.textContent); })"
+        ".observe(document, {subtree: true, childList: true, characterData: true});"
+    )
+    c = Console(page, svc.url, "chat")
+    await c.open()
     await expect(c.page.locator("#who")).to_contain_text("open service")
     session = await c.new_session()
     await c.say("say hello from the model")
     await expect(c.users("say hello from the model")).to_have_count(1)
     await expect(c.answers("hello from the model")).to_have_count(1)
+    assert "hello from the model" in await page.evaluate("window.streamed.join('|')")
+    await expect(c.page.locator(".streaming")).to_have_count(0)  # replaced by the whole message
     await expect(c.results()).to_have_count(1)
     await expect(c.results()).to_contain_text("in / 7 out tokens")
     await expect(c.page.locator("#chat-totals")).to_contain_text("1 turn")
