@@ -107,6 +107,9 @@ def test_a_resource_added_on_another_replica_reaches_the_sandbox_where_the_sessi
     a, b, c = replicas
     on_a, on_b, on_c = client(a), client(b), client(c)
     session_id = session_on(on_a)
+    # Running on A first: a resource added while the sandbox still starts may be put by the start
+    # as well as by the forwarded add (CI saw both); this test is about the forwarded one.
+    wait_until(lambda: bool(events(a, "session_ready", session_id)), 60, "the session's sandbox to run on A")
     upload = on_b.beta.files.upload(file=("far.txt", b"from replica b", "text/plain"))
     on_b.beta.sessions.resources.add(session_id, type="file", file_id=upload.id, mount_path="/workspace/far.txt")
     with on_a.beta.sessions.events.stream(session_id) as stream:
