@@ -325,6 +325,12 @@ async def test_a_crashed_sandbox_is_explained_and_reconnect_resumes(svc: Service
     await expect(c.page.locator("#chat-state")).to_have_text("connected")
     await c.say("bash cat kept.txt")
     await expect(c.answers("tool said: kept")).to_have_count(1)
+    # Reloaded, the crash is history: a line in the conversation, not the page's state.
+    await c.page.reload()
+    await expect(c.answers("tool said: kept")).to_have_count(1)
+    await expect(c.page.locator('li.notice[data-code="sandbox_crashed"]')).to_have_count(1)
+    await expect(banner).to_be_hidden()
+    await expect(c.page.locator("#chat-state")).to_have_text("connected")
     c.errors = [e for e in c.errors if "WebSocket" not in e]  # the killed socket is logged by the browser
     c.clean()
 

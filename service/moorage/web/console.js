@@ -324,6 +324,7 @@ class Chat {
     this.sessionId = sessionId;
     this.agent = agent;
     this.lastSeq = 0; // the highest durable seq rendered: a reconnect asks for what follows it
+    this.replayUntil = 0; // frames up to this seq are history (the log replayed), not news
     this.inflight = 0; // accepted messages whose turn has not ended
     this.ws = null;
     this.fatal = null;
@@ -390,6 +391,7 @@ class Chat {
     switch (frame.type) {
       case "session":
         this.sessionId = frame.session_id;
+        this.replayUntil = frame.last_seq || 0;
         history.replaceState(null, "", `#/sessions/${frame.session_id}`);
         $("chat-title").textContent = frame.agent ? `${agentName(frame.agent.id)} v${frame.agent.version} · ${frame.session_id.slice(0, 8)}` : `Session ${frame.session_id.slice(0, 8)}`;
         if (!this.fatal) hideBanner();
@@ -448,6 +450,10 @@ class Chat {
       return;
     }
     if ((frame.code === "budget_exceeded" || frame.code === "service_draining") && this.transcript.dropQueued(frame.code)) return;
+    if (typeof frame.seq === "number" && frame.seq <= this.replayUntil) {
+      this.transcript.notice(frame); // what happened then (a crash since recovered from, say): history, not the state now
+      return;
+    }
     if (frame.fatal) {
       this.fatal = frame;
       this.inflight = 0;
@@ -579,7 +585,22 @@ function renderAgents() {
   );
 }
 
-async function refreshSessions() {
+let listing = null; // the refresh in flight; one more is asked for at most
+
+function refreshSessions() {
+  if (listing) {
+    listing.again = true;
+    return;
+  }
+  listing = { again: false };
+  const done = listing;
+  loadSessions().finally(() => {
+    listing = null;
+    if (done.again) refreshSessions();
+  });
+}
+
+async function loadSessions() {
   try {
     const page = await api.json("GET", "/v1/sessions?limit=50");
     $("sessions").replaceChildren(
