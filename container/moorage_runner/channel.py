@@ -5,14 +5,16 @@ stdout; stderr is free-form log text. Every frame is one JSON object with a
 ``kind``. The runner claims the real stdout for the channel and points fd 1
 at stderr, so nothing the SDK, the CLI or a library prints can corrupt it.
 
-Service -> runner: ``restore`` (workspace chunks, before ``start``), ``start``
+Service -> runner: ``restore`` (workspace chunks, before ``start``), ``prestart``
+(a warm pool's: start the CLI now, with the fields of the ``start`` to come), ``start``
 (first, once), ``user``, ``interrupt``, ``snapshot`` (send the workspace back;
 backends that cannot read it from outside), ``rpc_result``/``rpc_error``,
 ``permission_response`` / ``custom_tool_result`` (a client's answer),
 ``put_file`` (a session resource's bytes, before ``start`` or while running),
 ``collect_outputs`` (after each turn: report /mnt/session/outputs; files.py).
 Runner -> service: ``loaded`` (imports done, waiting for ``start``; carries
-the channel ``version``), ``restored``, ``ready`` (the SDK client is connected),
+the channel ``version``), ``restored``, ``prestarted`` (the client is connected for the ``prestart``),
+``ready`` (the SDK client is connected),
 ``sdk`` (one SDK message, the CLI's own JSON), ``rpc`` (a SessionStore call),
 ``error`` (the runner cannot go on; it exits next), ``snapshot`` (tar.gz
 chunks of the workspace), ``permission_request`` (an ``always_ask`` tool
@@ -35,8 +37,9 @@ from typing import Any
 
 # -- shared with service/moorage/channel.py (kept equal by a test) --
 # 2: approvals and custom tools (an older runner would ignore ``agent``);
-# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session.
-CHANNEL_VERSION = 3
+# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session;
+# 4: ``prestart`` / ``prestarted`` (a warm pool starts the CLI before a session claims it).
+CHANNEL_VERSION = 4
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
@@ -46,6 +49,7 @@ MAX_DEPTH = 100
 RUNNER_KINDS = frozenset(
     {
         "loaded",
+        "prestarted",
         "ready",
         "sdk",
         "rpc",
@@ -61,6 +65,7 @@ RUNNER_KINDS = frozenset(
 )
 SERVICE_KINDS = frozenset(
     {
+        "prestart",
         "start",
         "user",
         "interrupt",
@@ -109,7 +114,7 @@ def _too_deep(value: Any) -> bool:
 
 def parse_service_line(line: bytes) -> dict[str, Any]:
     """One frame from the service, strictly: bounded, strict JSON, an object
-    with a known ``kind`` (and ``start`` of this channel version)."""
+    with a known ``kind`` (and ``start``/``prestart`` of this channel version)."""
     if len(line) > MAX_FRAME_BYTES:
         raise ChannelError("frame too large")
     try:
@@ -122,7 +127,7 @@ def parse_service_line(line: bytes) -> dict[str, Any]:
         raise ChannelError("channel frame is not an object, or nested too deeply")
     if frame.get("kind") not in SERVICE_KINDS:
         raise ChannelError("unknown channel frame kind")
-    if frame["kind"] == "start" and frame.get("version", CHANNEL_VERSION) != CHANNEL_VERSION:
+    if frame["kind"] in ("start", "prestart") and frame.get("version", CHANNEL_VERSION) != CHANNEL_VERSION:
         raise ChannelError("the service speaks another channel version")
     return frame
 

@@ -2,7 +2,10 @@
 
 Lifecycle: send ``loaded`` (the SDK is imported; a warm pool can keep us
 here) -> read ``start`` -> open the model bridge -> connect the SDK client
-(which spawns the bundled CLI) -> send ``ready`` -> relay commands in and SDK
+(which spawns the bundled CLI) -> send ``ready``. A warm pool may send
+``prestart`` first (the same fields as ``start``, for a session not made
+yet): the client connects then, ``prestarted`` answers, and the session's
+``start`` finds it ready (or, if it differs, starts it again) -> relay commands in and SDK
 messages out -> on end of input (or SIGTERM) disconnect the client with a
 deadline and exit 0. If the CLI dies underneath it the runner reports an
 ``error`` frame and exits 1; the service turns that into a client error.
@@ -129,6 +132,11 @@ def _buffer_size(value: object) -> int:
     return MAX_FRAME_BYTES // 4
 
 
+def same_start(prestart: dict[str, Any], start: dict[str, Any]) -> bool:
+    """Whether a ``start`` asks for exactly what its ``prestart`` started (kind aside)."""
+    return {k: v for k, v in prestart.items() if k != "kind"} == {k: v for k, v in start.items() if k != "kind"}
+
+
 async def _one(message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield message
 
@@ -153,7 +161,7 @@ class Runner:
         restore = Restore()
         while (frame := await read_frame(self.stdin)) is not None:
             kind = frame.get("kind")
-            if kind == "start":
+            if kind in ("start", "prestart"):
                 return frame
             if kind == "put_file":
                 await self._put_file(frame)
@@ -191,28 +199,25 @@ class Runner:
         # Imports are done: say so, so a warm pool can hold us until needed.
         await self.out.send({"kind": "loaded", "version": CHANNEL_VERSION})
         start = await self._before_start()
+        prestart: dict[str, Any] | None = None
+        if start is not None and start.get("kind") == "prestart":
+            # A warm pool's started agent: the CLI starts now, for a session not made yet.
+            prestart = start
+            if not await self._connect(prestart):
+                return 1
+            await self.out.send({"kind": "prestarted"})
+            start = await self._before_start()
         if start is None:
-            return 0
-        session_id = (start.get("options") or {}).get("session_id")
-        if session_id:
-            # Inherited by the CLI and its tools: operators can find a session's processes.
-            os.environ["MOORAGE_SESSION_ID"] = str(session_id)
-        reader = asyncio.create_task(self._read())
-        if start.get("model_url"):
-            # Kubernetes: the proxy is reachable over the pod network; no bridge.
-            base_url = str(start["model_url"])
-        else:
-            self.bridge = ModelBridge(str(start["model_proxy"]))
-            base_url = f"http://127.0.0.1:{await self.bridge.start()}"
-        store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
-        approvals = Approvals(start.get("agent"), self.asks)
-        self.client = ClaudeSDKClient(build_options(start, base_url, store, await self._egress_env(start), approvals))
-        try:
-            await self.client.connect()
-        except Exception as exc:  # the CLI failed to start: report, then exit
-            await self.out.send({"kind": "error", "code": "cli_start_failed", "message": str(exc)[:2000]})
-            reader.cancel()
             await self.shutdown()
+            return 0
+        reader = asyncio.create_task(self._read())
+        if prestart is not None and not same_start(prestart, start):
+            # Claimed by a session that wants other options: start the CLI again with them.
+            print("runner: the start differs from the prestart; restarting the agent", file=sys.stderr)
+            await self.shutdown()
+            prestart = None
+        if prestart is None and not await self._connect(start):
+            reader.cancel()
             return 1
         await self.out.send({"kind": "ready"})
         pump = asyncio.create_task(self._pump())
@@ -229,6 +234,30 @@ class Runner:
             task.cancel()
         await self.shutdown()
         return code
+
+    async def _connect(self, start: dict[str, Any]) -> bool:
+        """Open the bridges and connect the SDK client (which spawns the CLI) for ``start``. On a
+        failure, report it (``error``), shut down and return False."""
+        session_id = (start.get("options") or {}).get("session_id")
+        if session_id:
+            # Inherited by the CLI and its tools: operators can find a session's processes.
+            os.environ["MOORAGE_SESSION_ID"] = str(session_id)
+        if start.get("model_url"):
+            # Kubernetes: the proxy is reachable over the pod network; no bridge.
+            base_url = str(start["model_url"])
+        else:
+            self.bridge = ModelBridge(str(start["model_proxy"]))
+            base_url = f"http://127.0.0.1:{await self.bridge.start()}"
+        store = cast(SessionStore, ChannelSessionStore(self.rpc)) if start.get("store") else None
+        approvals = Approvals(start.get("agent"), self.asks)
+        self.client = ClaudeSDKClient(build_options(start, base_url, store, await self._egress_env(start), approvals))
+        try:
+            await self.client.connect()
+        except Exception as exc:  # the CLI failed to start: report, then exit
+            await self.out.send({"kind": "error", "code": "cli_start_failed", "message": str(exc)[:2000]})
+            await self.shutdown()
+            return False
+        return True
 
     async def _pump(self) -> None:
         assert self.client is not None and self.client._query is not None
@@ -300,6 +329,7 @@ class Runner:
         for bridge in (self.bridge, self.tunnel):
             if bridge is not None:
                 await bridge.close()
+        self.bridge = self.tunnel = None
 
 
 async def amain() -> int:

@@ -79,6 +79,7 @@ from .tunnel import Tunnel, parse_allowlist, parse_networks
 from .vault_crypto import SecretBox
 from .vault_proxy import McpProxy, StoreCredentials
 from .vaults_api import routes as vaults_routes
+from .warm_plan import Bounds
 from .webhook_delivery import WebhookConfig, WebhookSender
 from .webhook_events import announcements
 from .webhooks_api import routes as webhooks_routes
@@ -527,7 +528,13 @@ def create_app(settings: Settings) -> Starlette:
             await backend.bind_proxy(proxy)  # kubernetes: the proxy's TCP port for pods
             workspaces = settings.state_dir.resolve() / "workspaces"
             pool = WarmPool(
-                backend, proxy, workspaces, settings.warm_sandboxes, settings.sandbox_start_timeout_s, metrics
+                backend,
+                proxy,
+                workspaces,
+                settings.warm_sandboxes,
+                settings.sandbox_start_timeout_s,
+                metrics,
+                Bounds(settings.warm_agents, settings.warm_agents_per_spec, settings.warm_agent_idle_s),
             )
             records = SessionRecords(db)
             if blobs is not None:

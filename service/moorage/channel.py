@@ -29,8 +29,9 @@ from .session_paths import output_name_problem
 
 # -- shared with container/moorage_runner/channel.py (kept equal by a test) --
 # 2: approvals and custom tools (an older runner would ignore ``agent``);
-# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session.
-CHANNEL_VERSION = 3
+# 3: files in (``put_file``) and out (``collect_outputs``) of /mnt/session;
+# 4: ``prestart`` / ``prestarted`` (a warm pool starts the CLI before a session claims it).
+CHANNEL_VERSION = 4
 # A frame carries one SDK message; a Read of a large file can be big.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Objects and arrays inside one another, counting the frame itself. The real
@@ -40,6 +41,7 @@ MAX_DEPTH = 100
 RUNNER_KINDS = frozenset(
     {
         "loaded",
+        "prestarted",
         "ready",
         "sdk",
         "rpc",
@@ -55,6 +57,7 @@ RUNNER_KINDS = frozenset(
 )
 SERVICE_KINDS = frozenset(
     {
+        "prestart",
         "start",
         "user",
         "interrupt",
@@ -125,6 +128,12 @@ class Loaded:
     """Imports done; waiting for ``start`` (a warm pool may hold it here)."""
 
     version: int = CHANNEL_VERSION
+
+
+@dataclass(frozen=True)
+class Prestarted:
+    """The answer to ``prestart``: the SDK client is connected with the options it named, and
+    the runner waits for the ``start`` of the session that claims it (``put_file`` may come first)."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,7 @@ class Violation:
 
 RunnerFrame = (
     Loaded
+    | Prestarted
     | Ready
     | Sdk
     | Rpc
@@ -287,9 +297,9 @@ class Start:
     # The PEM certificate of the sandbox's own egress CA, for its trust bundle (egress_ca.py).
     egress_ca: str | None = None
 
-    def wire(self) -> dict[str, Any]:
+    def wire(self, kind: Literal["start", "prestart"] = "start") -> dict[str, Any]:
         frame: dict[str, Any] = {
-            "kind": "start",
+            "kind": kind,
             "version": CHANNEL_VERSION,
             "options": self.options,
             "model_proxy": self.model_proxy,
@@ -306,6 +316,18 @@ class Start:
         if self.egress_ca is not None:
             frame["egress_ca"] = self.egress_ca
         return frame
+
+
+@dataclass(frozen=True)
+class Prestart:
+    """Start the SDK client now with ``start``'s options, for a session not made yet (a warm
+    pool's started agent). The runner answers ``prestarted``; the ``start`` that follows is
+    served by that client when it is the same frame (else the runner starts a new one)."""
+
+    start: Start
+
+    def wire(self) -> dict[str, Any]:
+        return self.start.wire("prestart")
 
 
 @dataclass(frozen=True)
@@ -408,6 +430,7 @@ class CollectOutputs:
 
 ServiceFrame = (
     Start
+    | Prestart
     | User
     | Interrupt
     | Restore
@@ -563,6 +586,8 @@ def parse_runner_line(line: bytes) -> RunnerFrame:
         return Loaded(version)
     if kind == "ready":
         return Ready()
+    if kind == "prestarted":
+        return Prestarted()
     if kind == "sdk":
         message: dict[str, Any] = _field(data, "message", dict)
         if not isinstance(message.get("type"), str):
@@ -641,6 +666,8 @@ def encode_frame(frame: dict[str, Any]) -> bytes:
 class Phase(Enum):
     LOADING = "loading"  # started, before ``loaded``
     LOADED = "loaded"  # waiting for ``start`` (restore frames may come first)
+    PRESTARTING = "prestarting"  # ``prestart`` went out: ``prestarted`` next
+    PRESTARTED = "prestarted"  # the CLI runs for a session not made yet: waiting for ``start``
     RESTORING = "restoring"  # the last ``restore`` frame went out: ``restored`` next
     STARTING = "starting"  # ``start`` went out: store calls, then ``ready``
     READY = "ready"
@@ -663,7 +690,9 @@ class RunnerChannel:
             self.collects += 1
         elif isinstance(frame, Restore) and frame.last and self.phase is Phase.LOADED:
             self.phase = Phase.RESTORING
-        elif isinstance(frame, Start) and self.phase is Phase.LOADED:
+        elif isinstance(frame, Prestart) and self.phase is Phase.LOADED:
+            self.phase = Phase.PRESTARTING
+        elif isinstance(frame, Start) and self.phase in (Phase.LOADED, Phase.PRESTARTED):
             self.phase = Phase.STARTING
 
     def received(self, frame: RunnerFrame, turn_running: bool = False) -> RunnerFrame:
@@ -677,6 +706,7 @@ class RunnerChannel:
             return self._file_frame(frame)
         expected = {
             Loaded: (Phase.LOADING,),
+            Prestarted: (Phase.PRESTARTING,),
             Restored: (Phase.RESTORING,),
             Ready: (Phase.STARTING,),
             Rpc: (Phase.STARTING, Phase.READY),
@@ -696,6 +726,8 @@ class RunnerChannel:
             self.phase = Phase.LOADED
         elif isinstance(frame, Restored):
             self.phase = Phase.LOADED
+        elif isinstance(frame, Prestarted):
+            self.phase = Phase.PRESTARTED
         elif isinstance(frame, Ready):
             self.phase = Phase.READY
         return frame

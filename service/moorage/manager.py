@@ -28,15 +28,20 @@ from claude_agent_sdk.types import SessionKey
 from moorage_session_store import EventConflict, NewEvent
 from moorage_session_store.records import SessionRecord
 
+from .channel import Start
 from .egress import socket_base
 from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .ma_sessions import session_vault_ids
 from .metrics import SWEPT_KINDS, Waits
+from .pending import AgentTools
+from .pool import WarmPool
 from .sandbox.uids import reserving
+from .session_start import start_frame
 from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
 from .sweep import carry_out, decide, look, socket_prefix
+from .tunnel import Policy
 from .workspaces import remove_workspace, suspend_record
 
 log = structlog.get_logger(__name__)
@@ -138,9 +143,15 @@ class SessionManager:
         self.deps.metrics.session_waits.source = self.waits  # read at every scrape
         await self.recover(after_crash=True)
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
+        # Agents of the operator's default spec are kept started (warm_plan: pinned).
+        self.pool.pin(self._template(None, session_policy(None, None, self.egress)))
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
         self._reaper_task = asyncio.create_task(self._reaper_loop())
+
+    @property
+    def pool(self) -> WarmPool:
+        return self.deps.pool
 
     def runs(self, session_id: str) -> bool:
         """Is the session live on this replica (started or starting, not ending)?"""
@@ -196,11 +207,14 @@ class SessionManager:
         "spec": stored spec}``; None: the operator's egress, ``MOORAGE_EGRESS_ALLOW``). ``api``: the
         HTTP view's fields (``ma_sessions``), whose ``budget_cents`` caps what the session may
         spend. Refuses an environment this server cannot honour now."""
-        session_id = str(uuid.uuid4())
         self.check_draining()
         egress = session_policy(environment, agent, self.egress)  # before anything is stored
         await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
+        vault_ids = tuple(session_vault_ids(api))
+        # A started agent of this spec, if the pool has one: the session takes its id.
+        claimed = None if vault_ids else self.pool.claim(self._template(agent, egress))
+        session_id = claimed.session_id if claimed is not None else str(uuid.uuid4())
         try:
             options: dict[str, Any] = {"max_turns": self.settings.max_turns}
             if agent is not None:
@@ -213,6 +227,8 @@ class SessionManager:
                 raise SessionError("could not lease a new session", code=Code.SESSION_LOCKED, fatal=True)
         except BaseException as exc:
             self.gate.leave(token)
+            if claimed is not None:
+                self.pool.release(claimed)
             if isinstance(exc, STORE_ERRORS):
                 raise SessionError(store_unavailable(exc), code=Code.STORE_UNAVAILABLE, fatal=True) from exc
             raise
@@ -225,9 +241,17 @@ class SessionManager:
             environment=environment,
             egress=egress,
             budget_usd=budget_usd(api),
-            vault_ids=tuple(session_vault_ids(api)),
+            vault_ids=vault_ids,
+            claimed=claimed,
         )
         return self._launch(session, token)
+
+    def _template(self, agent: dict[str, Any] | None, egress: Policy) -> Start:
+        """The start frame a new session of ``agent`` (None: the operator's default) with
+        ``egress`` sends, under no session id yet: its spec for the warm pool."""
+        wire = agent if agent is not None else AgentTools.parse(self.settings.default_agent).wire()
+        tunnel = self.deps.proxy.tunnel is not None and not egress.allows_nothing
+        return start_frame(self.settings, "", agent=wire, tunnel=tunnel)
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""

@@ -20,7 +20,10 @@ from prometheus_client.registry import Collector
 from .errors import Code
 
 BACKENDS = ("local", "docker", "kubernetes")
-POOL = ("warm", "cold")
+POOL = ("started", "warm", "cold")  # a started agent claimed, a loaded sandbox, none
+WARM_CLAIMS = ("hit", "miss")
+WARM_STARTS = ("ok", "failed")
+WARM_EVICTIONS = ("idle", "surplus", "dead")
 TURN_OUTCOMES = ("success", "error_max_turns", "error_max_budget_usd", "error_during_execution", "other")
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
 COST_SOURCES = ("proxy", "sdk")
@@ -167,6 +170,27 @@ class Metrics:
             buckets=START_BUCKETS,
             registry=r,
         )
+        self.warm_agents = Gauge(
+            "moorage_warm_agents", "Started agents ready in the warm pool (CLI running, unclaimed).", registry=r
+        )
+        self.warm_agent_claims = Counter(
+            "moorage_warm_agent_claims_total",
+            "New sessions that found a started agent of their spec (hit) or not (miss; vault sessions not counted).",
+            ["result"],
+            registry=r,
+        )
+        self.warm_agent_starts = Counter(
+            "moorage_warm_agent_starts_total",
+            "Started agents the pool started (refills), by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.warm_agent_evictions = Counter(
+            "moorage_warm_agent_evictions_total",
+            "Started agents let go unclaimed: their spec idle, over its share, or dead.",
+            ["reason"],
+            registry=r,
+        )
         self.sandbox_stop_seconds = Histogram(
             "moorage_sandbox_stop_seconds",
             "Staged sandbox stop duration.",
@@ -296,6 +320,12 @@ class Metrics:
             self.sandbox_stop_seconds.labels(backend)
             for pool in POOL:
                 self.sandbox_start_seconds.labels(backend, pool)
+        for result in WARM_CLAIMS:
+            self.warm_agent_claims.labels(result)
+        for outcome in WARM_STARTS:
+            self.warm_agent_starts.labels(outcome)
+        for reason in WARM_EVICTIONS:
+            self.warm_agent_evictions.labels(reason)
         for outcome in TURN_OUTCOMES:
             self.turns.labels(outcome)
             self.turn_seconds.labels(outcome)

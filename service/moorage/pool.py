@@ -1,31 +1,59 @@
 """Warm sandboxes: started ahead of demand so a new session skips the slow
-part of a cold start (a fresh Python importing claude-agent-sdk, ~1 s).
+parts of a cold start (a fresh Python importing claude-agent-sdk, ~1 s; the
+Claude Code CLI starting, ~1 s more).
 
-A warm sandbox has its runner loaded (``loaded`` frame sent) and waits for
-``start``; it belongs to no session yet. Its workspace and model-proxy socket
-are keyed by its own sandbox id, so handing it to a session changes nothing
-on disk. Sessions fall back to a cold start when the pool is empty.
+Two kinds, both belonging to no session yet:
+
+- a *loaded* sandbox has its runner loaded (``loaded`` frame sent) and waits
+  for ``start``: any session can take it, a rehydrated one included
+  (``MOORAGE_WARM_SANDBOXES`` of them);
+- a *started agent* is a loaded sandbox that was sent ``prestart``: its CLI
+  runs with the exact start frame a new session of one agent spec will send,
+  under a session id chosen now, which the session that claims it takes as
+  its own. Which specs and how many: ``warm_plan``.
+
+A warm sandbox's workspace and model-proxy socket are keyed by its own
+sandbox id, so handing it to a session changes nothing on disk. Its tunnel
+allows nothing and its model requests are charged to nobody until a session
+claims it; nothing reaches its agent before then. A claimed sandbox is
+removed from the pool first, so no two sessions ever share one. Sessions
+fall back to a cold start when the pool has nothing for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
 from . import channel
-from .channel import ChannelViolation, Garbage, Reason, RunnerChannel, RunnerError, RunnerFrame
+from .channel import (
+    ChannelViolation,
+    Garbage,
+    Phase,
+    Prestart,
+    Prestarted,
+    Reason,
+    RunnerChannel,
+    RunnerError,
+    RunnerFrame,
+    Start,
+)
 from .egress import ModelProxy
 from .errors import Code, SandboxError
 from .metrics import Metrics
 from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
+from .warm_plan import Bounds, Demand, shortfall, surplus, targets, warm_key
 from .workspaces import remove_workspace
 
 log = structlog.get_logger(__name__)
+NO_AGENTS = Bounds(total=0, per_spec=0, idle_s=0.0)
 
 
 @dataclass
@@ -35,6 +63,46 @@ class Loaded:
     sandbox: Sandbox
     sandbox_id: str
     workspace: Path
+
+
+@dataclass
+class Started:
+    """A loaded sandbox whose runner answered ``prestart``: its CLI runs for ``start`` (the
+    frame the claiming session sends), under ``session_id`` (which that session takes)."""
+
+    loaded: Loaded
+    key: str
+    start: Start
+
+    @property
+    def session_id(self) -> str:
+        return str(self.start.options["session_id"])
+
+
+def for_session(template: Start, session_id: str) -> Start:
+    """``template`` (a spec's start frame) for the session ``session_id``."""
+    return replace(template, options={**template.options, "session_id": session_id})
+
+
+async def prestart(loaded: Loaded, start: Start, timeout_s: float) -> None:
+    """Send ``prestart`` and wait (bounded) for ``prestarted``. Raises ``SandboxError``."""
+    order = RunnerChannel(Phase.LOADED)
+    frame = Prestart(start)
+    order.sent(frame)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loaded.sandbox.send(frame.wire())
+            reply = await _first_frame(loaded.sandbox)
+        if reply is None:
+            raise SandboxError("the runner exited while starting its agent", code=Code.SANDBOX_START_FAILED)
+        if isinstance(reply, RunnerError):
+            raise SandboxError(f"the agent did not start: {reply.message[:500]}", code=Code.SANDBOX_START_FAILED)
+        if not isinstance(order.received(reply), Prestarted):
+            raise ChannelViolation(Reason.OUT_OF_ORDER, f"{type(reply).__name__.lower()} while prestarting")
+    except ChannelViolation as exc:
+        raise SandboxError(exc.message, code=Code.SANDBOX_CRASHED) from None
+    except TimeoutError:
+        raise SandboxError(f"the agent did not start within {timeout_s:g}s", code=Code.SANDBOX_START_FAILED) from None
 
 
 async def start_loaded(
@@ -105,7 +173,10 @@ async def discard(loaded: Loaded, proxy: ModelProxy, metrics: Metrics) -> None:
 
 
 class WarmPool:
-    """Keeps up to ``size`` loaded sandboxes ready."""
+    """Keeps up to ``size`` loaded sandboxes and the started agents ``warm_plan`` asks for ready.
+    One filler task starts them one at a time (started agents first, in the plan's order)."""
+
+    TEND_S = 10.0  # how often an idle spec's agents are looked at
 
     def __init__(
         self,
@@ -115,6 +186,8 @@ class WarmPool:
         size: int,
         timeout_s: float,
         metrics: Metrics,
+        agents: Bounds = NO_AGENTS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
         self.backend = backend
@@ -122,30 +195,131 @@ class WarmPool:
         self.workspaces = workspaces
         self.size = size
         self.timeout_s = timeout_s
+        self.bounds = agents
+        self.clock = clock
         self.ready: list[Loaded] = []
+        self.agents: dict[str, list[Started]] = {}  # by spec key, oldest first
+        self.demands: dict[str, Demand] = {}
+        self.templates: dict[str, Start] = {}  # a spec's start frame (any session id)
         self._filler: asyncio.Task[None] | None = None
+        self._tender: asyncio.Task[None] | None = None
         self._closed = False
         self._discards: set[asyncio.Task[None]] = set()
 
     def refill(self) -> None:
-        if self.size > 0 and not self._closed and (self._filler is None or self._filler.done()):
+        if self._closed:
+            return
+        if self.bounds.total > 0 and self._tender is None:
+            self._tender = asyncio.create_task(self._tend())
+        if self._filler is None or self._filler.done():
             self._filler = asyncio.create_task(self._fill())
+
+    def pin(self, template: Start) -> None:
+        """Keep agents of ``template``'s spec started while the pool runs (the operator's default)."""
+        key = warm_key(template.wire())
+        if key is None or self.bounds.total <= 0:
+            return
+        self.demands.setdefault(key, Demand()).pinned = True
+        self.templates[key] = template
+
+    def _have(self) -> dict[str, int]:
+        return {key: len(entries) for key, entries in self.agents.items() if entries}
+
+    def _plan(self) -> dict[str, int]:
+        return targets(self.demands, self.clock(), self.bounds)
 
     async def _fill(self) -> None:
         failures = 0
-        while len(self.ready) < self.size and not self._closed:
+        while not self._closed and failures < 3:  # do not spin on a broken host; sessions start cold
+            self._evict()
+            key = shortfall(self._have(), self._plan())
+            if key is None and len(self.ready) >= self.size:
+                return
             try:
-                loaded = await start_loaded(self.backend, self.proxy, self.workspaces, self.timeout_s, self.metrics)
+                if key is not None:
+                    await self._start_agent(key)
+                else:
+                    loaded = await start_loaded(self.backend, self.proxy, self.workspaces, self.timeout_s, self.metrics)
+                    if self._closed:
+                        await discard(loaded, self.proxy, self.metrics)
+                        return
+                    self.ready.append(loaded)
             except SandboxError as exc:
                 failures += 1
-                log.warning("warm_sandbox_failed", error=exc.message)
-                if failures >= 3:  # do not spin on a broken host; sessions start cold
-                    return
-                continue
-            if self._closed:
-                await discard(loaded, self.proxy, self.metrics)
-                return
-            self.ready.append(loaded)
+                log.warning("warm_sandbox_failed", error=exc.message, agent=key is not None)
+
+    async def _start_agent(self, key: str) -> None:
+        # The id of the session that will claim it, chosen now: its sandbox is labelled with it.
+        start = for_session(self.templates[key], str(uuid.uuid4()))
+        loaded = await start_loaded(
+            self.backend, self.proxy, self.workspaces, self.timeout_s, self.metrics, str(start.options["session_id"])
+        )
+        try:
+            await prestart(loaded, start, self.timeout_s)
+        except BaseException as exc:
+            if isinstance(exc, SandboxError):
+                self.metrics.warm_agent_starts.labels("failed").inc()
+            await asyncio.shield(discard(loaded, self.proxy, self.metrics))
+            raise
+        self.metrics.warm_agent_starts.labels("ok").inc()
+        if self._closed:
+            await discard(loaded, self.proxy, self.metrics)
+            return
+        self.agents.setdefault(key, []).append(Started(loaded, key, start))
+        self.metrics.warm_agents.inc()
+
+    def _evict(self) -> None:
+        """Let go of started agents over the plan (oldest first) and of dead ones."""
+        for entries in self.agents.values():
+            for dead in [e for e in entries if e.loaded.sandbox.returncode is not None]:
+                entries.remove(dead)
+                self._drop(dead.loaded, "dead")
+        plan = self._plan()
+        for key, extra in surplus(self._have(), plan).items():
+            for _ in range(extra):
+                self._drop(self.agents[key].pop(0).loaded, "surplus" if key in plan else "idle")
+
+    def _drop(self, loaded: Loaded, reason: str) -> None:
+        self.metrics.warm_agents.dec()
+        self.metrics.warm_agent_evictions.labels(reason).inc()
+        self._discard_later(loaded)
+
+    async def _tend(self) -> None:
+        """Every ``TEND_S``: let idle specs' agents go (nothing else would wake the filler)."""
+        while not self._closed:
+            await asyncio.sleep(self.TEND_S)
+            self.refill()
+
+    def _discard_later(self, loaded: Loaded) -> None:
+        task = asyncio.create_task(discard(loaded, self.proxy, self.metrics))
+        self._discards.add(task)
+        task.add_done_callback(self._discards.discard)
+
+    def claim(self, template: Start) -> Started | None:
+        """A started agent of ``template``'s spec, now the caller's (its session takes the
+        agent's session id), or None. Either way the spec counts as asked for; refills behind."""
+        key = warm_key(template.wire())
+        if key is None or self.bounds.total <= 0 or self._closed:
+            return None
+        self.demands.setdefault(key, Demand()).asked(self.clock(), self.bounds.window_s)
+        self.templates[key] = template
+        entries = self.agents.get(key, [])
+        found = None
+        while entries and found is None:
+            entry = entries.pop(0)
+            self.metrics.warm_agents.dec()
+            if entry.loaded.sandbox.returncode is None:
+                found = entry
+            else:
+                self.metrics.warm_agent_evictions.labels("dead").inc()
+                self._discard_later(entry.loaded)
+        self.metrics.warm_agent_claims.labels("hit" if found is not None else "miss").inc()
+        self.refill()
+        return found
+
+    def release(self, started: Started) -> None:
+        """A claimed agent its session never used (the session could not be made): stopped."""
+        self._discard_later(started.loaded)
 
     def take(self) -> Loaded | None:
         """A loaded sandbox, or None when the pool is empty. Refills behind."""
@@ -154,17 +328,21 @@ class WarmPool:
             if loaded.sandbox.returncode is None:
                 self.refill()
                 return loaded
-            task = asyncio.create_task(discard(loaded, self.proxy, self.metrics))
-            self._discards.add(task)
-            task.add_done_callback(self._discards.discard)
+            self._discard_later(loaded)
         self.refill()
         return None
 
     async def close(self) -> None:
         self._closed = True
-        if self._filler is not None:
-            self._filler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filler
+        for task in (self._filler, self._tender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         ready, self.ready = self.ready, []
-        await asyncio.gather(*(discard(w, self.proxy, self.metrics) for w in ready), return_exceptions=True)
+        started = [entry.loaded for entries in self.agents.values() for entry in entries]
+        self.agents = {}
+        self.metrics.warm_agents.set(0)
+        everything = [*ready, *started]
+        await asyncio.gather(*(discard(w, self.proxy, self.metrics) for w in everything), return_exceptions=True)
+        await asyncio.gather(*self._discards, return_exceptions=True)

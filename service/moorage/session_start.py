@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bounded import sdk_buffer_bytes
@@ -17,11 +18,13 @@ from .channel import (
     ChannelViolation,
     FilePut,
     Garbage,
+    Phase,
     PutFile,
     Reason,
     Restore,
     Restored,
     Rpc,
+    RunnerChannel,
     RunnerError,
     ServiceFrame,
     Start,
@@ -35,6 +38,7 @@ from .pool import start_loaded
 from .resources import resources_of
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET
 from .session_files import not_mounted, put_frames
+from .settings import Settings
 from .workspaces import restore_frames
 
 if TYPE_CHECKING:
@@ -51,8 +55,11 @@ async def start_sandbox(session: Session) -> float:
     settings = session.settings
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    loaded = session.pool.take()
-    warm = loaded is not None
+    claimed = session.claimed
+    loaded = claimed.loaded if claimed is not None else session.pool.take()
+    warm = "started" if claimed is not None else "warm" if loaded is not None else "cold"
+    if claimed is not None:  # its runner answered ``prestart``: ``start`` comes next
+        session.channel = RunnerChannel(Phase.PRESTARTED)
     if loaded is None:
         loaded = await start_loaded(
             session.backend,
@@ -83,7 +90,7 @@ async def start_sandbox(session: Session) -> float:
         detail = first.message if first is not None else "the runner exited before it was ready"
         raise SandboxError(f"sandbox did not start: {detail[:500]}", code=Code.SANDBOX_START_FAILED)
     started_s = loop.time() - t0
-    session.metrics.sandbox_start_seconds.labels(session.backend.name, "warm" if warm else "cold").observe(started_s)
+    session.metrics.sandbox_start_seconds.labels(session.backend.name, warm).observe(started_s)
     session.log.info(
         "session_ready",
         start_s=round(started_s, 3),
@@ -138,28 +145,52 @@ async def _grant_secrets(session: Session) -> Grant | None:
 
 
 def _start_frame(session: Session, proxied: list[str], secrets: Grant | None = None) -> Start:
-    settings = session.settings
-    options: dict[str, Any] = {"session_id": session.id, "max_turns": settings.max_turns, "resume": session.resume}
+    # HTTPS_PROXY only where the tunnel lets something through (its socket is there either way).
+    tunnel = session.proxy.tunnel is not None and not session.egress.allows_nothing
+    return start_frame(
+        session.settings,
+        session.id,
+        agent=session.agent or session.agent_tools.wire(),
+        tunnel=tunnel,
+        resume=session.resume,
+        prior_cost_usd=session.prior_cost_usd,
+        proxied=proxied,
+        secrets=secrets,
+    )
+
+
+def start_frame(
+    settings: Settings,
+    session_id: str,
+    *,
+    agent: dict[str, Any] | None,
+    tunnel: bool,
+    resume: bool = False,
+    prior_cost_usd: float = 0.0,
+    proxied: Sequence[str] = (),
+    secrets: Grant | None = None,
+) -> Start:
+    """The ``start`` frame of a session. Pure: a new session's frame (no resume, no vault
+    credentials) is also what a warm pool's started agent of its spec was sent (``prestart``)."""
+    options: dict[str, Any] = {"session_id": session_id, "max_turns": settings.max_turns, "resume": resume}
     # The SDK must carry any user message the service lets through (issue 10 item 10).
     options["max_buffer_size"] = sdk_buffer_bytes(settings.max_frame_bytes)
-    if settings.max_budget_usd is not None and settings.max_budget_usd > session.prior_cost_usd:
+    if settings.max_budget_usd is not None and settings.max_budget_usd > prior_cost_usd:
         # The budget is per session, not per sandbox: pass what is left
         # (none left: the service refuses turns itself, see Session.submit).
-        options["max_budget_usd"] = settings.max_budget_usd - session.prior_cost_usd
+        options["max_budget_usd"] = settings.max_budget_usd - prior_cost_usd
     if settings.model:
         options["model"] = settings.model
     if settings.stream_deltas:
         options["include_partial_messages"] = True
-    if session.agent is not None and session.agent.get("max_turns"):
-        options["max_turns"] = min(settings.max_turns, int(session.agent["max_turns"]))
-    # HTTPS_PROXY only where the tunnel lets something through (its socket is there either way).
-    tunnel = f"unix:{TUNNEL_SOCKET}" if session.proxy.tunnel is not None and not session.egress.allows_nothing else None
+    if agent is not None and agent.get("max_turns"):
+        options["max_turns"] = min(settings.max_turns, int(agent["max_turns"]))
     return Start(
         options,
         MODEL_PROXY,
         store=True,
-        egress_proxy=tunnel,
-        agent=session.agent or session.agent_tools.wire(),
+        egress_proxy=f"unix:{TUNNEL_SOCKET}" if tunnel else None,
+        agent=agent,
         mcp_proxy=tuple(proxied),
         env=secrets.plan.env if secrets is not None else {},
         egress_ca=secrets.ca_pem if secrets is not None else None,

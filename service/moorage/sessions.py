@@ -57,7 +57,7 @@ from .ma_views import LogWatch
 from .metrics import Metrics
 from .model_spans import ModelSpans
 from .pending import AgentTools, Pending
-from .pool import WarmPool
+from .pool import Started, WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
@@ -121,8 +121,10 @@ class Session:
         egress: Policy = NO_EGRESS,
         budget_usd: float | None = None,
         vault_ids: tuple[str, ...] = (),
+        claimed: Started | None = None,
     ) -> None:
         self.id = session_id
+        self.claimed = claimed  # a warm pool's started agent made for this session's id and start frame
         self.vault_ids = vault_ids  # its vaults' MCP credentials are injected outside it (vault_proxy.py)
         self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.environment = environment  # {"id", "spec"} as pinned at creation, or None

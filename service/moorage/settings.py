@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(default=30.0, ge=0)
     # Sandboxes kept started and loaded ahead of demand (0: always cold).
     warm_sandboxes: int = Field(default=2, ge=0)
+    # Started agents: warm sandboxes whose CLI already runs for one agent spec (pool.py,
+    # warm_plan.py): at most this many in all (0: none), this many per spec, and an
+    # unpinned spec's let go after this long without a new session of it.
+    warm_agents: int = Field(default=2, ge=0)
+    warm_agents_per_spec: int = Field(default=2, ge=1)
+    warm_agent_idle_s: float = Field(default=600.0, ge=0)
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
     model: str | None = None
     # Per-sandbox limits (cgroups): memory, processes+threads, CPUs.

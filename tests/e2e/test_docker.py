@@ -62,6 +62,7 @@ def docker_service(model: ScriptedModelServer, image: str, **overrides: str) -> 
         MOORAGE_DOCKER_URL=DOCKER_URL,
         MOORAGE_SANDBOX_IMAGE=image,
         MOORAGE_WARM_SANDBOXES="0",  # cold starts: each container is labelled with its session
+        MOORAGE_WARM_AGENTS="0",
         **overrides,
     )
 

@@ -38,6 +38,7 @@ def edge_service(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_ALLOWED_ORIGINS=LISTED_ORIGIN,
         MOORAGE_METRICS_PORT=str(free_port()),
         MOORAGE_WARM_SANDBOXES="0",
+        MOORAGE_WARM_AGENTS="0",
     ) as svc:
         yield svc
 

@@ -26,7 +26,11 @@ CAP = 8 * 1024 * 1024
 @pytest.fixture(scope="module")
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
     with run_service(
-        model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_FILE_MAX_BYTES=str(CAP), MOORAGE_WARM_SANDBOXES="0"
+        model.url,
+        MOORAGE_API_KEYS=KEYS,
+        MOORAGE_FILE_MAX_BYTES=str(CAP),
+        MOORAGE_WARM_SANDBOXES="0",
+        MOORAGE_WARM_AGENTS="0",
     ) as service:
         yield service
 
@@ -242,6 +246,7 @@ def test_upload_and_download_memory_stays_bounded(model: ScriptedModelServer) ->
             model.url,
             MOORAGE_API_KEYS=KEYS,
             MOORAGE_WARM_SANDBOXES="0",
+            MOORAGE_WARM_AGENTS="0",
             MOORAGE_FILE_MAX_BYTES=str(256 * mib),
             MOORAGE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{name}",
         ) as service,
@@ -258,7 +263,11 @@ def test_storage_quota_counts_files(model: ScriptedModelServer) -> None:
     """Under a 2 MB quota: a 1.5 MB file fits, a second 1 MB one is refused while it streams
     (nothing kept), and fits again once the first is deleted."""
     with run_service(
-        model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_TENANT_STORAGE_BYTES="2000000", MOORAGE_WARM_SANDBOXES="0"
+        model.url,
+        MOORAGE_API_KEYS=KEYS,
+        MOORAGE_TENANT_STORAGE_BYTES="2000000",
+        MOORAGE_WARM_SANDBOXES="0",
+        MOORAGE_WARM_AGENTS="0",
     ) as service:
         files = client(service).beta.files
         first = files.upload(file=("a.bin", b"a" * 1_500_000, "application/octet-stream"))

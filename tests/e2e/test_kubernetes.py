@@ -43,6 +43,7 @@ async def test_session_runs_in_a_pod_and_its_workspace_survives_suspend(
         "MOORAGE_PROXY_PORT": str(free_port()),
         "MOORAGE_REPLICA_ID": "moorage-e2e-0",
         "MOORAGE_WARM_SANDBOXES": "0",
+        "MOORAGE_WARM_AGENTS": "0",
         "MOORAGE_IDLE_TIMEOUT_S": "1",
         "KUBECONFIG": str(kubeconfig),
     }

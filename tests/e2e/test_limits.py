@@ -52,7 +52,9 @@ async def test_a_tenant_past_its_session_limit_is_told_to_retry(model: ScriptedM
 
 async def test_sandboxes_start_one_after_another_past_the_start_gate(model: ScriptedModelServer) -> None:
     """With one start slot, a second new session starts its sandbox only once the first is ready; both work."""
-    with run_service(model.url, MOORAGE_MAX_STARTING_SANDBOXES="1", MOORAGE_WARM_SANDBOXES="0") as svc:
+    with run_service(
+        model.url, MOORAGE_MAX_STARTING_SANDBOXES="1", MOORAGE_WARM_SANDBOXES="0", MOORAGE_WARM_AGENTS="0"
+    ) as svc:
         a, b = await asyncio.gather(Client.connect(svc), Client.connect(svc))
         assert a.first["state"] == b.first["state"] == "new"
         for client in (a, b):

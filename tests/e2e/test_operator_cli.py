@@ -25,7 +25,7 @@ FAREWELL = re.compile(r"^session (\S+): reconnect with make chat SESSION=(\S+)$"
 
 @pytest.fixture(scope="module")
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
-    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_WARM_SANDBOXES="0") as service:
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_WARM_SANDBOXES="0", MOORAGE_WARM_AGENTS="0") as service:
         yield service
 
 

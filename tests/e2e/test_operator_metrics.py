@@ -25,6 +25,7 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         model.url,
         MOORAGE_API_KEYS=KEYS,
         MOORAGE_WARM_SANDBOXES="0",
+        MOORAGE_WARM_AGENTS="0",
         MOORAGE_DEFAULT_AGENT=json.dumps({"ask_tools": ["Bash"]}),
         MOORAGE_PERMISSION_TIMEOUT_S=str(scaled(120)),
     ) as service:

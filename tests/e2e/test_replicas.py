@@ -28,6 +28,7 @@ def replica(model: ScriptedModelServer, database: str, **overrides: str) -> Any:
         MOORAGE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
         MOORAGE_API_KEYS=KEYS,
         MOORAGE_WARM_SANDBOXES="1",
+        MOORAGE_WARM_AGENTS="0",  # routing is the subject: fewer CLIs on three replicas
         **overrides,
     )
 

@@ -247,6 +247,7 @@ def test_files_in_and_out_on_the_docker_backend(model: ScriptedModelServer) -> N
         MOORAGE_DOCKER_URL=DOCKER_URL,
         MOORAGE_SANDBOX_IMAGE=image,
         MOORAGE_WARM_SANDBOXES="0",
+        MOORAGE_WARM_AGENTS="0",
     ) as docker:
         api = client(docker)
         agent_id, env_id = setup(api, "Docker")

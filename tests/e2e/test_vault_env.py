@@ -70,6 +70,7 @@ async def test_an_environment_variable_credential_reaches_its_host_and_never_the
         "MOORAGE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8",  # the test's "internet" is this host's loopback
         "MOORAGE_EGRESS_UPSTREAM_CA_FILE": str(ca_file),  # the test server's CA, for the tunnel only
         "MOORAGE_WARM_SANDBOXES": "0",
+        "MOORAGE_WARM_AGENTS": "0",
     }
     with run_service(model.url, **env) as svc:
         api = client(svc)

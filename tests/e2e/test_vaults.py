@@ -78,6 +78,7 @@ async def test_a_vault_credential_reaches_the_mcp_server_and_never_the_sandbox(
         # The test's MCP server is on this host's loopback, which is otherwise refused.
         "MOORAGE_EGRESS_ALLOW_NETWORKS": "127.0.0.0/8",
         "MOORAGE_WARM_SANDBOXES": "0",
+        "MOORAGE_WARM_AGENTS": "0",
     }
     with run_service(model.url, **env) as first:
         api = client(first)
@@ -164,7 +165,9 @@ async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(mod
     the API (update, pages, delete, ``mcp_oauth_validate`` 501); an archived vault: 400 ``vault_archived``; a
     server without ``MOORAGE_SECRET_KEY`` keeps vaults but refuses credentials (503, not retried);
     a malformed key refuses the start."""
-    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_SECRET_KEY=KEY, MOORAGE_WARM_SANDBOXES="0") as svc:
+    with run_service(
+        model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_SECRET_KEY=KEY, MOORAGE_WARM_SANDBOXES="0", MOORAGE_WARM_AGENTS="0"
+    ) as svc:
         api = client(svc)
         agent = api.beta.agents.create(name="Plain", model="claude-opus-5", tools=[TOOLSET])
         env_id = api.beta.environments.create(name="plain").id
@@ -218,7 +221,7 @@ async def test_unsupported_credentials_and_a_missing_key_are_refused_clearly(mod
         assert api.beta.vaults.delete(vault.id).type == "vault_deleted"
         assert TOKEN not in svc.logs()
 
-    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_WARM_SANDBOXES="0") as keyless:
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_WARM_SANDBOXES="0", MOORAGE_WARM_AGENTS="0") as keyless:
         api = client(keyless)
         vault = api.beta.vaults.create(display_name="Carol")
         with pytest.raises(anthropic.APIStatusError) as no_key:

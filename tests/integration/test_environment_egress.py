@@ -142,19 +142,26 @@ async def suspended(services: Services, session: Session) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("kind", ["loaded", "started"])
 async def test_a_session_reaches_its_environments_hosts_and_one_without_the_operators(
-    model: ScriptedModelServer, echo_ports: tuple[int, int], tmp_path: Path
+    model: ScriptedModelServer, echo_ports: tuple[int, int], tmp_path: Path, kind: str
 ) -> None:
     """The operator allows B (MOORAGE_EGRESS_ALLOW); the environment allows A. A session in the
-    environment, on a sandbox the warm pool started before the session existed, reaches A (through
-    $HTTPS_PROXY and straight through the socket) and is refused B, the operator's host, and any
-    other; so is it after rehydration, in a fresh sandbox. A session without an environment still
-    gets the operator's list: B, not A."""
+    environment, on a sandbox the warm pool started before the session existed (a loaded one, or a
+    started agent of the operator's default spec, whose CLI ran under the operator's policy),
+    reaches A (through $HTTPS_PROXY and straight through the socket) and is refused B, the
+    operator's host, and any other; so is it after rehydration, in a fresh sandbox. A session
+    without an environment still gets the operator's list: B, not A."""
     a, b = echo_ports
-    async with running(model, tmp_path / "state", egress_allow=f"localhost:{b}", warm_sandboxes=1) as services:
+    pools = {"warm_sandboxes": 1, "warm_agents": 0} if kind == "loaded" else {"warm_sandboxes": 0, "warm_agents": 1}
+    async with running(model, tmp_path / "state", egress_allow=f"localhost:{b}", **pools) as services:
         manager, pool = services.sessions, services.sessions.deps.pool
-        await eventually(lambda: len(pool.ready) == 1, 60, "a warm sandbox")
-        warm = pool.ready[0].sandbox_id
+        if kind == "loaded":
+            await eventually(lambda: len(pool.ready) == 1, 60, "a warm sandbox")
+            warm = pool.ready[0].sandbox_id
+        else:
+            await eventually(lambda: sum(map(len, pool.agents.values())) == 1, 60, "a started agent")
+            warm = next(e for entries in pool.agents.values() for e in entries).loaded.sandbox_id
         env_a = environment("env_a", {"type": "limited", "allowed_hosts": [f"localhost:{a}"]})
         session = await manager.create("tenant-a", None, env_a)
         targets = (f"proxy=localhost:{a}", f"sock=localhost:{a}", f"sock=localhost:{b}", "sock=example.com:443")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moorage.channel import Loaded, Ready, Sdk
+from moorage.channel import Loaded, Prestarted, Ready, Sdk
 from moorage.egress import ModelProxy
 from moorage.sandbox.base import Sandbox, SandboxBackend, SandboxSpec
 from moorage.sandbox.cgroups import Limits
@@ -154,3 +154,70 @@ async def test_a_start_cancelled_before_the_runner_exists_leaves_nothing(
     if backend.cgroups is not None:
         assert not backend.cgroups.of(sid).dirs
     await backend.close()
+
+
+async def prestarted(backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path, options: dict[str, Any]) -> Sandbox:
+    """A sandbox sent ``prestart`` (a warm pool's started agent) and answered ``prestarted``."""
+    sid = uuid.uuid4().hex[:12]
+    spec = SandboxSpec("", sid, tmp_path / "workspaces" / sid, await proxy.open(sid))
+    sandbox = await backend.start(spec)
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Loaded()
+    await sandbox.send({"kind": "prestart", "options": options, "model_proxy": "unix:/run/moorage/model.sock"})
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Prestarted()
+    return sandbox
+
+
+def clis(handle: dict[str, Any]) -> set[int]:
+    """The Claude Code CLI processes of a local sandbox."""
+    found = set()
+    for pid in processes_of_uid(handle["uid"]):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"claude" in f.read():
+                    found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_started_agent_serves_the_start_it_was_started_for(
+    backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path
+) -> None:
+    """``prestart`` starts the CLI before any session exists; the matching ``start`` is served by
+    that same CLI (no second start), under the session id it was started with."""
+    session_id = str(uuid.uuid4())
+    options = {"session_id": session_id, "max_turns": 2}
+    sandbox = await prestarted(backend, proxy, tmp_path, options)
+    handle = sandbox.handle
+    before = clis(handle) if handle["backend"] == "local" else set()
+    assert before or handle["backend"] != "local", "the CLI runs before the start"
+    await sandbox.send({"kind": "start", "options": options, "model_proxy": "unix:/run/moorage/model.sock"})
+    assert await asyncio.wait_for(sandbox.recv(), scaled(30)) == Ready()
+    await sandbox.send({"kind": "user", "message": {"type": "user", "message": {"role": "user", "content": "say hi"}}})
+    frames = await until_result(sandbox)
+    init = next(f.message for f in frames if f.type == "system" and f.message.get("subtype") == "init")
+    assert init["session_id"] == session_id
+    if handle["backend"] == "local":
+        assert clis(handle) & before, "the prestarted CLI answered the turn"
+    await sandbox.stop(scaled(10))
+    assert not leftovers(handle)
+
+
+async def test_a_start_that_differs_from_the_prestart_gets_an_agent_with_its_own_options(
+    backend: SandboxBackend, proxy: ModelProxy, tmp_path: Path
+) -> None:
+    session_id = str(uuid.uuid4())
+    sandbox = await prestarted(backend, proxy, tmp_path, {"session_id": session_id, "model": "claude-one"})
+    handle = sandbox.handle
+    before = clis(handle) if handle["backend"] == "local" else set()
+    start = {"session_id": session_id, "model": "claude-two", "max_turns": 2}
+    await sandbox.send({"kind": "start", "options": start, "model_proxy": "unix:/run/moorage/model.sock"})
+    assert await asyncio.wait_for(sandbox.recv(), scaled(60)) == Ready()
+    await sandbox.send({"kind": "user", "message": {"type": "user", "message": {"role": "user", "content": "say hi"}}})
+    frames = await until_result(sandbox)
+    init = next(f.message for f in frames if f.type == "system" and f.message.get("subtype") == "init")
+    assert init["model"] == "claude-two"
+    if handle["backend"] == "local":
+        assert not clis(handle) & before, "the prestarted CLI was stopped"
+    await sandbox.stop(scaled(10))
+    assert not leftovers(handle)

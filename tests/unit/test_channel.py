@@ -16,12 +16,16 @@ from moorage.channel import (
     ChannelViolation,
     CustomToolResult,
     CustomToolUse,
+    FilePut,
     Garbage,
     Interrupt,
     Loaded,
     PermissionRequest,
     PermissionResponse,
     Phase,
+    Prestart,
+    Prestarted,
+    PutFile,
     Ready,
     Reason,
     Restore,
@@ -72,6 +76,7 @@ def test_every_frame_the_real_runner_sends_parses() -> None:
     assert parse_runner_line(b'{"kind":"loaded","version":2}\n') == Loaded(2)
     assert parse_runner_line(b'{"kind":"loaded"}') == Loaded(1)  # an image built before versioning
     assert parse_runner_line(b'{"kind":"ready"}') == Ready()
+    assert parse_runner_line(b'{"kind":"prestarted"}') == Prestarted()
     assert parse_runner_line(line({"kind": "sdk", "message": {"type": "assistant", "x": 1.5}})) == Sdk(
         {"type": "assistant", "x": 1.5}
     )
@@ -200,6 +205,30 @@ def test_order_follows_the_real_runner() -> None:
         ch.received(Violation(Reason.TOO_LARGE))
 
 
+def test_a_started_agent_answers_prestart_then_waits_for_its_start() -> None:
+    """A warm pool's ``prestart``: ``prestarted``, then the session's ``start`` (files may come
+    first), then ``ready``; ``prestarted`` unasked, or anything else while prestarting, breaks it."""
+    ch = RunnerChannel(Phase.LOADED)
+    ch.sent(Prestart(Start({"session_id": "s-1"}, "unix:/m")))
+    for early in (Ready(), Rpc(1, "store.load", {}), Sdk({"type": "system"})):
+        with pytest.raises(ChannelViolation, match="out_of_order"):
+            RunnerChannel(Phase.PRESTARTING).received(early)
+    assert ch.received(Prestarted()) == Prestarted()
+    assert ch.phase is Phase.PRESTARTED
+    with pytest.raises(ChannelViolation, match="out_of_order"):
+        RunnerChannel(Phase.PRESTARTED).received(Prestarted())
+    with pytest.raises(ChannelViolation, match="out_of_order"):
+        RunnerChannel(Phase.LOADED).received(Prestarted())
+    ch.sent(PutFile("/mnt/session/uploads/a", "QQ==", last=True))
+    assert ch.received(FilePut("/mnt/session/uploads/a", True, "")) == FilePut("/mnt/session/uploads/a", True, "")
+    ch.sent(Start({"session_id": "s-1"}, "unix:/m"))
+    assert ch.received(Ready()) == Ready(), "ready after the start"
+    assert Prestart(Start({"session_id": "s-1"}, "unix:/m")).wire() == {
+        **Start({"session_id": "s-1"}, "unix:/m").wire(),
+        "kind": "prestart",
+    }
+
+
 def test_another_channel_version_is_refused() -> None:
     with pytest.raises(ChannelViolation, match="version"):
         RunnerChannel().received(Loaded(1))  # also: a runner built before versioning
@@ -218,6 +247,7 @@ def test_service_frames_are_what_the_runner_reads() -> None:
         PermissionResponse("toolu_1", "deny", "not now"),
         CustomToolResult("c1", [{"type": "text", "text": "22C"}], is_error=False),
         Start({}, "unix:/m", agent={"ask_tools": ["Bash"], "custom_tools": []}),
+        Prestart(Start({"session_id": "s-1"}, "unix:/m")),
     ]
     for frame in frames:
         wire = frame.wire()

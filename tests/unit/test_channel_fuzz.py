@@ -17,6 +17,7 @@ from moorage.channel import (
     Garbage,
     Loaded,
     Phase,
+    Prestarted,
     Ready,
     Reason,
     Restored,
@@ -86,7 +87,7 @@ def assert_validated(frame: RunnerFrame) -> None:
     elif isinstance(frame, Snapshot):
         assert isinstance(frame.ok, bool) and isinstance(frame.data, str) and isinstance(frame.last, bool)
     else:
-        assert isinstance(frame, (Ready, Garbage)), frame
+        assert isinstance(frame, (Ready, Prestarted, Garbage)), frame
 
 
 def check(raw: bytes) -> None:

@@ -101,6 +101,7 @@ def session(
         id="s-1",
         settings=settings,
         pool=SimpleNamespace(take=lambda: loaded),
+        claimed=None,
         proxy=SimpleNamespace(tunnel=tunnel, mcp=mcp),
         tenant="acme",
         vault_ids=vault_ids,

@@ -138,7 +138,7 @@ class KubernetesSandbox:
         return {"oom_kills": int(self._oom), "pids_refusals": 0}
 
     async def send(self, frame: dict[str, Any]) -> None:
-        if frame.get("kind") == "start":
+        if frame.get("kind") in ("start", "prestart"):
             # A pod cannot reach the service's unix socket: it gets a URL.
             frame = {k: v for k, v in frame.items() if k != "model_proxy"}
             frame["model_url"] = self._backend.proxy_url(self._spec.sandbox_id)
