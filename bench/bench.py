@@ -9,12 +9,16 @@ starting and driving the Claude Code CLI, not model latency.
 "service" is ``python -m moorage serve`` started here as a subprocess with the
           local (bubblewrap) sandbox backend, driven over its WebSocket API.
 
-(a) Cold start, repeated ``--runs`` times, direct and service interleaved.
+(a) A new session, repeated ``--runs`` times, direct and service interleaved.
     The CLI emits its ``system``/``init`` message only after the first user
     message, so on both sides the first message ``say hi`` is sent at once and
     the clock runs from the start (``ClaudeSDKClient.connect()`` call /
-    WebSocket connect) to the arrival of ``system``/``init``. Median and p90
-    of each, and the ratio of medians (target <= 1.3x). One unmeasured
+    WebSocket connect) to the arrival of ``system``/``init``. The direct side
+    is a cold start (the CLI spawned by ``connect()``); the service runs as
+    deployed, with its warm pool: ``--agents`` started agents of the default
+    spec (their CLI already running: pool.py) and ``--warm`` loaded sandboxes,
+    so a new session claims a started agent. Median and p90 of each, the ratio
+    of medians (target <= 0.5x) and the service's median against 100 ms. One unmeasured
     warm-up of each side runs first (page cache, bytecode). After every
     service run the bench waits for the service's sandboxes to be gone, so
     no run shares the machine with a leftover CLI. The direct side has
@@ -71,7 +75,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import Service, run_service
 
 PROMPT = "say hi"
-COLD_START_TARGET = 1.3
+START_TARGET = 0.5  # new session -> init, service / the bare SDK's cold start
+START_TARGET_S = 0.1  # and at most this, absolute
 CONVERSATION_TARGET = 1.10
 
 START_TIMEOUT_S = 60.0  # connect -> init (CLI start, sandbox start)
@@ -219,9 +224,13 @@ class DirectSession:
 # -- the service -----------------------------------------------------------------
 
 
-def service_env(warm: int) -> dict[str, str]:
-    """``run_service`` overrides: the service's defaults, short idle, own uids."""
+def service_env(warm: int, agents: int) -> dict[str, str]:
+    """``run_service`` overrides: the service's defaults, short idle, own uids; ``agents`` started
+    agents of the default spec, one spec only (so the pool's steady state is ``warm + agents``
+    sandboxes whatever the recent demand)."""
     return {
+        "MOORAGE_WARM_AGENTS": str(agents),
+        "MOORAGE_WARM_AGENTS_PER_SPEC": str(max(agents, 1)),
         "MOORAGE_IDLE_TIMEOUT_S": str(SERVICE_IDLE_TIMEOUT_S),
         "MOORAGE_MAX_TURNS": str(DIRECT_MAX_TURNS),
         "MOORAGE_LOG_LEVEL": "info",
@@ -234,6 +243,7 @@ def service_env(warm: int) -> dict[str, str]:
 
 
 async def wait_no_sandboxes(service: Service, warm: int) -> None:
+    # ``warm``: the pool's steady state, loaded sandboxes plus started agents
     """Until the service runs only its warm pool again (each sandbox is one
     child process of the service): the last session's sandbox is gone and
     the pool is refilled, so the next run starts from the steady state."""
@@ -341,10 +351,12 @@ async def service_cold_start(service: Service, warm: int) -> tuple[float, float]
 
 async def measure(args: argparse.Namespace, model_url: str, service: Service) -> dict[str, Any]:
     log = progress
+    pool = args.warm + args.agents
+    await wait_no_sandboxes(service, pool)  # the pool is full before the first run
     for i in range(args.warmup):
         log(f"warm-up {i + 1}/{args.warmup}")
         await direct_cold_start(model_url)
-        await service_cold_start(service, args.warm)
+        await service_cold_start(service, pool)
 
     direct_init: list[float] = []
     direct_result: list[float] = []
@@ -352,8 +364,8 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
     service_result: list[float] = []
     for i in range(args.runs):
         d = await direct_cold_start(model_url)
-        s = await service_cold_start(service, args.warm)
-        log(f"cold start {i + 1}/{args.runs}: direct {d[0]:.3f}s  service {s[0]:.3f}s")
+        s = await service_cold_start(service, pool)
+        log(f"new session {i + 1}/{args.runs}: direct {d[0]:.3f}s  service {s[0]:.3f}s")
         direct_init.append(d[0])
         direct_result.append(d[1])
         service_init.append(s[0])
@@ -368,9 +380,9 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
             with temp_dir("moorage-bench-direct-") as scratch:
                 direct_turns.append(await conversation(DirectSession(model_url, scratch), args.turns))
             service_turns.append(await conversation(ServiceSession(service), args.turns))
-            await wait_no_sandboxes(service, args.warm)
+            await wait_no_sandboxes(service, pool)
             sse_turns.append(await conversation(SseSession(api), args.turns))
-            await wait_no_sandboxes(service, args.warm)
+            await wait_no_sandboxes(service, pool)
             log(
                 f"conversation {i + 1}/{args.conversations}, {args.turns} turns: "
                 f"direct {sum(direct_turns[-1]):.3f}s  service {sum(service_turns[-1]):.3f}s  "
@@ -391,14 +403,16 @@ def cold_start_report(
     d, s = summary(direct), summary(service)
     ratio = s["median_s"] / d["median_s"]
     return {
-        "what": "start (connect() call / WebSocket connect) -> system/init, first message sent at once",
+        "what": "start (connect() call / WebSocket connect) -> system/init, first message sent at once; "
+        "direct: a cold start; service: its warm pool as deployed (a started agent claimed)",
         "runs": len(direct),
         "direct": {**d, "samples_s": [round(x, 4) for x in direct]},
         "service": {**s, "samples_s": [round(x, 4) for x in service]},
         "to_first_result": {"direct": summary(direct_result), "service": summary(service_result)},
         "ratio_of_medians": round(ratio, 3),
-        "target_ratio": COLD_START_TARGET,
-        "pass": ratio <= COLD_START_TARGET,
+        "target_ratio": START_TARGET,
+        "target_s": START_TARGET_S,
+        "pass": ratio <= START_TARGET and s["median_s"] <= START_TARGET_S,
     }
 
 
@@ -458,16 +472,17 @@ def table(results: dict[str, Any]) -> str:
         f"claude-agent-sdk {m['claude_agent_sdk']}",
         f"{'(ms)':36}{'direct':>10}{'service':>10}{'ratio':>8}  target",
         row(
-            "cold start -> init, median",
+            "new session -> init, median",
             cold["direct"]["median_s"],
             cold["service"]["median_s"],
-            verdict(cold, "ratio_of_medians"),
+            verdict(cold, "ratio_of_medians") + f", <= {cold['target_s'] * 1000:.0f} ms",
         ),
-        row("cold start -> init, p90", cold["direct"]["p90_s"], cold["service"]["p90_s"]),
-        row("cold start -> first result, median", first["direct"]["median_s"], first["service"]["median_s"]),
+        row("new session -> init, p90", cold["direct"]["p90_s"], cold["service"]["p90_s"]),
+        row("new session -> first result, median", first["direct"]["median_s"], first["service"]["median_s"]),
     ]
     if ready := cold.get("service_sandbox_ready"):
-        lines.append(row("  service: sandbox -> ready, median", None, ready["median_s"]))
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(cold.get("service_pool", {}).items()))
+        lines.append(row(f"  service: sandbox -> ready ({kinds})", None, ready["median_s"]))
     lines += [
         row(
             f"{conv['turns']}-turn conversation, total",
@@ -497,14 +512,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     model = ScriptedModelServer().start()
     state_dir: Path | None = None
     try:
-        with run_service(model.url, **service_env(args.warm)) as service:
+        with run_service(model.url, **service_env(args.warm, args.agents)) as service:
             state_dir = service.state_dir
             figures = await measure(args, model.url, service)
         # run_service has stopped the service (SIGTERM, bounded wait).
         leftovers = wait_sandboxes_gone()
         issues = hostprobe.log_issues(service.log_path)
         records = hostprobe.log_records(service.log_path)
-        ready = [float(r["start_s"]) for r in records if r.get("event") == "session_ready" and "start_s" in r]
+        readies = [r for r in records if r.get("event") == "session_ready" and "start_s" in r]
+        ready = [float(r["start_s"]) for r in readies]
+        kinds = [str(r.get("warm")) for r in readies]
     except AssertionError as exc:  # run_service: the service did not start
         raise BenchError(str(exc)[:2000]) from exc
     finally:
@@ -519,6 +536,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(cold_ready) == args.runs:
         # The service's own figure: sandbox start -> runner ready (SDK connected).
         figures["cold_start"]["service_sandbox_ready"] = summary(cold_ready)
+        measured = kinds[args.warmup : args.warmup + args.runs]
+        figures["cold_start"]["service_pool"] = {kind: measured.count(kind) for kind in set(measured)}
     return {
         "schema": 1,
         "machine": hostprobe.machine(load_at_start),
@@ -528,6 +547,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "conversations": args.conversations,
             "warmup": args.warmup,
             "warm_sandboxes": args.warm,
+            "warm_agents": args.agents,
             "prompt": PROMPT,
         },
         **figures,
@@ -548,7 +568,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results.json", help="results file"
     )
     parser.add_argument(
-        "--warm", type=int, default=2, help="the service's warm sandbox pool (MOORAGE_WARM_SANDBOXES; 0: cold)"
+        "--warm", type=int, default=2, help="the service's loaded warm sandboxes (MOORAGE_WARM_SANDBOXES)"
+    )
+    parser.add_argument(
+        "--agents", type=int, default=1, help="the service's started agents (MOORAGE_WARM_AGENTS; 0 and --warm 0: cold)"
     )
     parser.add_argument("--keep-state", action="store_true", help="keep the service's state dir and log")
     args = parser.parse_args(argv)
