@@ -150,6 +150,22 @@ class Client:
         self.ws = ws
         self.first = first
         self.session_id: str = first.get("session_id", "")
+        # Start progress (``status`` frames, ephemeral) is kept apart, as a chat client shows it
+        # apart: ``recv`` and ``until`` return the conversation's frames only.
+        self.statuses: list[dict[str, Any]] = []
+
+    async def _next(self, timeout_s: float) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.text(timeout_s))
+        return frame
+
+    async def text(self, timeout_s: float) -> str:
+        """The next frame that is not a ``status``, as the server wrote it."""
+        while True:
+            text = str(await asyncio.wait_for(self.ws.recv(), timeout_s))
+            frame = json.loads(text)
+            if not isinstance(frame, dict) or frame.get("type") != "status":
+                return text
+            self.statuses.append(frame)
 
     @classmethod
     async def connect(
@@ -179,8 +195,7 @@ class Client:
         await self.send({"type": "user", "message": {"role": "user", "content": prompt}})
 
     async def recv(self, timeout: float = 30) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), scaled(timeout)))
-        return frame
+        return await self._next(scaled(timeout))
 
     async def until(self, *types: str, timeout: float = 60) -> list[dict[str, Any]]:
         """Frames up to and including the first whose type is in ``types``."""
@@ -190,7 +205,7 @@ class Client:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise AssertionError(f"no {types} frame within {scaled(timeout)}s; got {[f['type'] for f in frames]}")
-            frame = json.loads(await asyncio.wait_for(self.ws.recv(), left))
+            frame = await self._next(left)
             frames.append(frame)
             if frame.get("type") in types:
                 return frames

@@ -403,6 +403,8 @@ async def _attach(
         "state": state,
         "protocol": PROTOCOL_VERSION,
         "last_seq": upto,
+        # Its sandbox: "starting" (a ``status`` frame says when it is ready) or "ready".
+        "sandbox": "ready" if session.ready.is_set() else "starting",
     }
     if p is not None:
         frame["truncated"] = p.truncated

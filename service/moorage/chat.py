@@ -36,6 +36,10 @@ def render(frame: dict[str, Any]) -> str | None:
         return None
     if kind == "result":
         return f"[{frame.get('subtype')}: {frame.get('num_turns')} turns, ${frame.get('total_cost_usd', 0):.4f}]"
+    if kind == "status":  # the sandbox's start: progress
+        if frame.get("status") == "ready":
+            return f"[sandbox ready in {frame.get('start_s')}s ({frame.get('pool')})]"
+        return "[restoring the workspace…]" if frame.get("status") == "restoring" else "[starting the sandbox…]"
     if kind == "queued":
         return f"[queued: runs after the current turn, position {frame.get('position')}]"
     if kind == "error":

@@ -56,7 +56,7 @@ log = structlog.get_logger(__name__)
 Frame = dict[str, Any]
 
 #: Frames that carry no seq and are never stored.
-EPHEMERAL_TYPES = frozenset({"stream_event", "pong"})
+EPHEMERAL_TYPES = frozenset({"stream_event", "pong", "status"})  # status: start progress (sessions.py)
 #: Most frames one write carries.
 MAX_BATCH = 256
 #: Bytes of frames published but not yet broadcast past which the session stops reading its runner.

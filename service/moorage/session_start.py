@@ -57,7 +57,7 @@ async def start_sandbox(session: Session) -> float:
     t0 = loop.time()
     claimed = session.claimed
     loaded = claimed.loaded if claimed is not None else session.pool.take()
-    warm = "started" if claimed is not None else "warm" if loaded is not None else "cold"
+    warm = session.pool_kind = "started" if claimed is not None else "warm" if loaded is not None else "cold"
     if claimed is not None:  # its runner answered ``prestart``: ``start`` comes next
         session.channel = RunnerChannel(Phase.PRESTARTED)
     if loaded is None:
@@ -230,6 +230,7 @@ async def _until(session: Session, frame: ServiceFrame, want: type[_Want]) -> _W
 
 async def _restore_workspace(session: Session) -> None:
     """Stream the stored archive from the database into ``restore`` frames."""
+    session.emit({"type": "status", "status": "restoring"}, durable=False)  # the workspace: progress
     last: Restore | None = None
     size = 0
     try:

@@ -125,6 +125,7 @@ class Session:
     ) -> None:
         self.id = session_id
         self.claimed = claimed  # a warm pool's started agent made for this session's id and start frame
+        self.pool_kind = "cold"  # what its sandbox was: a claimed started agent, a warm (loaded) one, or cold
         self.vault_ids = vault_ids  # its vaults' MCP credentials are injected outside it (vault_proxy.py)
         self.agent = agent  # the pinned agent version (``agents.runner_agent``), or the operator's default
         self.environment = environment  # {"id", "spec"} as pinned at creation, or None
@@ -190,6 +191,9 @@ class Session:
         error: MoorageError | None = None
         try:
             try:
+                # Start progress for the clients attached now (a later one reads ``sandbox`` in its
+                # first frame): ephemeral, like deltas.
+                self.emit({"type": "status", "status": "starting", "rehydrated": self.rehydrate}, durable=False)
                 self.started_s = await start_sandbox(self)
             except MoorageError as exc:
                 self.start_error = error = exc
@@ -200,6 +204,8 @@ class Session:
             if self.rehydrate:
                 self.metrics.rehydrations.labels("ok").inc()
             self.tasks += [asyncio.create_task(self._write()), asyncio.create_task(self._clock())]
+            status = {"type": "status", "status": "ready", "start_s": round(self.started_s, 3), "pool": self.pool_kind}
+            self.emit(status, durable=False)
             self.ready.set()
             await self.feed(ev.Ready(time.monotonic()))
             await self._pump()

@@ -52,6 +52,13 @@ async def test_idle_session_suspends_and_rehydrates_with_history_and_files(model
         assert "kept-across-suspend" in tool_output(frames)
         assert "remember the walrus" in prompts_seen(model), "the model must see the earlier conversation"
         await again.close()
+        # Start progress: each client learned its sandbox was ready, from its first frame or a
+        # status frame after it; a rehydrated session never claims a started agent (it resumes).
+        for c in (client, again):
+            ready = [s for s in c.statuses if s["status"] == "ready"]
+            assert c.first["sandbox"] == "ready" or ready, (c.first, c.statuses)
+            assert all(s["pool"] in ("started", "warm", "cold") and s["start_s"] >= 0 for s in ready)
+        assert all(s["pool"] != "started" for s in again.statuses if s["status"] == "ready")
 
 
 async def test_kill_9_mid_turn_then_restart_keeps_every_acknowledged_turn(model: ScriptedModelServer) -> None:

@@ -188,7 +188,13 @@ async def test_second_connection_attaches_and_sees_the_same_stream(service: Serv
     await first.turn("say warm")
     second = await Client.connect(service, first.session_id)
     last_seq = second.first.pop("last_seq")
-    assert second.first == {"type": "session", "session_id": first.session_id, "state": "attached", "protocol": 1}
+    assert second.first == {
+        "type": "session",
+        "session_id": first.session_id,
+        "state": "attached",
+        "protocol": 1,
+        "sandbox": "ready",
+    }
     assert last_seq > 0
     await second.say("say from the second")
     a = result_of(await first.until("result"))

@@ -196,6 +196,14 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await asyncio.wait_for(task, scaled(60))
 
 
+async def conversation_frame(ws: Any) -> dict[str, Any]:
+    """The next frame, past start progress (``status``)."""
+    while True:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+        if frame.get("type") != "status":
+            return frame
+
+
 async def wait_bounded(done: Callable[[], bool], what: str, baseline: int, timeout: float = 60) -> int:
     """Poll until ``done()``; fail as soon as traced memory passes
     ``baseline + MEMORY_LIMIT`` (the flood is endless: unbounded memory
@@ -360,9 +368,9 @@ async def test_result_frames_with_hostile_numbers_leave_counters_finite(service:
         await ws.recv()
         for _ in range(3):
             await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "go"}}))
-            frame = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+            frame = await conversation_frame(ws)
             if frame["type"] == "user_message":  # the echo of the accepted message (the event log)
-                frame = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+                frame = await conversation_frame(ws)
             if frame["type"] != "result":
                 assert frame["type"] == "error" and frame["code"] == "sandbox_crashed" and frame["fatal"], frame
                 survived = False
@@ -399,9 +407,9 @@ async def test_a_runner_that_stops_reading_its_input_is_still_killed_at_the_turn
     async with websockets.connect(service.ws_url, max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "session"
         await ws.send(json.dumps({"type": "user", "message": {"role": "user", "content": "hello"}}))
-        echo = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+        echo = await conversation_frame(ws)
         assert echo["type"] == "user_message"  # the accepted message, from the event log
-        error = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+        error = await conversation_frame(ws)
         assert error["type"] == "error" and error["code"] == "turn_timeout" and error["fatal"] is True
         await asyncio.wait_for(ws.wait_closed(), scaled(30))
         assert ws.close_code == 1011

@@ -66,3 +66,11 @@ def test_it_quits_only_once_every_turn_has_its_result_and_the_replay_is_shown() 
     talk.take({"type": "result", "subtype": "success", "num_turns": 1, "seq": 5})
     assert talk.settled.is_set()
     assert render({"type": "user_message", "message": {"role": "user", "content": "say b"}}) == "> say b"
+
+
+def test_the_sandboxs_start_is_shown_as_it_goes() -> None:
+    assert render({"type": "status", "status": "starting", "rehydrated": True}) == "[starting the sandbox…]"
+    assert render({"type": "status", "status": "restoring"}) == "[restoring the workspace…]"
+    assert render({"type": "status", "status": "ready", "start_s": 0.012, "pool": "started"}) == (
+        "[sandbox ready in 0.012s (started)]"
+    )

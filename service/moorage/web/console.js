@@ -390,6 +390,7 @@ class Chat {
     const t = this.transcript;
     switch (frame.type) {
       case "session":
+        this.sandbox = frame.sandbox || "ready";
         this.sessionId = frame.session_id;
         this.replayUntil = frame.last_seq || 0;
         history.replaceState(null, "", `#/sessions/${frame.session_id}`);
@@ -433,6 +434,9 @@ class Chat {
         break;
       case "output_file":
         t.output(frame);
+        break;
+      case "status":
+        this.sandbox = frame.status; // starting, restoring, ready: the sandbox's start, live only
         break;
       case "error":
         this.onError(frame);
@@ -508,6 +512,9 @@ class Chat {
     const state = $("chat-state");
     state.textContent = live ? "connected" : this.ws ? "connecting" : "disconnected";
     state.className = `pill ${live ? "live" : "down"}`;
+    const sandbox = $("sandbox-state");
+    sandbox.hidden = !live || !this.sandbox || this.sandbox === "ready";
+    sandbox.textContent = this.sandbox === "restoring" ? "restoring the workspace…" : "starting the sandbox…";
     $("send").disabled = !live;
     $("working").hidden = !(live && this.inflight > 0);
     $("interrupt").hidden = !(live && this.inflight > 0);
