@@ -104,6 +104,7 @@ bench: deps venv
 	$(PY) bench/bench_replicas.py
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_files.py
+	$(PY) bench/bench_density.py
 
 # Images need an engine: DOCKER_HOST if set, else a private dockerd
 # (container/dockerd.sh, as root). Built offline; see container/README.md.

@@ -206,8 +206,12 @@ async def _frames(
                         out += [sse.encode(frame) for frame in preview.feed(item, event_id(seen + 1))]
                         continue
                     # News up to seq ``item`` (not further: a preview queued after it must not be
-                    # overtaken by the message it previews), or a poll (everything there is).
-                    await projection.catch_up(store, item)
+                    # overtaken by the message it previews), or a poll (everything there is, read
+                    # once a period for all the session's streams).
+                    if item is None:
+                        await projection.poll(store, time.monotonic())
+                    else:
+                        await projection.catch_up(store, item)
                     seen = projection.projector.last_seq if item is None else max(seen, item)
                     upto = projection.count_upto(seen)
                     out += [sse.encode_event(e) for e in projection.events[sent:upto]]

@@ -9,7 +9,8 @@ watch when it broadcasts (``Session._fanout``): a durable frame wakes the stream
 is new from the database; an ephemeral ``stream_event`` goes to the streams that asked for
 previews, in its place behind the durable frames before it. A session running on another
 replica wakes its streams here through a notification (``notify.py``: PostgreSQL ``NOTIFY`` on
-every append, ``appended``); streams also read the database every ``POLL_S``, so a lost
+every append, ``appended``); a session's streams also read the database every ``POLL_S`` (one
+read per session and period, whatever the number of streams: ``Projection.poll``), so a lost
 notification delays events, never loses them. Previews are the owner's alone: they are never
 stored, so a stream on another replica gets the durable events only.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,18 +53,32 @@ class Projection:
     events: list[MaEvent] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # streams holding it
+    read_at: float = float("-inf")  # when the log was last read to its end (monotonic)
 
     async def catch_up(self, store: EventStore, upto: int | None = None) -> None:
         """Project what the log holds past what was projected, up to seq ``upto`` if given (one
         reader at a time)."""
         async with self.lock:
-            while upto is None or self.projector.last_seq < upto:
-                want = MAX_PAGE if upto is None else min(MAX_PAGE, upto - self.projector.last_seq)
-                frames = await store.read(self.session_id, self.projector.last_seq, want)
-                for frame in frames:
-                    self.events.extend(self.projector.project(frame))
-                if len(frames) < want:
-                    return
+            await self._read(store, upto)
+
+    async def poll(self, store: EventStore, now: float, period_s: float = POLL_S) -> None:
+        """A stream's look at the log with no news: read it to its end, unless another of the
+        session's streams did less than ``period_s`` ago (news in between wakes them all), so a
+        session's idle streams read the database once a period between them, not once each."""
+        async with self.lock:
+            if now - self.read_at >= period_s:
+                await self._read(store, None, now)
+
+    async def _read(self, store: EventStore, upto: int | None, now: float | None = None) -> None:
+        while upto is None or self.projector.last_seq < upto:
+            want = MAX_PAGE if upto is None else min(MAX_PAGE, upto - self.projector.last_seq)
+            frames = await store.read(self.session_id, self.projector.last_seq, want)
+            for frame in frames:
+                self.events.extend(self.projector.project(frame))
+            if len(frames) < want:
+                if upto is None:
+                    self.read_at = time.monotonic() if now is None else now
+                return
 
     def count_upto(self, seq: int) -> int:
         """How many of ``events`` come from frames up to ``seq`` (ids sort in log order)."""

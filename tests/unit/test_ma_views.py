@@ -218,6 +218,30 @@ async def test_concurrent_catch_ups_project_each_frame_once() -> None:
     assert [e.id for e in projection.events] == [event_id(1), event_id(2)]
 
 
+async def test_a_sessions_idle_streams_read_the_log_once_a_period_between_them() -> None:
+    """Idle streams poll (a lost notification must not lose events); a thousand streams of one
+    session must not read the database a thousand times a period."""
+    store = MemoryStore()
+    store.add(said("a"))
+    projection = Projection("s1", Projector(TOOLS))
+    await asyncio.gather(*(projection.poll(store, now=100.0, period_s=2.0) for _ in range(1000)))
+    assert len(store.reads) == 1 and [e.id for e in projection.events] == [event_id(1)]
+    store.add(said("b"))
+    await projection.poll(store, now=101.9, period_s=2.0)
+    assert len(store.reads) == 1, "read less than a period ago: not again"
+    await projection.poll(store, now=102.0, period_s=2.0)
+    assert len(store.reads) == 2 and [e.id for e in projection.events] == [event_id(1), event_id(2)]
+
+
+async def test_news_is_read_at_once_whatever_the_last_poll() -> None:
+    store = MemoryStore()
+    projection = Projection("s1", Projector(TOOLS))
+    await projection.poll(store, now=100.0, period_s=2.0)
+    store.add(said("a"))
+    await projection.catch_up(store, 1)  # a stream woken by the append
+    assert [e.id for e in projection.events] == [event_id(1)]
+
+
 # -- Projections ------------------------------------------------------------------
 
 
