@@ -269,7 +269,9 @@ class WarmPool:
         self.metrics.warm_agents.inc()
 
     def _evict(self) -> None:
-        """Let go of started agents over the plan (oldest first) and of dead ones."""
+        """Let go of started agents over the plan (oldest first) and of dead ones; forget the
+        specs the plan no longer names (their demand and start frame: memory stays bounded
+        however many agent versions come and go)."""
         for entries in self.agents.values():
             for dead in [e for e in entries if e.loaded.sandbox.returncode is not None]:
                 entries.remove(dead)
@@ -278,6 +280,11 @@ class WarmPool:
         for key, extra in surplus(self._have(), plan).items():
             for _ in range(extra):
                 self._drop(self.agents[key].pop(0).loaded, "surplus" if key in plan else "idle")
+        for key in [k for k, d in self.demands.items() if k not in plan and not d.pinned]:
+            if not self.agents.get(key):
+                self.demands.pop(key, None)
+                self.templates.pop(key, None)
+                self.agents.pop(key, None)
 
     def _drop(self, loaded: Loaded, reason: str) -> None:
         self.metrics.warm_agents.dec()

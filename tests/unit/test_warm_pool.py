@@ -137,6 +137,7 @@ async def test_another_spec_misses_once_then_is_kept_warm_until_it_is_idle(tmp_p
     warm.refill()
     await eventually(lambda: started(warm) == 1, 10, "the idle spec's agent let go")
     assert count(metrics, "moorage_warm_agent_evictions_total", reason="idle") == 1
+    assert list(warm.templates) == list(warm.demands) and len(warm.demands) == 1, "the idle spec is forgotten"
     assert warm.claim(DEFAULT) is not None, "the pinned spec stays"
     await warm.close()
 
