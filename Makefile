@@ -54,7 +54,7 @@ $(STAMP): service/pyproject.toml container/pyproject.toml session-store/pyprojec
 TOOLBOX_LOCK := container/toolbox.txt
 TOOLBOX_ROOT ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/moorage/toolbox
 toolbox: deps venv
-	@$(PY) -m moorage toolbox build --lock $(TOOLBOX_LOCK) --root $(TOOLBOX_ROOT) --link $(VENV)/moorage-toolbox >/dev/null
+	@$(PY) -m moorage.sandbox.toolbox_build build --lock $(TOOLBOX_LOCK) --root $(TOOLBOX_ROOT) --link $(VENV)/moorage-toolbox >/dev/null
 
 run: deps venv toolbox
 	@[ -n "$$ANTHROPIC_API_KEY" ] || echo "WARNING: ANTHROPIC_API_KEY is not set; model calls will fail. 'make demo' runs against the scripted model."

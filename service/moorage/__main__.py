@@ -1,4 +1,4 @@
-"""Command line: ``moorage serve | demo | chat | tokens | sessions | agents | toolbox``."""
+"""Command line: ``moorage serve | demo | chat | tokens | sessions | agents``."""
 
 from __future__ import annotations
 
@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_parser(sub)
     sessions_cli.add_parser(sub)
     agents_cli.add_parser(sub)
-    toolbox.add_parser(sub)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "serve":
@@ -214,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         return sessions_cli.run(args, settings)
     elif args.command == "agents":
         return agents_cli.run(args, settings)
-    elif args.command == "toolbox":
-        return toolbox.run(args)
     return 0
 
 

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 from moorage.sandbox.base import TOOL_ENV
-from moorage.sandbox.toolbox import (
-    TOOLBOX_LINK,
-    ToolboxError,
-    candidate,
-    check,
-    parse_pyvenv,
-    problem,
-    rewrite_prefix,
-    toolbox_key,
-)
+from moorage.sandbox.toolbox import ToolboxError, candidate, check, parse_pyvenv, problem
+from moorage.sandbox.toolbox_build import TOOLBOX_LINK, rewrite_prefix, toolbox_key
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "container" / "toolbox.txt"
