@@ -74,7 +74,9 @@ def chart_and_traceback(api: anthropic.Anthropic, prefix: str) -> None:
 
     words = said(turn(api, session.id, "bash " + CHART.format(csv=f"/mnt/session/uploads/{upload.id}")))
     assert words.startswith("tool said: "), words
-    where, backend, rows, mean, digest = words.removeprefix("tool said: ").split()
+    fields = words.removeprefix("tool said: ").split()
+    assert len(fields) == 5, f"one line, nothing on stderr (a font or cache warning?): {words!r}"
+    where, backend, rows, mean, digest = fields
     assert (where, backend, rows, float(mean)) == (prefix, "agg", "3", 16.0)
 
     def listed() -> bool:
