@@ -3,7 +3,8 @@
 #   base     Debian bookworm minbase + python3, made with debootstrap and
 #            `docker import` (no image registry is needed or reachable)
 #   sandbox  moorage-sandbox:<version>: the runner, claude-agent-sdk with its
-#            bundled CLI, the data stack (container/requirements-image.txt)
+#            bundled CLI, the toolbox (container/toolbox.txt: the data stack
+#            local sandboxes get from `make toolbox` too)
 #   service  moorage-service:<version>: the service and the session store
 # Python packages come from a wheelhouse built on the host with the venv's pip
 # and constraints.txt; the image build itself runs with --network none.
@@ -19,7 +20,8 @@ CACHE=${MOORAGE_IMAGE_CACHE:-/var/cache/moorage-images}
 PY=${MOORAGE_BUILD_PYTHON:-$ROOT/.venv/bin/python}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
-BASE_PACKAGES=python3,python3-venv,ca-certificates,procps,tini,file,unzip
+# git, curl, jq, ripgrep: CLI tools the agent reaches for (the host has them for local sandboxes: Makefile)
+BASE_PACKAGES=python3,python3-venv,ca-certificates,procps,tini,file,unzip,git,curl,jq,ripgrep
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' service/pyproject.toml)
 export DOCKER_BUILDKIT=0 # the classic builder: no buildx plugin on Debian's docker.io
 mkdir -p "$CACHE"
@@ -58,7 +60,7 @@ wheelhouse() {
   shift
   # the key covers the arguments, the pins and any local project given as a path (its code, its
   # build files and the console's assets)
-  key=$({ echo "$*"; cat constraints.txt container/requirements-image.txt; for a in "$@"; do
+  key=$({ echo "$*"; cat constraints.txt container/toolbox.txt; for a in "$@"; do
     if [ -d "$a" ]; then
       find "$a" \( -name '*.py' -o -name '*.toml' -o -name '*.ini' -o -name '*.mako' -o -path '*/web/*' \) -not -path '*/build/*' | sort | xargs cat
     fi
@@ -110,7 +112,7 @@ image() {
 sandbox() {
   local base wheels
   base=$(base_image)
-  wheels=$(wheelhouse sandbox "claude-agent-sdk" -r container/requirements-image.txt)
+  wheels=$(wheelhouse sandbox "claude-agent-sdk" -r container/toolbox.txt)
   image moorage-sandbox container/Dockerfile "$wheels" "$base" container/moorage_runner
 }
 

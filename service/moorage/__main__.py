@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from . import agents_cli, sessions_cli, tokens
 from .logs import configure
+from .sandbox import toolbox
 from .server import connection_cap, guarded_protocol, raise_nofile_limit
 from .settings import Settings
 
@@ -61,6 +62,13 @@ def serve(settings: Settings) -> None:
     except (AuthConfigError, SecretKeyError) as exc:
         print(f"moorage: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
+    # A bad toolbox is a start-up error, not broken sessions ("auto" finding none: a log line).
+    if settings.sandbox == "local" and (path := toolbox.candidate(settings.sandbox_toolbox, sys.prefix)):
+        try:
+            toolbox.check(path, sys.base_prefix)
+        except toolbox.ToolboxError as exc:
+            print(f"moorage: cannot start: {exc}", file=sys.stderr)
+            sys.exit(2)
     if settings.metrics_port and settings.metrics_port == settings.port:
         print("moorage: cannot start: MOORAGE_METRICS_PORT must differ from MOORAGE_PORT", file=sys.stderr)
         sys.exit(2)

@@ -150,19 +150,23 @@ def appended(sessions: SessionManager, payload: str) -> None:
 async def make_backend(settings: Settings) -> SandboxBackend:
     if settings.sandbox == "local":
         from .sandbox.cgroups import Limits
-        from .sandbox.local import LocalBackend
+        from .sandbox.local import LocalBackend, Runtime
+        from .sandbox.toolbox import resolve
 
         limits = Limits(settings.sandbox_memory_bytes, settings.sandbox_pids, settings.sandbox_cpus)
+        runtime = Runtime.discover()
         backend = LocalBackend(
             settings.state_dir,
             settings.sandbox_uid_base,
             settings.sandbox_uid_count,
+            runtime=runtime,
             limits=limits,
             seccomp=settings.sandbox_seccomp,
             workspace_bytes=settings.workspace_max_bytes,
             tmp_bytes=settings.sandbox_tmp_bytes,
             start_timeout_s=settings.sandbox_start_timeout_s,
             session_bytes=settings.session_files_bytes,
+            toolbox=resolve(settings.sandbox_toolbox, runtime.prefix, runtime.base_prefix),
         )
         await backend.check()
         return backend

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # an output_too_large notice), and the most one turn's outputs may hold in all.
     output_max_bytes: int = Field(default=100 * 1024**2, ge=1)
     output_turn_max_bytes: int = Field(default=256 * 1024**2, ge=1)
+    # Local backend: the toolbox venv (container/toolbox.txt; sandbox/toolbox.py) mounted
+    # read-only into every sandbox, its bin/ first on PATH: a path, "" (none: the host's bare
+    # python3), or "auto" (the one `make toolbox` linked from the service venv, if any).
+    sandbox_toolbox: str = "auto"
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
     # Docker backend: the engine's API ("" = DOCKER_HOST or /var/run/docker.sock).

@@ -74,7 +74,7 @@ def test_pod_carries_no_secret() -> None:
     assert "secretKeyRef" not in text and "envFrom" not in text and "secret" not in text.lower()
     assert "ANTHROPIC" not in text and "/s/" not in text
     names = {e["name"] for e in runner(pod)["env"]}
-    assert names == {"HOME", "TMPDIR", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+    assert names == {"HOME", "TMPDIR", "LANG", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MPLBACKEND"}
 
 
 def test_resources_come_from_the_sandbox_limits() -> None:

@@ -8,15 +8,19 @@ from typing import Any
 import pytest
 from moorage.channel import Garbage, Sdk
 from moorage.errors import SandboxError
-from moorage.sandbox.base import MODEL_SOCKET, SandboxSpec, decode_frame, encode_frame
+from moorage.sandbox.base import MODEL_SOCKET, TOOL_ENV, SandboxSpec, decode_frame, encode_frame
 from moorage.sandbox.local import Runtime, bwrap_argv
 from moorage.sandbox.uids import UidPool
 
 
-def argv(uid: int | None = 200_123, base_prefix: str = "/usr") -> list[str]:
+def argv(uid: int | None = 200_123, base_prefix: str = "/usr", toolbox: Path | None = None) -> list[str]:
     spec = SandboxSpec("sess-1", "sb-1", Path("/state/workspaces/sess-1"), Path("/state/egress/x.sock"))
     runtime = Runtime("/srv/venv/bin/python", "/srv/venv", base_prefix, "/srv/src/moorage_runner")
-    return bwrap_argv(spec, runtime, uid, Path("/state/sandbox-etc"))
+    return bwrap_argv(spec, runtime, uid, Path("/state/sandbox-etc"), toolbox=toolbox)
+
+
+def env(args: list[str]) -> dict[str, str]:
+    return {args[i + 1]: args[i + 2] for i, a in enumerate(args) if a == "--setenv"}
 
 
 def inner(args: list[str]) -> list[str]:
@@ -90,6 +94,32 @@ def test_no_secret_reaches_the_sandbox_environment() -> None:
     names = [args[i + 1] for i, a in enumerate(args) if a == "--setenv"]
     assert not [n for n in names if "KEY" in n or "TOKEN" in n or "DATABASE" in n or "ANTHROPIC" in n]
     assert args[-3:] == ["/opt/moorage/venv/bin/python", "-m", "moorage_runner"]
+
+
+TOOLBOX = Path("/root/.cache/moorage/toolbox/0123456789abcdef")
+
+
+@pytest.mark.parametrize("uid", [200_123, None])
+def test_the_toolbox_is_mounted_read_only_at_its_own_path_and_first_on_path(uid: int | None) -> None:
+    """The toolbox venv is a read-only bind at the path its scripts name (as root through the
+    stage), its bin/ before the system's on PATH; the runner keeps the service venv's python."""
+    args = argv(uid=uid, toolbox=TOOLBOX)
+    assert mounts(args, "--ro-bind")[str(TOOLBOX)] == str(TOOLBOX)
+    assert str(TOOLBOX) not in mounts(args, "--bind") and "/workspace" in mounts(args, "--bind")
+    assert env(args)["PATH"] == f"{TOOLBOX}/bin:/usr/local/bin:/usr/bin:/bin"
+    assert args[-3:] == ["/opt/moorage/venv/bin/python", "-m", "moorage_runner"]
+
+
+def test_without_a_toolbox_the_path_is_the_systems_and_nothing_more_is_mounted() -> None:
+    args = argv()
+    assert env(args)["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert mounts(args, "--ro-bind").keys() == mounts(argv(toolbox=TOOLBOX), "--ro-bind").keys() - {str(TOOLBOX)}
+
+
+def test_matplotlib_draws_to_files_in_every_sandbox() -> None:
+    """MPLBACKEND=Agg (base.TOOL_ENV), with or without a toolbox: no display is ever tried."""
+    assert TOOL_ENV == {"MPLBACKEND": "Agg"}
+    assert env(argv())["MPLBACKEND"] == env(argv(toolbox=TOOLBOX))["MPLBACKEND"] == "Agg"
 
 
 def test_uid_pool_never_hands_out_a_live_uid_twice() -> None:

@@ -96,6 +96,9 @@ class SandboxBackend(Protocol):
 
 
 SANDBOX_HOME = "/home/agent"  # the sandbox user's home, in every backend
+# For the agent's tools, in every backend (the image's ENV says the same): matplotlib draws to
+# files, never to a display a sandbox does not have.
+TOOL_ENV = {"MPLBACKEND": "Agg"}
 
 
 def write_etc(etc_dir: Path, uid: int) -> None:

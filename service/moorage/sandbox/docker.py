@@ -47,6 +47,7 @@ from .base import (
     SANDBOX_HOME,
     SESSION_DIR,
     SESSION_FILES_BYTES,
+    TOOL_ENV,
     TUNNEL_SOCKET,
     SandboxSpec,
     decode_frame,
@@ -117,6 +118,7 @@ def container_config(
             "TMPDIR=/tmp",
             "PYTHONDONTWRITEBYTECODE=1",
             "PYTHONUNBUFFERED=1",
+            *(f"{name}={value}" for name, value in TOOL_ENV.items()),
         ],
         "Labels": {
             **spec.labels,

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .base import SESSION_DIR, SESSION_FILES_BYTES, SandboxSpec
+from .base import SESSION_DIR, SESSION_FILES_BYTES, TOOL_ENV, SandboxSpec
 
 NAME = "app.kubernetes.io/name"
 COMPONENT = "app.kubernetes.io/component"
@@ -119,6 +119,7 @@ def make_pod(spec: SandboxSpec, config: PodConfig) -> dict[str, Any]:
             {"name": "LANG", "value": "C.UTF-8"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+            *({"name": name, "value": value} for name, value in TOOL_ENV.items()),
         ],
         # requests == limits: Guaranteed QoS, the last class the kubelet evicts.
         "resources": {"requests": dict(resources), "limits": dict(resources)},

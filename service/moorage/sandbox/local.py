@@ -37,6 +37,7 @@ from .base import (
     SANDBOX_HOME,
     SESSION_DIR,
     SESSION_FILES_BYTES,
+    TOOL_ENV,
     TUNNEL_SOCKET,
     SandboxSpec,
     decode_frame,
@@ -59,7 +60,8 @@ VENV = "/opt/moorage/venv"
 RUNNER_ARGS = ("-m", "moorage_runner")
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 STDERR_CHUNK_BYTES = 64 * 1024
-SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
+# /etc/fonts: fontconfig finds the host's fonts (matplotlib asks fc-list; without it, an error on stderr).
+SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates", "/etc/fonts")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/mime.types")
 
 
@@ -99,8 +101,13 @@ def bwrap_argv(
     seccomp_fd: int | None = None,
     tmp_bytes: int = 0,
     session_bytes: int = SESSION_FILES_BYTES,
+    toolbox: Path | None = None,
 ) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested).
+
+    ``toolbox`` (toolbox.py) is mounted read-only at its own path and its
+    ``bin/`` put first on PATH: the agent's ``python3`` and ``pip``. The
+    runner itself runs on ``runtime.sandbox_python``, by its full path.
 
     With ``uid`` (the service runs as root) the sandbox runs as that host
     uid. An unprivileged bwrap must be able to walk to every path it mounts,
@@ -122,6 +129,8 @@ def bwrap_argv(
         mounts.append((runtime.base_prefix, runtime.base_prefix, False))
     if runtime.prefix != runtime.base_prefix:
         mounts.append((runtime.prefix, VENV, False))
+    if toolbox is not None:
+        mounts.append((str(toolbox), str(toolbox), False))
     argv: list[str] = []
     if uid is not None:
         argv += ["setpriv", "--pdeathsig", "KILL", "--", "bwrap", "--dev-bind", "/", "/", "--tmpfs", STAGE]
@@ -153,12 +162,13 @@ def bwrap_argv(
         "HOME": SANDBOX_HOME,
         "USER": "agent",
         "LOGNAME": "agent",
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": ":".join([*((f"{toolbox}/bin",) if toolbox is not None else ()), "/usr/local/bin:/usr/bin:/bin"]),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
         "PYTHONPATH": RUNNER_LIB,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        **TOOL_ENV,
     }
     for name, value in env.items():
         argv += ["--setenv", name, value]
@@ -353,6 +363,7 @@ class LocalBackend:
         tmp_bytes: int = 0,
         start_timeout_s: float = 60.0,
         session_bytes: int = SESSION_FILES_BYTES,
+        toolbox: Path | None = None,
     ) -> None:
         self.start_timeout_s = start_timeout_s
         self.state_dir = state_dir.resolve()
@@ -360,6 +371,7 @@ class LocalBackend:
         self.workspace_bytes = workspace_bytes  # 0: the workspace is a plain directory
         self.tmp_bytes = tmp_bytes
         self.session_bytes = session_bytes
+        self.toolbox = toolbox  # toolbox.resolve()d: the agent's python3, mounted read-only
         self._seccomp_program: Path | None = None
         self.runtime = runtime or Runtime.discover()
         # As root, each sandbox gets its own host uid; otherwise sandboxes run
@@ -397,12 +409,26 @@ class LocalBackend:
         else:
             log.warning("sandbox_seccomp_disabled", detail="MOORAGE_SANDBOX_SECCOMP=false: no system call filter")
         code = "import claude_agent_sdk, moorage_runner; print('sandbox-ok')"
+        if self.toolbox is not None:
+            # The agent's python3 starts inside, as the toolbox venv (its interpreter is mounted).
+            code += (
+                "\nimport subprocess; print('toolbox:' + subprocess.run(['python3', '-c', 'import sys; "
+                "print(sys.prefix)'], capture_output=True, text=True, timeout=60).stdout.strip())"
+            )
         returncode, out, err = await self.run_python("preflight", code, self.start_timeout_s)
         if returncode != 0 or "sandbox-ok" not in out:
             raise SandboxError(
                 f"a test sandbox failed (exit {returncode}): {err.strip()[-500:] or 'no output'}",
                 code=Code.SANDBOX_START_FAILED,
             )
+        if self.toolbox is not None:
+            if f"toolbox:{self.toolbox}\n" not in out:
+                raise SandboxError(
+                    f"the toolbox {self.toolbox} does not run in a test sandbox: python3 there says "
+                    f"{out.strip().removeprefix('sandbox-ok').strip()[-300:]!r}",
+                    code=Code.SANDBOX_START_FAILED,
+                )
+            log.info("sandbox_toolbox", path=str(self.toolbox))
 
     async def run_python(self, name: str, code: str, timeout_s: float) -> tuple[int | None, str, str]:
         """Run ``python -c code`` in a throw-away sandbox exactly like a
@@ -458,7 +484,9 @@ class LocalBackend:
             self._prepare_workspace(spec.workspace, uid)
             if self._seccomp_program is not None:
                 seccomp_fd = open_program(self._seccomp_program)
-            argv = bwrap_argv(spec, self.runtime, uid, self._etc, seccomp_fd, self.tmp_bytes, self.session_bytes)
+            argv = bwrap_argv(
+                spec, self.runtime, uid, self._etc, seccomp_fd, self.tmp_bytes, self.session_bytes, self.toolbox
+            )
             argv = [*argv[: -len(RUNNER_ARGS)], *python_args]
             if cg is not None:
                 argv = entry_argv(cg, argv)
