@@ -4,6 +4,7 @@ the service's frames, and the runner's copy of the shared constants."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import moorage_runner.channel as runner_channel
@@ -260,3 +261,10 @@ def test_runner_refuses_what_the_service_never_sends() -> None:
     for raw in (b"[1]", b'{"kind":"bogus"}', b'{"kind":"user","x":NaN}', b'{"kind":"start","version":1}', b"{"):
         with pytest.raises(runner_channel.ChannelError):
             runner_channel.parse_service_line(raw)
+
+
+def test_the_hostile_runner_speaks_this_channel_version() -> None:
+    """Its misbehaviours are judged past ``loaded``: a stale version would fail them all at start."""
+    hostile = Path(__file__).parent.parent / "hostile_runner" / "hostile.py"
+    loaded = next(line for line in hostile.read_text().splitlines() if line.startswith("LOADED = "))
+    assert f'"version":{channel.CHANNEL_VERSION}}}' in loaded, loaded
