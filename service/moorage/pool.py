@@ -54,6 +54,7 @@ from .workspaces import remove_workspace
 
 log = structlog.get_logger(__name__)
 NO_AGENTS = Bounds(total=0, per_spec=0, idle_s=0.0)
+PAUSE_S = (10.0, 300.0)  # the warm pool's pause after three failed starts in a row: first, most
 
 
 @dataclass
@@ -205,9 +206,13 @@ class WarmPool:
         self._tender: asyncio.Task[None] | None = None
         self._closed = False
         self._discards: set[asyncio.Task[None]] = set()
+        # After three failures in a row the filler stops; nothing refills before this (a broken
+        # host, or an agent spec whose CLI cannot start, is not retried every few seconds).
+        self._paused_until = float("-inf")
+        self._pause_s = PAUSE_S[0]
 
     def refill(self) -> None:
-        if self._closed:
+        if self._closed or self.clock() < self._paused_until:
             return
         if self.bounds.total > 0 and self._tender is None:
             self._tender = asyncio.create_task(self._tend())
@@ -230,7 +235,7 @@ class WarmPool:
 
     async def _fill(self) -> None:
         failures = 0
-        while not self._closed and failures < 3:  # do not spin on a broken host; sessions start cold
+        while not self._closed:
             self._evict()
             key = shortfall(self._have(), self._plan())
             if key is None and len(self.ready) >= self.size:
@@ -244,9 +249,15 @@ class WarmPool:
                         await discard(loaded, self.proxy, self.metrics)
                         return
                     self.ready.append(loaded)
+                failures, self._pause_s = 0, PAUSE_S[0]
             except SandboxError as exc:
                 failures += 1
                 log.warning("warm_sandbox_failed", error=exc.message, agent=key is not None)
+                if failures >= 3:  # do not spin on a broken host: sessions start cold meanwhile
+                    self._paused_until = self.clock() + self._pause_s
+                    log.warning("warm_pool_paused", seconds=self._pause_s)
+                    self._pause_s = min(self._pause_s * 2, PAUSE_S[1])
+                    return
 
     async def _start_agent(self, key: str) -> None:
         # The id of the session that will claim it, chosen now: its sandbox is labelled with it.

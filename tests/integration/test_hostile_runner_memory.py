@@ -176,6 +176,7 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     settings = Settings(
         state_dir=tmp_path / "state",
         warm_sandboxes=0,
+        warm_agents=0,  # its scripted runners answer no prestart: each session starts its own
         workspace_checkpoint_s=3600,
         anthropic_base_url="http://127.0.0.1:9",
     )

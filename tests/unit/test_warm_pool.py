@@ -187,3 +187,29 @@ async def test_close_stops_every_warm_sandbox(tmp_path: Path) -> None:
     assert all(r.returncode is not None for r in backend.runners)
     assert not await workspaces(tmp_path)
     assert count(metrics, "moorage_warm_agents") == 0
+
+
+async def test_after_three_failures_the_pool_pauses_and_backs_off(tmp_path: Path) -> None:
+    """A spec whose CLI cannot start is not retried every tick: three tries, then a pause that
+    doubles (10 s, 20 s, …); claims and takes in the pause start nothing."""
+    warm, backend, clock, metrics = pool(tmp_path)
+    backend.fail_prestart = True
+    warm.pin(DEFAULT)
+    warm.refill()
+    await eventually(lambda: len(backend.runners) == 3 and warm._filler is not None and warm._filler.done(), 10, "3")
+    clock.now += 9.9
+    warm.refill()
+    assert warm.claim(DEFAULT) is None and warm.take() is None
+    assert len(backend.runners) == 3, "paused: nothing started"
+    clock.now += 0.1
+    warm.refill()
+    await eventually(lambda: len(backend.runners) == 6 and warm._filler is not None and warm._filler.done(), 10, "6")
+    clock.now += 19.9
+    warm.refill()
+    assert len(backend.runners) == 6, "the second pause is twice as long"
+    clock.now += 0.1
+    backend.fail_prestart = False
+    warm.refill()
+    await eventually(lambda: started(warm) == 1, 10, "a start after the pause")
+    assert count(metrics, "moorage_warm_agent_starts_total", outcome="failed") == 6
+    await warm.close()
