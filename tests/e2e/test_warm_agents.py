@@ -34,19 +34,22 @@ async def test_new_sessions_claim_started_agents_each_its_own(service: Service) 
     starts the next one, which a second session, open at the same time, claims: two sandboxes."""
     hits, misses = claims(service, "hit"), claims(service, "miss")  # the service is the suite's
     await eventually(lambda: metric_value(service, "moorage_warm_agents") >= 1, 60, "a started agent")
-    first = await Client.connect(service)
-    assert result_of(await first.turn("say hi"))["subtype"] == "success"
-    await eventually(lambda: metric_value(service, "moorage_warm_agents") >= 1, 60, "the pool's refill")
-    second = await Client.connect(service)
-    assert result_of(await second.turn("say hi"))["subtype"] == "success"
-    assert (claims(service, "hit") - hits, claims(service, "miss") - misses) == (2, 0)
+    opened: list[Client] = []
+    try:
+        opened.append(first := await Client.connect(service))
+        assert result_of(await first.turn("say hi"))["subtype"] == "success"
+        await eventually(lambda: metric_value(service, "moorage_warm_agents") >= 1, 60, "the pool's refill")
+        opened.append(second := await Client.connect(service))
+        assert result_of(await second.turn("say hi"))["subtype"] == "success"
+        assert (claims(service, "hit") - hits, claims(service, "miss") - misses) == (2, 0)
 
-    ready = ready_lines(service)
-    one, two = ready[first.session_id], ready[second.session_id]
-    assert one["warm"] == two["warm"] == "started"
-    assert one["sandbox_id"] != two["sandbox_id"], "a started agent is claimed by one session only"
-    await first.close()
-    await second.close()
+        ready = ready_lines(service)
+        one, two = ready[first.session_id], ready[second.session_id]
+        assert one["warm"] == two["warm"] == "started"
+        assert one["sandbox_id"] != two["sandbox_id"], "a started agent is claimed by one session only"
+    finally:  # the suite's service: leave no connection to it behind
+        for client in opened:
+            await client.close()
 
 
 async def test_an_agent_used_once_is_started_ahead_for_its_next_session(model: ScriptedModelServer) -> None:
