@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -61,7 +62,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ from moorage.testing.scripted_model import ScriptedModelServer
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import Service, run_service
+from support import Service, metric_value, run_service
 
 PROMPT = "say hi"
 START_TARGET = 0.5  # new session -> init, service / the bare SDK's cold start
@@ -254,6 +255,15 @@ async def wait_no_sandboxes(service: Service, warm: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def wait_agents_ready(service: Service, agents: int) -> None:
+    """Until the service's warm pool holds ``agents`` started agents again (its /metrics)."""
+    deadline = time.monotonic() + SANDBOX_GONE_TIMEOUT_S
+    while await asyncio.to_thread(metric_value, service, "moorage_warm_agents") < agents:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the warm pool did not start its agents again within {SANDBOX_GONE_TIMEOUT_S:g}s")
+        await asyncio.sleep(0.05)
+
+
 async def ws_frames(ws: ClientConnection) -> AsyncIterator[Message]:
     async for raw in ws:
         frame = json.loads(raw)
@@ -321,12 +331,18 @@ async def cold_start(session: Session) -> tuple[float, float]:
     return init_s, result_s
 
 
-async def conversation(session: Session, turns: int) -> list[float]:
-    """Seconds per turn for ``turns`` turns after a warm-up turn."""
+async def conversation(
+    session: Session, turns: int, settle: Callable[[], Awaitable[None]] | None = None
+) -> list[float]:
+    """Seconds per turn for ``turns`` turns after a warm-up turn (and ``settle``: the service's
+    warm pool has started the agent that replaces the one this session claimed — the steady
+    state, not a refill's CLI start sharing the CPU with the first turns)."""
     try:
         await session.connect()
         await session.send(PROMPT)
         await session.until(turn_over, START_TIMEOUT_S, "the warm-up result")
+        if settle is not None:
+            await settle()
         times: list[float] = []
         for turn in range(turns):
             t0 = time.perf_counter()
@@ -379,9 +395,10 @@ async def measure(args: argparse.Namespace, model_url: str, service: Service) ->
         for i in range(args.conversations):
             with temp_dir("moorage-bench-direct-") as scratch:
                 direct_turns.append(await conversation(DirectSession(model_url, scratch), args.turns))
-            service_turns.append(await conversation(ServiceSession(service), args.turns))
+            settled = functools.partial(wait_agents_ready, service, args.agents)
+            service_turns.append(await conversation(ServiceSession(service), args.turns, settled))
             await wait_no_sandboxes(service, pool)
-            sse_turns.append(await conversation(SseSession(api), args.turns))
+            sse_turns.append(await conversation(SseSession(api), args.turns, settled))
             await wait_no_sandboxes(service, pool)
             log(
                 f"conversation {i + 1}/{args.conversations}, {args.turns} turns: "
