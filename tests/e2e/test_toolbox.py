@@ -112,7 +112,8 @@ def test_pandas_and_matplotlib_over_an_uploaded_csv_on_the_local_backend(model: 
         assert found, "no toolbox: run `make toolbox` (or set MOORAGE_SANDBOX_TOOLBOX)\n" + "\n".join(
             line for line in svc.logs().splitlines() if "toolbox" in line
         )
-        chart_and_traceback(client(svc), found[0]["path"])
+        assert found[0]["mounted_at"] == "/opt/moorage/toolbox"
+        chart_and_traceback(client(svc), found[0]["mounted_at"])
 
 
 def test_pandas_and_matplotlib_over_an_uploaded_csv_on_the_docker_backend(model: ScriptedModelServer) -> None:
@@ -161,5 +162,5 @@ def test_the_toolbox_is_read_only_in_the_sandbox(model: ScriptedModelServer) -> 
             ' touch "$d/x" 2>&1 | grep -o "Read-only file system"; which python3 pip | xargs dirname | uniq -c'
         )
         words = said(turn(api, session.id, probe))
-        prefix = events(svc, "sandbox_toolbox")[0]["path"]
+        prefix = events(svc, "sandbox_toolbox")[0]["mounted_at"]
         assert words == f"tool said: Read-only file system\n      2 {prefix}/bin", words

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from moorage.sandbox.toolbox import check
-from moorage.sandbox.toolbox_build import LOCK_COPY, build, link_to
+from moorage.sandbox.toolbox_build import LOCK_COPY, SANDBOX_PATH, build, link_to
 
 
 def test_a_toolbox_is_built_once_for_its_final_path_and_read_only(tmp_path: Path) -> None:
@@ -30,14 +30,17 @@ def built(lock: Path, root: Path, tmp_path: Path) -> None:
     assert path.parent == root.resolve() and [p.name for p in root.iterdir() if p.name != ".lock"] == [path.name]
     assert (path / LOCK_COPY).read_text() == lock.read_text()
 
-    # Nothing names the directory it was built in: scripts, pyvenv.cfg, compiled files.
+    # Nothing names the directory it was built in, nor its host path: scripts, pyvenv.cfg and
+    # compiled files name where sandboxes see it (SANDBOX_PATH).
     pip = path / "bin" / "pip"
-    assert pip.read_text().startswith(f"#!{path}/bin/python")
-    assert ".tmp" not in (path / "pyvenv.cfg").read_text()
+    assert pip.read_text().startswith(f"#!{SANDBOX_PATH}/bin/python")
+    assert ".tmp" not in (path / "pyvenv.cfg").read_text() and str(path) not in (path / "pyvenv.cfg").read_text()
     compiled = next((path / "lib").rglob("pip/__pycache__/__init__.*.pyc"))
-    assert marshal.loads(compiled.read_bytes()[16:]).co_filename.startswith(f"{path}/")
-    out = subprocess.run([str(pip), "--version"], capture_output=True, text=True, check=True).stdout
-    assert f"from {path}/" in out
+    assert marshal.loads(compiled.read_bytes()[16:]).co_filename.startswith(f"{SANDBOX_PATH}/")
+    # Its interpreter runs from wherever it is (a venv finds itself by its pyvenv.cfg).
+    out = subprocess.run([str(path / "bin" / "python3"), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == str(path)
 
     # Read-only, for everyone; readable and walkable by everyone (a sandbox's own uid).
     for top, dirs, files in os.walk(path):

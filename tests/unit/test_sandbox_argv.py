@@ -100,20 +100,25 @@ TOOLBOX = Path("/root/.cache/moorage/toolbox/0123456789abcdef")
 
 
 @pytest.mark.parametrize("uid", [200_123, None])
-def test_the_toolbox_is_mounted_read_only_at_its_own_path_and_first_on_path(uid: int | None) -> None:
-    """The toolbox venv is a read-only bind at the path its scripts name (as root through the
-    stage), its bin/ before the system's on PATH; the runner keeps the service venv's python."""
+def test_the_toolbox_is_mounted_read_only_where_its_scripts_say_and_first_on_path(uid: int | None) -> None:
+    """The toolbox venv is a read-only bind at /opt/moorage/toolbox, the path its scripts name (as
+    root through the stage), never at its host path (whose parents, /root/.cache/…, would appear
+    in the sandbox); its bin/ before the system's on PATH; the runner keeps the service venv's."""
     args = argv(uid=uid, toolbox=TOOLBOX)
-    assert mounts(args, "--ro-bind")[str(TOOLBOX)] == str(TOOLBOX)
-    assert str(TOOLBOX) not in mounts(args, "--bind") and "/workspace" in mounts(args, "--bind")
-    assert env(args)["PATH"] == f"{TOOLBOX}/bin:/usr/local/bin:/usr/bin:/bin"
+    assert mounts(args, "--ro-bind")["/opt/moorage/toolbox"] == str(TOOLBOX)
+    sandbox_paths = [*mounts(args, "--ro-bind"), *mounts(args, "--bind")]
+    assert not [p for p in sandbox_paths if p.startswith("/root")], sandbox_paths
+    assert "/opt/moorage/toolbox" not in mounts(args, "--bind") and "/workspace" in mounts(args, "--bind")
+    assert env(args)["PATH"] == "/opt/moorage/toolbox/bin:/usr/local/bin:/usr/bin:/bin"
     assert args[-3:] == ["/opt/moorage/venv/bin/python", "-m", "moorage_runner"]
 
 
 def test_without_a_toolbox_the_path_is_the_systems_and_nothing_more_is_mounted() -> None:
     args = argv()
     assert env(args)["PATH"] == "/usr/local/bin:/usr/bin:/bin"
-    assert mounts(args, "--ro-bind").keys() == mounts(argv(toolbox=TOOLBOX), "--ro-bind").keys() - {str(TOOLBOX)}
+    assert mounts(args, "--ro-bind").keys() == mounts(argv(toolbox=TOOLBOX), "--ro-bind").keys() - {
+        "/opt/moorage/toolbox"
+    }
 
 
 def test_matplotlib_draws_to_files_in_every_sandbox() -> None:

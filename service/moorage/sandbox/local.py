@@ -47,6 +47,7 @@ from .base import (
 )
 from .cgroups import Cgroups, Limits, SandboxCgroup, entry_argv
 from .seccomp import open_program, write_program
+from .toolbox_build import SANDBOX_PATH as TOOLBOX_PATH
 from .uids import UidPool, become_subreaper, kill_uid, reap_orphans
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def bwrap_argv(
 ) -> list[str]:
     """The full command line that starts one sandbox (pure; unit-tested).
 
-    ``toolbox`` (toolbox.py) is mounted read-only at its own path and its
+    ``toolbox`` (toolbox.py) is mounted read-only at ``TOOLBOX_PATH`` and its
     ``bin/`` put first on PATH: the agent's ``python3`` and ``pip``. The
     runner itself runs on ``runtime.sandbox_python``, by its full path.
 
@@ -130,7 +131,7 @@ def bwrap_argv(
     if runtime.prefix != runtime.base_prefix:
         mounts.append((runtime.prefix, VENV, False))
     if toolbox is not None:
-        mounts.append((str(toolbox), str(toolbox), False))
+        mounts.append((str(toolbox), TOOLBOX_PATH, False))
     argv: list[str] = []
     if uid is not None:
         argv += ["setpriv", "--pdeathsig", "KILL", "--", "bwrap", "--dev-bind", "/", "/", "--tmpfs", STAGE]
@@ -162,7 +163,7 @@ def bwrap_argv(
         "HOME": SANDBOX_HOME,
         "USER": "agent",
         "LOGNAME": "agent",
-        "PATH": ":".join([*((f"{toolbox}/bin",) if toolbox is not None else ()), "/usr/local/bin:/usr/bin:/bin"]),
+        "PATH": ":".join([*((f"{TOOLBOX_PATH}/bin",) if toolbox is not None else ()), "/usr/local/bin:/usr/bin:/bin"]),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
         "PYTHONPATH": RUNNER_LIB,
@@ -422,13 +423,13 @@ class LocalBackend:
                 code=Code.SANDBOX_START_FAILED,
             )
         if self.toolbox is not None:
-            if f"toolbox:{self.toolbox}\n" not in out:
+            if f"toolbox:{TOOLBOX_PATH}\n" not in out:
                 raise SandboxError(
                     f"the toolbox {self.toolbox} does not run in a test sandbox: python3 there says "
                     f"{out.strip().removeprefix('sandbox-ok').strip()[-300:]!r}",
                     code=Code.SANDBOX_START_FAILED,
                 )
-            log.info("sandbox_toolbox", path=str(self.toolbox))
+            log.info("sandbox_toolbox", path=str(self.toolbox), mounted_at=TOOLBOX_PATH)
 
     async def run_python(self, name: str, code: str, timeout_s: float) -> tuple[int | None, str, str]:
         """Run ``python -c code`` in a throw-away sandbox exactly like a

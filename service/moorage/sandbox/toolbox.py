@@ -10,15 +10,17 @@ by ``make toolbox`` (toolbox_build.py):
   a new directory, an unchanged one is found and nothing is done.
 - It is made from the base interpreter the service venv was made from (the
   sandbox mounts only ``/usr`` and that base prefix), built in a temporary
-  directory, written for its final path (script shebangs, compiled files),
-  made read-only and renamed into place: a toolbox directory is complete or
-  absent.
+  directory, written for the path sandboxes see it at (``SANDBOX_PATH``,
+  /opt/moorage/toolbox: script shebangs, pyvenv.cfg, compiled files), made
+  read-only and renamed into place: a toolbox directory is complete or absent.
 - ``--link`` points a symlink at it: ``make`` puts one in the service venv
   (``TOOLBOX_LINK``), where ``MOORAGE_SANDBOX_TOOLBOX=auto`` finds it.
 
-The sandbox mounts it read-only at the same absolute path (the venv's
-scripts name their interpreter by that path) and puts its ``bin/`` first on
-PATH. Only the agent's commands use it: the runner runs on the service venv's
+The sandbox mounts it read-only at ``SANDBOX_PATH`` — never at its host
+path, whose parents (``/root/.cache/…``) would then appear in the sandbox —
+and puts its ``bin/`` first on PATH. Its scripts name that path, so they run
+inside sandboxes, not on the host (nothing on the host needs them). Only
+the agent's commands use it: the runner runs on the service venv's
 interpreter, by its full path.
 """
 
@@ -31,13 +33,14 @@ import structlog
 
 from ..errors import Code, SandboxError
 from .base import SESSION_DIR
-from .toolbox_build import TOOLBOX_LINK
+from .toolbox_build import SANDBOX_PATH, TOOLBOX_LINK
 
 log = structlog.get_logger(__name__)
 
 # Sandbox paths a toolbox may not sit under: what the sandbox mounts there is its own (the
 # workspace, the session's files, the runner), or special.
 RESERVED = ("/proc", "/dev", "/workspace", SESSION_DIR, "/opt/moorage")
+__all__ = ["SANDBOX_PATH", "ToolboxError", "candidate", "check", "parse_pyvenv", "problem", "resolve"]
 
 
 class ToolboxError(SandboxError):

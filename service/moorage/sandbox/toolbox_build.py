@@ -20,7 +20,10 @@ from pathlib import Path
 
 TOOLBOX_LINK = "moorage-toolbox"  # in the service venv: what `make toolbox` built
 LOCK_COPY = "toolbox.txt"  # the lock a toolbox was built from, kept inside it
-RECIPE = b"moorage-toolbox 1"  # part of every key: bump it when ``build`` changes what it makes
+RECIPE = b"moorage-toolbox 2"  # part of every key: bump it when ``build`` changes what it makes
+# Where every sandbox sees the toolbox, whatever its host path (a host path such as /root/.cache/…
+# would bring its parent directories into the sandbox): its scripts and compiled files name this.
+SANDBOX_PATH = "/opt/moorage/toolbox"
 
 
 class BuildError(Exception):
@@ -85,14 +88,14 @@ def build(lock: Path, root: Path, python: str = sys.executable) -> Path:
             _run([*pip, "check"])
             for script in [*(tmp / "bin").iterdir(), tmp / "pyvenv.cfg"]:
                 if script.is_file() and not script.is_symlink():
-                    new = rewrite_prefix(script.read_bytes(), str(tmp), str(final))
+                    new = rewrite_prefix(script.read_bytes(), str(tmp), SANDBOX_PATH)
                     if new is not None:
                         script.write_bytes(new)
-            # Compiled now (-f: pip's own too), named for the final path (tracebacks show real
-            # files): sandboxes cannot write .pyc files, and compiling pandas at every import
-            # would cost seconds.
+            # Compiled now (-f: pip's own too), named for where sandboxes see them (tracebacks
+            # show real files): sandboxes cannot write .pyc files, and compiling pandas at every
+            # import would cost seconds.
             _run([str(tmp / "bin" / "python3"), "-m", "compileall", "-q", "-f", "-j", "0",
-                  "-s", str(tmp), "-p", str(final), str(tmp / "lib")])  # fmt: skip
+                  "-s", str(tmp), "-p", SANDBOX_PATH, str(tmp / "lib")])  # fmt: skip
             (tmp / LOCK_COPY).write_bytes(text)
             _readonly(tmp)
             tmp.rename(final)
