@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import threading
 from typing import Any
@@ -230,6 +231,9 @@ def run_chat(url: str, session_id: str | None, token: str | None = None, after: 
         "/result TEXT, /error TEXT answer a client tool; Ctrl-D quits",
         file=sys.stderr,
     )
+    # Ctrl-C quits even if this process was started with SIGINT ignored (as a command started with
+    # `&` by a non-interactive shell is: a script, a CI job), which asyncio would then leave alone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return asyncio.run(chat(url, session_id, token, after))
     except (KeyboardInterrupt, websockets.ConnectionClosed):
