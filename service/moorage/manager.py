@@ -37,7 +37,7 @@ from .metrics import SWEPT_KINDS, Waits
 from .pending import AgentTools
 from .pool import WarmPool
 from .sandbox.uids import reserving
-from .session_start import start_frame
+from .session_start import agent_field, start_frame, through_tunnel
 from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
 from .sweep import carry_out, decide, look, socket_prefix
@@ -249,9 +249,9 @@ class SessionManager:
     def _template(self, agent: dict[str, Any] | None, egress: Policy) -> Start:
         """The start frame a new session of ``agent`` (None: the operator's default) with
         ``egress`` sends, under no session id yet: its spec for the warm pool."""
-        wire = agent if agent is not None else AgentTools.parse(self.settings.default_agent).wire()
-        tunnel = self.deps.proxy.tunnel is not None and not egress.allows_nothing
-        return start_frame(self.settings, "", agent=wire, tunnel=tunnel)
+        # The same helpers as the session's own start frame (session_start): the two must match.
+        wire = agent_field(agent, AgentTools.parse(self.settings.default_agent))
+        return start_frame(self.settings, "", agent=wire, tunnel=through_tunnel(self.deps.proxy, egress))
 
     async def attach(self, session_id: str, tenant: str) -> tuple[Session, str]:
         """A live session ('attached'), or a suspended one rehydrated here."""

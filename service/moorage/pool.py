@@ -325,12 +325,11 @@ class WarmPool:
         found = None
         while entries and found is None:
             entry = entries.pop(0)
-            self.metrics.warm_agents.dec()
             if entry.loaded.sandbox.returncode is None:
                 found = entry
+                self.metrics.warm_agents.dec()
             else:
-                self.metrics.warm_agent_evictions.labels("dead").inc()
-                self._discard_later(entry.loaded)
+                self._drop(entry.loaded, "dead")
         self.metrics.warm_agent_claims.labels("hit" if found is not None else "miss").inc()
         self.refill()
         return found

@@ -42,7 +42,10 @@ from .settings import Settings
 from .workspaces import restore_frames
 
 if TYPE_CHECKING:
+    from .egress import ModelProxy
+    from .pending import AgentTools
     from .sessions import Session
+    from .tunnel import Policy
 
 MODEL_PROXY = f"unix:{MODEL_SOCKET}"  # where every backend mounts the proxy
 _Want = TypeVar("_Want", ReadyFrame, Restored, FilePut)
@@ -144,14 +147,24 @@ async def _grant_secrets(session: Session) -> Grant | None:
     return grant
 
 
+def through_tunnel(proxy: ModelProxy, egress: Policy) -> bool:
+    """Whether a sandbox gets HTTPS_PROXY: only where the tunnel lets something through (its
+    socket is there either way)."""
+    return proxy.tunnel is not None and not egress.allows_nothing
+
+
+def agent_field(agent: dict[str, Any] | None, tools: AgentTools) -> dict[str, Any] | None:
+    """The start frame's ``agent``: the pinned agent version, else the operator's default tool
+    policy (``tools``, parsed from ``MOORAGE_DEFAULT_AGENT``)."""
+    return agent or tools.wire()
+
+
 def _start_frame(session: Session, proxied: list[str], secrets: Grant | None = None) -> Start:
-    # HTTPS_PROXY only where the tunnel lets something through (its socket is there either way).
-    tunnel = session.proxy.tunnel is not None and not session.egress.allows_nothing
     return start_frame(
         session.settings,
         session.id,
-        agent=session.agent or session.agent_tools.wire(),
-        tunnel=tunnel,
+        agent=agent_field(session.agent, session.agent_tools),
+        tunnel=through_tunnel(session.proxy, session.egress),
         resume=session.resume,
         prior_cost_usd=session.prior_cost_usd,
         proxied=proxied,
