@@ -48,6 +48,8 @@ SYSTEM_CA_FILES = (
     ssl.get_default_verify_paths().cafile or "",
 )
 
+AGENT_PYTHONPATH = "MOORAGE_AGENT_PYTHONPATH"  # the service's sandbox.base.AGENT_PYTHONPATH
+
 # Quiet the CLI: no telemetry, updates or other traffic (there is no network).
 CLI_ENV = {
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -55,6 +57,14 @@ CLI_ENV = {
     "DISABLE_TELEMETRY": "1",
     "DISABLE_ERROR_REPORTING": "1",
 }
+
+
+def agent_pythonpath(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The PYTHONPATH of the agent's commands: the environment's packages (the service names
+    them in ``MOORAGE_AGENT_PYTHONPATH``), given to the CLI and what it runs, never to this
+    process, whose own imports a package the environment pins must not replace."""
+    path = environ.get(AGENT_PYTHONPATH, "")
+    return {"PYTHONPATH": path} if path else {}
 
 
 def build_options(
@@ -86,7 +96,13 @@ def build_options(
         # The SDK's limit on one line of the CLI's output (its default, 1 MiB,
         # is below what a user message the service accepts can grow to).
         max_buffer_size=_buffer_size(opts.get("max_buffer_size")),
-        env={**CLI_ENV, **(extra_env or {}), "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY},
+        env={
+            **CLI_ENV,
+            **agent_pythonpath(os.environ),
+            **(extra_env or {}),
+            "ANTHROPIC_BASE_URL": base_url,
+            "ANTHROPIC_API_KEY": PLACEHOLDER_API_KEY,
+        },
     )
     if agent is not None:
         proxied = start.get("mcp_proxy")

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import functools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -59,6 +61,8 @@ from .ma_views import Projections
 from .manager import SessionManager
 from .metrics import Metrics
 from .notify import Notifications
+from .packages import PackageLayers
+from .packages import builder as package_builder
 from .pool import WarmPool
 from .protocol import (
     PingFrame,
@@ -145,6 +149,19 @@ def appended(sessions: SessionManager, payload: str) -> None:
     session_id, _, seq = payload.partition(" ")
     if seq.isdigit() and not sessions.runs(session_id):
         sessions.deps.watch.appended(session_id, int(seq))
+
+
+def sandbox_toolbox(settings: Settings, backend: SandboxBackend) -> Path | None:
+    """The toolbox environment packages are built over: the local backend's own; for Docker,
+    this host's (the image carries the same lock); none for Kubernetes (no layers there)."""
+    if settings.sandbox == "docker":
+        from .sandbox.toolbox import resolve
+
+        with contextlib.suppress(MoorageError):  # no usable toolbox here: layers over the base Python
+            return resolve(settings.sandbox_toolbox, sys.prefix, sys.base_prefix)
+        return None
+    toolbox = getattr(backend, "toolbox", None)
+    return toolbox if isinstance(toolbox, Path) else None
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
@@ -549,6 +566,9 @@ def create_app(settings: Settings) -> Starlette:
             files = Files(db, blobs)
             janitor = BlobJanitor(files, settings, metrics)  # deleted files' objects go
             janitor.start()
+            toolbox = sandbox_toolbox(settings, backend)
+            builder = package_builder(toolbox, settings.package_index_url, settings.package_build_timeout_s)
+            layers = PackageLayers(settings.package_cache_dir, builder, metrics)  # environments' packages
             deps = Deps(
                 settings,
                 backend,
@@ -562,6 +582,7 @@ def create_app(settings: Settings) -> Starlette:
                 # A batch's webhook events go into the outbox in the batch's own transaction.
                 SessionEvents(db, announce=announcements),
                 files=files,  # the expiry sweep; resources in, outputs out (session_files.py)
+                packages=layers,
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)
@@ -622,6 +643,7 @@ def create_app(settings: Settings) -> Starlette:
                 await commands.close()
                 await pool.close()
                 await sessions.close()
+                await layers.close()
                 spend_sync.cancel()
                 with contextlib.suppress(*STORE_ERRORS):
                     await accounting.sync()  # what this replica metered last

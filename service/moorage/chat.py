@@ -12,6 +12,12 @@ from typing import Any
 
 import websockets
 
+# A sandbox's start, as the status frames tell it (ready, with its time: render).
+STATUS_WORDS = {
+    "restoring": "[restoring the workspace…]",
+    "building": "[building the environment's packages…]",
+}
+
 
 def render(frame: dict[str, Any]) -> str | None:
     """One line for a frame a person wants to see, or None."""
@@ -40,7 +46,7 @@ def render(frame: dict[str, Any]) -> str | None:
     if kind == "status":  # the sandbox's start: progress
         if frame.get("status") == "ready":
             return f"[sandbox ready in {frame.get('start_s')}s ({frame.get('pool')})]"
-        return "[restoring the workspace…]" if frame.get("status") == "restoring" else "[starting the sandbox…]"
+        return STATUS_WORDS.get(str(frame.get("status")), "[starting the sandbox…]")
     if kind == "queued":
         return f"[queued: runs after the current turn, position {frame.get('position')}]"
     if kind == "error":

@@ -27,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .environments import create_spec, environment_object, update_spec
+from .environments import Spec, create_spec, environment_object, update_spec
 from .errors import Code
 from .http_api import ApiError, bool_param, endpoint, json_body, limit_param, time_page, time_paged, timestamp
+from .packages import packages_not_supported, wanted
 
 log = structlog.get_logger(__name__)
 
@@ -62,13 +63,26 @@ def _unrestricted_allowed(request: Request) -> bool:
     return bool(request.app.state.services.settings.allow_unrestricted_network)
 
 
+def _packages(request: Request, spec: Spec) -> None:
+    """Refuse packages this server's sandboxes cannot mount; else start building them (packages.py),
+    so the environment's first session finds them ready."""
+    if not wanted(spec):
+        return
+    deps = request.app.state.services.sessions.deps
+    if (refusal := packages_not_supported(deps.backend.name)) is not None:
+        raise refusal
+    if deps.packages is not None:
+        deps.packages.prepare(spec)
+
+
 async def _create(request: Request, tenant: str, envs: Environments) -> JSONResponse:
     spec = create_spec(await json_body(request), allow_unrestricted=_unrestricted_allowed(request))
+    _packages(request, spec)
     try:
         record = await envs.create(tenant, spec)
     except EnvironmentNameTaken as exc:
         raise _taken(exc) from None
-    log.info("environment_created", tenant=tenant, environment_id=record.id)
+    log.info("environment_created", tenant=tenant, environment_id=record.id, pip=wanted(spec))
     return JSONResponse(to_object(record))
 
 
@@ -103,6 +117,7 @@ async def _update(request: Request, tenant: str, envs: Environments) -> JSONResp
         spec = update_spec(current.spec, body, allow_unrestricted=_unrestricted_allowed(request))
         if spec == current.spec:
             return JSONResponse(to_object(current))
+        _packages(request, spec)
         try:
             record = await envs.update(tenant, env_id, current.revision, spec)
         except RevisionConflict:

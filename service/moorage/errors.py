@@ -52,6 +52,7 @@ class Code(StrEnum):
     ENVIRONMENT_NAME_TAKEN = "environment_name_taken"
     UNRESTRICTED_NETWORK_NOT_ALLOWED = "unrestricted_network_not_allowed"
     PACKAGES_NOT_SUPPORTED = "packages_not_supported"
+    ENVIRONMENT_BUILD_FAILED = "environment_build_failed"
     NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
     SESSION_ARCHIVED = "session_archived"
@@ -184,7 +185,10 @@ CODES: dict[Code, Spec] = {
     Code.ENVIRONMENT_ARCHIVED: Spec(Fatal.NO, None, 400),
     Code.ENVIRONMENT_NAME_TAKEN: Spec(Fatal.NO, None, 409),
     Code.UNRESTRICTED_NETWORK_NOT_ALLOWED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
-    Code.PACKAGES_NOT_SUPPORTED: Spec(Fatal.NO, None, 400),
+    Code.PACKAGES_NOT_SUPPORTED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
+    # An environment's packages could not be built (packages.py): refuses a new session of it, or
+    # ends a starting one, with pip's words.
+    Code.ENVIRONMENT_BUILD_FAILED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 400),
     Code.NOT_SUPPORTED: Spec(Fatal.SOMETIMES, CLOSE_POLICY, 501),
     Code.INVALID_AFTER: Spec(Fatal.YES, CLOSE_POLICY, 400),
     # The sessions API (HTTP): an archived session is read-only.

@@ -34,6 +34,7 @@ from .egress_policy import EgressConfig, session_policy
 from .errors import STORE_ERRORS, Code, SessionError, store_unavailable
 from .ma_sessions import session_vault_ids
 from .metrics import SWEPT_KINDS, Waits
+from .packages import sandbox_layer_problem, wanted
 from .pending import AgentTools
 from .pool import WarmPool
 from .sandbox.uids import reserving
@@ -209,11 +210,13 @@ class SessionManager:
         spend. Refuses an environment this server cannot honour now."""
         self.check_draining()
         egress = session_policy(environment, agent, self.egress)  # before anything is stored
+        layered = self._check_packages(environment)
         await self._check_quota(tenant)  # before a start slot: refused at once
         token = await self._admit(tenant)
         vault_ids = tuple(session_vault_ids(api))
-        # A started agent of this spec, if the pool has one: the session takes its id.
-        claimed = None if vault_ids else self.pool.claim(self._template(agent, egress))
+        # A started agent of this spec, if the pool has one: the session takes its id. Not for a
+        # session with packages: pooled sandboxes were started without its layer.
+        claimed = None if vault_ids or layered else self.pool.claim(self._template(agent, egress))
         session_id = claimed.session_id if claimed is not None else str(uuid.uuid4())
         try:
             options: dict[str, Any] = {"max_turns": self.settings.max_turns}
@@ -245,6 +248,27 @@ class SessionManager:
             claimed=claimed,
         )
         return self._launch(session, token)
+
+    def _check_packages(self, environment: dict[str, Any] | None) -> bool:
+        """Whether the session's environment has packages (packages.py); refuses one whose layer
+        this server cannot mount or could not build just now, and starts building it otherwise."""
+        spec = environment["spec"] if environment is not None else None
+        if not wanted(spec):
+            return False
+        env_id = str(environment["id"]) if environment is not None else ""
+        why = sandbox_layer_problem(self.deps.backend.name)
+        if why is not None:
+            raise SessionError(f"environment {env_id}: {why}", code=Code.PACKAGES_NOT_SUPPORTED, fatal=True)
+        layers = self.deps.packages
+        if layers is not None:
+            if (failed := layers.failure(spec)) is not None:
+                raise SessionError(
+                    f"environment {env_id}: its packages could not be built: {failed}",
+                    code=Code.ENVIRONMENT_BUILD_FAILED,
+                    fatal=True,
+                )
+            layers.prepare(spec)  # the session's start waits for it
+        return True
 
     def _template(self, agent: dict[str, Any] | None, egress: Policy) -> Start:
         """The start frame a new session of ``agent`` (None: the operator's default) with

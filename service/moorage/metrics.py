@@ -24,6 +24,7 @@ POOL = ("started", "warm", "cold")  # a started agent claimed, a loaded sandbox,
 WARM_CLAIMS = ("hit", "miss")
 WARM_STARTS = ("ok", "failed")
 WARM_EVICTIONS = ("idle", "surplus", "dead")
+PACKAGE_BUILDS = ("ok", "failed")
 TURN_OUTCOMES = ("success", "error_max_turns", "error_max_budget_usd", "error_during_execution", "other")
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
 COST_SOURCES = ("proxy", "sdk")
@@ -50,6 +51,7 @@ _CODES = frozenset(str(code) for code in Code)
 
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 IDLE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+BUILD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -191,6 +193,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Environment packages (packages.py): each build of a layer, and what the built ones hold.
+        self.package_builds = Counter(
+            "moorage_package_builds_total", "Environment package layers built, by outcome.", ["outcome"], registry=r
+        )
+        self.package_build_seconds = Histogram(
+            "moorage_package_build_seconds",
+            "How long building one environment's packages layer took (successful builds).",
+            buckets=BUILD_BUCKETS,
+            registry=r,
+        )
+        self.package_cache_bytes = Gauge(
+            "moorage_package_cache_bytes", "Bytes the built environment package layers on this host hold.", registry=r
+        )
         self.sandbox_stop_seconds = Histogram(
             "moorage_sandbox_stop_seconds",
             "Staged sandbox stop duration.",
@@ -322,6 +337,8 @@ class Metrics:
                 self.sandbox_start_seconds.labels(backend, pool)
         for result in WARM_CLAIMS:
             self.warm_agent_claims.labels(result)
+        for outcome in PACKAGE_BUILDS:
+            self.package_builds.labels(outcome)
         for outcome in WARM_STARTS:
             self.warm_agent_starts.labels(outcome)
         for reason in WARM_EVICTIONS:

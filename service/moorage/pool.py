@@ -113,14 +113,21 @@ async def start_loaded(
     timeout_s: float,
     metrics: Metrics,
     session_id: str = "",
+    packages: Path | None = None,
 ) -> Loaded:
-    """Start one sandbox and wait (bounded) for its runner's ``loaded`` frame."""
+    """Start one sandbox (with an environment's ``packages`` layer, if given: packages.py) and
+    wait (bounded) for its runner's ``loaded`` frame."""
     sandbox_id = uuid.uuid4().hex[:12]
     workspace = workspaces / sandbox_id
     socket = await proxy.open(sandbox_id)
     tunnel = await proxy.tunnel.open(sandbox_id) if proxy.tunnel is not None else None
     spec = SandboxSpec(
-        session_id=session_id, sandbox_id=sandbox_id, workspace=workspace, model_socket=socket, tunnel_socket=tunnel
+        session_id=session_id,
+        sandbox_id=sandbox_id,
+        workspace=workspace,
+        model_socket=socket,
+        tunnel_socket=tunnel,
+        packages=packages,
     )
     try:
         sandbox = await backend.start(spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bounded import sdk_buffer_bytes
@@ -34,6 +35,7 @@ from .egress_intercept import Grant
 from .egress_policy import TUNNEL_BACKENDS, describe
 from .egress_secrets import SecretsUnavailable
 from .errors import STORE_ERRORS, Code, SandboxError, store_unavailable
+from .packages import BuildFailed, sandbox_layer_problem, wanted
 from .pool import start_loaded
 from .resources import resources_of
 from .sandbox.base import MODEL_SOCKET, TUNNEL_SOCKET
@@ -58,8 +60,10 @@ async def start_sandbox(session: Session) -> float:
     settings = session.settings
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    layer = await _packages_layer(session)
     claimed = session.claimed
-    loaded = claimed.loaded if claimed is not None else session.pool.take()
+    # A session with packages starts its own sandbox: pooled ones were started without its layer.
+    loaded = claimed.loaded if claimed is not None else session.pool.take() if layer is None else None
     warm = session.pool_kind = "started" if claimed is not None else "warm" if loaded is not None else "cold"
     if claimed is not None:  # its runner answered ``prestart``: ``start`` comes next
         session.channel = RunnerChannel(Phase.PRESTARTED)
@@ -71,6 +75,7 @@ async def start_sandbox(session: Session) -> float:
             settings.sandbox_start_timeout_s,
             session.metrics,
             session.id,
+            layer,
         )
     session.sandbox, session.sandbox_id, session.workspace = loaded.sandbox, loaded.sandbox_id, loaded.workspace
     if session.proxy.tunnel is not None:  # before its runner is started: it allowed nothing until now
@@ -106,6 +111,27 @@ async def start_sandbox(session: Session) -> float:
         **describe(session.egress),
     )
     return started_s
+
+
+async def _packages_layer(session: Session) -> Path | None:
+    """The session's environment packages layer (packages.py), built first if it must be (its
+    clients see a ``building`` status meanwhile); None: the environment has none."""
+    environment = session.environment or {}
+    spec = environment.get("spec")
+    if not wanted(spec) or (layers := session.deps.packages) is None:
+        return None
+    env_id = environment.get("id")
+    why = sandbox_layer_problem(session.backend.name)
+    if why is not None:  # the server's backend changed since the session was made
+        raise SandboxError(f"environment {env_id}: {why}", code=Code.PACKAGES_NOT_SUPPORTED)
+    if not layers.built(spec):
+        session.emit({"type": "status", "status": "building"}, durable=False)
+    try:
+        return await layers.ensure(spec)
+    except BuildFailed as exc:
+        raise SandboxError(
+            f"environment {env_id}: its packages could not be built: {exc.message}", code=Code.ENVIRONMENT_BUILD_FAILED
+        ) from None
 
 
 async def _grant_credentials(session: Session) -> list[str]:

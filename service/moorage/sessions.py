@@ -56,6 +56,7 @@ from .eventlog import EventLog, EventStore
 from .ma_views import LogWatch
 from .metrics import Metrics
 from .model_spans import ModelSpans
+from .packages import PackageLayers
 from .pending import AgentTools, Pending
 from .pool import Started, WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
@@ -94,6 +95,7 @@ class Deps:
     watch: LogWatch = field(default_factory=LogWatch)  # the HTTP view's streams (ma_views.py)
     spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
     files: FileStore | None = None  # the Files API's store: expiry sweep, resources in, outputs out
+    packages: PackageLayers | None = None  # environments' package layers (packages.py)
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     # read-only into every sandbox, its bin/ first on PATH: a path, "" (none: the host's bare
     # python3), or "auto" (the one `make toolbox` linked from the service venv, if any).
     sandbox_toolbox: str = "auto"
+    # Environment packages (packages.py): where built layers live (one directory per set, shared
+    # by every service on the host), the index pip builds them from ("" = pip's own configuration:
+    # PIP_INDEX_URL, pip.conf, else PyPI) and how long one build may take.
+    package_cache_dir: Path = Path.home() / ".cache" / "moorage" / "packages"
+    package_index_url: str = ""
+    package_build_timeout_s: float = Field(default=600.0, gt=0)
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
     # Docker backend: the engine's API ("" = DOCKER_HOST or /var/run/docker.sock).

@@ -112,11 +112,21 @@ def test_unrestricted_networking_needs_the_operators_permission() -> None:
     refused({"config": body["config"]}, "unrestricted", Code.UNRESTRICTED_NETWORK_NOT_ALLOWED, current=spec)
 
 
-def test_packages_are_refused_unless_empty() -> None:
+def test_pip_packages_are_kept_normalised_and_other_managers_refused() -> None:
+    spec = make({"name": "n", "config": {"type": "cloud", "packages": {"pip": ["Tabulate == 0.9.0", "six", "six"]}}})
+    assert spec["config"]["packages"] == {
+        "type": "packages",
+        **{m: [] for m in PACKAGE_MANAGERS},
+        "pip": ["Tabulate==0.9.0", "six"],
+    }
     refused(
-        {"name": "n", "config": {"type": "cloud", "packages": {"type": "packages", "pip": ["pandas"]}}},
-        "config.packages.pip",
+        {"name": "n", "config": {"type": "cloud", "packages": {"type": "packages", "npm": ["left-pad"]}}},
+        "config.packages.npm",
         Code.PACKAGES_NOT_SUPPORTED,
+    )
+    refused(
+        {"name": "n", "config": {"type": "cloud", "packages": {"pip": ["--index-url=http://evil/simple"]}}},
+        "config.packages.pip[0]",
     )
     empty = make({"name": "n", "config": {"type": "cloud", "packages": {"type": "packages", "npm": [], "apt": None}}})
     assert empty["config"]["packages"] == {"type": "packages", **{m: [] for m in PACKAGE_MANAGERS}}

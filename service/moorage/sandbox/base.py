@@ -41,6 +41,11 @@ TUNNEL_SOCKET = "/run/moorage/tunnel.sock"
 # Every sandbox's /mnt/session (SESSION_DIR) is a tmpfs of this size by default
 # (MOORAGE_SESSION_FILES_BYTES): counted, like every tmpfs, in the sandbox's memory.
 SESSION_FILES_BYTES = 256 * 1024 * 1024
+# An environment's packages (packages.py): its layer, mounted read-only here, ``bin/`` first on
+# PATH; the runner gives the agent's commands ``site-packages`` as PYTHONPATH (AGENT_PYTHONPATH).
+PACKAGES_PATH = "/opt/moorage/packages"
+PACKAGES_SITE = "site-packages"
+AGENT_PYTHONPATH = "MOORAGE_AGENT_PYTHONPATH"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,17 @@ class SandboxSpec:
     # MODEL_SOCKET (local, docker; Kubernetes pods cannot reach it). It allows nothing until the
     # session that claims the sandbox sets its policy (egress_policy.py). None: no tunnel.
     tunnel_socket: Path | None = None
+    # The session's environment packages (packages.py): a built layer, mounted at PACKAGES_PATH
+    # (local, docker). None: none.
+    packages: Path | None = None
+
+
+def packages_env(spec: SandboxSpec) -> dict[str, str]:
+    """What a sandbox with a packages layer adds to its environment (the PATH entry is the
+    backend's: it knows its own PATH)."""
+    if spec.packages is None:
+        return {}
+    return {AGENT_PYTHONPATH: f"{PACKAGES_PATH}/{PACKAGES_SITE}"}
 
 
 class Sandbox(Protocol):

@@ -44,6 +44,7 @@ from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
 from .base import (
     MODEL_SOCKET,
+    PACKAGES_PATH,
     SANDBOX_HOME,
     SESSION_DIR,
     SESSION_FILES_BYTES,
@@ -52,6 +53,7 @@ from .base import (
     SandboxSpec,
     decode_frame,
     encode_frame,
+    packages_env,
     stop_in_stages,
     write_etc,
 )
@@ -65,7 +67,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000  # the image's "agent" user
-RUNNER_CMD = ["python", "-m", "moorage_runner"]
+# By its full path: an environment's packages layer comes first on PATH and may hold a ``python``.
+RUNNER_CMD = ["/opt/moorage/venv/bin/python", "-m", "moorage_runner"]
+IMAGE_PATH = "/opt/moorage/venv/bin:/usr/local/bin:/usr/bin:/bin"  # container/Dockerfile's PATH
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 # Bytes of complete lines read ahead of the consumer; when full the reader
 # stops reading the attached stream (backpressure to the runner). One line
@@ -104,6 +108,10 @@ def container_config(
             mounts.append({"Type": "bind", "Source": str(etc_dir / name), "Target": f"/etc/{name}", "ReadOnly": True})
     if spec.tunnel_socket is not None:  # the egress tunnel (its session's policy: egress_policy.py)
         mounts.append({"Type": "bind", "Source": str(spec.tunnel_socket), "Target": TUNNEL_SOCKET, "ReadOnly": True})
+    packages: list[str] = []
+    if spec.packages is not None:  # the environment's packages (packages.py), before the image's venv
+        mounts.append({"Type": "bind", "Source": str(spec.packages), "Target": PACKAGES_PATH, "ReadOnly": True})
+        packages = [f"PATH={PACKAGES_PATH}/bin:{IMAGE_PATH}", *(f"{k}={v}" for k, v in packages_env(spec).items())]
     return {
         "Image": image,
         "Cmd": list(RUNNER_CMD),
@@ -119,6 +127,7 @@ def container_config(
             "PYTHONDONTWRITEBYTECODE=1",
             "PYTHONUNBUFFERED=1",
             *(f"{name}={value}" for name, value in TOOL_ENV.items()),
+            *packages,
         ],
         "Labels": {
             **spec.labels,

@@ -34,6 +34,7 @@ from ..errors import Code, SandboxError
 from ..workspaces import remove_workspace
 from .base import (
     MODEL_SOCKET,
+    PACKAGES_PATH,
     SANDBOX_HOME,
     SESSION_DIR,
     SESSION_FILES_BYTES,
@@ -42,6 +43,7 @@ from .base import (
     SandboxSpec,
     decode_frame,
     encode_frame,
+    packages_env,
     stop_in_stages,
     write_etc,
 )
@@ -107,8 +109,10 @@ def bwrap_argv(
     """The full command line that starts one sandbox (pure; unit-tested).
 
     ``toolbox`` (toolbox.py) is mounted read-only at ``TOOLBOX_PATH`` and its
-    ``bin/`` put first on PATH: the agent's ``python3`` and ``pip``. The
-    runner itself runs on ``runtime.sandbox_python``, by its full path.
+    ``bin/`` put first on PATH: the agent's ``python3`` and ``pip``; the
+    environment's packages layer (``spec.packages``, packages.py) likewise at
+    ``PACKAGES_PATH``, before it. The runner itself runs on
+    ``runtime.sandbox_python``, by its full path.
 
     With ``uid`` (the service runs as root) the sandbox runs as that host
     uid. An unprivileged bwrap must be able to walk to every path it mounts,
@@ -132,6 +136,8 @@ def bwrap_argv(
         mounts.append((runtime.prefix, VENV, False))
     if toolbox is not None:
         mounts.append((str(toolbox), TOOLBOX_PATH, False))
+    if spec.packages is not None:
+        mounts.append((str(spec.packages), PACKAGES_PATH, False))
     argv: list[str] = []
     if uid is not None:
         argv += ["setpriv", "--pdeathsig", "KILL", "--", "bwrap", "--dev-bind", "/", "/", "--tmpfs", STAGE]
@@ -163,13 +169,20 @@ def bwrap_argv(
         "HOME": SANDBOX_HOME,
         "USER": "agent",
         "LOGNAME": "agent",
-        "PATH": ":".join([*((f"{TOOLBOX_PATH}/bin",) if toolbox is not None else ()), "/usr/local/bin:/usr/bin:/bin"]),
+        "PATH": ":".join(
+            [
+                *((f"{PACKAGES_PATH}/bin",) if spec.packages is not None else ()),
+                *((f"{TOOLBOX_PATH}/bin",) if toolbox is not None else ()),
+                "/usr/local/bin:/usr/bin:/bin",
+            ]
+        ),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
         "PYTHONPATH": RUNNER_LIB,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         **TOOL_ENV,
+        **packages_env(spec),
     }
     for name, value in env.items():
         argv += ["--setenv", name, value]

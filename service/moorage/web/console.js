@@ -436,7 +436,7 @@ class Chat {
         t.output(frame);
         break;
       case "status":
-        this.sandbox = frame.status; // starting, restoring, ready: the sandbox's start, live only
+        this.sandbox = frame.status; // starting, building, restoring, ready: the sandbox's start, live only
         break;
       case "error":
         this.onError(frame);
@@ -514,7 +514,9 @@ class Chat {
     state.className = `pill ${live ? "live" : "down"}`;
     const sandbox = $("sandbox-state");
     sandbox.hidden = !live || !this.sandbox || this.sandbox === "ready";
-    sandbox.textContent = this.sandbox === "restoring" ? "restoring the workspace…" : "starting the sandbox…";
+    sandbox.textContent =
+      { restoring: "restoring the workspace…", building: "building the environment's packages…" }[this.sandbox] ??
+      "starting the sandbox…";
     $("send").disabled = !live;
     $("working").hidden = !(live && this.inflight > 0);
     $("interrupt").hidden = !(live && this.inflight > 0);
