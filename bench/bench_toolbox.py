@@ -9,6 +9,10 @@
     without the toolbox mounted, ``--runs`` times each, interleaved (the two alternate, so the
     host's other work skews both alike); and the first ``import pandas, matplotlib.pyplot`` plus
     one saved chart in a fresh sandbox (a session's first plot: nothing is cached in its HOME).
+(d) Environment packages (service/moorage/packages.py): a layer of ``--packages`` (from PyPI or
+    ``MOORAGE_PACKAGE_INDEX_URL``) built over that toolbox, the first time and then found
+    (``PackageLayers.ensure`` on a built layer: what every later session of the environment
+    pays), its size, and (c)'s start with the layer mounted too, interleaved with the others.
 
 The fresh root is removed afterwards. Figures are noisy wherever the host does other work (a CI
 run on the same machine): the results carry the host's load at start and end (hostprobe).
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from moorage.channel import Loaded
+from moorage.packages import PackageLayers
+from moorage.packages import builder as package_builder
 from moorage.sandbox.base import SandboxSpec
 from moorage.sandbox.local import LocalBackend
 from moorage.workspaces import remove_workspace
@@ -85,10 +91,10 @@ def disk_usage(path: Path) -> dict[str, int]:
     return {"allocated_bytes": allocated, "apparent_bytes": apparent, "files": files}
 
 
-async def start_to_loaded(backend: LocalBackend, sock: Path, scratch: Path) -> float:
+async def start_to_loaded(backend: LocalBackend, sock: Path, scratch: Path, layer: Path | None = None) -> float:
     """One sandbox: seconds from ``start`` to the runner's ``loaded``; then stopped and cleaned."""
     name = secrets.token_hex(6)
-    spec = SandboxSpec(name, name, scratch / name / "workspace", sock)
+    spec = SandboxSpec(name, name, scratch / name / "workspace", sock, packages=layer)
     t0 = time.perf_counter()
     sandbox = await backend.start(spec)
     try:
@@ -104,10 +110,33 @@ async def start_to_loaded(backend: LocalBackend, sock: Path, scratch: Path) -> f
         shutil.rmtree(scratch / name, ignore_errors=True)
 
 
-async def starts(toolbox: Path, runs: int, scratch: Path) -> dict[str, Any]:
+async def layer_builds(toolbox: Path, packages: list[str], runs: int, root: Path) -> tuple[Path, dict[str, Any]]:
+    """A layer of ``packages`` over ``toolbox``: built once, then found ``runs`` times."""
+    builder = package_builder(toolbox, os.environ.get("MOORAGE_PACKAGE_INDEX_URL", ""), 600.0)
+    layers = PackageLayers(root, builder)
+    spec = {"config": {"packages": {"pip": packages}}}
+    t0 = time.perf_counter()
+    layer = await layers.ensure(spec)
+    first = time.perf_counter() - t0
+    assert layer is not None
+    found = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        await layers.ensure(spec)
+        found.append(time.perf_counter() - t0)
+    return layer, {
+        "packages": packages,
+        "first_build_s": round(first, 2),
+        "found_median_ms": round(statistics.median(found) * 1000, 3),
+        "size": disk_usage(layer),
+    }
+
+
+async def starts(toolbox: Path, runs: int, scratch: Path, layer: Path) -> dict[str, Any]:
     backends = {
         "without": LocalBackend(scratch / "without", 231_000, 8),
         "with": LocalBackend(scratch / "with", 231_010, 8, toolbox=toolbox),
+        "with_layer": LocalBackend(scratch / "with_layer", 231_020, 8, toolbox=toolbox),
     }
     for backend in backends.values():
         await backend.check()
@@ -119,7 +148,8 @@ async def starts(toolbox: Path, runs: int, scratch: Path) -> dict[str, Any]:
             for i in range(runs):
                 order = list(backends) if i % 2 == 0 else list(reversed(backends))
                 for kind in order:
-                    timings[kind].append(await start_to_loaded(backends[kind], socket_dir / "m.sock", scratch))
+                    mounted = layer if kind == "with_layer" else None
+                    timings[kind].append(await start_to_loaded(backends[kind], socket_dir / "m.sock", scratch, mounted))
             charts = []
             for _ in range(max(1, runs // 2)):
                 code, out, err = await backends["with"].run_python("chart", FIRST_CHART, 120)
@@ -133,6 +163,7 @@ async def starts(toolbox: Path, runs: int, scratch: Path) -> dict[str, Any]:
     return {
         "start_to_loaded": {kind: {**summary(v), "runs_s": [round(x, 3) for x in v]} for kind, v in timings.items()},
         "added_median_s": round(statistics.median(timings["with"]) - statistics.median(timings["without"]), 3),
+        "layer_added_median_s": round(statistics.median(timings["with_layer"]) - statistics.median(timings["with"]), 3),
         "first_chart_in_a_fresh_sandbox": {**summary(charts), "runs_s": [round(x, 3) for x in charts]},
     }
 
@@ -141,6 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lock", type=Path, default=ROOT / "container" / "toolbox.txt")
     parser.add_argument("--runs", type=int, default=6, help="cached builds, and sandbox starts of each kind")
+    parser.add_argument(
+        "--packages", nargs="+", default=["tabulate==0.9.0", "python-slugify==8.0.4"], help="an environment's pip"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-toolbox.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()
@@ -152,8 +186,10 @@ def main() -> None:
         cached = [build(args.lock, root)[1] for _ in range(args.runs)]
         size = disk_usage(toolbox)
         print(f"toolbox: first build {first:.1f} s, cached {statistics.median(cached):.2f} s, {size}")
+        layer, packages = asyncio.run(layer_builds(toolbox, args.packages, args.runs, root / "layers"))
+        print(f"environment packages {args.packages}: {packages}")
         with tempfile.TemporaryDirectory(prefix="bench-toolbox-state-", dir=cache) as scratch:
-            start = asyncio.run(starts(toolbox, args.runs, Path(scratch)))
+            start = asyncio.run(starts(toolbox, args.runs, Path(scratch), layer))
         print(f"start to loaded: {start['start_to_loaded']}; first chart: {start['first_chart_in_a_fresh_sandbox']}")
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(root)], check=False)  # the toolbox is read-only
@@ -168,6 +204,7 @@ def main() -> None:
                 "cached": {**summary(cached), "runs_s": [round(x, 3) for x in cached]},
             },
             "size": size,
+            "environment_packages": packages,
             **start,
             "note": "noisy where the host does other work (e.g. a CI run): see machine.loadavg_*",
             "machine": machine(load_at_start),
