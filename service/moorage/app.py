@@ -87,6 +87,7 @@ from .warm_plan import Bounds
 from .webhook_delivery import WebhookConfig, WebhookSender
 from .webhook_events import announcements
 from .webhooks_api import routes as webhooks_routes
+from .workspace_files import routes as workspace_routes
 from .ws_remote import apply_frame, deliver_frame, runs_elsewhere, serve_remote
 
 log = structlog.get_logger(__name__)
@@ -672,6 +673,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/v1/sessions", session_socket),
             WebSocketRoute("/v1/sessions/{session_id}", session_socket),
             *sessions_routes(),
+            *workspace_routes(),
             *events_routes(),
             *agents_routes(),
             *environments_routes(),

@@ -53,6 +53,7 @@ class Code(StrEnum):
     UNRESTRICTED_NETWORK_NOT_ALLOWED = "unrestricted_network_not_allowed"
     PACKAGES_NOT_SUPPORTED = "packages_not_supported"
     ENVIRONMENT_BUILD_FAILED = "environment_build_failed"
+    WORKSPACE_FILE_NOT_FOUND = "workspace_file_not_found"
     NOT_SUPPORTED = "not_supported"
     INVALID_AFTER = "invalid_after"
     SESSION_ARCHIVED = "session_archived"
@@ -216,6 +217,7 @@ CODES: dict[Code, Spec] = {
     Code.RESOURCE_NOT_MOUNTED: Spec(Fatal.NO, None, 500),
     Code.OUTPUT_TOO_LARGE: Spec(Fatal.NO, None, 413),
     Code.OUTPUT_NOT_STORED: Spec(Fatal.NO, None, 503),
+    Code.WORKSPACE_FILE_NOT_FOUND: Spec(Fatal.NO, None, 404),
     Code.INTERNAL: Spec(Fatal.YES, CLOSE_INTERNAL, 500),
 }
 
