@@ -568,7 +568,9 @@ def create_app(settings: Settings) -> Starlette:
             janitor = BlobJanitor(files, settings, metrics)  # deleted files' objects go
             janitor.start()
             toolbox = sandbox_toolbox(settings, backend)
-            builder = package_builder(toolbox, settings.package_index_url, settings.package_build_timeout_s)
+            builder = package_builder(
+                toolbox, settings.package_index_url, settings.package_build_timeout_s, settings.package_npm_registry
+            )
             layers = PackageLayers(settings.package_cache_dir, builder, metrics)  # environments' packages
             deps = Deps(
                 settings,

@@ -14,9 +14,9 @@ What Moorage honours, and what it refuses rather than silently ignores (docs/man
   (``PACKAGE_REGISTRY_HOSTS``), ``allow_mcp_servers`` the hosts of the agent's MCP servers.
 - ``networking: unrestricted`` only where the operator allows it
   (``MOORAGE_ALLOW_UNRESTRICTED_NETWORK``); otherwise ``unrestricted_network_not_allowed`` (400).
-- ``packages``: ``pip`` requirements (checked and normalised by ``packages.pip_requirements``;
-  built into a layer over the toolbox: packages.py); a package for any other manager is
-  ``packages_not_supported`` (400).
+- ``packages``: ``pip`` requirements and ``npm`` packages (checked and normalised by
+  ``packages.pip_requirements``/``npm_packages``; built into a layer over the toolbox:
+  packages.py); a package for any other manager is ``packages_not_supported`` (400).
 - ``config.type: self_hosted`` (the self-hosted work queue) and ``scope: account`` (Moorage has
   tenants, not accounts) are ``invalid_request``; unknown fields are refused.
 """
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from .bodies import MAX_DESCRIPTION, MAX_NAME, BodyError, as_list, as_object, fail, metadata, only, patch_metadata, text
 from .errors import Code
-from .packages import pip_requirements
+from .packages import BUILT, npm_packages, pip_requirements
 
 PACKAGE_MANAGERS = ("apt", "cargo", "gem", "go", "npm", "pip")
 # What ``allow_package_managers`` opens: the public registries of the six managers.
@@ -136,14 +136,18 @@ def _packages(value: object) -> dict[str, Any]:
     if packages.get("type") not in (None, "packages"):
         raise fail('config.packages.type must be "packages"')
     for manager in PACKAGE_MANAGERS:
-        if manager != "pip" and as_list(packages.get(manager), f"config.packages.{manager}"):
+        if manager not in BUILT and as_list(packages.get(manager), f"config.packages.{manager}"):
             raise BodyError(
-                f"config.packages.{manager}: this server builds pip packages only; bake {manager} packages "
-                "into the sandbox image, or install them in the session",
+                f"config.packages.{manager}: this server builds pip and npm packages only; bake {manager} "
+                "packages into the sandbox image, or install them in the session",
                 code=Code.PACKAGES_NOT_SUPPORTED,
             )
-    pip = pip_requirements(packages.get("pip"), "config.packages.pip")
-    return {"type": "packages", **{manager: [] for manager in PACKAGE_MANAGERS}, "pip": pip}
+    return {
+        "type": "packages",
+        **{manager: [] for manager in PACKAGE_MANAGERS},
+        "pip": pip_requirements(packages.get("pip"), "config.packages.pip"),
+        "npm": npm_packages(packages.get("npm"), "config.packages.npm"),
+    }
 
 
 def default_config() -> dict[str, Any]:

@@ -69,7 +69,7 @@ def _packages(request: Request, spec: Spec) -> None:
     if not wanted(spec):
         return
     deps = request.app.state.services.sessions.deps
-    if (refusal := packages_not_supported(deps.backend.name)) is not None:
+    if (refusal := packages_not_supported(deps.backend.name, wanted(spec))) is not None:
         raise refusal
     if deps.packages is not None:
         deps.packages.prepare(spec)
@@ -82,7 +82,7 @@ async def _create(request: Request, tenant: str, envs: Environments) -> JSONResp
         record = await envs.create(tenant, spec)
     except EnvironmentNameTaken as exc:
         raise _taken(exc) from None
-    log.info("environment_created", tenant=tenant, environment_id=record.id, pip=wanted(spec))
+    log.info("environment_created", tenant=tenant, environment_id=record.id, packages=wanted(spec))
     return JSONResponse(to_object(record))
 
 

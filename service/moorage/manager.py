@@ -256,7 +256,7 @@ class SessionManager:
         if not wanted(spec):
             return False
         env_id = str(environment["id"]) if environment is not None else ""
-        why = sandbox_layer_problem(self.deps.backend.name)
+        why = sandbox_layer_problem(self.deps.backend.name, wanted(spec))
         if why is not None:
             raise SessionError(f"environment {env_id}: {why}", code=Code.PACKAGES_NOT_SUPPORTED, fatal=True)
         layers = self.deps.packages

@@ -34,6 +34,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,13 +49,17 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .bodies import BodyError, as_list, fail
 from .errors import Code, SandboxError
-from .sandbox.base import PACKAGES_PATH, PACKAGES_SITE
+from .sandbox.base import PACKAGES_NODE, PACKAGES_PATH, PACKAGES_SITE
 
 log = structlog.get_logger(__name__)
 
-RECIPE = b"moorage-packages 1"  # part of every key: bump it when ``build_layer`` changes what it makes
+RECIPE = b"moorage-packages 2"  # part of every key: bump it when ``build_layer`` changes what it makes
 MAX_PACKAGES = 64
 MAX_REQUIREMENT = 200
+BUILT = ("npm", "pip")  # the managers layers are built for; the others are refused at the API
+# A registry package (npm's name rules: lower case, optional @scope/), optionally @ a version,
+# range or dist-tag; nothing that could be a URL, a path, git or an alias (no ':', '/', '#').
+NPM_SPEC = re.compile(r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*(?:@[0-9A-Za-z.^~<>=*|+ -]{1,100})?")
 RETRY_S = 300.0  # how long a failed build's error answers for its key before the next try
 SIZE_FILE = ".size"  # a layer's size in bytes, written before it is made read-only
 
@@ -92,11 +97,37 @@ def pip_requirements(value: object, where: str) -> list[str]:
     return sorted(out)
 
 
+def npm_packages(value: object, where: str) -> list[str]:
+    """A ``packages.npm`` list checked and normalised (sorted, no duplicates; pure): a registry
+    package name, optionally ``@`` a version, range or tag. Never a URL, git or file spec, alias
+    (``npm:``) or option: the build runs on the host."""
+    items = as_list(value, where)
+    if len(items) > MAX_PACKAGES:
+        raise fail(f"{where}: more than {MAX_PACKAGES} packages")
+    out: set[str] = set()
+    for n, raw in enumerate(items):
+        text = raw.strip() if isinstance(raw, str) else ""
+        if len(text) > MAX_REQUIREMENT or not NPM_SPEC.fullmatch(text):
+            raise fail(
+                f"{where}[{n}] {str(raw)[:80]!r} is not a registry package such as 'prettier' or "
+                "'@scope/name@^1.2' (no URLs, git, file or alias specs, no options)"
+            )
+        out.add(text)
+    return sorted(out)
+
+
 def wanted(spec: Mapping[str, Any] | None) -> list[str]:
-    """The pip requirements an environment spec (``environments.Spec``) asks for."""
+    """What an environment spec (``environments.Spec``) asks for, as one sorted list of
+    ``pip:<requirement>`` and ``npm:<package>`` entries (what a layer's key names)."""
     if spec is None:
         return []
-    return list(spec.get("config", {}).get("packages", {}).get("pip") or [])
+    packages = spec.get("config", {}).get("packages", {})
+    return sorted(f"{manager}:{p}" for manager in BUILT for p in packages.get(manager) or [])
+
+
+def of(manager: str, entries: Sequence[str]) -> list[str]:
+    """The entries of one manager, without their prefix."""
+    return [e.split(":", 1)[1] for e in entries if e.startswith(f"{manager}:")]
 
 
 def layer_key(base: str, index_url: str, requirements: Sequence[str]) -> str:
@@ -114,6 +145,17 @@ def pip_argv(python: str, prefix: Path, requirements: Sequence[str], index_url: 
     if index_url:
         argv += ["--index-url", index_url]
     return [*argv, "--", *requirements]
+
+
+def npm_argv(npm: str, prefix: Path, packages: Sequence[str], registry: str) -> list[str]:
+    """The one command that installs ``packages`` into ``prefix``: no package's lifecycle scripts
+    run (``--ignore-scripts``: an ``install`` script would run on the host), nothing is audited or
+    funded (no extra traffic) (pure)."""
+    argv = [npm, "install", "--prefix", str(prefix), "--ignore-scripts", "--no-audit", "--no-fund"]
+    argv += ["--no-update-notifier", "--omit=dev", "--no-package-lock", "--loglevel=error"]
+    if registry:
+        argv += ["--registry", registry]
+    return [*argv, "--", *packages]
 
 
 def script_for_sandbox(data: bytes) -> bytes | None:
@@ -144,9 +186,46 @@ def _unlock_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def build_layer(python: str, final: Path, requirements: Sequence[str], index_url: str, timeout_s: float) -> Path:
-    """The layer at ``final``: found, or built once (blocking; run it in a thread). Raises
-    ``BuildFailed`` with pip's words."""
+def _run(argv: list[str], what: str, timeout_s: float, env: dict[str, str]) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"{what} did not finish within {timeout_s:g}s") from None
+    except FileNotFoundError:
+        raise BuildFailed(f"{what} is not installed on the service's host") from None
+    if done.returncode != 0:
+        raise BuildFailed(f"{what} failed:\n{_tail(done.stderr or done.stdout)}")
+
+
+def _pip_part(python: str, tmp: Path, requirements: list[str], index_url: str, timeout_s: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    site = tmp / PACKAGES_SITE
+    (tmp / "bin").mkdir(parents=True, exist_ok=True)
+    if not requirements:
+        site.mkdir(parents=True)
+        return
+    _run(pip_argv(python, tmp, requirements, index_url), "pip install", timeout_s, env)
+    sites = sorted(tmp.glob("lib/python3*/site-packages"))
+    if sites:
+        sites[-1].rename(site)
+    else:  # everything asked for is in the toolbox already
+        site.mkdir(parents=True)
+    shutil.rmtree(tmp / "lib", ignore_errors=True)
+    for script in (tmp / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            new = script_for_sandbox(script.read_bytes())
+            if new is not None:
+                script.write_bytes(new)
+    # Compiled now, named for where sandboxes see them (they cannot write .pyc files).
+    compiled = [python, "-m", "compileall", "-q", "-j", "0", "-s", str(tmp), "-p", PACKAGES_PATH, str(site)]
+    subprocess.run(compiled, capture_output=True, check=False, timeout=timeout_s, env=env)
+
+
+def build_layer(
+    python: str, final: Path, wanted_: Sequence[str], index_url: str, timeout_s: float, npm_registry: str = ""
+) -> Path:
+    """The layer at ``final`` for ``wanted_`` (``wanted``'s entries): found, or built once
+    (blocking; run it in a thread). Raises ``BuildFailed`` with pip's or npm's words."""
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -157,42 +236,12 @@ def build_layer(python: str, final: Path, requirements: Sequence[str], index_url
         tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():  # an interrupted build
             _unlock_tree(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         try:
-            try:
-                done = subprocess.run(
-                    pip_argv(python, tmp, requirements, index_url),
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout_s,
-                    env=env,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise BuildFailed(f"pip did not finish within {timeout_s:g}s") from None
-            if done.returncode != 0:
-                raise BuildFailed(f"pip install failed:\n{_tail(done.stderr or done.stdout)}")
-            sites = sorted(tmp.glob("lib/python3*/site-packages"))
-            site = tmp / PACKAGES_SITE
-            if sites:
-                sites[-1].rename(site)
-            else:  # everything asked for is in the toolbox already
-                site.mkdir(parents=True)
-            shutil.rmtree(tmp / "lib", ignore_errors=True)
-            (tmp / "bin").mkdir(exist_ok=True)
-            for script in (tmp / "bin").iterdir():
-                if script.is_file() and not script.is_symlink():
-                    new = script_for_sandbox(script.read_bytes())
-                    if new is not None:
-                        script.write_bytes(new)
-            # Compiled now, named for where sandboxes see them (they cannot write .pyc files).
-            subprocess.run(
-                [python, "-m", "compileall", "-q", "-j", "0", "-s", str(tmp), "-p", PACKAGES_PATH, str(site)],
-                capture_output=True,
-                check=False,
-                timeout=timeout_s,
-                env=env,
-            )
+            _pip_part(python, tmp, of("pip", wanted_), index_url, timeout_s)
+            if npm := of("npm", wanted_):
+                npm_bin = shutil.which("npm") or "npm"
+                argv = npm_argv(npm_bin, tmp / PACKAGES_NODE, npm, npm_registry)
+                _run(argv, "npm install", timeout_s, dict(os.environ))
             (tmp / SIZE_FILE).write_text(str(_size(tmp)))
             for top, dirs, files in os.walk(tmp):
                 for name in [*dirs, *files]:
@@ -224,15 +273,16 @@ class Builder:
     base: str
     index_url: str = ""
     timeout_s: float = 600.0
+    npm_registry: str = ""
 
 
-def builder(toolbox: Path | None, index_url: str, timeout_s: float) -> Builder:
+def builder(toolbox: Path | None, index_url: str, timeout_s: float, npm_registry: str = "") -> Builder:
     """Layers over ``toolbox`` (toolbox.resolve()d), built by its pip; without one, over the base
     Python (which then needs pip of its own)."""
     if toolbox is not None:
-        return Builder(str(toolbox / "bin" / "python3"), f"toolbox {toolbox.name}", index_url, timeout_s)
+        return Builder(str(toolbox / "bin" / "python3"), f"toolbox {toolbox.name}", index_url, timeout_s, npm_registry)
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    return Builder(base, f"python {base} {sys.version.split()[0]}", index_url, timeout_s)
+    return Builder(base, f"python {base} {sys.version.split()[0]}", index_url, timeout_s, npm_registry)
 
 
 class PackageLayers:
@@ -246,7 +296,8 @@ class PackageLayers:
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, pip's words)
 
     def key(self, requirements: Sequence[str]) -> str:
-        return layer_key(self.builder.base, self.builder.index_url, requirements)
+        indexes = f"{self.builder.index_url}\n{self.builder.npm_registry}"
+        return layer_key(self.builder.base, indexes, requirements)
 
     def built(self, spec: Mapping[str, Any] | None) -> bool:
         """Whether the environment's layer is on disk (or it needs none)."""
@@ -293,7 +344,9 @@ class PackageLayers:
             log.info("packages_build_started", key=key, pip=requirements)
             b = self.builder
             try:
-                path = await asyncio.to_thread(build_layer, b.python, final, requirements, b.index_url, b.timeout_s)
+                path = await asyncio.to_thread(
+                    build_layer, b.python, final, requirements, b.index_url, b.timeout_s, b.npm_registry
+                )
             except BuildFailed as exc:
                 self._failed[key] = (time.monotonic(), exc.message)
                 log.warning("packages_build_failed", key=key, pip=requirements, error=exc.message[-500:])
@@ -316,17 +369,21 @@ class PackageLayers:
         await asyncio.gather(*self._building.values(), return_exceptions=True)
 
 
-def sandbox_layer_problem(backend: str) -> str | None:
-    """Why sandboxes of ``backend`` cannot mount a layer, or None (pure)."""
-    if backend in ("local", "docker"):
-        return None
-    return (
-        f"this server's {backend} sandboxes cannot mount environment packages (they are built on the "
-        "service's host); bake them into the sandbox image (container/toolbox.txt) instead"
-    )
+def sandbox_layer_problem(backend: str, entries: Sequence[str] = ()) -> str | None:
+    """Why sandboxes of ``backend`` cannot use a layer of ``entries`` (``wanted``'s), or None (pure).
+    Kubernetes pods cannot mount the service's disk; the Docker image has no Node.js to run npm
+    packages with (local sandboxes use the host's, under /usr)."""
+    if backend not in ("local", "docker"):
+        return (
+            f"this server's {backend} sandboxes cannot mount environment packages (they are built on the "
+            "service's host); bake them into the sandbox image (container/toolbox.txt) instead"
+        )
+    if backend == "docker" and of("npm", entries):
+        return "this server's docker sandboxes have no Node.js to run npm packages; bake them into the sandbox image"
+    return None
 
 
-def packages_not_supported(backend: str) -> BodyError | None:
-    """The refusal of an environment with packages on a server whose sandboxes cannot mount them."""
-    why = sandbox_layer_problem(backend)
-    return BodyError(f"config.packages.pip: {why}", code=Code.PACKAGES_NOT_SUPPORTED) if why else None
+def packages_not_supported(backend: str, entries: Sequence[str] = ()) -> BodyError | None:
+    """The refusal of an environment with packages on a server whose sandboxes cannot use them."""
+    why = sandbox_layer_problem(backend, entries)
+    return BodyError(f"config.packages: {why}", code=Code.PACKAGES_NOT_SUPPORTED) if why else None

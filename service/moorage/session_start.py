@@ -121,7 +121,7 @@ async def _packages_layer(session: Session) -> Path | None:
     if not wanted(spec) or (layers := session.deps.packages) is None:
         return None
     env_id = environment.get("id")
-    why = sandbox_layer_problem(session.backend.name)
+    why = sandbox_layer_problem(session.backend.name, wanted(spec))
     if why is not None:  # the server's backend changed since the session was made
         raise SandboxError(f"environment {env_id}: {why}", code=Code.PACKAGES_NOT_SUPPORTED)
     if not layers.built(spec):

@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     package_cache_dir: Path = Path.home() / ".cache" / "moorage" / "packages"
     package_index_url: str = ""
     package_build_timeout_s: float = Field(default=600.0, gt=0)
+    package_npm_registry: str = ""  # npm packages' registry ("" = npm's own configuration)
     # Docker and Kubernetes backends: the sandbox image (container/build-images.sh builds it).
     sandbox_image: str = "moorage-sandbox:0.1.0"
     # Docker backend: the engine's API ("" = DOCKER_HOST or /var/run/docker.sock).

@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import json
+import shutil
+import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +175,106 @@ def test_a_package_that_cannot_be_built_is_an_error_on_its_environment_only(
         # Packages this server does not build are refused when the environment is made.
         with pytest.raises(anthropic.BadRequestError) as refused:
             api.beta.environments.create(
-                name=f"npm-{time.monotonic_ns()}", config={"type": "cloud", "packages": {"npm": ["left-pad"]}}
+                name=f"apt-{time.monotonic_ns()}", config={"type": "cloud", "packages": {"apt": ["jq"]}}
             )
         assert code(refused.value) == "packages_not_supported"
+
+
+JS_PKG = "moorage-demo-js"
+
+
+def manifest_of(marker: Path) -> dict[str, Any]:
+    script = f"node -e \"require('fs').writeFileSync('{marker}', 'ran')\""
+    return {
+        "name": JS_PKG,
+        "version": "1.0.0",
+        "main": "index.js",
+        "bin": {"demo-js": "cli.js"},
+        "scripts": {"postinstall": script},
+    }
+
+
+def npm_tarball(marker: Path) -> bytes:
+    """A registry tarball whose ``postinstall`` would leave ``marker`` on the host if it ran."""
+    files = {
+        "package/package.json": json.dumps(manifest_of(marker)),
+        "package/index.js": 'module.exports = () => "hello from npm";\n',
+        "package/cli.js": "#!/usr/bin/env node\nconsole.log('demo-js says hi');\n",
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, text_ in files.items():
+            data = text_.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755 if name.endswith("cli.js") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.fixture
+def npm_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A registry serving one package (its packument and tarball) on 127.0.0.1; and the marker
+    its install script would write."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("no node/npm on this host (apt-get install nodejs npm)")
+    marker = tmp_path / "postinstall-ran"
+    tgz = npm_tarball(marker)
+    manifest = manifest_of(marker)
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            base = f"http://127.0.0.1:{port}"
+            if self.path.rstrip("/") == f"/{JS_PKG}":
+                dist = {"tarball": f"{base}/{JS_PKG}/-/{JS_PKG}-1.0.0.tgz", "integrity": integrity}
+                dist["shasum"] = hashlib.sha1(tgz).hexdigest()
+                version: dict[str, Any] = {"name": JS_PKG, "version": "1.0.0", "bin": {"demo-js": "cli.js"}}
+                version["dist"] = dist
+                version |= {"scripts": manifest["scripts"], "hasInstallScript": True}  # as the registry says
+                body = json.dumps({"name": JS_PKG, "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}})
+                self._send(body.encode(), "application/json")
+            elif self.path == f"/{JS_PKG}/-/{JS_PKG}-1.0.0.tgz":
+                self._send(tgz, "application/octet-stream")
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/", marker
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_environments_npm_packages_reach_the_agent_and_their_scripts_never_run(
+    model: ScriptedModelServer, npm_registry: tuple[str, Path], tmp_path: Path
+) -> None:
+    registry, marker = npm_registry
+    with run_service(
+        model.url,
+        MOORAGE_API_KEYS=KEYS,
+        MOORAGE_PACKAGE_NPM_REGISTRY=registry,
+        MOORAGE_PACKAGE_CACHE_DIR=str(tmp_path / "layers"),
+    ) as svc:
+        api = client(svc)
+        agent = api.beta.agents.create(name="Scripter", model="claude-opus-5", tools=[TOOLSET])
+        config: Any = {"type": "cloud", "packages": {"type": "packages", "npm": [f"{JS_PKG}@1.0.0"]}}
+        env = api.beta.environments.create(name=f"npm-{time.monotonic_ns()}", config=config)
+        session = api.beta.sessions.create(agent=agent.id, environment_id=env.id)
+        probe = f"bash node -e 'console.log(require(\"{JS_PKG}\")())'; demo-js"
+        words = said(turn(api, session.id, probe))
+        assert words.splitlines() == ["tool said: hello from npm", "demo-js says hi"], words
+        assert not marker.exists()  # --ignore-scripts: the package's postinstall never ran on the host

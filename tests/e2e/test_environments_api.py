@@ -100,7 +100,7 @@ def test_auto_pagination_walks_every_page(svc: Service) -> None:
 
 
 def test_what_moorage_cannot_honour_is_refused(svc: Service) -> None:
-    """Unrestricted networking (the operator has not allowed it), packages other than pip, a self-hosted config:
+    """Unrestricted networking (the operator has not allowed it), packages other than pip and npm, a self-hosted config:
     400 with a stable code, nothing stored; the work queue: 501, not retried."""
     api = client(svc).beta.environments
     with pytest.raises(anthropic.BadRequestError) as caught:
@@ -108,8 +108,8 @@ def test_what_moorage_cannot_honour_is_refused(svc: Service) -> None:
     assert code(caught.value) == "unrestricted_network_not_allowed"
     assert "MOORAGE_ALLOW_UNRESTRICTED_NETWORK" in caught.value.message
     with pytest.raises(anthropic.BadRequestError) as caught:
-        api.create(name="pkgs", config={"type": "cloud", "packages": {"type": "packages", "npm": ["left-pad"]}})
-    assert code(caught.value) == "packages_not_supported"  # pip is built (test_environment_packages.py)
+        api.create(name="pkgs", config={"type": "cloud", "packages": {"type": "packages", "apt": ["jq"]}})
+    assert code(caught.value) == "packages_not_supported"  # pip and npm are built (test_environment_packages.py)
     with pytest.raises(anthropic.BadRequestError) as caught:
         api.create(name="worker", config={"type": "self_hosted"})
     assert code(caught.value) == "invalid_request"

@@ -112,16 +112,18 @@ def test_unrestricted_networking_needs_the_operators_permission() -> None:
     refused({"config": body["config"]}, "unrestricted", Code.UNRESTRICTED_NETWORK_NOT_ALLOWED, current=spec)
 
 
-def test_pip_packages_are_kept_normalised_and_other_managers_refused() -> None:
-    spec = make({"name": "n", "config": {"type": "cloud", "packages": {"pip": ["Tabulate == 0.9.0", "six", "six"]}}})
+def test_pip_and_npm_packages_are_kept_normalised_and_other_managers_refused() -> None:
+    packages = {"pip": ["Tabulate == 0.9.0", "six", "six"], "npm": ["is-number@7"]}
+    spec = make({"name": "n", "config": {"type": "cloud", "packages": packages}})
     assert spec["config"]["packages"] == {
         "type": "packages",
         **{m: [] for m in PACKAGE_MANAGERS},
         "pip": ["Tabulate==0.9.0", "six"],
+        "npm": ["is-number@7"],
     }
     refused(
-        {"name": "n", "config": {"type": "cloud", "packages": {"type": "packages", "npm": ["left-pad"]}}},
-        "config.packages.npm",
+        {"name": "n", "config": {"type": "cloud", "packages": {"type": "packages", "apt": ["jq"]}}},
+        "config.packages.apt",
         Code.PACKAGES_NOT_SUPPORTED,
     )
     refused(

@@ -11,6 +11,8 @@ from moorage.bodies import BodyError
 from moorage.packages import (
     MAX_PACKAGES,
     layer_key,
+    npm_argv,
+    npm_packages,
     packages_not_supported,
     pip_argv,
     pip_requirements,
@@ -95,9 +97,47 @@ def test_which_backends_mount_layers() -> None:
     assert refusal is not None and refusal.code == "packages_not_supported"
 
 
-def test_an_environment_without_pip_packages_wants_no_layer() -> None:
-    assert wanted(None) == [] and wanted({"config": {"packages": {"pip": []}}}) == []
-    assert wanted({"config": {"packages": {"pip": ["six"]}}}) == ["six"]
+def test_an_environment_without_packages_wants_no_layer() -> None:
+    assert wanted(None) == [] and wanted({"config": {"packages": {"pip": [], "npm": []}}}) == []
+    assert wanted({"config": {"packages": {"pip": ["six"], "npm": ["is-number@7"]}}}) == ["npm:is-number@7", "pip:six"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "git+https://github.com/x/y.git",
+        "https://evil.example/x.tgz",
+        "file:../../root/.ssh",
+        "x@npm:evil",  # an alias
+        "user/repo",  # a GitHub shorthand
+        "x@git+ssh://evil/x",
+        "--registry=http://evil.example",
+        "Prettier",  # npm names are lower case
+        "",
+    ],
+)
+def test_what_is_not_a_registry_package_never_reaches_npm(raw: str) -> None:
+    with pytest.raises(BodyError) as caught:
+        npm_packages([raw], "config.packages.npm")
+    assert "config.packages.npm[0]" in caught.value.message
+
+
+def test_npm_packages_name_the_registry_only_and_run_no_scripts() -> None:
+    assert npm_packages(["prettier@^3.3", "@types/node@20", "is-number", "is-number"], "n") == [
+        "@types/node@20",
+        "is-number",
+        "prettier@^3.3",
+    ]
+    argv = npm_argv("/usr/bin/npm", Path("/cache/.k.tmp/node"), ["is-number@7"], "https://npm.mirror.example/")
+    assert "--ignore-scripts" in argv  # an install script would run on the host
+    assert argv[argv.index("--registry") + 1] == "https://npm.mirror.example/"
+    assert argv[-2:] == ["--", "is-number@7"]
+
+
+def test_npm_layers_need_a_node_in_the_sandbox() -> None:
+    assert sandbox_layer_problem("local", ["npm:is-number"]) is None  # the host's node, under /usr
+    assert "no Node.js" in (sandbox_layer_problem("docker", ["npm:is-number"]) or "")
+    assert sandbox_layer_problem("docker", ["pip:six"]) is None
 
 
 def spec(packages: Path | None) -> SandboxSpec:
@@ -118,7 +158,11 @@ def test_a_local_sandbox_mounts_the_layer_read_only_first_on_path(uid: int | Non
     assert targets["/opt/moorage/packages"][0] == "--ro-bind"
     assert str(LAYER) in args  # staged as root, or bound directly
     env = setenv(args)
-    assert env["PATH"] == "/opt/moorage/packages/bin:/opt/moorage/toolbox/bin:/usr/local/bin:/usr/bin:/bin"
+    assert env["PATH"] == (
+        "/opt/moorage/packages/bin:/opt/moorage/packages/node/node_modules/.bin:/opt/moorage/toolbox/bin:"
+        "/usr/local/bin:/usr/bin:/bin"
+    )
+    assert env["NODE_PATH"] == "/opt/moorage/packages/node/node_modules"
     assert env["MOORAGE_AGENT_PYTHONPATH"] == "/opt/moorage/packages/site-packages"
     assert env["PYTHONPATH"] == "/opt/moorage/lib"  # the runner's own imports are untouched
     assert args[-3:] == ["/opt/moorage/venv/bin/python", "-m", "moorage_runner"]
@@ -136,13 +180,14 @@ def test_a_docker_sandbox_mounts_the_layer_read_only_and_runs_its_runner_by_full
         "ReadOnly": True,
     }
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["PATH"].startswith("/opt/moorage/packages/bin:/opt/moorage/venv/bin:")
+    assert env["PATH"].startswith("/opt/moorage/packages/bin:/opt/moorage/packages/node/node_modules/.bin:")
+    assert env["PATH"].endswith(":/opt/moorage/venv/bin:/usr/local/bin:/usr/bin:/bin")
     assert env["MOORAGE_AGENT_PYTHONPATH"] == "/opt/moorage/packages/site-packages"
     # A layer's bin/ may hold a "python": the runner is not found through PATH.
     assert config["Cmd"] == RUNNER_CMD and RUNNER_CMD[0] == "/opt/moorage/venv/bin/python"
     plain = container_config(spec(None), "img", Limits(1 << 30, 64, 1.0), "owner")
     assert "/opt/moorage/packages" not in {m["Target"] for m in plain["HostConfig"]["Mounts"]}
-    assert not any(item.startswith(("PATH=", "MOORAGE_AGENT_PYTHONPATH=")) for item in plain["Env"])
+    assert not any(item.startswith(("PATH=", "MOORAGE_AGENT_PYTHONPATH=", "NODE_PATH=")) for item in plain["Env"])
 
 
 def test_the_runner_gives_the_layer_to_the_agents_commands_only() -> None:

@@ -45,6 +45,7 @@ SESSION_FILES_BYTES = 256 * 1024 * 1024
 # PATH; the runner gives the agent's commands ``site-packages`` as PYTHONPATH (AGENT_PYTHONPATH).
 PACKAGES_PATH = "/opt/moorage/packages"
 PACKAGES_SITE = "site-packages"
+PACKAGES_NODE = "node"  # npm packages: node/node_modules (NODE_PATH), node/node_modules/.bin (PATH)
 AGENT_PYTHONPATH = "MOORAGE_AGENT_PYTHONPATH"
 
 
@@ -69,7 +70,17 @@ def packages_env(spec: SandboxSpec) -> dict[str, str]:
     backend's: it knows its own PATH)."""
     if spec.packages is None:
         return {}
-    return {AGENT_PYTHONPATH: f"{PACKAGES_PATH}/{PACKAGES_SITE}"}
+    return {
+        AGENT_PYTHONPATH: f"{PACKAGES_PATH}/{PACKAGES_SITE}",
+        "NODE_PATH": f"{PACKAGES_PATH}/{PACKAGES_NODE}/node_modules",
+    }
+
+
+def packages_path(spec: SandboxSpec) -> list[str]:
+    """The PATH entries a packages layer puts first: its console scripts, its npm packages' bins."""
+    if spec.packages is None:
+        return []
+    return [f"{PACKAGES_PATH}/bin", f"{PACKAGES_PATH}/{PACKAGES_NODE}/node_modules/.bin"]
 
 
 class Sandbox(Protocol):

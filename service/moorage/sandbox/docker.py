@@ -54,6 +54,7 @@ from .base import (
     decode_frame,
     encode_frame,
     packages_env,
+    packages_path,
     stop_in_stages,
     write_etc,
 )
@@ -111,7 +112,8 @@ def container_config(
     packages: list[str] = []
     if spec.packages is not None:  # the environment's packages (packages.py), before the image's venv
         mounts.append({"Type": "bind", "Source": str(spec.packages), "Target": PACKAGES_PATH, "ReadOnly": True})
-        packages = [f"PATH={PACKAGES_PATH}/bin:{IMAGE_PATH}", *(f"{k}={v}" for k, v in packages_env(spec).items())]
+        path = ":".join([*packages_path(spec), IMAGE_PATH])
+        packages = [f"PATH={path}", *(f"{k}={v}" for k, v in packages_env(spec).items())]
     return {
         "Image": image,
         "Cmd": list(RUNNER_CMD),

@@ -44,6 +44,7 @@ from .base import (
     decode_frame,
     encode_frame,
     packages_env,
+    packages_path,
     stop_in_stages,
     write_etc,
 )
@@ -171,7 +172,7 @@ def bwrap_argv(
         "LOGNAME": "agent",
         "PATH": ":".join(
             [
-                *((f"{PACKAGES_PATH}/bin",) if spec.packages is not None else ()),
+                *packages_path(spec),
                 *((f"{TOOLBOX_PATH}/bin",) if toolbox is not None else ()),
                 "/usr/local/bin:/usr/bin:/bin",
             ]
