@@ -558,7 +558,12 @@ def create_app(settings: Settings) -> Starlette:
                 settings.warm_sandboxes,
                 settings.sandbox_start_timeout_s,
                 metrics,
-                Bounds(settings.warm_agents, settings.warm_agents_per_spec, settings.warm_agent_idle_s),
+                Bounds(
+                    settings.warm_agents,
+                    settings.warm_agents_per_spec,
+                    settings.warm_agent_idle_s,
+                    memory_bytes=settings.warm_agents_memory_bytes,
+                ),
             )
             records = SessionRecords(db)
             if blobs is not None:
@@ -586,6 +591,7 @@ def create_app(settings: Settings) -> Starlette:
                 SessionEvents(db, announce=announcements),
                 files=files,  # the expiry sweep; resources in, outputs out (session_files.py)
                 packages=layers,
+                agents=Agents(db),  # the agents marked for warm-up (MOORAGE_WARM_AGENT_IDS)
             )
             proxy.observer = deps.spans  # each model request in its session's log
             sessions = SessionManager(deps)

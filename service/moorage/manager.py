@@ -28,6 +28,7 @@ from claude_agent_sdk.types import SessionKey
 from moorage_session_store import EventConflict, NewEvent
 from moorage_session_store.records import SessionRecord
 
+from .agents import runner_agent
 from .channel import Start
 from .egress import socket_base
 from .egress_policy import EgressConfig, session_policy
@@ -43,12 +44,14 @@ from .sessions import Deps, Session
 from .storage import NOT_SAVED_FLAG, Retention, StorageQuota
 from .sweep import carry_out, decide, look, socket_prefix
 from .tunnel import Policy
+from .warm_marks import Found, Marked, Marks, choose, parse_marked
 from .workspaces import remove_workspace, suspend_record
 
 log = structlog.get_logger(__name__)
 
 HANDOVER_POLL_S = 0.5  # how often a waiting replica looks, and an owner checks for requests
 DELETE_WAIT_S = 30.0  # a deleted session that is already ending: how long to wait for it to finish
+MARKS_REFRESH_S = 60.0  # how often the agents marked for warm-up are read again (their new versions)
 ORPHANS_PER_PASS = 100  # sessions of stopped replicas adopted per lease period (the rest: the next one)
 
 
@@ -125,6 +128,9 @@ class SessionManager:
         self._lease_task: asyncio.Task[None] | None = None
         self._handover_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
+        self._marks_task: asyncio.Task[None] | None = None
+        self.marked = parse_marked(self.settings.warm_agent_ids)  # agents marked for warm-up
+        self._marks = Marks()
         self.quota = StorageQuota(self.settings.tenant_storage_bytes)
         self.retention = Retention(self.settings.session_retention_days)
         self.gate = StartGate(self.settings.max_starting_sandboxes)
@@ -144,8 +150,11 @@ class SessionManager:
         self.deps.metrics.session_waits.source = self.waits  # read at every scrape
         await self.recover(after_crash=True)
         await self.sweep()  # what the previous run left that no session owns: before the pool fills
-        # Agents of the operator's default spec are kept started (warm_plan: pinned).
-        self.pool.pin(self._template(None, session_policy(None, None, self.egress)))
+        # Agents of the operator's default spec, and of the agents the operator marked for warm-up,
+        # are kept started (warm_plan: pinned); the marked ones are read again every minute.
+        await self.pin_warm()
+        if self.marked and self.deps.agents is not None and self.pool.bounds.total > 0:
+            self._marks_task = asyncio.create_task(self._marks_loop())
         self._lease_task = asyncio.create_task(self._lease_loop())
         self._handover_task = asyncio.create_task(self._handover_loop())
         self._reaper_task = asyncio.create_task(self._reaper_loop())
@@ -153,6 +162,46 @@ class SessionManager:
     @property
     def pool(self) -> WarmPool:
         return self.deps.pool
+
+    async def pin_warm(self) -> None:
+        """Pin the operator's default spec and the current version of each agent marked for
+        warm-up (``MOORAGE_WARM_AGENT_IDS``; warm_marks.choose decides). Never raises for a mark:
+        one that is unknown or archived is skipped (and logged once), one that cannot be read now
+        keeps the version it had."""
+        before = self._marks.versions
+        self._marks, skipped = choose(self.marked, await self._read_marks(), self._marks)
+        for mark, reason in skipped:
+            log.warning("warm_agent_skipped", agent_id=mark.agent_id, tenant=mark.tenant, reason=reason)
+        templates = [self._template(None, session_policy(None, None, self.egress))]
+        for mark, found in self._marks.versions.items():
+            if before.get(mark) != found:
+                log.info("warm_agent_pinned", agent_id=mark.agent_id, tenant=mark.tenant, version=found.version)
+            agent = runner_agent(mark.agent_id, found.version, found.spec)
+            templates.append(self._template(agent, session_policy(None, agent, self.egress)))
+        self.pool.pin(*templates)
+
+    async def _read_marks(self) -> dict[Marked, Found | None]:
+        """Each marked agent's current version (None: no such agent); those the store could not
+        be asked about now are left out."""
+        read: dict[Marked, Found | None] = {}
+        agents = self.deps.agents
+        if agents is None or self.pool.bounds.total <= 0:  # no started agents: nothing to read them for
+            return read
+        for mark in self.marked:
+            try:
+                record = await agents.get(mark.tenant, mark.agent_id)
+            except STORE_ERRORS as exc:
+                log.warning("warm_agent_unread", agent_id=mark.agent_id, tenant=mark.tenant, error=type(exc).__name__)
+                continue
+            read[mark] = None if record is None else Found(record.version, record.spec, record.archived_at is not None)
+        return read
+
+    async def _marks_loop(self) -> None:
+        """A new version of a marked agent replaces the old one's agents within a minute or so."""
+        while True:
+            await asyncio.sleep(MARKS_REFRESH_S)
+            await self.pin_warm()
+            self.pool.refill()
 
     def runs(self, session_id: str) -> bool:
         """Is the session live on this replica (started or starting, not ending)?"""
@@ -656,7 +705,7 @@ class SessionManager:
         log.info("service_drained", unfinished_turns=len(busy))
 
     async def close(self) -> None:
-        for task in (self._lease_task, self._handover_task, self._reaper_task):
+        for task in (self._lease_task, self._handover_task, self._reaper_task, self._marks_task):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

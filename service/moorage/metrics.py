@@ -175,6 +175,12 @@ class Metrics:
         self.warm_agents = Gauge(
             "moorage_warm_agents", "Started agents ready in the warm pool (CLI running, unclaimed).", registry=r
         )
+        self.warm_agents_limit = Gauge(
+            "moorage_warm_agents_limit",
+            "Started agents the warm pool may keep now: MOORAGE_WARM_AGENTS, or fewer if that many would not "
+            "fit in MOORAGE_WARM_AGENTS_MEMORY_BYTES at what one was measured to hold.",
+            registry=r,
+        )
         self.warm_agent_claims = Counter(
             "moorage_warm_agent_claims_total",
             "New sessions that found a started agent of their spec (hit) or not (miss; vault sessions not counted).",

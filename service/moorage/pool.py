@@ -10,7 +10,10 @@ Two kinds, both belonging to no session yet:
 - a *started agent* is a loaded sandbox that was sent ``prestart``: its CLI
   runs with the exact start frame a new session of one agent spec will send,
   under a session id chosen now, which the session that claims it takes as
-  its own. Which specs and how many: ``warm_plan``.
+  its own. Which specs and how many: ``warm_plan``; how many in all: at most
+  ``MOORAGE_WARM_AGENTS``, and no more than fit in
+  ``MOORAGE_WARM_AGENTS_MEMORY_BYTES`` at what the pool measured its started
+  agents to hold (their memory cgroups, where the backend can tell).
 
 A warm sandbox's workspace and model-proxy socket are keyed by its own
 sandbox id, so handing it to a session changes nothing on disk. Its tunnel
@@ -49,7 +52,7 @@ from .egress import ModelProxy
 from .errors import Code, SandboxError
 from .metrics import Metrics
 from .sandbox.base import Sandbox, SandboxBackend, SandboxSpec
-from .warm_plan import Bounds, Demand, shortfall, surplus, targets, warm_key
+from .warm_plan import Bounds, Demand, agent_bytes, shortfall, surplus, targets, warm_key, within_budget
 from .workspaces import remove_workspace
 
 log = structlog.get_logger(__name__)
@@ -217,6 +220,8 @@ class WarmPool:
         # host, or an agent spec whose CLI cannot start, is not retried every few seconds).
         self._paused_until = float("-inf")
         self._pause_s = PAUSE_S[0]
+        self._agent_bytes: int | None = None  # what one started agent holds, once measured
+        self.metrics.warm_agents_limit.set(self.limit)
 
     def refill(self) -> None:
         if self._closed or self.clock() < self._paused_until:
@@ -226,23 +231,44 @@ class WarmPool:
         if self._filler is None or self._filler.done():
             self._filler = asyncio.create_task(self._fill())
 
-    def pin(self, template: Start) -> None:
-        """Keep agents of ``template``'s spec started while the pool runs (the operator's default)."""
-        key = warm_key(template.wire())
-        if key is None or self.bounds.total <= 0:
+    def pin(self, *templates: Start) -> None:
+        """Keep agents of exactly these specs started while the pool runs (the operator's default,
+        the agents marked for warm-up). A spec pinned before and not now is unpinned: like any
+        unpinned spec it keeps its agents while sessions of it came within ``idle_s``, else they go
+        at the next look (the filler's; ``refill`` or the tick)."""
+        if self.bounds.total <= 0:
             return
-        self.demands.setdefault(key, Demand()).pinned = True
-        self.templates[key] = template
+        keep = {key: t for t in templates if (key := warm_key(t.wire())) is not None}
+        for demand in self.demands.values():
+            demand.pinned = False
+        for key, template in keep.items():
+            self.demands.setdefault(key, Demand()).pinned = True
+            self.templates[key] = template
 
     def _have(self) -> dict[str, int]:
         return {key: len(entries) for key, entries in self.agents.items() if entries}
 
     def _plan(self) -> dict[str, int]:
-        return targets(self.demands, self.clock(), self.bounds)
+        return targets(self.demands, self.clock(), replace(self.bounds, total=self.limit))
+
+    @property
+    def limit(self) -> int:
+        """The started agents the pool may keep now: the count bound, or fewer under the memory
+        budget (``warm_plan.within_budget``)."""
+        return within_budget(self.bounds, self._agent_bytes)
+
+    def _measure(self) -> None:
+        """What a started agent holds, from those ready now (their sandboxes' memory cgroups),
+        for the memory budget; and the limit it makes, for the gauge."""
+        if self.bounds.memory_bytes > 0:
+            measured = [e.loaded.sandbox.memory_bytes() for entries in self.agents.values() for e in entries]
+            self._agent_bytes = agent_bytes(measured, self._agent_bytes)
+        self.metrics.warm_agents_limit.set(self.limit)
 
     async def _fill(self) -> None:
         failures = 0
         while not self._closed:
+            self._measure()
             self._evict()
             key = shortfall(self._have(), self._plan())
             if key is None and len(self.ready) >= self.size:
@@ -295,9 +321,14 @@ class WarmPool:
                 entries.remove(dead)
                 self._drop(dead.loaded, "dead")
         plan = self._plan()
+        now = self.clock()
         for key, extra in surplus(self._have(), plan).items():
+            # Idle: nothing keeps the spec any more. A spec still pinned or used lately that has
+            # no room left (others came first, the memory budget fell) is over its share.
+            demand = self.demands.get(key, Demand())
+            wanted = key in plan or demand.pinned or now - demand.last <= self.bounds.idle_s
             for _ in range(extra):
-                self._drop(self.agents[key].pop(0).loaded, "surplus" if key in plan else "idle")
+                self._drop(self.agents[key].pop(0).loaded, "surplus" if wanted else "idle")
         for key in [k for k, d in self.demands.items() if k not in plan and not d.pinned]:
             if not self.agents.get(key):
                 self.demands.pop(key, None)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from claude_agent_sdk.types import SessionKey, SessionListSubkeysKey, SessionStoreEntry
+from moorage_session_store.agents import AgentRecord
 from moorage_session_store.files import FileRecord
 from moorage_session_store.records import SessionRecord, SessionState, TurnUsage
 
@@ -116,3 +117,10 @@ class FileStore(Protocol):
     async def get(self, tenant: str, file_id: str) -> FileRecord | None: ...
 
     def read(self, tenant: str, file_id: str) -> AsyncIterator[bytes]: ...
+
+
+class AgentVersions(Protocol):
+    """Stored agents (``moorage_session_store.Agents``), read by the manager for the agents the
+    operator marked for warm-up (warm_marks.py)."""
+
+    async def get(self, tenant: str, agent_id: str, version: int | None = None) -> AgentRecord | None: ...

@@ -62,7 +62,7 @@ from .pool import Started, WarmPool
 from .protocol import Answer, Subscriber, UserFrame, dumps, user_message_line
 from .relay import RpcRelay
 from .sandbox.base import Sandbox, SandboxBackend
-from .seams import FileStore, RecordStore, TranscriptStore
+from .seams import AgentVersions, FileStore, RecordStore, TranscriptStore
 from .session_core import (
     Limits,
     SessionCore,
@@ -96,6 +96,7 @@ class Deps:
     spans: ModelSpans = field(default_factory=ModelSpans)  # the proxy's observer (model_spans.py)
     files: FileStore | None = None  # the Files API's store: expiry sweep, resources in, outputs out
     packages: PackageLayers | None = None  # environments' package layers (packages.py)
+    agents: AgentVersions | None = None  # stored agents: those marked for warm-up (warm_marks.py)
 
 
 def limits_of(settings: Settings) -> Limits:

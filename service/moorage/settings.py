@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .accounting import DEFAULT_PRICES
 from .pending import AgentTools
 from .tunnel import parse_networks
+from .warm_marks import parse_marked
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
     warm_agents: int = Field(default=2, ge=0)
     warm_agents_per_spec: int = Field(default=2, ge=1)
     warm_agent_idle_s: float = Field(default=600.0, ge=0)
+    # What all started agents may hold in memory together (0: no budget, the count only): the pool
+    # keeps no more than fit, at what it measured one to hold (else about 200 MiB each).
+    warm_agents_memory_bytes: int = Field(default=0, ge=0)
+    # Agents marked for warm-up: "agent_id@tenant,…" (a bare agent_id: tenant "default"). Each
+    # one's current version is pinned like the default spec (warm_marks.py); re-read every minute.
+    warm_agent_ids: str = ""
     sandbox_start_timeout_s: float = Field(default=60.0, gt=0)
     model: str | None = None
     # Per-sandbox limits (cgroups): memory, processes+threads, CPUs.
@@ -246,6 +253,12 @@ class Settings(BaseSettings):
     @classmethod
     def _agent_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
         AgentTools.parse(value)  # a ValueError names the bad field at start-up
+        return value
+
+    @field_validator("warm_agent_ids")
+    @classmethod
+    def _warm_agent_ids(cls, value: str) -> str:
+        parse_marked(value)  # a ValueError names the bad entry at start-up
         return value
 
     @field_validator("webhook_allow_networks")

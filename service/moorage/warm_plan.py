@@ -13,7 +13,9 @@ start frame without its session id). Which specs, and how many each:
   ``per_spec``), so a burst of sessions of one spec finds them ready;
 - ``total`` bounds them all (each holds a CLI: about 200 MB, docs/architecture.md). When the specs
   want more than that, each wanted spec gets one before any gets a second; pinned specs first,
-  then the most recently wanted.
+  then the most recently wanted;
+- a memory budget (``memory_bytes``, 0: none) can lower ``total`` further: the pool may keep only
+  as many as fit in it, at the bytes a started agent was measured to hold (``within_budget``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+# What one started agent is taken to hold before any was measured (or where the sandbox backend
+# cannot tell): an idle session's sandbox is ~185 MiB PSS, the bare SDK's CLI ~195 MiB
+# (bench_density.py; docs/architecture.md "Warm pool").
+AGENT_BYTES_ESTIMATE = 200 * 1024**2
 
 # Start fields that make a start frame one session's own: a session with any of them is never
 # served by a started agent (its credentials are granted per sandbox after it is claimed).
@@ -46,6 +53,7 @@ class Bounds:
     per_spec: int  # the most for one spec
     idle_s: float  # an unpinned spec nobody asked for in this long is let go
     window_s: float = 60.0  # demand is counted over this long
+    memory_bytes: int = 0  # what all started agents may hold together (0: no budget, ``total`` only)
 
 
 @dataclass
@@ -99,3 +107,19 @@ def shortfall(have: dict[str, int], plan: dict[str, int]) -> str | None:
     """The spec to start an agent for next: the first in the plan's order that has fewer than
     planned (the plan is ordered by priority), or None."""
     return next((key for key, n in plan.items() if have.get(key, 0) < n), None)
+
+
+def agent_bytes(measured: list[int | None], last: int | None) -> int | None:
+    """What one started agent holds: the mean of those measured now (a backend that cannot tell
+    gives None), else ``last`` (what was measured before: every agent may just have been claimed),
+    else None (nothing was ever measured)."""
+    known = [n for n in measured if n is not None and n > 0]
+    return sum(known) // len(known) if known else last
+
+
+def within_budget(bounds: Bounds, per_agent: int | None) -> int:
+    """The started agents the pool may keep in all: ``total``, or fewer when that many would not
+    fit in the memory budget at ``per_agent`` bytes each (None: ``AGENT_BYTES_ESTIMATE``)."""
+    if bounds.memory_bytes <= 0:
+        return bounds.total
+    return max(0, min(bounds.total, bounds.memory_bytes // max(1, per_agent or AGENT_BYTES_ESTIMATE)))

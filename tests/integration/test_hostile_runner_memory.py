@@ -111,6 +111,9 @@ class FakeSandbox:
     def limit_events(self) -> dict[str, int]:
         return {"oom_kills": 0, "pids_refusals": 0}
 
+    def memory_bytes(self) -> int | None:
+        return None
+
 
 class FakeBackend:
     name = "local"  # a label from the fixed set

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moorage.sandbox.cgroups import ENTRY, Cgroups, Limits, SandboxCgroup, entry_argv, own_paths, own_v2_path
+from moorage.sandbox.cgroups import (
+    ENTRY,
+    V2,
+    Cgroups,
+    Limits,
+    SandboxCgroup,
+    entry_argv,
+    memory_usage,
+    own_paths,
+    own_v2_path,
+)
 
 MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -117,3 +127,16 @@ def test_a_crashed_runs_sandbox_cgroups_are_found_by_sandbox_id_and_removed(tmp_
     assert not any((p / "moorage-abc123").exists() for p in base.values())
     assert all((p / "moorage-other").exists() for p in base.values())
     assert cgroups.of("gone").dirs == {}
+
+
+def test_what_a_sandbox_holds_is_its_memory_cgroups_charge_v1_or_v2(tmp_path: Path) -> None:
+    """The warm pool's memory budget measures started agents with it (pool.WarmPool._measure)."""
+    v1, v2 = tmp_path / "memory", tmp_path / "unified"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "memory.usage_in_bytes").write_text("209715200\n")
+    (v2 / "memory.current").write_text("104857600\n")
+    assert memory_usage({"memory": v1, "pids": tmp_path}) == 200 * 1024**2
+    assert SandboxCgroup({V2: v2}).memory_bytes() == 100 * 1024**2
+    assert memory_usage({"pids": tmp_path}) is None, "no memory controller"
+    assert memory_usage({"memory": tmp_path / "gone"}) is None, "removed meanwhile"

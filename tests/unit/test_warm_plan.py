@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from moorage.warm_plan import Bounds, Demand, shortfall, surplus, targets, warm_key
+from moorage.warm_plan import (
+    AGENT_BYTES_ESTIMATE,
+    Bounds,
+    Demand,
+    agent_bytes,
+    shortfall,
+    surplus,
+    targets,
+    warm_key,
+    within_budget,
+)
 
 BOUNDS = Bounds(total=3, per_spec=2, idle_s=600.0, window_s=60.0)
 
@@ -84,3 +94,27 @@ def test_surplus_and_shortfall() -> None:
     assert shortfall({"a": 2}, plan) == "default", "the first in the plan's order comes first"
     assert shortfall({"default": 1, "a": 2}, plan) is None
     assert surplus({"default": 2, "a": 1, "gone": 3}, plan) == {"default": 1, "gone": 3}
+
+
+MIB = 1024**2
+
+
+def test_without_a_memory_budget_the_count_alone_bounds_the_total() -> None:
+    assert within_budget(Bounds(total=5, per_spec=2, idle_s=600.0), 10**12) == 5
+    assert within_budget(Bounds(total=5, per_spec=2, idle_s=600.0, memory_bytes=0), None) == 5
+
+
+def test_a_memory_budget_lowers_the_total_to_what_fits_never_raises_it() -> None:
+    budget = Bounds(total=5, per_spec=2, idle_s=600.0, memory_bytes=1000 * MIB)
+    assert within_budget(budget, 300 * MIB) == 3, "1000 MiB holds three of 300 MiB"
+    assert within_budget(budget, 100 * MIB) == 5, "ten would fit: the count still bounds"
+    assert within_budget(budget, 2000 * MIB) == 0, "not even one fits: none"
+    assert within_budget(budget, None) == 1000 * MIB // AGENT_BYTES_ESTIMATE == 5
+    assert within_budget(Bounds(5, 2, 600.0, memory_bytes=450 * MIB), None) == 2, "unmeasured: the estimate"
+
+
+def test_an_agent_is_what_the_measured_ones_hold_on_average_else_the_last_measure() -> None:
+    assert agent_bytes([100 * MIB, 300 * MIB], None) == 200 * MIB
+    assert agent_bytes([None, 120 * MIB, 0], 500 * MIB) == 120 * MIB, "an unmeasurable one does not count"
+    assert agent_bytes([], 180 * MIB) == 180 * MIB, "all claimed just now: what was measured before"
+    assert agent_bytes([None, None], None) is None, "never measured (a backend that cannot tell)"

@@ -101,6 +101,10 @@ class Sandbox(Protocol):
     def limit_events(self) -> dict[str, int]:
         """Counters of limits that bit: ``oom_kills``, ``pids_refusals``."""
 
+    def memory_bytes(self) -> int | None:
+        """What the sandbox holds in memory now (its memory cgroup's charge), or None where the
+        backend cannot tell: the warm pool measures its started agents with it (pool.py)."""
+
 
 class SandboxBackend(Protocol):
     name: str

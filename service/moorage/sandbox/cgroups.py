@@ -100,6 +100,9 @@ class SandboxCgroup:
     def pids_refusals(self) -> int:
         return _counter(self.dirs.get(V2) or self.dirs.get("pids"), "pids.events", "max")
 
+    def memory_bytes(self) -> int | None:
+        return memory_usage(self.dirs)
+
     def kill_all(self) -> None:
         for d in self.dirs.values():
             with contextlib.suppress(OSError, ValueError):
@@ -118,6 +121,18 @@ class SandboxCgroup:
                         break
                     self.kill_all()
                     time.sleep(0.01)
+
+
+def memory_usage(dirs: dict[str, Path]) -> int | None:
+    """What a cgroup's processes hold now, in bytes, as charged to it (v2 ``memory.current``, v1
+    ``memory.usage_in_bytes``: anonymous memory, page cache and tmpfs pages), or None when no
+    memory controller can be read."""
+    name, directory = ("memory.current", dirs[V2]) if V2 in dirs else ("memory.usage_in_bytes", dirs.get("memory"))
+    if directory is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return int((directory / name).read_text().strip())
+    return None
 
 
 def _counter(directory: Path | None, name: str, key: str) -> int:

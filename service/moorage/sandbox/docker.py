@@ -58,7 +58,7 @@ from .base import (
     stop_in_stages,
     write_etc,
 )
-from .cgroups import Limits, own_paths
+from .cgroups import Limits, memory_usage, own_paths
 from .local import mount_workspace
 from .uids import UidPool
 
@@ -254,6 +254,10 @@ class DockerSandbox:
             if value is not None:
                 self._events[key] = max(self._events[key], value)
         return dict(self._events)
+
+    def memory_bytes(self) -> int | None:
+        """The container's memory cgroup's charge, where this host lets us see it (v1)."""
+        return memory_usage(self._cgroups)
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self._input_closed or self._eof:

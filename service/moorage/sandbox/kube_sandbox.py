@@ -137,6 +137,10 @@ class KubernetesSandbox:
         counter of refused forks (the node's podPidsLimit applies)."""
         return {"oom_kills": int(self._oom), "pids_refusals": 0}
 
+    def memory_bytes(self) -> int | None:
+        """Not known here (the pod's cgroup is on another node): the warm pool uses its estimate."""
+        return None
+
     async def send(self, frame: dict[str, Any]) -> None:
         if frame.get("kind") in ("start", "prestart"):
             # A pod cannot reach the service's unix socket: it gets a URL.

@@ -224,6 +224,9 @@ class LocalSandbox:
             return {"oom_kills": 0, "pids_refusals": 0}
         return {"oom_kills": self.cgroup.oom_kills(), "pids_refusals": self.cgroup.pids_refusals()}
 
+    def memory_bytes(self) -> int | None:
+        return self.cgroup.memory_bytes() if self.cgroup is not None else None
+
     @property
     def pid(self) -> int:
         return self._proc.pid
