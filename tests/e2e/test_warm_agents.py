@@ -6,10 +6,11 @@ and the official client, against the service as a process with real sandboxes.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anthropic
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import Client, Service, eventually, metric_value, result_of, run_service
+from support import Client, Service, events, eventually, metric_value, result_of, run_service
 
 ACME = "tok-acme-0123456789abcdef"
 
@@ -77,3 +78,32 @@ async def test_an_agent_used_once_is_started_ahead_for_its_next_session(model: S
         body = next(b for b in reversed(model.model.requests) if "heron-two" in str(b.get("messages")))
         assert "You are the heron agent." in json.dumps(body.get("system"))
         await second.close()
+
+
+async def test_an_agent_the_operator_marked_is_started_before_its_first_session(
+    model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """MOORAGE_WARM_AGENT_IDS (warm_marks.py): restarted with an agent marked, the service starts
+    that agent's spec before any session of it came, and the first one claims it; an unknown mark
+    is logged and skipped, never fatal."""
+    state = tmp_path / "state"
+    with (
+        run_service(model.url, MOORAGE_API_KEYS=f"acme:{ACME}", MOORAGE_STATE_DIR=str(state)) as svc,
+        anthropic.Anthropic(base_url=svc.url, api_key=ACME) as api,
+    ):
+        agent = api.beta.agents.create(name="Egret", model="claude-opus-5", tools=[{"type": "agent_toolset_20260401"}])
+    marks = f"{agent.id}@acme,agent_nosuch@acme"
+    with run_service(
+        model.url, MOORAGE_API_KEYS=f"acme:{ACME}", MOORAGE_STATE_DIR=str(state), MOORAGE_WARM_AGENT_IDS=marks
+    ) as svc:
+        assert [e["agent_id"] for e in events(svc, "warm_agent_pinned")] == [agent.id]
+        assert [(e["agent_id"], e["reason"]) for e in events(svc, "warm_agent_skipped")] == [
+            ("agent_nosuch", "not_found")
+        ]
+        # The default spec's and the marked agent's: both started before anyone asks.
+        await eventually(lambda: metric_value(svc, "moorage_warm_agents") >= 2, 60, "the marked agent's started agent")
+        first = await Client.connect(svc, token=ACME, query=f"?agent={agent.id}")
+        assert result_of(await first.turn("say egret"))["subtype"] == "success"
+        assert claims(svc, "hit") == 1 and claims(svc, "miss") == 0
+        assert ready_lines(svc)[first.session_id]["warm"] == "started"
+        await first.close()
