@@ -47,6 +47,8 @@ def render(frame: dict[str, Any]) -> str | None:
         if frame.get("status") == "ready":
             return f"[sandbox ready in {frame.get('start_s')}s ({frame.get('pool')})]"
         return STATUS_WORDS.get(str(frame.get("status")), "[starting the sandbox…]")
+    if kind == "rescheduled":
+        return "[the session was suspended: its sandbox starts again]"
     if kind == "queued":
         return f"[queued: runs after the current turn, position {frame.get('position')}]"
     if kind == "error":

@@ -76,6 +76,7 @@ EMITTED_TYPES = (
     "agent.mcp_tool_result",
     "agent.custom_tool_use",
     "session.status_running",
+    "session.status_rescheduled",
     "session.status_idle",
     "session.error",
     "session.usage",
@@ -278,6 +279,9 @@ class Projector:
                 self._span_start(body, out)
             case "model_request_end":
                 self._span_end(body, out)
+            case "rescheduled":  # its sandbox starts again (a rehydration): running comes with the next turn
+                self.running = False
+                out.add("session.status_rescheduled")
             case _:
                 pass  # queued, other system notices: no Managed Agents event
         if message_frame:

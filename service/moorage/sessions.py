@@ -196,6 +196,8 @@ class Session:
             try:
                 # Start progress for the clients attached now (a later one reads ``sandbox`` in its
                 # first frame): ephemeral, like deltas.
+                if self.rehydrate:  # durable: the HTTP view's session.status_rescheduled, a webhook
+                    self.emit({"type": "rescheduled", "reason": "rehydrated"})
                 self.emit({"type": "status", "status": "starting", "rehydrated": self.rehydrate}, durable=False)
                 self.started_s = await start_sandbox(self)
             except MoorageError as exc:

@@ -9,6 +9,7 @@ projection (``ma_events.Projector``) turns into status events.
 | logged frame | webhook event (``data.type``) |
 |---|---|
 | ``system`` ``init`` (a turn starts) | ``session.status_run_started`` |
+| ``rescheduled`` (a suspended session's sandbox starts again) | ``session.status_rescheduled`` |
 | ``result`` (a turn ended) | ``session.status_idled`` |
 | ``permission_request``, ``custom_tool_use`` (waits for a client) | ``session.requires_action`` |
 | ``error`` with ``fatal: true``, except ``service_draining`` | ``session.status_terminated`` |
@@ -36,6 +37,7 @@ from .ma_events import Logged
 SESSION_EVENT_TYPES = (
     "session.created",
     "session.status_run_started",
+    "session.status_rescheduled",
     "session.status_idled",
     "session.requires_action",
     "session.status_terminated",
@@ -51,6 +53,8 @@ def webhook_type(kind: str, body: Mapping[str, Any]) -> str | None:
             return "session.status_run_started"
         case "result":
             return "session.status_idled"
+        case "rescheduled":
+            return "session.status_rescheduled"
         case "permission_request" | "custom_tool_use":
             return "session.requires_action"
         case "error" if body.get("fatal") is True and body.get("code") != Code.SERVICE_DRAINING:

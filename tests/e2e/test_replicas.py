@@ -178,8 +178,8 @@ async def test_another_tenant_reaches_nothing_through_a_replica_that_does_not_ru
 def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere(model: ScriptedModelServer) -> None:
     """kill -9 of A while its turn waits on the model (B reports it running, from A's log): once
     A's lease lapses, B adopts the session and its stream on B says the turn was lost
-    (``session.error``, then idle); a message sent to B rehydrates the session there, with its
-    history, and the stream shows that turn too."""
+    (``session.error``, then idle); a message sent to B rehydrates the session there
+    (``session.status_rescheduled``), with its history, and the stream shows that turn too."""
     lease = {"MOORAGE_LEASE_TTL_S": "3"}
     with pg_database("_killed") as name, replica(model, name, **lease) as a, replica(model, name, **lease) as b:
         on_a, on_b = client(a), client(b)
@@ -198,7 +198,9 @@ def test_a_replica_killed_mid_turn_is_reported_and_the_session_goes_on_elsewhere
             assert lost[-1].stop_reason.type == "retries_exhausted"
             again = on_b.beta.sessions.events.send(session_id, events=[say("say back on b")])
             after = until(stream, "session.status_idle")
-        assert again.data is not None and after[0].id == again.data[0].id
+        # B starts a sandbox for it (rescheduled), then the message runs there.
+        assert after[0].type == "session.status_rescheduled"
+        assert again.data is not None and after[1].id == again.data[0].id
         assert text(next(e for e in after if e.type == "agent.message")) == "back on b"
         assert events(b, "session_adopted", session_id) and events(b, "session_rehydrating", session_id)
         # The resumed session knew its history (the turn's request; side requests carry less).

@@ -110,6 +110,14 @@ def test_uploads_are_mounted_read_only_and_again_after_rehydration(svc: Service)
     asyncio.run(wait_suspended(svc, session.id))
     said = turn(api, session.id, f"bash cat /mnt/session/uploads/{notes.id}")
     assert said == "tool said: remember the milk"
+    # The HTTP view says the session was rescheduled (a fresh sandbox), then ran its turn.
+    kinds = [e.type for e in api.beta.sessions.events.list(session.id) if e.type.startswith("session.status")]
+    assert kinds[-4:] == [
+        "session.status_idle",
+        "session.status_rescheduled",
+        "session.status_running",
+        "session.status_idle",
+    ], kinds
 
 
 def test_a_resource_added_to_a_live_session_is_there_for_its_next_turn(svc: Service) -> None:

@@ -304,6 +304,21 @@ def test_a_fatal_error_mid_turn_idles_the_session_and_notices_do_not() -> None:
     assert types(Projector().project_all(frames_of(INIT, notice))) == ["session.status_running", "session.error"]
 
 
+def test_a_rehydration_is_a_rescheduled_status_and_the_next_turn_runs_again() -> None:
+    """A suspended session's sandbox starting again (the durable ``rescheduled`` frame) is
+    ``session.status_rescheduled``; its next turn's init is ``session.status_running`` again."""
+    done = {"type": "result", "subtype": "success", "is_error": False, "num_turns": 1, "usage": {}}
+    rescheduled = {"type": "rescheduled", "reason": "rehydrated"}
+    events = Projector().project_all(frames_of(SAY, INIT, done, rescheduled, SAY, INIT))
+    assert_client_parses(events)
+    assert types(events)[-4:] == [
+        "session.status_idle",
+        "session.status_rescheduled",
+        "user.message",
+        "session.status_running",
+    ]
+
+
 def test_frames_with_no_managed_agents_event() -> None:
     output = {"type": "output_file", "name": "r.csv", "size": 8, "file_id": "file_1", "mime_type": "text/csv"}
     quiet = frames_of({"type": "queued", "position": 1}, {"type": "system", "subtype": "compact_boundary"}, output)

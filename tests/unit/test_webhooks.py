@@ -59,6 +59,7 @@ def test_fatal_errors_terminate_except_a_drain_and_other_frames_say_nothing() ->
     assert webhook_type("error", {"code": "service_draining", "fatal": True}) is None
     assert webhook_type("error", {"code": "queue_full", "fatal": False}) is None
     assert webhook_type("system", {"subtype": "compact_boundary"}) is None
+    assert webhook_type("rescheduled", {"reason": "rehydrated"}) == "session.status_rescheduled"
     for kind in ("assistant", "user", "user_message", "permission_response", "stream_event"):
         assert webhook_type(kind, {}) is None
     frames = frames_of({"type": "system", "subtype": "init"}, {"type": "result", "subtype": "success"})

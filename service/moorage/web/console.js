@@ -442,7 +442,7 @@ class Chat {
         this.onError(frame);
         break;
       default:
-        break; // pong, model_request_start/end: nothing to show
+        break; // pong, model_request_start/end, rescheduled (the status pill shows the start): nothing to show
     }
     this.render();
   }
