@@ -60,3 +60,15 @@ def until(stream: Iterable[Any], *types: str, timeout: float = 60) -> list[Any]:
             return seen
         assert time.monotonic() < deadline, [e.type for e in seen]
     raise AssertionError(f"the stream ended before {types}: {[e.type for e in seen]}")
+
+
+def turn(api: anthropic.Anthropic, session_id: str, words: str, timeout: float = 120) -> list[Any]:
+    """Send ``words`` on an open stream; every event of the turn, up to its idle (bounded)."""
+    with api.beta.sessions.events.stream(session_id) as stream:
+        api.beta.sessions.events.send(session_id, events=[say(words)])
+        return until(stream, "session.status_idle", timeout=timeout)
+
+
+def said(turn_events: list[Any]) -> str:
+    """The last ``agent.message`` of a turn, as text."""
+    return [text(e) for e in turn_events if e.type == "agent.message"][-1]

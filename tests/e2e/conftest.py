@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from leaks import FAILED_TESTS, audit_stopped
+from ma_client import close_all
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +23,14 @@ def leak_audit(leak_audit_at_the_end: None) -> Iterator[None]:
     own, and any module-scoped one torn down before it) left nothing."""
     yield
     audit_stopped()
+
+
+@pytest.fixture(autouse=True)
+def close_clients(leak_audit: None) -> Iterator[None]:
+    """The official clients a test opened (``ma_client.client``) are closed after it, before
+    the leak audit looks."""
+    yield
+    close_all()
 
 
 @pytest.hookimpl(hookwrapper=True)

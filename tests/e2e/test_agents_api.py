@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import anthropic
 import pytest
 from anthropic.types.beta import BetaManagedAgentsAgentToolset20260401Params
-from ma_client import ACME, GLOBEX, KEYS, client, close_all
+from ma_client import ACME, GLOBEX, KEYS, client
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
 
@@ -21,12 +21,6 @@ from support import Service, run_service
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
     with run_service(model.url, MOORAGE_API_KEYS=KEYS) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def toolset() -> BetaManagedAgentsAgentToolset20260401Params:

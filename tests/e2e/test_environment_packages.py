@@ -27,7 +27,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from ma_client import KEYS, TOOLSET, client, close_all, code, say, text, until
+from ma_client import KEYS, TOOLSET, client, code, said, turn
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import events, metric_value, run_service, wait_until
 
@@ -78,22 +78,6 @@ def index(tmp_path: Path) -> Path:
     files = {"moorage_demo_pkg/__init__.py": MODULE, "anyio/__init__.py": SHADOW}
     write_wheel(simple, PKG, "1.0", files, requires=["numpy"])  # numpy: the toolbox has it
     return simple
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
-
-
-def turn(api: anthropic.Anthropic, session_id: str, words: str) -> list[Any]:
-    with api.beta.sessions.events.stream(session_id) as stream:
-        api.beta.sessions.events.send(session_id, events=[say(words)])
-        return until(stream, "session.status_idle", timeout=120)
-
-
-def said(turn_events: list[Any]) -> str:
-    return [text(e) for e in turn_events if e.type == "agent.message"][-1]
 
 
 def packages(*pip: str) -> Any:

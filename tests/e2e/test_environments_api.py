@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from ma_client import GLOBEX, KEYS, PAGER, client, close_all, code
+from ma_client import GLOBEX, KEYS, PAGER, client, code
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, run_service
 
@@ -18,12 +18,6 @@ from support import Service, run_service
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
     with run_service(model.url, MOORAGE_API_KEYS=KEYS) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def test_create_retrieve_update_archive_delete(svc: Service) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from ma_client import KEYS, TOOLSET, client, close_all, say, until
+from ma_client import KEYS, TOOLSET, client, say, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from moorage_session_store import S3Blobs, parse_location
 from s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, keys, moto_s3, new_bucket
@@ -70,12 +70,6 @@ def stored(model: ScriptedModelServer) -> Iterator[tuple[Service, Bucket]]:
             AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
         ) as service:
             yield service, Bucket(endpoint, location)
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def chunk_rows(svc: Service) -> int:

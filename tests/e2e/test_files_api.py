@@ -16,7 +16,7 @@ from datetime import timedelta
 import anthropic
 import httpx2 as httpx
 import pytest
-from ma_client import ACME, GLOBEX, KEYS, PAGER, client, close_all, code
+from ma_client import ACME, GLOBEX, KEYS, PAGER, client, code
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, pg_available, pg_database, run_service
 
@@ -33,12 +33,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_WARM_AGENTS="0",
     ) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def raw(svc: Service, token: str = ACME) -> httpx.Client:

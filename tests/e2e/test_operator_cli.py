@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ma_client import ACME, KEYS, client, close_all
+from ma_client import ACME, KEYS, client
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, moorage_chat, run_service, scaled
 
@@ -27,12 +27,6 @@ FAREWELL = re.compile(r"^session (\S+): reconnect with make chat SESSION=(\S+)$"
 def svc(model: ScriptedModelServer) -> Iterator[Service]:
     with run_service(model.url, MOORAGE_API_KEYS=KEYS, MOORAGE_WARM_SANDBOXES="0", MOORAGE_WARM_AGENTS="0") as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 async def cli(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from ma_client import ACME, KEYS, client, close_all
+from ma_client import ACME, KEYS, client
 from moorage.testing.scripted_model import ScriptedModelServer
 from prometheus_client.parser import text_string_to_metric_families
 from support import Client, Service, eventually, result_of, run_service, scaled
@@ -30,12 +30,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_PERMISSION_TIMEOUT_S=str(scaled(120)),
     ) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def scrape(svc: Service) -> Samples:

@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, close_all, say, text, until
+from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, Service, events, pg_available, pg_database, result_of, run_service, wait_until
 
@@ -37,12 +37,6 @@ def replica(model: ScriptedModelServer, database: str, **overrides: str) -> Any:
 def replicas(model: ScriptedModelServer) -> Iterator[tuple[Service, Service, Service]]:
     with pg_database() as name, replica(model, name) as a, replica(model, name) as b, replica(model, name) as c:
         yield a, b, c
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def session_on(api: anthropic.Anthropic, *tools: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types.beta.sessions.beta_managed_agents_file_resource import BetaManagedAgentsFileResource
-from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, code, say, text, until
+from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import (
     DOCKER_URL,
@@ -45,12 +45,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_MAX_TURNS="5",
     ) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def setup(api: anthropic.Anthropic, name: str) -> tuple[str, str]:

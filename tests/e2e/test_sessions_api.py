@@ -14,7 +14,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, close_all, code, say, text, until
+from ma_client import ACME, ASK_BASH, GLOBEX, KEYS, TOOLSET, client, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, Service, result_of, run_service, scaled
 
@@ -38,12 +38,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         MOORAGE_MAX_TURNS="5",
     ) as service:
         yield service
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def setup(api: anthropic.Anthropic, *tools: Any, name: str = "Demo") -> tuple[str, str]:

@@ -25,7 +25,7 @@ import httpx2 as httpx
 import pytest
 import uvicorn
 from anthropic.types.beta.sessions import BetaManagedAgentsTextBlock
-from ma_client import ACME, KEYS, client, close_all, text
+from ma_client import ACME, KEYS, client, text
 from moorage.testing.scripted_model import ScriptedModelServer
 from slack_bot.app import create_app
 from slack_bot.bot import BotSettings
@@ -128,12 +128,6 @@ def bot(svc: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     running = RunningBot(svc, tmp_path_factory.mktemp("bot") / "bot.sqlite3").start()
     yield running
     running.stop()
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def test_a_thread_is_one_session_and_the_webhook_brings_each_answer(svc: Service, bot: RunningBot) -> None:

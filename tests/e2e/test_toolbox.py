@@ -15,13 +15,11 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import pytest
-from ma_client import KEYS, TOOLSET, client, close_all, say, text, until
+from ma_client import KEYS, TOOLSET, client, said, turn
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import DOCKER_URL, docker_sandbox_image, events, free_port, refused_start, run_service, wait_until
 
@@ -44,23 +42,6 @@ def toolbox_env() -> dict[str, str]:
     (``auto``: the toolbox `make toolbox` linked from the venv this test runs on)."""
     given = os.environ.get("MOORAGE_SANDBOX_TOOLBOX")
     return {} if given is None else {"MOORAGE_SANDBOX_TOOLBOX": given}
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
-
-
-def turn(api: anthropic.Anthropic, session_id: str, words: str) -> list[Any]:
-    """Send ``words``; every event of the turn, up to idle."""
-    with api.beta.sessions.events.stream(session_id) as stream:
-        api.beta.sessions.events.send(session_id, events=[say(words)])
-        return until(stream, "session.status_idle", timeout=120)
-
-
-def said(turn_events: list[Any]) -> str:
-    return [text(e) for e in turn_events if e.type == "agent.message"][-1]
 
 
 def chart_and_traceback(api: anthropic.Anthropic, prefix: str) -> None:

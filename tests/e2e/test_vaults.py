@@ -20,7 +20,7 @@ from typing import Any
 import anthropic
 import pytest
 from attacker_probes import FIND_SECRET, halves, run_probe
-from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, code
+from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, code
 from mcp_bearer import BearerMcpServer
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Client, refused_start, result_of, run_service
@@ -36,12 +36,6 @@ def mcp_server() -> Iterator[BearerMcpServer]:
     server = BearerMcpServer(TOKEN, ANSWER).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
 
 
 def agent_and_environment(api: anthropic.Anthropic, url: str) -> tuple[str, str]:

@@ -126,12 +126,6 @@ def svc(model: ScriptedModelServer) -> Iterator[Service]:
         yield service
 
 
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
-
-
 def new_session(api: anthropic.Anthropic) -> str:
     agent = api.beta.agents.create(name="Hooked", model="claude-opus-5", tools=[TOOLSET])
     env = api.beta.environments.create(name=f"hooked-{time.monotonic_ns()}")

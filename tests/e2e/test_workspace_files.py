@@ -10,13 +10,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import anthropic
-import pytest
-from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, close_all, say, text, until
+from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, text, turn
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import Service, events, run_service, wait_until
 
@@ -24,18 +21,6 @@ MAKE = (
     "bash mkdir -p out/deep && printf 'city,temp\\nOslo,3\\n' > out/deep/report.csv"
     " && ln -s /etc/passwd leak && echo made"
 )
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    yield
-    close_all()
-
-
-def turn(api: anthropic.Anthropic, session_id: str, words: str) -> list[Any]:
-    with api.beta.sessions.events.stream(session_id) as stream:
-        api.beta.sessions.events.send(session_id, events=[say(words)])
-        return until(stream, "session.status_idle", timeout=120)
 
 
 @dataclass
