@@ -403,6 +403,18 @@ def docker_engine_problem() -> str | None:
     return None
 
 
+def docker_settings(image: str) -> dict[str, str]:
+    """``run_service`` overrides for the Docker backend with ``image``, cold starts only (no
+    warm pool: each container is labelled with its session from the start)."""
+    return {
+        "MOORAGE_SANDBOX": "docker",
+        "MOORAGE_DOCKER_URL": DOCKER_URL,
+        "MOORAGE_SANDBOX_IMAGE": image,
+        "MOORAGE_WARM_SANDBOXES": "0",
+        "MOORAGE_WARM_AGENTS": "0",
+    }
+
+
 def docker_sandbox_image() -> tuple[str | None, str]:
     """(the sandbox image's content-hash tag, "") once container/build-images.sh
     has made sure it exists (idempotent; quick when it does), or (None, why not)."""

@@ -20,6 +20,7 @@ from support import (
     Client,
     Service,
     docker_sandbox_image,
+    docker_settings,
     events,
     result_of,
     run_service,
@@ -56,15 +57,7 @@ def image() -> str:
 
 
 def docker_service(model: ScriptedModelServer, image: str, **overrides: str) -> AbstractContextManager[Service]:
-    return run_service(
-        model.url,
-        MOORAGE_SANDBOX="docker",
-        MOORAGE_DOCKER_URL=DOCKER_URL,
-        MOORAGE_SANDBOX_IMAGE=image,
-        MOORAGE_WARM_SANDBOXES="0",  # cold starts: each container is labelled with its session
-        MOORAGE_WARM_AGENTS="0",
-        **overrides,
-    )
+    return run_service(model.url, **{**docker_settings(image), **overrides})
 
 
 @pytest.fixture(scope="module")

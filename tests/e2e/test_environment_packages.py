@@ -29,7 +29,7 @@ import anthropic
 import pytest
 from ma_client import KEYS, TOOLSET, client, code, said, turn
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import events, metric_value, run_service, wait_until
+from support import Service, docker_sandbox_image, docker_settings, events, metric_value, run_service, wait_until
 
 PKG = "moorage-demo-pkg"
 MODULE = """
@@ -84,12 +84,38 @@ def packages(*pip: str) -> Any:
     return {"type": "cloud", "packages": {"type": "packages", "pip": list(pip)}}
 
 
-PROBE = (
-    "bash python3 -c 'import moorage_demo_pkg, numpy; print(moorage_demo_pkg.hello(), moorage_demo_pkg.__file__,"
-    ' numpy.__file__.startswith("/opt/moorage/toolbox/"))\'; demo-hello;'
-    " python3 -c 'import anyio' 2>&1 | tail -1;"
-    " touch /opt/moorage/packages/site-packages/x 2>&1 | grep -o 'Read-only file system'"
-)
+def probe(toolbox: str) -> str:
+    """The agent's commands: the layer's module and script, the toolbox's numpy (under
+    ``toolbox``: not installed again), the layer's shadowing anyio, and a write into the layer."""
+    return (
+        "bash python3 -c 'import moorage_demo_pkg, numpy; print(moorage_demo_pkg.hello(), moorage_demo_pkg.__file__,"
+        f' numpy.__file__.startswith("{toolbox}/"))\'; demo-hello;'
+        " python3 -c 'import anyio' 2>&1 | tail -1;"
+        " touch /opt/moorage/packages/site-packages/x 2>&1 | grep -o 'Read-only file system'"
+    )
+
+
+def the_layer_reaches_the_agent(svc: Service, cache: Path, toolbox: str) -> tuple[anthropic.Anthropic, str]:
+    """An environment of the package, a session of it, the probe: (the client, the agent's id)."""
+    api = client(svc)
+    agent = api.beta.agents.create(name="Analyst", model="claude-opus-5", tools=[TOOLSET])
+    env = api.beta.environments.create(name=f"pkgs-{time.monotonic_ns()}", config=packages(f"{PKG}==1.0"))
+    assert env.config.type == "cloud" and env.config.packages.pip == [f"{PKG}==1.0"]
+    session = api.beta.sessions.create(agent=agent.id, environment_id=env.id)
+    words = said(turn(api, session.id, probe(toolbox)))
+    assert words.splitlines() == [
+        "tool said: hello from the layer /opt/moorage/packages/site-packages/moorage_demo_pkg/__init__.py True",
+        "demo-hello says hi",
+        "ImportError: the environment's anyio",  # the agent's python sees the layer first...
+        "Read-only file system",
+    ], words  # ...and the runner, which imports the real anyio, started the session
+    (layer,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    # Built over the toolbox: what it has (numpy) was not installed again.
+    assert (layer / "site-packages" / "moorage_demo_pkg").is_dir()
+    assert not (layer / "site-packages" / "numpy").exists()
+    assert metric_value(svc, "moorage_package_builds_total", outcome="ok") == 1
+    assert metric_value(svc, "moorage_package_cache_bytes") > 0
+    return api, agent.id
 
 
 def test_an_environments_pip_packages_are_built_once_over_the_toolbox_and_reach_the_agent(
@@ -103,31 +129,28 @@ def test_an_environments_pip_packages_are_built_once_over_the_toolbox_and_reach_
         MOORAGE_PACKAGE_CACHE_DIR=str(cache),
     ) as svc:
         assert events(svc, "sandbox_toolbox"), "no toolbox: run `make toolbox`"
-        api = client(svc)
-        agent = api.beta.agents.create(name="Analyst", model="claude-opus-5", tools=[TOOLSET])
-        env = api.beta.environments.create(name=f"pkgs-{time.monotonic_ns()}", config=packages(f"{PKG}==1.0"))
-        assert env.config.type == "cloud" and env.config.packages.pip == [f"{PKG}==1.0"]
-        session = api.beta.sessions.create(agent=agent.id, environment_id=env.id)
-        words = said(turn(api, session.id, PROBE))
-        assert words.splitlines() == [
-            "tool said: hello from the layer /opt/moorage/packages/site-packages/moorage_demo_pkg/__init__.py True",
-            "demo-hello says hi",
-            "ImportError: the environment's anyio",  # the agent's python sees the layer first...
-            "Read-only file system",
-        ], words  # ...and the runner, which imports the real anyio, started the session
-        (layer,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-        # Built over the toolbox: what it has (numpy) was not installed again.
-        assert (layer / "site-packages" / "moorage_demo_pkg").is_dir()
-        assert not (layer / "site-packages" / "numpy").exists()
-        assert metric_value(svc, "moorage_package_builds_total", outcome="ok") == 1
-        assert metric_value(svc, "moorage_package_cache_bytes") > 0
+        api, agent_id = the_layer_reaches_the_agent(svc, cache, "/opt/moorage/toolbox")
 
         # Another environment with the same set shares the layer: no second build.
         twin = api.beta.environments.create(name=f"twin-{time.monotonic_ns()}", config=packages(f"{PKG} == 1.0"))
-        again = api.beta.sessions.create(agent=agent.id, environment_id=twin.id)
+        again = api.beta.sessions.create(agent=agent_id, environment_id=twin.id)
         assert said(turn(api, again.id, "bash demo-hello")) == "tool said: demo-hello says hi"
         assert metric_value(svc, "moorage_package_builds_total", outcome="ok") == 1
         assert len(events(svc, "packages_build_started")) == 1
+
+
+def test_pip_packages_reach_the_agent_on_the_docker_backend_too(
+    model: ScriptedModelServer, index: Path, tmp_path: Path
+) -> None:
+    """The same layer, bind-mounted read-only into the container over the image's venv (the same
+    lock as the host's toolbox); the container's runner is untouched by it."""
+    image, why_not = docker_sandbox_image()
+    if image is None:
+        pytest.skip(why_not)
+    cache = tmp_path / "layers"
+    settings = {"MOORAGE_PACKAGE_INDEX_URL": index.as_uri(), "MOORAGE_PACKAGE_CACHE_DIR": str(cache)}
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, **docker_settings(image), **settings) as svc:
+        the_layer_reaches_the_agent(svc, cache, "/opt/moorage/venv")
 
 
 def test_a_package_that_cannot_be_built_is_an_error_on_its_environment_only(

@@ -22,10 +22,10 @@ from anthropic.types.beta.sessions.beta_managed_agents_file_resource import Beta
 from ma_client import ACME, GLOBEX, KEYS, TOOLSET, client, code, say, text, until
 from moorage.testing.scripted_model import ScriptedModelServer
 from support import (
-    DOCKER_URL,
     Client,
     Service,
     docker_sandbox_image,
+    docker_settings,
     result_of,
     run_service,
     wait_suspended,
@@ -242,15 +242,7 @@ def test_files_in_and_out_on_the_docker_backend(model: ScriptedModelServer) -> N
     image, why_not = docker_sandbox_image()
     if image is None:
         pytest.skip(why_not)
-    with run_service(
-        model.url,
-        MOORAGE_API_KEYS=KEYS,
-        MOORAGE_SANDBOX="docker",
-        MOORAGE_DOCKER_URL=DOCKER_URL,
-        MOORAGE_SANDBOX_IMAGE=image,
-        MOORAGE_WARM_SANDBOXES="0",
-        MOORAGE_WARM_AGENTS="0",
-    ) as docker:
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, **docker_settings(image)) as docker:
         api = client(docker)
         agent_id, env_id = setup(api, "Docker")
         upload = api.beta.files.upload(file=("in.txt", b"from the host", "text/plain"))

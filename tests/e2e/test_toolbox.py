@@ -21,7 +21,15 @@ import anthropic
 import pytest
 from ma_client import KEYS, TOOLSET, client, said, turn
 from moorage.testing.scripted_model import ScriptedModelServer
-from support import DOCKER_URL, docker_sandbox_image, events, free_port, refused_start, run_service, wait_until
+from support import (
+    docker_sandbox_image,
+    docker_settings,
+    events,
+    free_port,
+    refused_start,
+    run_service,
+    wait_until,
+)
 
 CSV = b"city,temp\nOslo,3\nLisbon,17\nCairo,28\n"
 # The agent's program, as a model would write it: a heredoc to python3.
@@ -101,15 +109,7 @@ def test_pandas_and_matplotlib_over_an_uploaded_csv_on_the_docker_backend(model:
     image, why_not = docker_sandbox_image()
     if image is None:
         pytest.skip(why_not)
-    with run_service(
-        model.url,
-        MOORAGE_API_KEYS=KEYS,
-        MOORAGE_SANDBOX="docker",
-        MOORAGE_DOCKER_URL=DOCKER_URL,
-        MOORAGE_SANDBOX_IMAGE=image,
-        MOORAGE_WARM_SANDBOXES="0",
-        MOORAGE_WARM_AGENTS="0",
-    ) as svc:
+    with run_service(model.url, MOORAGE_API_KEYS=KEYS, **docker_settings(image)) as svc:
         chart_and_traceback(client(svc), "/opt/moorage/venv")
 
 
