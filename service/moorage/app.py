@@ -161,8 +161,11 @@ def sandbox_toolbox(settings: Settings, backend: SandboxBackend) -> Path | None:
         with contextlib.suppress(MoorageError):  # no usable toolbox here: layers over the base Python
             return resolve(settings.sandbox_toolbox, sys.prefix, sys.base_prefix)
         return None
-    toolbox = getattr(backend, "toolbox", None)
-    return toolbox if isinstance(toolbox, Path) else None
+    if settings.sandbox == "local":
+        from .sandbox.local import LocalBackend
+
+        return backend.toolbox if isinstance(backend, LocalBackend) else None
+    return None
 
 
 async def make_backend(settings: Settings) -> SandboxBackend:
