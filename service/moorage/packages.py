@@ -3,10 +3,11 @@ toolbox, which every sandbox of the environment mounts (docs/architecture.md, "E
 packages").
 
 - **What is built.** ``pip`` requirements (PEP 508: a name, extras, version specifiers, markers;
-  never a URL, a path or an option), normalised and sorted, so two environments asking for the
-  same set share one layer. Other managers are refused at the API (``packages_not_supported``).
+  never a URL, a path or an option) and ``npm`` registry packages (a name, optionally ``@`` a
+  version, range or tag), normalised and sorted, so two environments asking for the same set
+  share one layer. Other managers are refused at the API (``packages_not_supported``).
 - **Where.** ``<root>/<key>``, the key a hash of the recipe, what the layer sits on (the
-  toolbox's key) and the index it came from, and the requirements (``layer_key``). A layer is
+  toolbox's key), the index and registry it came from, and the set (``layer_key``). A layer is
   built in ``.<key>.tmp`` and renamed: complete or absent; a flock makes two replicas on one host
   build it once.
 - **How.** Outside every sandbox, by the toolbox's own ``pip`` (``pip_argv``): ``install
@@ -15,7 +16,8 @@ packages").
   ``setup.py`` would run on the host); through the operator's index
   (``MOORAGE_PACKAGE_INDEX_URL``, else pip's own configuration). Then compiled for the path
   sandboxes see it at (``PACKAGES_PATH``), scripts pointed at the sandbox's ``python3``, and
-  made read-only.
+  made read-only. npm installs into ``node/`` with ``--ignore-scripts`` (no install script runs on
+  the host), through ``MOORAGE_PACKAGE_NPM_REGISTRY`` or npm's own configuration.
 - **Use.** A sandbox mounts the layer read-only at ``PACKAGES_PATH``, ``bin/`` first on PATH;
   the agent's Python finds ``site-packages`` through ``PYTHONPATH``, which the runner gives the
   Claude Code CLI (and so every command the agent runs), never itself
@@ -49,7 +51,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .bodies import BodyError, as_list, fail
 from .errors import Code, SandboxError
+from .metrics import Metrics
 from .sandbox.base import PACKAGES_NODE, PACKAGES_PATH, PACKAGES_SITE
+from .sandbox.toolbox_build import readonly, remove_built
 
 log = structlog.get_logger(__name__)
 
@@ -181,11 +185,6 @@ def _size(root: Path) -> int:
     return total
 
 
-def _unlock_tree(path: Path) -> None:
-    subprocess.run(["chmod", "-R", "u+w", str(path)], check=False, capture_output=True)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _run(argv: list[str], what: str, timeout_s: float, env: dict[str, str]) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
@@ -235,7 +234,7 @@ def build_layer(
             return final
         tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():  # an interrupted build
-            _unlock_tree(tmp)
+            remove_built(tmp)
         try:
             _pip_part(python, tmp, of("pip", wanted_), index_url, timeout_s)
             if npm := of("npm", wanted_):
@@ -243,14 +242,10 @@ def build_layer(
                 argv = npm_argv(npm_bin, tmp / PACKAGES_NODE, npm, npm_registry)
                 _run(argv, "npm install", timeout_s, dict(os.environ))
             (tmp / SIZE_FILE).write_text(str(_size(tmp)))
-            for top, dirs, files in os.walk(tmp):
-                for name in [*dirs, *files]:
-                    p = Path(top) / name
-                    if not p.is_symlink():
-                        p.chmod((p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0)) & ~0o222)
+            readonly(tmp)
             tmp.rename(final)
         except BaseException:
-            _unlock_tree(tmp)
+            remove_built(tmp)
             raise
     return final
 
@@ -288,7 +283,7 @@ def builder(toolbox: Path | None, index_url: str, timeout_s: float, npm_registry
 class PackageLayers:
     """The layers of this host's environments: built once each, in the background or on demand."""
 
-    def __init__(self, root: Path, builder: Builder, metrics: Any = None) -> None:
+    def __init__(self, root: Path, builder: Builder, metrics: Metrics | None = None) -> None:
         self.root = root
         self.builder = builder
         self.metrics = metrics
@@ -316,8 +311,8 @@ class PackageLayers:
 
     def prepare(self, spec: Mapping[str, Any] | None) -> None:
         """Start building the environment's layer, if it has packages and it is not built."""
-        if wanted(spec):
-            task = self._task(wanted(spec))
+        if requirements := wanted(spec):
+            task = self._task(requirements)
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported by _build
 
     async def ensure(self, spec: Mapping[str, Any] | None) -> Path | None:
@@ -341,7 +336,7 @@ class PackageLayers:
                 return final
             self._failed.pop(key, None)
             t0 = time.monotonic()
-            log.info("packages_build_started", key=key, pip=requirements)
+            log.info("packages_build_started", key=key, packages=requirements)
             b = self.builder
             try:
                 path = await asyncio.to_thread(
@@ -349,7 +344,7 @@ class PackageLayers:
                 )
             except BuildFailed as exc:
                 self._failed[key] = (time.monotonic(), exc.message)
-                log.warning("packages_build_failed", key=key, pip=requirements, error=exc.message[-500:])
+                log.warning("packages_build_failed", key=key, packages=requirements, error=exc.message[-500:])
                 if self.metrics is not None:
                     self.metrics.package_builds.labels("failed").inc()
                 raise

@@ -52,7 +52,13 @@ def _run(argv: list[str]) -> None:
         raise BuildError(f"{' '.join(argv[:4])} … failed:\n{(done.stdout + done.stderr).strip()[-3000:]}")
 
 
-def _readonly(root: Path) -> None:
+def remove_built(path: Path, ignore_errors: bool = True) -> None:
+    """Remove a (possibly read-only) tree this module or packages.py was building."""
+    subprocess.run(["chmod", "-R", "u+w", str(path)], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def readonly(root: Path) -> None:
     for top, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             p = Path(top) / name
@@ -77,8 +83,7 @@ def build(lock: Path, root: Path, python: str = sys.executable) -> Path:
             return final
         tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():  # an interrupted build
-            subprocess.run(["chmod", "-R", "u+w", str(tmp)], check=False)
-            shutil.rmtree(tmp)
+            remove_built(tmp, ignore_errors=False)
         print(f"building the sandbox toolbox {final} (a few minutes the first time)", file=sys.stderr)
         try:
             _run([base_python, "-m", "venv", "--prompt", "toolbox", str(tmp)])
@@ -97,11 +102,10 @@ def build(lock: Path, root: Path, python: str = sys.executable) -> Path:
             _run([str(tmp / "bin" / "python3"), "-m", "compileall", "-q", "-f", "-j", "0",
                   "-s", str(tmp), "-p", SANDBOX_PATH, str(tmp / "lib")])  # fmt: skip
             (tmp / LOCK_COPY).write_bytes(text)
-            _readonly(tmp)
+            readonly(tmp)
             tmp.rename(final)
         except BaseException:
-            subprocess.run(["chmod", "-R", "u+w", str(tmp)], check=False)
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_built(tmp)
             raise
     return final
 
